@@ -19,3 +19,18 @@ def need_shared(*parts):
     if not p.exists():
         pytest.skip(f"reference data not found: {p} (set RETINAFACE_DATA to the shared folder)")
     return p
+
+
+# The images that ../shared/golden/mnet holds reference outputs for. The val416_* ones
+# are the first three minitrain photos, named after the photo.
+GOLDEN_IMAGES = ['test', 'kids_group', 'street_crowd', 'largest_selfie',
+                 'val416_0_Parade_Parade_0_102', 'val416_0_Parade_Parade_0_125', 'val416_0_Parade_Parade_0_137']
+VAL416_PREFIX = 'val416_'
+
+
+def golden_image_path(name):
+    """The photo behind a golden name (skips the test if the shared data is absent)."""
+    if name.startswith(VAL416_PREFIX):
+        stem = name[len(VAL416_PREFIX):]
+        return need_shared('minitrain', 'train', 'images', '0--Parade', f'{stem}.jpg')
+    return need_shared('images', f'{name}.jpg')

@@ -1,0 +1,1 @@
+from .prior_box import PriorBox, cached_priors

@@ -1,0 +1,96 @@
+"""The checkpoint loader: wrappers, prefixes, legacy files and clear errors."""
+import pytest
+import torch
+
+from data import cfg_mnet, cfg_re50
+from models.retinaface import RetinaFace
+from tests.conftest import need_shared
+from utils.checkpoint import atomic_save, load_model, load_state_dict_file
+
+
+@pytest.fixture(scope='module')
+def mnet_state():
+    torch.manual_seed(0)
+    return RetinaFace(cfg_mnet, phase='test').state_dict()
+
+
+def _assert_loaded(path, state):
+    net = load_model(RetinaFace(cfg_mnet, phase='test'), path)
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, state[k]), k
+
+
+def test_raw_state_dict(tmp_path, mnet_state):
+    torch.save(mnet_state, tmp_path / 'a.pth')
+    _assert_loaded(tmp_path / 'a.pth', mnet_state)
+
+
+def test_state_dict_wrapper_with_module_prefix(tmp_path, mnet_state):
+    torch.save({'epoch': 3, 'state_dict': {'module.' + k: v for k, v in mnet_state.items()}}, tmp_path / 'b.tar')
+    _assert_loaded(tmp_path / 'b.tar', mnet_state)
+
+
+def test_legacy_non_zip_format(tmp_path, mnet_state):
+    torch.save(mnet_state, tmp_path / 'legacy.pth', _use_new_zipfile_serialization=False)
+    _assert_loaded(tmp_path / 'legacy.pth', mnet_state)
+
+
+def test_published_legacy_weights():
+    sd = load_state_dict_file(need_shared('weights', 'mobilenet0.25_Final.pth'))
+    assert len(sd) == 300 and all(t.device.type == 'cpu' for t in sd.values())
+
+
+def test_wrong_network_names_file_keys_and_network(tmp_path, mnet_state):
+    path = tmp_path / 'mnet.pth'
+    torch.save(mnet_state, path)
+    with pytest.raises(ValueError) as e:
+        load_model(RetinaFace(cfg_re50, phase='test'), path)
+    msg = str(e.value)
+    assert str(path) in msg and 'missing keys' in msg and 'body.conv1.weight' in msg
+    assert 'mobile0.25' in msg
+
+
+def test_truncated_file(tmp_path, mnet_state):
+    path = tmp_path / 'cut.pth'
+    torch.save(mnet_state, path)
+    path.write_bytes(path.read_bytes()[:5000])
+    with pytest.raises(ValueError, match='cut.pth is not a readable PyTorch checkpoint'):
+        load_model(RetinaFace(cfg_mnet), path)
+
+
+def test_truncated_legacy_file(tmp_path, mnet_state):
+    path = tmp_path / 'cut_legacy.pth'
+    torch.save(mnet_state, path, _use_new_zipfile_serialization=False)
+    path.write_bytes(path.read_bytes()[:100_000])
+    with pytest.raises(ValueError, match='cut_legacy.pth is not a readable PyTorch checkpoint'):
+        load_model(RetinaFace(cfg_mnet), path)
+
+
+def test_text_file(tmp_path):
+    path = tmp_path / 'notes.txt'
+    path.write_text('these are not weights\n')
+    with pytest.raises(ValueError, match='notes.txt is not a readable PyTorch checkpoint'):
+        load_model(RetinaFace(cfg_mnet), path)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match='absent.pth'):
+        load_model(RetinaFace(cfg_mnet), tmp_path / 'absent.pth')
+
+
+def test_not_a_state_dict(tmp_path):
+    torch.save({'epoch': 3, 'lr': 0.1}, tmp_path / 'meta.pth')
+    with pytest.raises(ValueError, match='does not hold a state_dict'):
+        load_model(RetinaFace(cfg_mnet), tmp_path / 'meta.pth')
+
+
+def test_atomic_save_leaves_no_partial_file_on_error(tmp_path):
+    class Unpicklable:
+        def __reduce__(self):
+            raise RuntimeError('boom')
+
+    atomic_save({'x': torch.ones(1)}, tmp_path / 'ck.pth')
+    with pytest.raises(RuntimeError):
+        atomic_save({'x': Unpicklable()}, tmp_path / 'ck.pth')
+    assert [p.name for p in tmp_path.iterdir()] == ['ck.pth']
+    assert torch.equal(torch.load(tmp_path / 'ck.pth')['x'], torch.ones(1))

@@ -1,0 +1,108 @@
+"""The one checkpoint loader every script uses.
+
+It accepts what users actually have on disk: a raw state_dict, a {'state_dict': ...}
+wrapper (the ImageNet backbone file), a {'model': ...} wrapper (this project's full
+training state), keys with the 'module.' prefix that DataParallel / DDP add, and the
+legacy non-zip torch format of the published weights. Tensors are always loaded on the
+CPU first, so a checkpoint saved on a GPU opens on a machine without one.
+
+Unlike the reference, which loads with strict=False and carries on with whatever
+matched, a checkpoint that does not fit the model is an error that names the file.
+"""
+import logging
+import os
+import tempfile
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+# A key that only one of the two architectures has, to tell the user which network a
+# mismatching file was trained for.
+_NETWORK_SIGNATURES = {
+    'body.stage1.0.0.weight': 'mobilenet0.25 (--network mobile0.25)',
+    'body.conv1.weight': 'Resnet50 (--network resnet50)',
+}
+
+
+def _strip_prefix(state_dict, prefix='module.'):
+    return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
+
+
+def load_state_dict_file(path):
+    """Read a checkpoint file and return a plain {key: Tensor} dict on the CPU.
+
+    Raises FileNotFoundError if path does not exist, and ValueError if it is not a
+    PyTorch checkpoint (a truncated or text file) or holds no state_dict.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # unpickling arbitrary bytes can fail in many ways; all mean "not a checkpoint"
+        raise ValueError(
+            f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or not a .pth file): "
+            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+    if isinstance(obj, dict):
+        for wrapper in ('state_dict', 'model'):
+            if isinstance(obj.get(wrapper), dict):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        desc = list(obj.keys())[:5] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(f"{path} does not hold a state_dict of tensors (found {desc})")
+    return _strip_prefix(obj)
+
+
+def _guess_network(keys):
+    for key, network in _NETWORK_SIGNATURES.items():
+        if key in keys:
+            return network
+    return None
+
+
+def load_model(model, path):
+    """Load a checkpoint file into model with strict key and shape checking.
+
+    Returns the model. Raises ValueError naming the file, the counts of missing and
+    unexpected keys with a few examples, and the network the file seems to be for.
+    """
+    state_dict = load_state_dict_file(path)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    mismatched = [f"{k}: file {tuple(state_dict[k].shape)} vs model {tuple(v.shape)}"
+                  for k, v in expected.items() if k in state_dict and state_dict[k].shape != v.shape]
+    if missing or unexpected or mismatched:
+        guess = _guess_network(state_dict)
+        hint = f" The file looks like weights for {guess}." if guess else ""
+        raise ValueError(
+            f"{path} does not fit this model: {len(missing)} missing keys (e.g. {missing[:3]}), "
+            f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}), "
+            f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]}).{hint}")
+    model.load_state_dict(state_dict, strict=True)
+    logger.info("loaded %d tensors from %s", len(state_dict), path)
+    return model
+
+
+def atomic_save(obj, path):
+    """torch.save obj to path atomically: write a temporary file beside it, then rename.
+
+    A crash or Ctrl-C in the middle leaves the previous file (or none), never half a file.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
