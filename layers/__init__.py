@@ -1,1 +1,2 @@
 from .functions import *
+from .modules import *
