@@ -1,0 +1,201 @@
+"""The WIDER FACE training set in the RetinaFace label.txt format.
+
+label.txt lists images and their faces::
+
+    # 0--Parade/0_Parade_marchingband_1_849.jpg
+    449 330 122 149 488.906 373.643 0.0 542.089 376.442 0.0 515.031 412.83 0.0 485.357 425.893 0.0 538.357 431.491 0.0 0.82
+    ...
+
+A `# path` line starts an image (the path is relative to the `images/` folder beside
+label.txt). Each following line is one face, in pixels, either
+
+- 20 values (training labels): x y w h, five landmark triples `lx ly flag`, then a score;
+  a face without landmarks has -1 in all the landmark fields;
+- 4 values (the boxes-only val labels): x y w h.
+
+An image may have no face lines at all; it is then a pure background sample.
+"""
+import logging
+import os
+
+import cv2
+import numpy as np
+import torch
+import torch.utils.data as data
+
+logger = logging.getLogger(__name__)
+
+# Values per face line of the two label formats.
+TRAIN_LINE_VALUES = 20
+BOXES_ONLY_LINE_VALUES = 4
+# Positions of the five landmarks' x, y in a 20-value line (the flags at 6, 9, ... and
+# the score at 19 are not used), in the target's order: left eye, right eye, nose,
+# left mouth corner, right mouth corner.
+LANDMARK_INDICES = [4, 5, 7, 8, 10, 11, 13, 14, 16, 17]
+# A target row: x1 y1 x2 y2, ten landmark coordinates, label.
+TARGET_COLUMNS = 15
+# Target labels: a face with landmarks, and a face without (it still trains the box and
+# the class, but not the landmark regression).
+LABEL_WITH_LANDMARKS = 1
+LABEL_NO_LANDMARKS = -1
+
+
+def read_label_file(txt_path):
+    """Parse a RetinaFace label.txt without touching the images.
+
+    Args:
+        txt_path (str): path of label.txt.
+    Returns:
+        list of (relative_image_path, ndarray[N, 20 or 4] float64): the images in file
+        order with their face lines as written. A boxes-only file gives [N, 4] arrays; an
+        image without faces gives an empty [0, 20] array.
+    Raises:
+        FileNotFoundError: txt_path does not exist.
+        ValueError: a malformed line, naming the file and the 1-based line number.
+    """
+    txt_path = os.fspath(txt_path)
+    if not os.path.isfile(txt_path):
+        raise FileNotFoundError(f"label file not found: {txt_path}")
+    entries = []
+    current = None
+    with open(txt_path, 'r') as f:
+        for lineno, line in enumerate(f, start=1):
+            line = line.strip()
+            if not line:
+                continue  # tolerate blank lines (the reference would crash on them)
+            if line.startswith('#'):
+                rel = line[1:].strip()
+                if not rel:
+                    raise ValueError(f"{txt_path}:{lineno}: '#' line without an image path")
+                current = (rel, [])
+                entries.append(current)
+                continue
+            if current is None:
+                raise ValueError(f"{txt_path}:{lineno}: face line before the first '# image' line: {line[:80]!r}")
+            fields = line.split()
+            if len(fields) not in (TRAIN_LINE_VALUES, BOXES_ONLY_LINE_VALUES):
+                raise ValueError(
+                    f"{txt_path}:{lineno}: expected {TRAIN_LINE_VALUES} values (x y w h, 5 x (lx ly flag), score) "
+                    f"or {BOXES_ONLY_LINE_VALUES} (x y w h), got {len(fields)}: {line[:80]!r}")
+            try:
+                values = [float(x) for x in fields]
+            except ValueError:
+                raise ValueError(f"{txt_path}:{lineno}: non-numeric value in face line: {line[:80]!r}") from None
+            if not all(np.isfinite(values)):
+                raise ValueError(f"{txt_path}:{lineno}: non-finite value in face line: {line[:80]!r}")
+            current[1].append(values)
+
+    parsed = []
+    for rel, faces in entries:
+        widths = {len(v) for v in faces}
+        if len(widths) > 1:
+            # Mixed widths in one image: pad the 4-value lines to 20 with 'no landmarks'.
+            faces = [v if len(v) == TRAIN_LINE_VALUES else v + [-1.0] * (TRAIN_LINE_VALUES - len(v)) for v in faces]
+        width = widths.pop() if len(widths) == 1 else TRAIN_LINE_VALUES
+        parsed.append((rel, np.asarray(faces, dtype=np.float64).reshape(-1, width)))
+    return parsed
+
+
+def labels_to_target(labels):
+    """Convert an image's face lines to the training target, as the reference does.
+
+    Args:
+        labels (ndarray[N, 20] or ndarray[N, 4]): face lines in pixels.
+    Returns:
+        ndarray[N, 15] float64: x1 y1 x2 y2 (x2 = x + w, y2 = y + h), five landmark
+        (x, y) pairs, and the label: 1, or -1 where the face has no landmarks (first
+        landmark x < 0, or a boxes-only line, whose landmarks are set to -1).
+    """
+    labels = np.asarray(labels, dtype=np.float64)
+    n = labels.shape[0]
+    target = np.zeros((n, TARGET_COLUMNS), dtype=np.float64)
+    if n == 0:
+        return target
+    target[:, 0] = labels[:, 0]  # x1
+    target[:, 1] = labels[:, 1]  # y1
+    target[:, 2] = labels[:, 0] + labels[:, 2]  # x2
+    target[:, 3] = labels[:, 1] + labels[:, 3]  # y2
+    if labels.shape[1] >= TRAIN_LINE_VALUES:
+        target[:, 4:14] = labels[:, LANDMARK_INDICES]
+        target[:, 14] = np.where(target[:, 4] < 0, LABEL_NO_LANDMARKS, LABEL_WITH_LANDMARKS)
+    else:
+        target[:, 4:14] = -1
+        target[:, 14] = LABEL_NO_LANDMARKS
+    return target
+
+
+class WiderFaceDetection(data.Dataset):
+    """WiderFaceDetection(txt_path, preproc=None): the images and face targets of label.txt.
+
+    Images are read from the `images/` folder beside label.txt. All image files are
+    checked at construction (a missing one is a FileNotFoundError naming its path), and
+    again when loaded (a file deleted since, or one OpenCV cannot decode, is an error
+    naming it).
+
+    dataset[i] returns (image, target):
+    - with preproc: image is the preprocessed ndarray [3, img_dim, img_dim] float32 (BGR
+      minus the mean) as a Tensor, and target the ndarray [N, 15] float32 with boxes and
+      landmarks relative to the image (0..1) and the label in the last column;
+    - without: image is the decoded Tensor [H, W, 3] uint8 (BGR), and target the ndarray
+      [N, 15] float64 in pixels.
+    An image without faces gives a [0, 15] target (the reference crashes on it).
+    """
+
+    def __init__(self, txt_path, preproc=None):
+        self.txt_path = os.fspath(txt_path)
+        self.preproc = preproc
+        self.image_root = os.path.join(os.path.dirname(os.path.abspath(self.txt_path)), 'images')
+        self.imgs_path = []
+        self.words = []  # the raw face lines per image, as the reference calls them
+        for rel, faces in read_label_file(self.txt_path):
+            self.imgs_path.append(os.path.join(self.image_root, rel))
+            self.words.append(faces)
+        missing = [p for p in self.imgs_path if not os.path.isfile(p)]
+        if missing:
+            raise FileNotFoundError(
+                f"{len(missing)} of the {len(self.imgs_path)} images listed in {self.txt_path} are missing, "
+                f"e.g. {missing[0]} (images are read from the 'images' folder beside label.txt)")
+        n_faces = sum(len(w) for w in self.words)
+        n_empty = sum(len(w) == 0 for w in self.words)
+        logger.info("%s: %d images, %d faces, %d images without faces", self.txt_path, len(self.imgs_path),
+                    n_faces, n_empty)
+
+    def __len__(self):
+        return len(self.imgs_path)
+
+    def load_image(self, index):
+        """The image as an ndarray [H, W, 3] uint8 in BGR order."""
+        path = self.imgs_path[index]
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"image not found: {path} (listed in {self.txt_path})")
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError(f"cannot decode image {path} (listed in {self.txt_path}): not a readable image file")
+        return img
+
+    def __getitem__(self, index):
+        img = self.load_image(index)
+        target = labels_to_target(self.words[index])
+        if self.preproc is not None:
+            img, target = self.preproc(img, target)
+        return torch.from_numpy(img), target
+
+
+def detection_collate(batch):
+    """Collate (image, target) samples whose targets have different numbers of faces.
+
+    Args:
+        batch: list of (Tensor image, ndarray[N_i, 15] target).
+    Returns:
+        (Tensor[B, C, H, W], list of B Tensor[N_i, 15] float32): the images stacked, and
+        the targets as float tensors (empty [0, 15] for images without faces).
+    """
+    targets = []
+    imgs = []
+    for sample in batch:
+        for tup in sample:
+            if torch.is_tensor(tup):
+                imgs.append(tup)
+            elif isinstance(tup, np.ndarray):
+                targets.append(torch.from_numpy(tup).float())
+    return torch.stack(imgs, 0), targets
