@@ -1,0 +1,252 @@
+"""train.py: short CPU runs on a slice of ../shared/minitrain, checkpoints, exact resume
+(also across an LR step and from a signal), NaN handling, and 2-process torchrun."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from data import cfg_mnet
+from models.retinaface import RetinaFace
+from tests.conftest import ROOT, need_shared
+from utils.checkpoint import load_model
+
+NAME = cfg_mnet['name']
+# 8 images (5 of them without faces) at batch 4: 2 iterations per epoch.
+N_IMAGES = 8
+BATCH = 4
+EPOCH_SIZE = 2
+
+
+@pytest.fixture(scope='module', autouse=True)
+def one_thread():
+    """Single-threaded torch: these tiny runs gain nothing from threads, and on a shared
+    machine threads that wait for each other at every op make timings erratic."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _subprocess_env():
+    return dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=str(ROOT))
+
+
+@pytest.fixture(scope='module')
+def subset(tmp_path_factory):
+    """label.txt with the first N_IMAGES minitrain entries, images/ linked to the shared ones."""
+    src = need_shared('minitrain', 'train')
+    root = tmp_path_factory.mktemp('minitrain_subset')
+    (root / 'images').symlink_to(src / 'images', target_is_directory=True)
+    lines, n = [], 0
+    for line in (src / 'label.txt').read_text().splitlines():
+        if line.startswith('#'):
+            n += 1
+            if n > N_IMAGES:
+                break
+        lines.append(line)
+    (root / 'label.txt').write_text('\n'.join(lines) + '\n')
+    return root / 'label.txt'
+
+
+@pytest.fixture(scope='module')
+def backbone():
+    return need_shared('weights', 'mobilenetV1X0.25_pretrain.tar')
+
+
+def _args(subset, save_folder, backbone, *extra):
+    return train.get_args_parser().parse_args([
+        '--training_dataset', str(subset), '--save_folder', str(save_folder), '--device', 'cpu',
+        '--batch_size', str(BATCH), '--image_size', '160', '--num_workers', '0', '--seed', '0',
+        '--pretrained', str(backbone), '--decay1', '1', '--decay2', '3', *extra])
+
+
+def _expected_lr(iteration, decay1=1, decay2=3, lr=1e-3, gamma=0.1):
+    return lr * gamma ** ((iteration >= decay1 * EPOCH_SIZE) + (iteration >= decay2 * EPOCH_SIZE))
+
+
+def _weights(path):
+    return load_model(RetinaFace(cfg_mnet, phase='test'), path).state_dict()
+
+
+def _assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
+
+
+@pytest.fixture(scope='module')
+def full_run(subset, backbone, tmp_path_factory):
+    """An uninterrupted 4-epoch run (8 iterations, LR steps at iterations 2 and 6)."""
+    out = tmp_path_factory.mktemp('full')
+    result = train.main(_args(subset, out, backbone, '--max_epoch', '4'))
+    return out, result
+
+
+def test_run_writes_loadable_checkpoints(full_run):
+    out, result = full_run
+    assert result.exit_code == 0 and result.iteration == result.max_iter == 8 and result.epoch_size == EPOCH_SIZE
+    assert [r['iteration'] for r in result.iterations] == list(range(8))
+    assert [r['lr'] for r in result.iterations] == pytest.approx([_expected_lr(i) for i in range(8)])
+    assert all(r['data_time'] <= r['step_time'] for r in result.iterations)
+    # The reference's names; plain state_dicts without 'module.', loadable by our loader ...
+    files = sorted(p.name for p in out.iterdir())
+    assert files == [f'{NAME}_Final.pth', f'{NAME}_last_state.pth', f'{NAME}_metrics.jsonl']
+    final = torch.load(out / f'{NAME}_Final.pth', map_location='cpu', weights_only=True)
+    assert not any(k.startswith('module.') for k in final)
+    _weights(out / f'{NAME}_Final.pth')
+    # ... and by the reference's own: net.load_state_dict(torch.load(path)) on a test-phase model.
+    RetinaFace(cfg_mnet, phase='test').load_state_dict(final, strict=True)
+    # The training state holds the same weights under 'model'.
+    _assert_same_weights(_weights(out / f'{NAME}_last_state.pth'), _weights(out / f'{NAME}_Final.pth'))
+    epochs = [json.loads(line) for line in (out / f'{NAME}_metrics.jsonl').read_text().splitlines()]
+    assert [e['epoch'] for e in epochs] == [1, 2, 3, 4]
+    assert all(k in epochs[0] for k in ('loc', 'cla', 'landm', 'loss', 'step_time', 'data_time'))
+
+
+def test_epoch_checkpoint_cadence(subset, backbone, tmp_path):
+    """Every 10 epochs, and every 5 after decay1: with decay1 = 1, epoch 5 is saved (at the
+    start of epoch 6). AMP is ignored on CPU with a warning."""
+    result = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '6', '--amp', '--log_interval', '5'))
+    assert result.exit_code == 0
+    names = {p.name for p in tmp_path.iterdir()}
+    assert f'{NAME}_epoch_5.pth' in names and not any(n.startswith(f'{NAME}_epoch_') and n != f'{NAME}_epoch_5.pth'
+                                                      for n in names)
+    _weights(tmp_path / f'{NAME}_epoch_5.pth')
+
+
+def test_resume_is_exact_across_an_lr_step(subset, backbone, full_run, tmp_path):
+    """Stop after 2 epochs (past the first LR step), resume to 4: the same iterations, the
+    same learning rates and, on CPU with in-process loading, the very same weights."""
+    full_out, full = full_run
+    first = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '2'))
+    assert first.iteration == 4
+    state = torch.load(tmp_path / f'{NAME}_last_state.pth', map_location='cpu', weights_only=True)
+    assert state['iteration'] == 4 and state['epoch'] == 2
+    resumed = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4',
+                               '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
+    assert [r['iteration'] for r in resumed.iterations] == [4, 5, 6, 7]
+    # The reference restarts its LR steps at zero here and would train at 1e-3.
+    assert [r['lr'] for r in resumed.iterations] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
+    assert [r['loc'] for r in resumed.iterations] == [r['loc'] for r in full.iterations[4:]]
+    _assert_same_weights(_weights(tmp_path / f'{NAME}_Final.pth'), _weights(full_out / f'{NAME}_Final.pth'))
+
+
+def test_signal_mid_epoch_saves_state_and_resumes_exactly(subset, backbone, full_run, tmp_path, monkeypatch):
+    """SIGTERM during iteration 3 (the first of epoch 2): the step finishes, a state is
+    saved, main returns 128 + SIGTERM; resuming continues mid-epoch, as if never stopped."""
+    full_out, full = full_run
+    real_adjust = train.adjust_learning_rate
+
+    def adjust_and_signal(optimizer, initial_lr, gamma, iteration, stepvalues):
+        if iteration == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_adjust(optimizer, initial_lr, gamma, iteration, stepvalues)
+
+    monkeypatch.setattr(train, 'adjust_learning_rate', adjust_and_signal)
+    stopped = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4'))
+    monkeypatch.setattr(train, 'adjust_learning_rate', real_adjust)
+    assert stopped.exit_code == 128 + signal.SIGTERM
+    assert stopped.iteration == 3 and not (tmp_path / f'{NAME}_Final.pth').exists()
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+    resumed = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4',
+                               '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
+    assert resumed.exit_code == 0
+    assert [r['iteration'] for r in resumed.iterations] == list(range(3, 8))
+    assert [r['lr'] for r in resumed.iterations] == pytest.approx([_expected_lr(i) for i in range(3, 8)])
+    assert [r['loc'] for r in resumed.iterations] == [r['loc'] for r in full.iterations[3:]]
+    _assert_same_weights(_weights(tmp_path / f'{NAME}_Final.pth'), _weights(full_out / f'{NAME}_Final.pth'))
+
+
+def test_resume_net_and_resume_epoch_use_that_epochs_lr(subset, backbone, full_run, tmp_path):
+    """The reference's --resume_net/--resume_epoch: plain weights, a fresh optimizer, and
+    (fixed) the learning rate of the epoch it resumes at."""
+    full_out, _ = full_run
+    result = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4', '--resume_net',
+                              str(full_out / f'{NAME}_Final.pth'), '--resume_epoch', '3'))
+    assert [r['iteration'] for r in result.iterations] == [6, 7]
+    assert [r['lr'] for r in result.iterations] == pytest.approx([1e-5, 1e-5])
+
+
+def test_nonfinite_loss_stops_naming_iteration_and_checkpoint(subset, backbone, tmp_path, monkeypatch):
+    real_forward = train.MultiBoxLoss.forward
+    calls = []
+
+    def nan_on_third_call(self, predictions, priors, targets):
+        loss_l, loss_c, loss_landm = real_forward(self, predictions, priors, targets)
+        calls.append(1)
+        return (loss_l * float('nan') if len(calls) == 3 else loss_l), loss_c, loss_landm
+
+    monkeypatch.setattr(train.MultiBoxLoss, 'forward', nan_on_third_call)
+    with pytest.raises(train.NonFiniteLossError, match=r'iteration 3 .*last good checkpoint is .*_last_state\.pth'):
+        train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4'))
+
+
+def test_missing_pretrained_backbone_is_named(subset, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r'no_such_backbone\.tar.*--pretrained none'):
+        train.main(_args(subset, tmp_path, tmp_path / 'no_such_backbone.tar', '--max_epoch', '1'))
+
+
+def test_resume_rejects_plain_weights(subset, backbone, full_run, tmp_path):
+    full_out, _ = full_run
+    with pytest.raises(ValueError, match=r'not a training state .*--resume_net'):
+        train.main(_args(subset, tmp_path, backbone, '--resume', str(full_out / f'{NAME}_Final.pth')))
+
+
+def _free_port():
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def test_torchrun_two_processes_on_cpu(subset, backbone, tmp_path):
+    """torchrun --nproc_per_node=2 (gloo): one step of global batch 2 x BATCH, rank 0
+    saves, and both ranks end with identical parameters."""
+    digests = tmp_path / 'digests'
+    env = _subprocess_env()
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
+           f'--master_port={_free_port()}', str(ROOT / 'train.py'),
+           '--training_dataset', str(subset), '--save_folder', str(tmp_path / 'out'), '--device', 'cpu',
+           '--batch_size', str(BATCH), '--image_size', '160', '--num_workers', '0', '--seed', '0',
+           '--pretrained', str(backbone), '--max_epoch', '1', '--debug_param_digest', str(digests)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [json.loads((digests / f'rank{r}.json').read_text()) for r in (0, 1)]
+    assert [r['iteration'] for r in ranks] == [1, 1]  # 8 images / (2 x 4) = 1 step
+    assert ranks[0]['params_sha256'] == ranks[1]['params_sha256']
+    _weights(tmp_path / 'out' / f'{NAME}_Final.pth')
+    # Progress lines come from rank 0 only.
+    assert proc.stderr.count('Iter: 1/1') == 1, proc.stderr[-3000:]
+
+
+def test_ctrl_c_with_workers_saves_state(subset, backbone, tmp_path):
+    """Ctrl-C (SIGINT to the whole process group, workers included) during a run with
+    DataLoader workers: the state is saved and the exit status is 130."""
+    cmd = [sys.executable, str(ROOT / 'train.py'),
+           '--training_dataset', str(subset), '--save_folder', str(tmp_path), '--device', 'cpu',
+           '--batch_size', str(BATCH), '--image_size', '160', '--num_workers', '2', '--seed', '0',
+           '--pretrained', str(backbone), '--max_epoch', '1000']
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=_subprocess_env(), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        for line in proc.stderr:
+            if 'Iter: 3/' in line or time.time() > deadline:
+                break
+        os.killpg(proc.pid, signal.SIGINT)
+        rest = proc.communicate(timeout=120)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 128 + signal.SIGINT, rest[-3000:]
+    state = torch.load(tmp_path / f'{NAME}_last_state.pth', map_location='cpu', weights_only=True)
+    assert state['iteration'] >= 3
+    assert 'continue with --resume' in rest

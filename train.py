@@ -1,0 +1,639 @@
+"""Train RetinaFace on WIDER FACE (label.txt format), on CPU, one GPU, or many with torchrun.
+
+    python train.py --network mobile0.25                       # one device (CUDA if there is one)
+    python train.py --training_dataset ../shared/minitrain/train/label.txt --device cpu \\
+        --batch_size 8 --max_epoch 20 --pretrained ../shared/weights/mobilenetV1X0.25_pretrain.tar
+    torchrun --nproc_per_node=4 train.py --network resnet50 --batch_size 6   # 4 GPUs, global batch 24
+
+The reference's flags keep their meaning and defaults. The loop is the reference's: SGD,
+an epoch of ceil(len(dataset) / global batch) iterations, the learning rate multiplied by
+gamma at decay1 and decay2 epochs (counted in iterations), checkpoints
+`<name>_epoch_<N>.pth` (after N epochs) every 10 epochs and every 5 after decay1, and
+`<name>_Final.pth` at the end: plain state_dicts without a `module.` prefix.
+
+Added: `<name>_last_state.pth` beside them, the full training state (model, optimizer,
+AMP scaler, iteration, RNG states, config) written at every epoch boundary, at the end
+and on SIGINT/SIGTERM; `--resume` continues from it at the same iteration, with the same
+learning rate and the same data order. All files are written atomically.
+
+Exit status: 0 when training finished; 128 + the signal number (130 for SIGINT, 143 for
+SIGTERM) when stopped by a signal after saving a resumable state; 3 when the loss became
+NaN or infinite (nothing is saved then; the message names the last good checkpoint).
+"""
+import argparse
+import datetime
+import hashlib
+import json
+import logging
+import math
+import os
+import random
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.optim as optim
+import torch.utils.data as data
+from torch.nn.parallel import DistributedDataParallel
+
+from data import WiderFaceDetection, cfg_for_network, detection_collate, preproc
+from layers.functions.prior_box import cached_priors
+from layers.modules import MultiBoxLoss
+from models.retinaface import RetinaFace, load_pretrained_backbone
+from utils.checkpoint import atomic_save, load_model
+from utils.metric_logger import MetricLogger
+
+logger = logging.getLogger('train')
+
+# The per-channel mean subtracted from the BGR input (BGR order).
+RGB_MEAN = (104, 117, 123)
+NUM_CLASSES = 2  # face, background
+# MultiBoxLoss(num_classes, overlap_thresh, prior_for_matching, bkg_label, neg_mining, neg_pos,
+#              neg_overlap, encode_target), as the reference builds it.
+MATCH_THRESHOLD = 0.35
+NEG_POS_RATIO = 7
+# The ImageNet backbones `--pretrained auto` loads, as the reference's RetinaFace constructor did.
+# torchvision's ImageNet ResNet50 is https://download.pytorch.org/models/resnet50-0676ba61.pth
+DEFAULT_PRETRAINED = {
+    'mobilenet0.25': './weights/mobilenetV1X0.25_pretrain.tar',
+    'Resnet50': './weights/resnet50-0676ba61.pth',
+}
+STATE_FORMAT = 1
+EXIT_NONFINITE_LOSS = 3
+
+# Set by the SIGINT / SIGTERM handler; the loop saves a state and stops after the current step.
+_stop_signal = None
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The loss became NaN or infinite; training stops without saving."""
+
+
+@dataclass
+class TrainResult:
+    """What main() returns: exit_code (see the module docstring), the next iteration to
+    run, per-epoch means and per-iteration records, and the files written."""
+    exit_code: int = 0
+    iteration: int = 0
+    max_iter: int = 0
+    epoch_size: int = 0
+    epochs: list = field(default_factory=list)  # {'epoch', 'loc', 'cla', 'landm', 'loss', 'step_time', 'data_time'}
+    iterations: list = field(default_factory=list)  # {'iteration', 'lr', 'loc', 'cla', 'landm', 'step_time', 'data_time'}
+    final_checkpoint: str = None
+    state_path: str = None
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description='Retinaface Training')
+    # The reference's flags, defaults unchanged.
+    parser.add_argument('--training_dataset', default='./data/widerface/train/label.txt',
+                        help='Training dataset label.txt (images are read from images/ beside it)')
+    parser.add_argument('--network', default='mobile0.25', help='Backbone network mobile0.25 or resnet50')
+    parser.add_argument('--num_workers', default=4, type=int, help='Number of workers used in dataloading')
+    parser.add_argument('--lr', '--learning-rate', default=1e-3, type=float, help='initial learning rate')
+    parser.add_argument('--momentum', default=0.9, type=float, help='momentum')
+    parser.add_argument('--resume_net', default=None,
+                        help='plain weights (state_dict) to start from; see --resume_epoch')
+    parser.add_argument('--resume_epoch', default=0, type=int,
+                        help='epoch --resume_net was saved after: training continues from there, with the '
+                             'learning rate of that epoch (a fresh optimizer: use --resume for an exact resume)')
+    parser.add_argument('--weight_decay', default=5e-4, type=float, help='Weight decay for SGD')
+    parser.add_argument('--gamma', default=0.1, type=float, help='Gamma update for SGD')
+    parser.add_argument('--save_folder', default='./weights/', help='Location to save checkpoint models')
+    # Additions.
+    parser.add_argument('--device', default='auto',
+                        help="'auto' (CUDA when available and cfg gpu_train, else CPU), 'cpu', 'cuda' or 'cuda:N'")
+    parser.add_argument('--batch_size', type=int, default=None,
+                        help="images per step per process (default cfg['batch_size']); "
+                             "with torchrun the global batch is nproc x batch_size")
+    parser.add_argument('--max_epoch', type=int, default=None, help="epochs (default cfg['epoch'])")
+    parser.add_argument('--image_size', type=int, default=None, help="training input side (default cfg['image_size'])")
+    parser.add_argument('--decay1', type=int, default=None, help="epoch of the first LR step (default cfg['decay1'])")
+    parser.add_argument('--decay2', type=int, default=None, help="epoch of the second LR step (default cfg['decay2'])")
+    parser.add_argument('--pretrained', default='auto',
+                        help="ImageNet backbone weights: 'auto' (%s), a path, or 'none' to start from scratch"
+                             % ', '.join(f'{k}: {v}' for k, v in DEFAULT_PRETRAINED.items()))
+    parser.add_argument('--amp', action='store_true', help='mixed precision (CUDA only; ignored on CPU)')
+    parser.add_argument('--seed', type=int, default=None, help='random seed (default: a random one, logged)')
+    parser.add_argument('--resume', default=None,
+                        help='a <name>_last_state.pth written by this script: continue exactly where it stopped')
+    parser.add_argument('--log_interval', type=int, default=1, help='log a progress line every N iterations')
+    # Test-only: each rank writes a digest of its parameters into this folder at the end.
+    parser.add_argument('--debug_param_digest', default=None, help=argparse.SUPPRESS)
+    return parser
+
+
+# --------------------------------------------------------------------------- setup helpers
+
+def _init_distributed(device_arg):
+    """(rank, world_size, local_rank) from torchrun's environment; initialises the process group."""
+    world_size = int(os.environ.get('WORLD_SIZE', '1'))
+    if world_size <= 1:
+        return 0, 1, 0
+    rank = int(os.environ['RANK'])
+    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
+    use_cuda = _wants_cuda(device_arg)
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group('nccl', device_id=torch.device('cuda', local_rank))
+    else:
+        dist.init_process_group('gloo')
+    return rank, world_size, local_rank
+
+
+def _wants_cuda(device_arg, cfg=None):
+    if device_arg == 'auto':
+        return torch.cuda.is_available() and (cfg is None or cfg.get('gpu_train', True))
+    return torch.device(device_arg).type == 'cuda'
+
+
+def resolve_device(device_arg, cfg, local_rank=0, distributed=False):
+    """The torch.device to train on. 'auto' is CUDA when available and cfg['gpu_train'],
+    else the CPU. Under torchrun each process takes the GPU of its LOCAL_RANK."""
+    if _wants_cuda(device_arg, cfg):
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {device_arg}: CUDA is not available on this machine (use --device cpu)")
+        if distributed:
+            return torch.device('cuda', local_rank)
+        return torch.device(device_arg if device_arg not in ('auto', 'cuda') else 'cuda')
+    if device_arg == 'auto':
+        return torch.device('cpu')
+    return torch.device(device_arg)
+
+
+def resolve_pretrained(arg, cfg):
+    """Path of the ImageNet backbone to load, or None to start from scratch."""
+    if arg is None or str(arg).lower() == 'none':
+        return None
+    if arg == 'auto':
+        if not cfg.get('pretrain', True):
+            return None
+        path = DEFAULT_PRETRAINED[cfg['name']]
+    else:
+        path = arg
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"pretrained backbone not found: {path} (pass --pretrained PATH to the ImageNet {cfg['name']} "
+            f"weights, or --pretrained none to train from scratch)")
+    return path
+
+
+def build_config(args):
+    """cfg_for_network(args.network) with the command-line overrides applied (a copy)."""
+    cfg = dict(cfg_for_network(args.network))
+    for flag, key in (('batch_size', 'batch_size'), ('max_epoch', 'epoch'), ('image_size', 'image_size'),
+                      ('decay1', 'decay1'), ('decay2', 'decay2')):
+        value = getattr(args, flag)
+        if value is not None:
+            cfg[key] = value
+    for key in ('batch_size', 'epoch', 'image_size'):
+        if cfg[key] <= 0:
+            raise ValueError(f"{key} must be positive, got {cfg[key]}")
+    if args.lr <= 0:
+        raise ValueError(f"--lr must be positive, got {args.lr}")
+    if args.num_workers < 0:
+        raise ValueError(f"--num_workers must be >= 0, got {args.num_workers}")
+    return cfg
+
+
+def step_index_at(iteration, stepvalues):
+    """How many LR steps have happened by this iteration (the reference counts them as it
+    passes each stepvalue; computing it from the iteration makes resuming exact)."""
+    return sum(iteration >= s for s in stepvalues)
+
+
+def adjust_learning_rate(optimizer, initial_lr, gamma, iteration, stepvalues):
+    """Set and return lr = initial_lr * gamma ** step_index (the reference's schedule;
+    its warmup is disabled, warmup_epoch = -1)."""
+    lr = initial_lr * (gamma ** step_index_at(iteration, stepvalues))
+    for param_group in optimizer.param_groups:
+        param_group['lr'] = lr
+    return lr
+
+
+def _is_checkpoint_epoch(epoch, cfg):
+    """The reference's cadence: after every 10th epoch, and every 5th once past decay1."""
+    return (epoch % 10 == 0 and epoch > 0) or (epoch % 5 == 0 and epoch > cfg['decay1'])
+
+
+class ResumableDistributedSampler(data.DistributedSampler):
+    """DistributedSampler (shuffled per epoch from seed + epoch; one replica when not
+    distributed) that can skip the samples already used in the epoch being resumed."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.start_index = 0
+
+    def set_start_index(self, start_index):
+        """Skip the first start_index samples of this replica's next pass (once)."""
+        self.start_index = start_index
+
+    def __iter__(self):
+        indices = list(super().__iter__())
+        start, self.start_index = self.start_index, 0
+        return iter(indices[start:])
+
+
+def _worker_init_fn(worker_id):
+    """DataLoader workers: PyTorch has already seeded random / numpy / torch per worker.
+    Leave Ctrl-C to the main process (it saves and shuts the workers down), restore the
+    default SIGTERM, and keep OpenCV single-threaded (the workers are the parallelism)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def _handle_stop_signal(signum, frame):
+    global _stop_signal
+    _stop_signal = signum
+    # A second Ctrl-C / SIGTERM stops at once.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+# --------------------------------------------------------------------------- RNG state
+
+def _rng_state(device):
+    """This process's RNG states, as tensors and plain Python values (weights_only-loadable)."""
+    np_state = np.random.get_state()
+    state = {
+        'python': random.getstate(),
+        'numpy': {'keys': torch.from_numpy(np_state[1].astype(np.int64)), 'pos': int(np_state[2]),
+                  'has_gauss': int(np_state[3]), 'cached_gaussian': float(np_state[4])},
+        'torch': torch.get_rng_state(),
+    }
+    if device.type == 'cuda':
+        state['cuda'] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state, device):
+    version, internal, gauss = state['python']
+    random.setstate((version, tuple(internal), gauss))
+    n = state['numpy']
+    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
+                         n['cached_gaussian']))
+    torch.set_rng_state(state['torch'])
+    if device.type == 'cuda' and 'cuda' in state:
+        torch.cuda.set_rng_state(state['cuda'], device)
+
+
+def _seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def _plain(value):
+    """args values as plain Python types (the state file is loaded with weights_only=True)."""
+    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
+
+
+def load_training_state(path):
+    """Read a <name>_last_state.pth; a ValueError naming the file if it is not one."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"training state not found: {path}")
+    try:
+        state = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:
+        raise ValueError(f"{path} is not a readable training state: {type(e).__name__}: {e}") from e
+    required = ('model', 'optimizer', 'iteration', 'epoch_size', 'cfg', 'seed', 'rng')
+    if not isinstance(state, dict) or any(k not in state for k in required):
+        raise ValueError(f"{path} is not a training state written by train.py (it lacks "
+                         f"{[k for k in required if not isinstance(state, dict) or k not in state]}); "
+                         f"to start from plain weights use --resume_net")
+    return state
+
+
+def params_digest(model):
+    """sha256 over the parameters in state_dict order (for the multi-process check)."""
+    h = hashlib.sha256()
+    for name, p in model.named_parameters():
+        h.update(name.encode())
+        h.update(p.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+# --------------------------------------------------------------------------- training
+
+def main(args):
+    """Train as args say; returns a TrainResult. Raises NonFiniteLossError on a NaN/inf loss."""
+    global _stop_signal
+    _stop_signal = None
+    rank, world_size, local_rank = _init_distributed(args.device)
+    distributed = world_size > 1
+    if distributed and rank != 0:
+        # Only rank 0 logs progress; the others report warnings and errors.
+        logging.getLogger().setLevel(logging.WARNING)
+        logger.setLevel(logging.WARNING)
+    elif logger.getEffectiveLevel() > logging.INFO:
+        logger.setLevel(logging.INFO)
+
+    handlers = {}
+    if _in_main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            handlers[sig] = signal.signal(sig, _handle_stop_signal)
+    try:
+        return _train(args, rank, world_size, local_rank)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _in_main_thread():
+    import threading
+    return threading.current_thread() is threading.main_thread()
+
+
+def _train(args, rank, world_size, local_rank):
+    distributed = world_size > 1
+    is_main = rank == 0
+    cfg = build_config(args)
+    device = resolve_device(args.device, cfg, local_rank, distributed)
+    amp = bool(args.amp)
+    if amp and device.type != 'cuda':
+        logger.warning("--amp needs CUDA; training in float32 on %s", device)
+        amp = False
+    if args.resume and args.resume_net:
+        raise ValueError("give either --resume (a training state) or --resume_net (plain weights), not both")
+
+    img_dim = cfg['image_size']
+    batch_size = cfg['batch_size']
+    max_epoch = cfg['epoch']
+    initial_lr = args.lr
+    gamma = args.gamma
+    save_folder = args.save_folder
+
+    state = load_training_state(args.resume) if args.resume else None
+    if state is not None:
+        if state['cfg'].get('name') != cfg['name']:
+            raise ValueError(f"{args.resume} was trained with {state['cfg'].get('name')}, not {cfg['name']} "
+                             f"(--network {args.network})")
+        seed = int(state['seed'])
+        if args.seed is not None and args.seed != seed:
+            logger.warning("--seed %d ignored: resuming with the state's seed %d", args.seed, seed)
+        _warn_changed_settings(state, cfg, args, world_size)
+    elif args.seed is not None:
+        seed = args.seed
+    else:
+        seed = int.from_bytes(os.urandom(4), 'little')
+        if distributed:  # every rank must shuffle with the same seed
+            t = torch.tensor([seed], dtype=torch.int64, device=device if device.type == 'cuda' else 'cpu')
+            dist.broadcast(t, src=0)
+            seed = int(t.item())
+    # The model is initialised identically on every rank (DDP also broadcasts rank 0's);
+    # augmentation in the main process differs per rank.
+    _seed_everything(seed)
+
+    if is_main:
+        os.makedirs(save_folder, exist_ok=True)
+
+    net = RetinaFace(cfg=cfg, phase='train')
+    logger.debug("net: %s", net)
+    if state is not None:
+        load_model(net, args.resume)  # the state's 'model' entry
+        logger.info("resuming from %s", args.resume)
+    elif args.resume_net is not None:
+        logger.info("Loading resume network %s", args.resume_net)
+        load_model(net, args.resume_net)
+    else:
+        pretrained = resolve_pretrained(args.pretrained, cfg)
+        if pretrained is not None:
+            load_pretrained_backbone(net, cfg, pretrained)
+        else:
+            logger.info("no pretrained backbone: training from scratch")
+    _seed_everything(seed + rank)
+
+    net = net.to(device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    model = net
+    if distributed:
+        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None)
+
+    optimizer = optim.SGD(net.parameters(), lr=initial_lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler('cuda', enabled=amp)
+    criterion = MultiBoxLoss(NUM_CLASSES, MATCH_THRESHOLD, True, 0, True, NEG_POS_RATIO, MATCH_THRESHOLD, False)
+    priors = cached_priors(cfg, (img_dim, img_dim), device=device)  # [P, 4], computed once
+
+    logger.info('Loading Dataset...')
+    dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, RGB_MEAN))
+    if len(dataset) == 0:
+        raise ValueError(f"{args.training_dataset} lists no images")
+    sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
+    epoch_size = math.ceil(len(sampler) / batch_size)
+    max_iter = max_epoch * epoch_size
+    stepvalues = (cfg['decay1'] * epoch_size, cfg['decay2'] * epoch_size)
+
+    start_iter = 0
+    last_saved = None
+    if state is not None:
+        optimizer.load_state_dict(state['optimizer'])
+        if amp and state.get('scaler'):
+            scaler.load_state_dict(state['scaler'])
+        start_iter = int(state['iteration'])
+        last_saved = args.resume
+        if int(state['epoch_size']) != epoch_size:
+            completed = start_iter // int(state['epoch_size'])
+            logger.warning("the state was saved with %d iterations per epoch, now %d (dataset, batch size or "
+                           "number of processes changed): resuming at the start of epoch %d",
+                           state['epoch_size'], epoch_size, completed + 1)
+            start_iter = completed * epoch_size
+        rng = state['rng']
+        if int(state.get('world_size', 1)) == world_size and rank < len(rng):
+            _set_rng_state(rng[rank], device)
+        else:
+            _seed_everything(seed + rank + 7919 * start_iter)
+    elif args.resume_epoch > 0:
+        # The reference's --resume_epoch: the weights were saved after that many epochs.
+        # The LR steps are counted from the iteration, so the rate is that epoch's.
+        start_iter = args.resume_epoch * epoch_size
+
+    # Worker seeds come from this generator: different per rank, and fresh after a resume.
+    loader_generator = torch.Generator()
+    loader_generator.manual_seed((seed + 1000003 * rank + 7919 * start_iter) % 2 ** 63)
+    loader = data.DataLoader(
+        dataset, batch_size, sampler=sampler, num_workers=args.num_workers, collate_fn=detection_collate,
+        pin_memory=device.type == 'cuda', persistent_workers=args.num_workers > 0,
+        worker_init_fn=_worker_init_fn if args.num_workers > 0 else None, generator=loader_generator)
+
+    logger.info("%s: %d images, batch %d x %d process(es) = %d, %d iterations per epoch, %d epochs, "
+                "LR %g stepped x%g at epochs %d and %d, image %d, device %s%s, seed %d",
+                cfg['name'], len(dataset), batch_size, world_size, batch_size * world_size, epoch_size,
+                max_epoch, initial_lr, gamma, cfg['decay1'], cfg['decay2'], img_dim, device,
+                ', AMP' if amp else '', seed)
+
+    result = TrainResult(iteration=start_iter, max_iter=max_iter, epoch_size=epoch_size)
+    metrics_path = os.path.join(save_folder, cfg['name'] + '_metrics.jsonl')
+    state_path = os.path.join(save_folder, cfg['name'] + '_last_state.pth')
+
+    def save_state(next_iteration):
+        """All ranks call this together (it gathers their RNG states); rank 0 writes."""
+        rng = [_rng_state(device)]
+        if distributed:
+            rng = [None] * world_size
+            dist.all_gather_object(rng, _rng_state(device))
+        if is_main:
+            atomic_save({
+                'format': STATE_FORMAT,
+                'model': model.state_dict(),
+                'optimizer': optimizer.state_dict(),
+                'scaler': scaler.state_dict(),
+                'epoch': next_iteration // epoch_size,  # completed epochs
+                'iteration': next_iteration,  # the next iteration to run
+                'epoch_size': epoch_size,
+                'max_iter': max_iter,
+                'seed': seed,
+                'world_size': world_size,
+                'rng': [_cpu_rng(r) for r in rng],
+                'cfg': cfg,
+                'args': {k: _plain(v) for k, v in vars(args).items()},
+            }, state_path)
+            result.state_path = state_path
+        return state_path
+
+    net.train()
+    meters = MetricLogger(window_size=20)
+    batch_iterator = None
+    epoch = start_iter // epoch_size
+    iteration = start_iter
+    for iteration in range(start_iter, max_iter):
+        if iteration % epoch_size == 0 or batch_iterator is None:
+            completed = iteration // epoch_size
+            if iteration % epoch_size == 0:
+                if is_main and _is_checkpoint_epoch(completed, cfg):
+                    path = os.path.join(save_folder, cfg['name'] + '_epoch_' + str(completed) + '.pth')
+                    atomic_save(model.state_dict(), path)
+                    last_saved = path
+                    logger.info("saved %s", path)
+                if iteration > start_iter:
+                    last_saved = save_state(iteration)
+            # One DataLoader for the whole run: reshuffle (seed + epoch) and skip what a
+            # resumed epoch already used.
+            sampler.set_epoch(completed)
+            sampler.set_start_index((iteration % epoch_size) * batch_size)
+            batch_iterator = iter(loader)
+            epoch = completed + 1
+            meters.reset()
+
+        lr = adjust_learning_rate(optimizer, initial_lr, gamma, iteration, stepvalues)
+
+        load_t0 = time.perf_counter()
+        images, targets = next(batch_iterator)
+        images = images.to(device, non_blocking=True)  # [B, 3, img_dim, img_dim]
+        targets = [anno.to(device, non_blocking=True) for anno in targets]  # B x [N_i, 15]
+        data_time = time.perf_counter() - load_t0
+
+        # forward
+        with torch.autocast(device_type=device.type, enabled=amp):
+            out = net(images)
+        loss_l, loss_c, loss_landm = criterion(out, priors, targets)
+        loss = cfg['loc_weight'] * loss_l + loss_c + loss_landm
+
+        # One sync per step: the losses (averaged over ranks, for logging) and whether any
+        # rank was asked to stop, so that every rank stops at the same iteration.
+        stats = torch.stack([loss_l.detach(), loss_c.detach(), loss_landm.detach(),
+                             torch.tensor(float(_stop_signal or 0), device=device)]).float()
+        if distributed:
+            dist.all_reduce(stats)
+            stats[:3] /= world_size
+        loc_v, cla_v, landm_v, stop_v = stats.tolist()
+        if not all(math.isfinite(v) for v in (loc_v, cla_v, landm_v)):
+            msg = (f"non-finite loss at iteration {iteration + 1} (epoch {epoch}): Loc {loc_v} Cla {cla_v} "
+                   f"Landm {landm_v}; stopping. The last good checkpoint is "
+                   f"{last_saved or 'none (nothing was saved yet)'}")
+            logger.error(msg)
+            raise NonFiniteLossError(msg)
+
+        # backprop
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        batch_time = time.perf_counter() - load_t0
+
+        meters.update(loc=loc_v, cla=cla_v, landm=landm_v, loss=cfg['loc_weight'] * loc_v + cla_v + landm_v,
+                      step_time=batch_time, data_time=data_time)
+        result.iterations.append({'iteration': iteration, 'lr': lr, 'loc': loc_v, 'cla': cla_v, 'landm': landm_v,
+                                  'step_time': batch_time, 'data_time': data_time})
+        result.iteration = iteration + 1
+        if is_main and (iteration % args.log_interval == 0 or iteration + 1 == max_iter):
+            eta = int(meters['step_time'].median * (max_iter - iteration))
+            logger.info('Epoch:{}/{} || Epochiter: {}/{} || Iter: {}/{} || Loc: {:.4f} Cla: {:.4f} Landm: {:.4f} '
+                        '|| LR: {:.8f} || Batchtime: {:.4f} s || ETA: {}'
+                        .format(epoch, max_epoch, (iteration % epoch_size) + 1, epoch_size, iteration + 1,
+                                max_iter, loc_v, cla_v, landm_v, lr, batch_time,
+                                str(datetime.timedelta(seconds=eta))))
+
+        if (iteration + 1) % epoch_size == 0:
+            summary = {'epoch': epoch, **{k: v for k, v in meters.global_avgs().items()
+                                          if k in ('loc', 'cla', 'landm', 'loss')},
+                       'step_time': meters['step_time'].median, 'data_time': meters['data_time'].median}
+            result.epochs.append(summary)
+            if is_main:
+                logger.info("epoch %d/%d: mean Loc %.4f Cla %.4f Landm %.4f loss %.4f | median step %.4f s, "
+                            "data %.4f s", epoch, max_epoch, summary['loc'], summary['cla'], summary['landm'],
+                            summary['loss'], summary['step_time'], summary['data_time'])
+                with open(metrics_path, 'a') as f:
+                    f.write(json.dumps(summary) + '\n')
+
+        if stop_v > 0:
+            signum = int(_stop_signal or stop_v)
+            save_state(iteration + 1)
+            if is_main:
+                logger.warning("stopped by signal %d after iteration %d: resumable state saved in %s "
+                               "(continue with --resume %s)", signum, iteration + 1, state_path, state_path)
+            result.exit_code = 128 + signum
+            _write_debug_digest(args, rank, model, result)
+            return result
+
+    if is_main:
+        final = os.path.join(save_folder, cfg['name'] + '_Final.pth')
+        atomic_save(model.state_dict(), final)
+        last_saved = final
+        result.final_checkpoint = final
+        logger.info("saved %s", final)
+    save_state(max_iter)
+    _write_debug_digest(args, rank, model, result)
+    return result
+
+
+def _cpu_rng(state):
+    return {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.items()}
+
+
+def _warn_changed_settings(state, cfg, args, world_size):
+    """Resuming with different hyper-parameters is allowed, but say so."""
+    saved_cfg, saved_args = state['cfg'], state.get('args', {})
+    changes = [f"{k} {saved_cfg.get(k)} -> {cfg[k]}" for k in ('batch_size', 'image_size', 'epoch', 'decay1', 'decay2')
+               if saved_cfg.get(k) != cfg[k]]
+    changes += [f"{k} {saved_args.get(k)} -> {getattr(args, k)}" for k in ('lr', 'gamma', 'momentum', 'weight_decay')
+                if k in saved_args and saved_args.get(k) != getattr(args, k)]
+    if int(state.get('world_size', 1)) != world_size:
+        changes.append(f"processes {state.get('world_size', 1)} -> {world_size}")
+    if changes:
+        logger.warning("resuming with changed settings: %s", '; '.join(changes))
+
+
+def _write_debug_digest(args, rank, model, result):
+    if not args.debug_param_digest:
+        return
+    os.makedirs(args.debug_param_digest, exist_ok=True)
+    with open(os.path.join(args.debug_param_digest, f'rank{rank}.json'), 'w') as f:
+        json.dump({'rank': rank, 'iteration': result.iteration, 'params_sha256': params_digest(model)}, f)
+
+
+if __name__ == '__main__':
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
+    try:
+        sys.exit(main(get_args_parser().parse_args()).exit_code)
+    except NonFiniteLossError:
+        sys.exit(EXIT_NONFINITE_LOSS)
