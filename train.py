@@ -31,6 +31,7 @@ import random
 import signal
 import sys
 import time
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -65,6 +66,9 @@ DEFAULT_PRETRAINED = {
 STATE_FORMAT = 1
 EXIT_NONFINITE_LOSS = 3
 
+# TrainResult keeps the records of at most this many recent iterations.
+ITERATION_RECORDS = 10000
+
 # Set by the SIGINT / SIGTERM handler; the loop saves a state and stops after the current step.
 _stop_signal = None
 
@@ -82,7 +86,8 @@ class TrainResult:
     max_iter: int = 0
     epoch_size: int = 0
     epochs: list = field(default_factory=list)  # {'epoch', 'loc', 'cla', 'landm', 'loss', 'step_time', 'data_time'}
-    iterations: list = field(default_factory=list)  # {'iteration', 'lr', 'loc', 'cla', 'landm', 'step_time', 'data_time'}
+    # the last ITERATION_RECORDS iterations: {'iteration', 'lr', 'loc', 'cla', 'landm', 'step_time', 'data_time'}
+    iterations: deque = field(default_factory=lambda: deque(maxlen=ITERATION_RECORDS))
     final_checkpoint: str = None
     state_path: str = None
 
@@ -197,6 +202,8 @@ def build_config(args):
         raise ValueError(f"--lr must be positive, got {args.lr}")
     if args.num_workers < 0:
         raise ValueError(f"--num_workers must be >= 0, got {args.num_workers}")
+    if args.log_interval < 1:
+        raise ValueError(f"--log_interval must be >= 1, got {args.log_interval}")
     return cfg
 
 

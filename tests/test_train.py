@@ -134,7 +134,7 @@ def test_resume_is_exact_across_an_lr_step(subset, backbone, full_run, tmp_path)
     assert [r['iteration'] for r in resumed.iterations] == [4, 5, 6, 7]
     # The reference restarts its LR steps at zero here and would train at 1e-3.
     assert [r['lr'] for r in resumed.iterations] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
-    assert [r['loc'] for r in resumed.iterations] == [r['loc'] for r in full.iterations[4:]]
+    assert [r['loc'] for r in resumed.iterations] == [r['loc'] for r in list(full.iterations)[4:]]
     _assert_same_weights(_weights(tmp_path / f'{NAME}_Final.pth'), _weights(full_out / f'{NAME}_Final.pth'))
 
 
@@ -161,7 +161,7 @@ def test_signal_mid_epoch_saves_state_and_resumes_exactly(subset, backbone, full
     assert resumed.exit_code == 0
     assert [r['iteration'] for r in resumed.iterations] == list(range(3, 8))
     assert [r['lr'] for r in resumed.iterations] == pytest.approx([_expected_lr(i) for i in range(3, 8)])
-    assert [r['loc'] for r in resumed.iterations] == [r['loc'] for r in full.iterations[3:]]
+    assert [r['loc'] for r in resumed.iterations] == [r['loc'] for r in list(full.iterations)[3:]]
     _assert_same_weights(_weights(tmp_path / f'{NAME}_Final.pth'), _weights(full_out / f'{NAME}_Final.pth'))
 
 
