@@ -1,0 +1,1 @@
+"""FDDB evaluation: discrete and continuous ROC against the ellipse annotations."""

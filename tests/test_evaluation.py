@@ -1,0 +1,223 @@
+"""WIDER FACE evaluation: the kernel, the parser, and the reference's AP to 1e-12."""
+import json
+import sys
+
+import numpy as np
+import pytest
+from scipy.io import savemat
+
+from bench import bench_evaluation
+from tests.conftest import need_shared
+from widerface_evaluate import evaluation as ev
+
+REFERENCE_AP = {
+    ("widerface", "predictions", "mobilenet0.25_official"):
+        {"easy": 0.907076104848709, "medium": 0.8816501731241937, "hard": 0.7382726532319118},
+    ("golden", "eval_perturbed_predictions"):
+        {"easy": 0.7701224708178015, "medium": 0.7626427409846812, "hard": 0.4703584382534434},
+}
+AP_TOL = 1e-12
+
+
+def write_pred(path, name, boxes):
+    """A prediction file as test_widerface.py writes it: name, count, 'x y w h score ' lines."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [name, str(len(boxes))] + [" ".join(str(v) for v in b) + " " for b in boxes]
+    path.write_text("\n".join(lines) + "\n")
+
+
+@pytest.fixture(scope="module")
+def wider_gt():
+    return ev.load_wider_gt(need_shared("widerface", "ground_truth"))
+
+
+@pytest.mark.parametrize("pred_parts", list(REFERENCE_AP), ids=["official", "perturbed"])
+def test_reference_ap_reproduced(wider_gt, pred_parts):
+    results = ev.evaluate(ev.load_predictions(need_shared(*pred_parts)), wider_gt)
+    for setting, expected in REFERENCE_AP[pred_parts].items():
+        assert abs(results[setting]["ap"] - expected) <= AP_TOL, setting
+
+
+def test_kernel_overlap_hand_computed():
+    boxes = np.array([[0, 0, 9, 9]], dtype=np.float64)
+    # +1 areas: both boxes are 10x10 = 100 px; the first shares 5x5 = 25 px, the second a
+    # 1 px wide column of 10 px, the third nothing.
+    query = np.array([[5, 5, 14, 14], [9, 0, 18, 9], [10, 0, 19, 9]], dtype=np.float64)
+    np.testing.assert_array_equal(ev.bbox_overlaps(boxes, query), [[25 / 175, 10 / 190, 0.0]])
+
+
+def test_segmented_max_matches_pairwise_kernel():
+    rng = np.random.default_rng(0)
+    xy = rng.uniform(0, 50, (40, 2))
+    boxes = np.hstack([xy, xy + rng.uniform(1, 30, (40, 2))])
+    gxy = rng.uniform(0, 50, (12, 2))
+    query = np.hstack([gxy, gxy + rng.uniform(1, 30, (12, 2))])
+    query[5] = query[4]  # a tie: the first maximum must win
+    image = np.repeat([0, 1, 2], [15, 15, 10])
+    start, count = np.array([0, 4, 9]), np.array([4, 5, 3])
+    best, arg = ev._kernel.max_overlaps_segmented(boxes, query, image, start, count)
+    for n in range(len(boxes)):
+        i = image[n]
+        o = ev.bbox_overlaps(boxes[n:n + 1], query[start[i]:start[i] + count[i]])[0]
+        assert best[n] == o.max() and arg[n] == o.argmax()
+
+
+def test_missing_kernel_says_how_to_build(monkeypatch):
+    monkeypatch.setitem(sys.modules, "widerface_evaluate.box_overlaps", None)
+    with pytest.raises(ImportError, match=r"python setup\.py build_ext --inplace"):
+        ev._import_kernel()
+
+
+def test_malformed_line_names_file_and_line(tmp_path):
+    path = tmp_path / "img.txt"
+    path.write_text("img\n3\n1 2 3 4 0.9 \n1 2 3 0.8\n1 2 3 4 0.7\n")
+    with pytest.raises(ValueError, match=rf"{path}:4:"):
+        ev.read_pred_file(path)
+
+
+def test_non_numeric_value_names_file_and_line(tmp_path):
+    path = tmp_path / "img.txt"
+    path.write_text("img\n2\n1 2 3 4 0.9\n1 2 3 4 high\n")
+    with pytest.raises(ValueError, match=rf"{path}:4:"):
+        ev.read_pred_file(path)
+
+
+def test_wrong_count_line_names_line_2(tmp_path):
+    path = tmp_path / "img.txt"
+    path.write_text("img\n3\n1 2 3 4 0.9\n")
+    with pytest.raises(ValueError, match=rf"{path}:2:"):
+        ev.read_pred_file(path)
+
+
+@pytest.mark.parametrize("name", ["party_jpg", "dog_p", "walking_g", "s.j"])
+def test_names_ending_in_j_p_g_are_kept(tmp_path, name):
+    write_pred(tmp_path / "ev" / f"{name}.txt", name, [[1, 2, 3, 4, 0.5]])
+    assert list(ev.load_predictions(tmp_path)) == [f"ev/{name}"]
+
+
+def test_name_line_with_jpg_extension_is_stripped(tmp_path):
+    write_pred(tmp_path / "ev" / "a.txt", "ev/party_1.jpg", [])
+    assert list(ev.load_predictions(tmp_path)) == ["ev/party_1"]
+
+
+@pytest.fixture
+def label_set(tmp_path):
+    """One image with two 10x10 faces: a perfect detection (0.9) and a false one (0.3);
+    a second image with one face and no prediction file."""
+    label = tmp_path / "label.txt"
+    label.write_text("# ev/a.jpg\n0 0 10 10\n40 40 10 10\n# ev/b.jpg\n5 5 20 20\n")
+    write_pred(tmp_path / "pred" / "ev" / "a.txt", "a", [[0, 0, 10, 10, 0.9], [100, 100, 10, 10, 0.3]])
+    return label, tmp_path / "pred"
+
+
+def test_label_mode_hand_computed(label_set):
+    label, pred = label_set
+    # Normalised scores 1 and 0: every threshold above 0 keeps only the true positive
+    # (precision 1), the last (0) keeps both (precision 1/2); recall is 1 of 3 faces
+    # throughout, so AP = 1/3 * 1.
+    results = ev.evaluate(ev.load_predictions(pred), ev.load_label_gt(label))
+    assert list(results) == [ev.LABEL_SETTING]
+    assert results["all"]["ap"] == pytest.approx(1 / 3, abs=AP_TOL)
+
+
+def test_only_predicted_restricts_images(label_set, capsys):
+    label, pred = label_set
+    args = ev.get_args_parser().parse_args(["-p", str(pred), "--label", str(label), "--only-predicted"])
+    results = ev.main(args)
+    # Image b is left out: recall is 1 of 2 faces.
+    assert results["all"]["ap"] == pytest.approx(1 / 2, abs=AP_TOL)
+    assert "Evaluated 1 of 2 images" in capsys.readouterr().out
+
+
+def test_scores_outside_unit_range(tmp_path, label_set):
+    label, pred = label_set
+    shifted = tmp_path / "shifted"
+    # Any score range: the two scores still normalise to exactly 1 and 0.
+    write_pred(shifted / "ev" / "a.txt", "a", [[0, 0, 10, 10, 4 * 0.9 - 7], [100, 100, 10, 10, 4 * 0.3 - 7]])
+    gt = ev.load_label_gt(label)
+    assert ev.evaluate(ev.load_predictions(shifted), gt)["all"]["ap"] == \
+        ev.evaluate(ev.load_predictions(pred), gt)["all"]["ap"]
+
+
+def test_cli_prints_result_block_and_writes_curves(label_set, tmp_path, capsys):
+    label, pred = label_set
+    out = tmp_path / "out"
+    ev.main(ev.get_args_parser().parse_args([
+        "-p", str(pred), "--label", str(label), "--curve-data", str(out / "pr.json"),
+        "--curve-plot", str(out / "pr.png")]))
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "==================== Results ===================="
+    assert lines[1].startswith("All    Val AP: 0.333")
+    assert lines[2] == "================================================="
+    data = json.loads((out / "pr.json").read_text())
+    assert len(data["all"]["precision"]) == ev.THRESH_NUM
+    assert (out / "pr.png").stat().st_size > 0
+
+
+def test_curve_csv(label_set, tmp_path):
+    label, pred = label_set
+    results = ev.evaluate(ev.load_predictions(pred), ev.load_label_gt(label))
+    ev.save_curves(results, tmp_path / "pr.csv")
+    rows = (tmp_path / "pr.csv").read_text().splitlines()
+    assert rows[0] == "setting,threshold,precision,recall" and len(rows) == 1 + ev.THRESH_NUM
+
+
+def test_missing_prediction_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        ev.load_predictions(tmp_path / "nowhere")
+
+
+def _cell(items):
+    """An (n, 1) object array: a MATLAB cell column for savemat."""
+    cell = np.empty((len(items), 1), dtype=object)
+    for i, item in enumerate(items):
+        cell[i, 0] = item
+    return cell
+
+
+def test_matches_reference_style_implementation_on_synthetic_set(tmp_path):
+    """The vectorised evaluator against the reference's loops, on data made to hit the
+    corner cases: unsorted and tied scores, scores outside [0, 1], faces matched twice,
+    images without faces, without detections or without a prediction file."""
+    rng = np.random.default_rng(1)
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir()
+    events, files, faces, keeps = [], [], [], {s: [] for s in ev.SETTINGS}
+    for e in range(3):
+        event = f"{e}--Event"
+        names, boxes, kept = [], [], {s: [] for s in ev.SETTINGS}
+        for j in range(6):
+            name = f"{e}_Event_{j}"
+            n_face = int(rng.integers(0, 6)) if j else 0
+            xy = rng.integers(0, 200, (n_face, 2))
+            gt = np.hstack([xy, rng.integers(4, 60, (n_face, 2))]).astype(np.int32)
+            names.append(np.array([name]))
+            boxes.append(gt)
+            hard = np.flatnonzero(rng.random(n_face) < 0.8) + 1
+            kept["hard"].append(hard.reshape(-1, 1).astype(np.uint8))
+            kept["medium"].append(hard[: len(hard) * 2 // 3].reshape(-1, 1).astype(np.uint8))
+            kept["easy"].append(hard[: len(hard) // 3].reshape(-1, 1).astype(np.uint8))
+            if j == 5:
+                continue  # no prediction file
+            dets = []
+            for x, y, w, h in gt:
+                for _ in range(int(rng.integers(0, 3))):
+                    dets.append([x + rng.integers(-3, 4), y + rng.integers(-3, 4), w + rng.integers(-3, 4),
+                                 h + rng.integers(-3, 4)])
+            dets += rng.integers(0, 200, (int(rng.integers(0, 4)), 4)).tolist()
+            scores = np.round(rng.uniform(-2, 3, len(dets)), 1)  # ties and values beyond [0, 1]
+            write_pred(pred_dir / event / f"{name}.txt", name,
+                       [list(d) + [s] for d, s in zip(dets, scores)])
+        events.append(np.array([event]))
+        files.append(_cell(names))
+        faces.append(_cell(boxes))
+        for s in ev.SETTINGS:
+            keeps[s].append(_cell(kept[s]))
+    savemat(gt_dir / "wider_face_val.mat",
+            {"event_list": _cell(events), "file_list": _cell(files), "face_bbx_list": _cell(faces)})
+    for s in ev.SETTINGS:
+        savemat(gt_dir / f"wider_{s}_val.mat", {"gt_list": _cell(keeps[s])})
+
+    fast = ev.evaluate(ev.load_predictions(pred_dir), ev.load_wider_gt(gt_dir))
+    reference = bench_evaluation.reference_evaluation(str(pred_dir), str(gt_dir))
+    assert [fast[s]["ap"] for s in ev.SETTINGS] == reference

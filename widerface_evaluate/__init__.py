@@ -1,0 +1,1 @@
+"""WIDER FACE evaluation: the Cython box-overlap kernel and evaluation.py."""

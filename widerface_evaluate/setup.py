@@ -1,0 +1,23 @@
+"""Builds the Cython box-overlap kernel in place.
+
+    cd widerface_evaluate && python setup.py build_ext --inplace
+
+Uses setuptools (Python 3.12 has no distutils) and numpy's headers; works with numpy 1 and 2.
+"""
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+extensions = [
+    Extension(
+        "box_overlaps",
+        ["box_overlaps.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+]
+
+setup(
+    name="widerface_evaluate_box_overlaps",
+    ext_modules=cythonize(extensions, compiler_directives={"language_level": "3"}),
+)
