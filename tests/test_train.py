@@ -250,3 +250,20 @@ def test_ctrl_c_with_workers_saves_state(subset, backbone, tmp_path):
     state = torch.load(tmp_path / f'{NAME}_last_state.pth', map_location='cpu', weights_only=True)
     assert state['iteration'] >= 3
     assert 'continue with --resume' in rest
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+def test_cuda_amp_run_and_exact_resume(subset, backbone, tmp_path):
+    """On a GPU: --device auto picks CUDA, AMP trains with finite losses, the checkpoints
+    open on the CPU, and --resume restores the scaler and continues at the right LR."""
+    first = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '2', '--device', 'auto', '--amp'))
+    assert first.exit_code == 0 and first.iteration == 4
+    state = torch.load(tmp_path / f'{NAME}_last_state.pth', map_location='cpu', weights_only=True)
+    assert state['scaler'] and 'cuda' in state['rng'][0]
+    resumed = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4', '--device', 'cuda', '--amp',
+                               '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
+    assert [r['iteration'] for r in resumed.iterations] == [4, 5, 6, 7]
+    assert [r['lr'] for r in resumed.iterations] == pytest.approx([_expected_lr(i) for i in range(4, 8)])
+    assert all(all(map(torch.isfinite, map(torch.tensor, (r['loc'], r['cla'], r['landm']))))
+               for r in resumed.iterations)
+    _weights(tmp_path / f'{NAME}_Final.pth')
