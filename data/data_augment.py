@@ -6,14 +6,16 @@ step, which makes them relative to the output image (0..1). Randomness comes fro
 Python's `random` module, as in the reference: seed it with random.seed (DataLoader
 workers are seeded by PyTorch, see train.py).
 
-Differences from the reference, all for images it cannot train on:
+Differences from the reference (see docs/README_training.md):
 - an image without faces (an empty target) skips the crop search, which could never
   succeed, and comes out as a padded, distorted, mirrored, resized pure background sample
   (the reference asserts the target is non-empty);
-- boxes are clipped to the image, and boxes with no area left (x2 <= x1 or y2 <= y1 in
-  pixels, e.g. labels with w = 0 or h = 0) are dropped, both inside the crop search (a
-  crop keeping only such faces is retried, like one keeping none) and for the uncropped
-  fallback. The reference keeps them, and their log(0) box targets make the loss NaN.
+- in the uncropped fallback (no crop kept a whole face) boxes and landmarks are clipped
+  to the image, as the crop path clips them to the crop, so that all targets lie in [0, 1];
+- boxes with no area (x2 <= x1 or y2 <= y1 in pixels, e.g. labels with w = 0 or h = 0)
+  are dropped, both inside the crop search (a crop keeping only such faces is retried,
+  like one keeping none) and in the uncropped fallback. The reference keeps them, and
+  their log(0) box targets make the loss NaN.
 """
 import random
 
@@ -274,12 +276,15 @@ class preproc(object):
 
         image_t, boxes_t, labels_t, landm_t, pad_image_flag = _crop(image, boxes, labels, landm, self.img_dim)
         if pad_image_flag:
-            # Uncropped fallback: clip the boxes to the image (the crop path already is)
-            # and drop the ones with no area left.
+            # Uncropped fallback: clip boxes and landmarks to the image, as the crop path
+            # clips them to the crop, and drop the boxes with no area left.
             height, width, _ = image_t.shape
             boxes_t = boxes_t.copy()
             boxes_t[:, 0::2] = np.clip(boxes_t[:, 0::2], 0, width)
             boxes_t[:, 1::2] = np.clip(boxes_t[:, 1::2], 0, height)
+            landm_t = landm_t.copy()
+            landm_t[:, 0::2] = np.clip(landm_t[:, 0::2], 0, width)
+            landm_t[:, 1::2] = np.clip(landm_t[:, 1::2], 0, height)
             keep = _positive_area(boxes_t)
             boxes_t, labels_t, landm_t = boxes_t[keep], labels_t[keep], landm_t[keep]
         image_t = _distort(image_t)

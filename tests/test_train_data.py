@@ -213,6 +213,20 @@ def test_crop_gives_up_on_a_face_larger_than_any_crop():
     assert pad and crop is img and b is boxes
 
 
+def test_uncropped_fallback_clips_boxes_and_landmarks_to_the_image():
+    """A face no crop can hold whole, sticking out of the image on the right: the
+    fallback keeps the whole (padded) image and clips the face to it."""
+    img = np.zeros((100, 300, 3), np.uint8)
+    targets = np.array([[200., 10., 340., 90., 250., 40., 310., 40., 290., 60., 260., 75., 320., 75., 1.]])
+    for seed in range(6):
+        random.seed(seed)
+        out, t = preproc(150, RGB_MEAN)(img, targets)
+        assert t.shape == (1, 15)
+        assert ((t[:, :14] >= 0) & (t[:, :14] <= 1)).all()
+        x1, x2 = sorted([t[0, 0], t[0, 2]])
+        np.testing.assert_allclose(x2 - x1, 100 / 300, rtol=1e-6)  # 200..300 of the 300-wide square
+
+
 def test_mirror_moves_and_swaps_landmarks(monkeypatch):
     width = 100
     boxes = np.array([[20., 10., 60., 50.]])
