@@ -548,7 +548,7 @@ def _train(args, rank, world_size, local_rank):
         # One sync per step: the losses (averaged over ranks, for logging) and whether any
         # rank was asked to stop, so that every rank stops at the same iteration.
         stats = torch.stack([loss_l.detach(), loss_c.detach(), loss_landm.detach(),
-                             torch.tensor(float(_stop_signal or 0), device=device)]).float()
+                             torch.tensor(1.0 if _stop_signal else 0.0, device=device)]).float()
         if distributed:
             dist.all_reduce(stats)
             stats[:3] /= world_size
@@ -593,7 +593,7 @@ def _train(args, rank, world_size, local_rank):
                     f.write(json.dumps(summary) + '\n')
 
         if stop_v > 0:
-            signum = int(_stop_signal or stop_v)
+            signum = int(_stop_signal or signal.SIGTERM)  # a rank that got no signal itself says SIGTERM
             save_state(iteration + 1)
             if is_main:
                 logger.warning("stopped by signal %d after iteration %d: resumable state saved in %s "
