@@ -347,7 +347,10 @@ def main(args):
         for sig in (signal.SIGINT, signal.SIGTERM):
             handlers[sig] = signal.signal(sig, _handle_stop_signal)
     try:
-        return _train(args, rank, world_size, local_rank)
+        # Training needs autograd whatever the caller's global mode (a script that called
+        # torch.set_grad_enabled(False) before, as inference scripts do).
+        with torch.enable_grad():
+            return _train(args, rank, world_size, local_rank)
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)

@@ -165,6 +165,12 @@ def test_signal_mid_epoch_saves_state_and_resumes_exactly(subset, backbone, full
     _assert_same_weights(_weights(tmp_path / f'{NAME}_Final.pth'), _weights(full_out / f'{NAME}_Final.pth'))
 
 
+def test_trains_when_the_caller_disabled_autograd(subset, backbone, tmp_path):
+    with torch.no_grad():
+        result = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '1'))
+    assert result.exit_code == 0 and result.iteration == EPOCH_SIZE
+
+
 def test_resume_net_and_resume_epoch_use_that_epochs_lr(subset, backbone, full_run, tmp_path):
     """The reference's --resume_net/--resume_epoch: plain weights, a fresh optimizer, and
     (fixed) the learning rate of the epoch it resumes at."""
