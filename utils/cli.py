@@ -119,9 +119,22 @@ def report_skipped(skipped, what='images'):
         logger.info("skipped 0 %s", what)
 
 
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a message is logged (tqdm and
+    test harnesses swap it), not to the stream that was current when it was made."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(level=logging.INFO):
     """Plain messages on stderr, for the scripts (library modules only create loggers)."""
-    logging.basicConfig(level=level, format='%(message)s', stream=sys.stderr, force=True)
+    logging.basicConfig(level=level, format='%(message)s', handlers=[_StderrHandler()], force=True)
 
 
 def run_cli(main, parser, argv=None):
