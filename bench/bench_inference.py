@@ -172,9 +172,8 @@ def main(args):
 
     # -- batches --------------------------------------------------------------------------------
     print(f"\nThroughput, batch of {args.batch} copies of one image vs one image at a time (images/s):")
-    for name in ('test', 'largest_selfie'):
-        if name not in images:
-            continue
+    largest = max(images, key=lambda n: images[n].shape[0] * images[n].shape[1])
+    for name in dict.fromkeys([next(iter(images)), largest]):  # the first and the largest image
         img = images[name]
         for b, det in detectors.items():
             single = stage_median(lambda: det.detect(img), det.device, args)

@@ -37,7 +37,7 @@ from layers.functions.prior_box import cached_priors
 from models.retinaface import RetinaFace
 from utils.box_utils import decode, decode_landm
 from utils.checkpoint import load_model
-from utils.nms.py_cpu_nms import nms
+from utils.nms.blocked_nms import blocked_nms
 
 logger = logging.getLogger(__name__)
 
@@ -379,9 +379,10 @@ class Detector:
             width = -(-max(w for _, w in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
             batch = np.zeros((len(images), 3, height, width), dtype=np.float32)
         for i, (src, (h, w)) in enumerate(zip(sources, sizes)):
-            # HWC -> CHW one plane at a time: each plane is subtracted straight into place.
+            # HWC -> CHW one plane at a time: each plane is subtracted straight into place
+            # (float32 arithmetic, as the reference's `img -= (104, 117, 123)`).
             for c, plane in enumerate(cv2.split(src)):
-                np.subtract(plane, _MEAN[c], out=batch[i, c, :h, :w], dtype=np.float32)
+                cv2.subtract(plane, float(_MEAN[c]), dst=batch[i, c, :h, :w], dtype=cv2.CV_32F)
         return batch, sizes, resizes
 
     def forward(self, batch):
@@ -448,43 +449,53 @@ class Detector:
         scores = scores[order]
         rows = torch.from_numpy(inds[order]).to(device)  # the candidates' prior indices, best first
 
-        boxes, landms = self._decode(loc, landms, rows, size, resize)
+        boxes = self._decode(loc, rows, size, resize, landmarks=False)
         dets = np.hstack((boxes, scores[:, np.newaxis])).astype(np.float32, copy=False)
-        keep = nms(dets, self.nms_threshold)
-        dets = dets[keep]
-        landms = landms[keep]
+        # Exactly py_cpu_nms's keep list (see utils/nms/blocked_nms.py), fast on crowds.
+        keep = blocked_nms(dets, self.nms_threshold)
         if self.keep_top_k:
-            dets = dets[:self.keep_top_k]
-            landms = landms[:self.keep_top_k]
+            keep = keep[:self.keep_top_k]
+        dets = dets[keep]
+        # Landmarks only for the kept boxes: decoding is elementwise, so the values are
+        # those of decoding every candidate and selecting afterwards.
+        landms = self._decode(landms, rows[torch.from_numpy(keep).to(device)], size, resize, landmarks=True)
         return np.concatenate((dets, landms), axis=1)
 
-    def _decode(self, loc, landms, rows, size, resize):
-        """Decode the candidate rows to original-image pixels, exactly as the reference's
-        `decode(loc, priors, variance) * scale / resize` (same float32 operations and order).
+    def _decode(self, pred, rows, size, resize, landmarks):
+        """Decode the given rows to original-image pixels, exactly as the reference's
+        `decode(loc, priors, variance) * scale / resize` and
+        `decode_landm(landms, priors, variance) * scale1 / resize` (same float32
+        operations in the same order).
 
-        Returns (boxes ndarray[K, 4], landms ndarray[K, 10]) float32 on the host.
+        Args:
+            pred (Tensor[P, 4] | Tensor[P, 10]): loc, or landms when landmarks is True.
+            rows (Tensor[K] int64): the rows (prior indices) to decode.
+        Returns:
+            ndarray[K, 4] boxes (x1, y1, x2, y2) or ndarray[K, 10] landmarks, float32.
         """
         h, w = size
-        device = loc.device
+        device = pred.device
         variance = self.cfg['variance']
-        priors = self.priors(size, device).index_select(0, rows)  # [K, 4]
-        loc = loc.index_select(0, rows)  # [K, 4]
-        landms = landms.index_select(0, rows)  # [K, 10]
-        scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
-        scale1 = torch.tensor([w, h] * 5, dtype=torch.float32, device=device)
-        # On the CPU torch runs exp on more than 2048 elements in parallel threads; for a
-        # few thousand candidates starting the threads costs more than the work, and far
-        # more when other processes hold the cores. Decoding in chunks that stay serial
-        # changes no value: every operation is elementwise.
-        chunk = DECODE_CHUNK if device.type == 'cpu' else max(1, rows.numel())
-        boxes_out, landms_out = [], []
+        priors = self.priors(size, device)
+        if landmarks:
+            scale = torch.tensor([w, h] * 5, dtype=torch.float32, device=device)
+            decode_fn = decode_landm
+        else:
+            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
+            decode_fn = decode
+        if rows.numel() == 0:
+            return np.zeros((0, scale.numel()), dtype=np.float32)
+        # On the CPU torch runs exp on more than 2048 elements, and gathers of more than
+        # 32768, in parallel threads; for a few thousand candidates starting the threads
+        # costs more than the work, and far more when other processes hold the cores.
+        # Decoding in chunks that stay serial changes no value: every step is elementwise.
+        chunk = DECODE_CHUNK if device.type == 'cpu' else rows.numel()
+        out = []
         for start in range(0, rows.numel(), chunk):
-            part = slice(start, start + chunk)
-            boxes = decode(loc[part], priors[part], variance)
-            boxes_out.append((boxes * scale / resize).cpu().numpy())
-            lm = decode_landm(landms[part], priors[part], variance)
-            landms_out.append((lm * scale1 / resize).cpu().numpy())
-        return np.concatenate(boxes_out), np.concatenate(landms_out)
+            part = rows[start:start + chunk]
+            decoded = decode_fn(pred.index_select(0, part), priors.index_select(0, part), variance)  # [k, 4|10]
+            out.append((decoded * scale / resize).cpu().numpy())
+        return np.concatenate(out)
 
     # -- the whole pipeline ----------------------------------------------------------------
 
