@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser('Retinaface: export to ONNX', add_help=True)
+    parser = argparse.ArgumentParser(description='Retinaface: export to ONNX')
     parser.add_argument('-m', '--trained_model', default='./weights/mobilenet0.25_Final.pth', type=str,
                         help='Trained state_dict file path to open')
     parser.add_argument('--network', default='mobile0.25', choices=sorted(NETWORKS),

@@ -35,7 +35,7 @@ def default_image():
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser('Retinaface: detect faces in images', add_help=True)
+    parser = argparse.ArgumentParser(description='Retinaface: detect faces in images')
     parser.add_argument('-m', '--trained_model', default='./weights/mobilenet0.25_Final.pth', type=str,
                         help='Trained state_dict file path to open')
     parser.add_argument('--network', default='mobile0.25', choices=sorted(NETWORKS),

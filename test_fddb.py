@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser('Retinaface: FDDB detections', add_help=True)
+    parser = argparse.ArgumentParser(description='Retinaface: FDDB detections')
     parser.add_argument('-m', '--trained_model', default='./weights/Resnet50_Final.pth', type=str,
                         help='Trained state_dict file path to open')
     parser.add_argument('--network', default='resnet50', choices=sorted(NETWORKS),
@@ -111,7 +111,7 @@ def main(args):
                 continue
             dets = detector.detect(img_raw)
             blocks.append(fddb_block(name, dets))
-            bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / len(blocks):.0f}")
+            bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / len(blocks):.0f}", refresh=False)
             if args.save_image:
                 os.makedirs(args.vis_folder, exist_ok=True)
                 cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"),

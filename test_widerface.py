@@ -32,7 +32,7 @@ IMAGE_LIST_NAME = 'wider_val.txt'
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser('Retinaface: WIDER FACE val predictions', add_help=True)
+    parser = argparse.ArgumentParser(description='Retinaface: WIDER FACE val predictions')
     parser.add_argument('-m', '--trained_model', default='./weights/Resnet50_Final.pth', type=str,
                         help='Trained state_dict file path to open')
     parser.add_argument('--network', default='resnet50', choices=sorted(NETWORKS),
@@ -149,7 +149,7 @@ def main(args):
                 dets = detector.detect(img_raw)
                 atomic_write_text(save_name, wider_text(os.path.basename(stem), dets))
                 written += 1
-                bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / written:.0f}")
+                bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / written:.0f}", refresh=False)
 
                 if args.save_image:
                     os.makedirs(args.vis_folder, exist_ok=True)

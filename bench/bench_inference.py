@@ -42,7 +42,7 @@ def default_weights():
 
 
 def get_args_parser():
-    parser = argparse.ArgumentParser('Benchmark the RetinaFace detection pipeline', add_help=True)
+    parser = argparse.ArgumentParser(description='Benchmark the RetinaFace detection pipeline')
     parser.add_argument('-m', '--trained_model', default=None, type=str,
                         help='weights (default: weights/mobilenet0.25_Final.pth, else $RETINAFACE_DATA/weights/)')
     parser.add_argument('--network', default='mobile0.25', choices=['mobile0.25', 'resnet50'])
