@@ -8,7 +8,6 @@ batch, height and width, and returns 'loc' [B, P, 4], 'conf' [B, P, 2] (softmax)
 if any output differs from PyTorch's by more than --tolerance, the script fails (exit 1).
 """
 import argparse
-import logging
 import os
 
 import torch
@@ -18,8 +17,6 @@ from utils.cli import run_cli
 from utils.inference import load_detector
 from utils.onnx_export import (DEFAULT_LONG_SIDE, DEFAULT_OPSET, VERIFY_ATOL, export_onnx, verification_inputs,
                                verify_onnx)
-
-logger = logging.getLogger(__name__)
 
 
 def get_args_parser():

@@ -11,10 +11,11 @@
 
 With the default 'torch' backend on CPU the numbers are bit-for-bit those of the
 reference's test_widerface.py / test_fddb.py (same float32 operations in the same order),
-so the result files are byte-identical. Two shortcuts keep the post-processing cheap and
-change nothing: priors are computed once per input size, and only the priors above the
-score threshold are decoded (decoding is elementwise, so each kept row gets exactly the
-value it would get from decoding all rows).
+so the result files are byte-identical. Three shortcuts keep the post-processing cheap and
+change nothing: priors are computed once per input size; only the priors above the score
+threshold are decoded, and their landmarks only if NMS keeps them (decoding is
+elementwise, so each row gets exactly the value it would get from decoding all rows); and
+NMS is blocked_nms, which returns py_cpu_nms's keep list without comparing every pair.
 
 Typical use:
 
@@ -264,7 +265,7 @@ def _exact_batches(net):
 
     While active, a Conv2d whose kernel choice depends on the batch size (see
     _needs_per_sample) runs sample by sample; all others run on the whole batch. Only
-    small layers are affected (the coarsest pyramid level), so batches keep their speed.
+    small layers are affected (the coarsest pyramid level), so the split costs little.
     The net is left unchanged afterwards.
     """
     patched = []
