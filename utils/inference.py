@@ -39,6 +39,7 @@ from models.retinaface import RetinaFace
 from utils.box_utils import decode, decode_landm
 from utils.checkpoint import load_model
 from utils.nms.blocked_nms import blocked_nms
+from utils.onnx_export import INPUT_NAME, export_onnx_bytes, make_session
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +334,6 @@ class Detector:
             if net is None:
                 raise ValueError("the torch backend needs a network (net is None)")
         else:
-            from utils.onnx_export import export_onnx_bytes, make_session
             if onnx_model is None:
                 if net is None:
                     raise ValueError("the onnxruntime backend needs a network to export or an onnx_model file")
@@ -396,7 +396,6 @@ class Detector:
             self.device for 'torch', on the CPU for 'onnxruntime'.
         """
         if self.session is not None:
-            from utils.onnx_export import INPUT_NAME
             outputs = self.session.run(None, {INPUT_NAME: batch})
             return tuple(torch.from_numpy(o) for o in outputs)
         with torch.inference_mode():
