@@ -130,7 +130,14 @@ def main(args):
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"{args.network} ({weights}), median of {args.repeats} runs, ms")
 
-    detectors = {b: load_detector(args.network, weights, device=args.device, backend=b) for b in args.backends}
+    detectors = {}
+    for b in args.backends:
+        try:
+            detectors[b] = load_detector(args.network, weights, device=args.device, backend=b)
+        except ValueError as e:  # e.g. onnxruntime without its CUDA provider on a GPU
+            print(f"skipping the {b} backend: {e}")
+    if not detectors:
+        raise SystemExit("no backend can run here")
 
     # -- stages -----------------------------------------------------------------------------
     header = (f"{'image':<16}{'backend':<13}{'preproc':>8}{'forward':>9}{'priors':>8}{'dec+NMS':>9}"

@@ -353,3 +353,38 @@ def test_draw_detections_as_the_reference(detector, images):
         cv2.circle(expected, (b[13], b[14]), 1, (255, 0, 0), 4)
     np.testing.assert_array_equal(drawn, expected)
     assert not np.array_equal(drawn, img)
+
+
+# -- CUDA (run where a GPU is present) ---------------------------------------------------------
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='no CUDA device')
+
+
+def _assert_faces_match(a, b, box_px, score_tol, min_score=0.5):
+    """Every face of a with score >= min_score has a counterpart in b (boxes within box_px)."""
+    for d in a[a[:, 4] >= min_score]:
+        j = np.argmin(np.abs(b[:, :4] - d[:4]).max(axis=1))
+        assert np.abs(b[j, :4] - d[:4]).max() <= box_px
+        assert abs(b[j, 4] - d[4]) <= score_tol
+
+
+@needs_cuda
+@pytest.mark.parametrize('name', ['test', 'kids_group', 'street_crowd', 'largest_selfie'])
+def test_cuda_detections_match_cpu(weights, detector, images, name):
+    """The CUDA path (filter and decode on the device) finds the CPU's faces. cuDNN may
+    use TF32 and other summation orders, so scores and boxes agree closely, not bit for bit."""
+    gpu = load_detector('mobile0.25', weights, device='cuda')
+    cpu_dets, gpu_dets = detector.detect(images[name]), gpu.detect(images[name])
+    assert gpu_dets.dtype == np.float32 and gpu_dets.shape[1] == 15
+    assert abs(len(gpu_dets) - len(cpu_dets)) <= max(2, len(cpu_dets) // 50)
+    _assert_faces_match(cpu_dets, gpu_dets, box_px=1.0, score_tol=1e-2)
+
+
+@needs_cuda
+def test_cuda_batches(weights, images):
+    gpu = load_detector('mobile0.25', weights, device='cuda')
+    single = gpu.detect(images['test'])
+    for dets in gpu.detect_batch([images['test']] * 4):
+        _assert_faces_match(single, dets, box_px=0.5, score_tol=1e-3)
+    mixed = gpu.detect_batch([images['test'], images['kids_group'], images['val416_0_Parade_Parade_0_102']])
+    assert [len(m) > 0 for m in mixed] == [True, True, True]
