@@ -225,7 +225,7 @@ def test_library_code_never_calls_cuda():
         assert '.cuda()' not in (ROOT / path).read_text(), path
 
 
-def test_bad_settings_are_clear_errors(weights, detector):
+def test_bad_settings_are_clear_errors(detector):
     with pytest.raises(ValueError, match='backend'):
         Detector(detector.net, cfg_mnet, backend='tensorrt')
     with pytest.raises(ValueError, match='nms_threshold'):
