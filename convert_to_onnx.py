@@ -1,0 +1,72 @@
+"""Export RetinaFace to ONNX and check the export with onnxruntime.
+
+    python convert_to_onnx.py -m weights/mobilenet0.25_Final.pth --network mobile0.25
+
+The model takes 'input0' [B, 3, H, W] (float32 BGR minus (104, 117, 123)) with dynamic
+batch, height and width, and returns 'loc' [B, P, 4], 'conf' [B, P, 2] (softmax) and
+'landms' [B, P, 10]. After exporting, onnxruntime runs it on two inputs of different sizes;
+if any output differs from PyTorch's by more than --tolerance, the script fails (exit 1).
+"""
+import argparse
+import os
+
+import torch
+
+from data import NETWORKS
+from utils.cli import run_cli
+from utils.inference import load_detector
+from utils.onnx_export import (DEFAULT_LONG_SIDE, DEFAULT_OPSET, VERIFY_ATOL, export_onnx, verification_inputs,
+                               verify_onnx)
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description='Retinaface: export to ONNX')
+    parser.add_argument('-m', '--trained_model', default='./weights/mobilenet0.25_Final.pth', type=str,
+                        help='Trained state_dict file path to open')
+    parser.add_argument('--network', default='mobile0.25', choices=sorted(NETWORKS),
+                        help='Backbone network mobile0.25 or resnet50')
+    parser.add_argument('--long_side', default=DEFAULT_LONG_SIDE, type=int,
+                        help='side of the square dummy input used for tracing (the exported height and '
+                             'width stay dynamic)')
+    parser.add_argument('--cpu', default=True, action=argparse.BooleanOptionalAction,
+                        help='export on the CPU (default; --no-cpu traces on CUDA when available)')
+    parser.add_argument('--output', default='FaceDetector.onnx', type=str, help='the ONNX file to write')
+    parser.add_argument('--opset', default=DEFAULT_OPSET, type=int, help='ONNX opset version')
+    parser.add_argument('--verify', default=True, action=argparse.BooleanOptionalAction,
+                        help='check the export with onnxruntime on two input sizes (default)')
+    parser.add_argument('--tolerance', default=VERIFY_ATOL, type=float,
+                        help='largest allowed |onnxruntime - PyTorch| in any output')
+    return parser
+
+
+def main(args):
+    """Export and verify; returns {'path', 'verification': [...]}. Raises ValueError if the check fails."""
+    if args.long_side < 1:
+        raise ValueError(f"--long_side must be a positive number of pixels, got {args.long_side}")
+    device = 'cpu' if args.cpu or not torch.cuda.is_available() else 'cuda'
+    net = load_detector(args.network, args.trained_model, device=device).net
+    print(f"==> Exporting model to ONNX format at '{args.output}' (opset {args.opset})")
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    # Exported to a temporary name first: a failed export or check leaves no file behind
+    # that looks like a good model.
+    tmp = args.output + '.tmp'
+    try:
+        export_onnx(net, tmp, opset=args.opset, long_side=args.long_side)
+        report = []
+        if args.verify:
+            report = verify_onnx(net, tmp, verification_inputs(args.long_side), atol=args.tolerance)
+            for r in report:
+                h, w = r['size']
+                diffs = ", ".join(f"{k} {v:.2e}" for k, v in r['max_abs_diff'].items())
+                print(f"onnxruntime vs PyTorch at {h}x{w}: max |diff| {diffs} (<= {args.tolerance:g})")
+        os.replace(tmp, args.output)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    print(f"wrote {args.output}" + (" (verified with onnxruntime)" if args.verify else ""))
+    return {'path': args.output, 'verification': report}
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main, get_args_parser()))

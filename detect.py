@@ -1,0 +1,140 @@
+"""Detect faces in images and draw them (the reference's demo), or write them as JSON.
+
+    python detect.py -m weights/mobilenet0.25_Final.pth --image photo.jpg
+    python detect.py --image 'photos/*.jpg' --output annotated/ --json faces.json --no-save_image
+
+--image takes a file, a folder (every image in it) or a glob. Annotated images go to
+--output/<image name>; each image gets a one-line summary.
+"""
+import argparse
+import glob
+import json
+import logging
+import os
+import time
+
+import cv2
+
+from data import NETWORKS
+from utils.cli import (IMAGE_EXTENSIONS, add_backend_arguments, atomic_write_text, detector_from_args,
+                       optional_top_k, report_skipped, run_cli)
+from utils.datapaths import shared_path
+from utils.inference import draw_detections, read_image
+
+logger = logging.getLogger(__name__)
+
+# The reference's demo image; the same photo is ../shared/images/test.jpg.
+REFERENCE_DEMO_IMAGE = './curve/test.jpg'
+
+
+def default_image():
+    """The reference's ./curve/test.jpg if present, else the same photo in the shared data folder."""
+    if os.path.isfile(REFERENCE_DEMO_IMAGE):
+        return REFERENCE_DEMO_IMAGE
+    return str(shared_path('images', 'test.jpg'))
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description='Retinaface: detect faces in images')
+    parser.add_argument('-m', '--trained_model', default='./weights/mobilenet0.25_Final.pth', type=str,
+                        help='Trained state_dict file path to open')
+    parser.add_argument('--network', default='mobile0.25', choices=sorted(NETWORKS),
+                        help='Backbone network mobile0.25 or resnet50')
+    parser.add_argument('--cpu', action="store_true", default=False, help='Use cpu inference')
+    parser.add_argument('--confidence_threshold', default=0.02, type=float, help='confidence_threshold')
+    parser.add_argument('--top_k', default=5000, type=optional_top_k, help='top_k (0: all)')
+    parser.add_argument('--nms_threshold', default=0.4, type=float, help='nms_threshold')
+    parser.add_argument('--keep_top_k', default=750, type=optional_top_k, help='keep_top_k (0: all)')
+    parser.add_argument('-s', '--save_image', default=True, action=argparse.BooleanOptionalAction,
+                        help='write annotated images to --output (default; --no-save_image turns it off)')
+    parser.add_argument('--vis_thres', default=0.6, type=float, help='visualization_threshold')
+    parser.add_argument('--image', default=None, type=str,
+                        help='an image file, a folder of images or a glob (quote it); default: the '
+                             f'reference\'s {REFERENCE_DEMO_IMAGE}, else $RETINAFACE_DATA/images/test.jpg')
+    parser.add_argument('--output', default='./results/', type=str, help='folder for the annotated images')
+    parser.add_argument('--json', default=None, type=str,
+                        help='write every detection (box, score, five landmarks) of every image to this JSON file')
+    add_backend_arguments(parser)
+    return parser
+
+
+def list_images(spec):
+    """The image files named by spec: a file, a folder (its images, sorted) or a glob (sorted).
+
+    Raises:
+        FileNotFoundError: nothing matches spec.
+    """
+    if os.path.isdir(spec):
+        files = sorted(os.path.join(spec, f) for f in os.listdir(spec)
+                       if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(spec, f)))
+        if not files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {spec}")
+        return files
+    if glob.has_magic(spec):
+        files = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
+        if not files:
+            raise FileNotFoundError(f"no files match {spec}")
+        return files
+    if not os.path.exists(spec):
+        raise FileNotFoundError(f"image not found: {spec}")
+    return [spec]
+
+
+def detections_to_json(dets):
+    """Detections ndarray[N, 15] -> [{'box': [x1, y1, x2, y2], 'score', 'landmarks': [[x, y] * 5]}] (pixels).
+
+    Each float32 is written as its shortest repr, which reads back as the same float32.
+    """
+    def f(v):
+        return float(str(v))
+    return [{'box': [f(v) for v in d[:4]],
+             'score': f(d[4]),
+             'landmarks': [[f(d[5 + 2 * k]), f(d[6 + 2 * k])] for k in range(5)]}
+            for d in dets]
+
+
+def main(args):
+    """Detect, draw and summarise; returns {'results': [...], 'skipped': [(path, reason)]}."""
+    files = list_images(args.image or default_image())
+    detector = detector_from_args(args)
+    results, skipped = [], []
+    for path in files:
+        try:
+            img_raw = read_image(path)
+        except (FileNotFoundError, ValueError) as e:
+            logger.warning("skipping %s: %s", path, e)
+            skipped.append((path, str(e)))
+            continue
+        tic = time.perf_counter()
+        dets = detector.detect(img_raw)
+        ms = 1000 * (time.perf_counter() - tic)
+        faces = int((dets[:, 4] >= args.vis_thres).sum())
+        line = (f"{path}: {faces} faces >= {args.vis_thres} ({len(dets)} detections > "
+                f"{args.confidence_threshold}), {img_raw.shape[1]}x{img_raw.shape[0]}, {ms:.1f} ms")
+        if args.save_image:
+            os.makedirs(args.output, exist_ok=True)
+            out_path = os.path.join(args.output, os.path.basename(path))
+            if not cv2.imwrite(out_path, draw_detections(img_raw, dets, args.vis_thres)):
+                raise ValueError(f"could not write {out_path} (unsupported extension or unwritable folder)")
+            line += f" -> {out_path}"
+        print(line)
+        results.append({'image': path, 'width': int(img_raw.shape[1]), 'height': int(img_raw.shape[0]),
+                        'detections': detections_to_json(dets)})
+    if args.json:
+        payload = {'network': args.network, 'backend': args.backend,
+                   'confidence_threshold': args.confidence_threshold, 'nms_threshold': args.nms_threshold,
+                   'box_format': 'x1 y1 x2 y2 (pixels)',
+                   'landmarks': 'left eye, right eye, nose, left mouth corner, right mouth corner (x, y pixels)',
+                   'images': results,
+                   'skipped': [{'image': p, 'error': r} for p, r in skipped]}
+        atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
+        logger.info("wrote detections of %d images to %s", len(results), args.json)
+    if len(files) > 1 or skipped:
+        report_skipped(skipped)
+    if not results:
+        raise ValueError(f"none of the {len(files)} images could be read")
+    return {'results': results, 'skipped': skipped}
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main, get_args_parser()))

@@ -1,0 +1,130 @@
+"""Detect faces on FDDB and write the detection file the FDDB evaluation tool reads.
+
+    python test_fddb.py -m weights/mobilenet0.25_Final.pth --network mobile0.25
+
+Reads data/FDDB/img_list.txt (names like 2002/08/11/big/img_591) and the images
+data/FDDB/images/<name>.jpg, or the files given by --image_list / --images_folder, and
+writes <save_folder>/FDDB_dets.txt: per image
+
+    name
+    N.0
+    x y w h score      (N lines: integer pixels with w = x2 - x1 + 1, score with 10 decimals)
+
+in the reference's exact format. The file is written atomically when the run ends, so an
+interrupted run never leaves half a file.
+"""
+import argparse
+import logging
+import os
+import time
+
+import cv2
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from data import NETWORKS
+from utils.cli import (add_backend_arguments, atomic_write_text, detector_from_args, optional_top_k,
+                       report_skipped, run_cli, str2bool)
+from utils.inference import draw_detections, read_image
+
+logger = logging.getLogger(__name__)
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description='Retinaface: FDDB detections')
+    parser.add_argument('-m', '--trained_model', default='./weights/Resnet50_Final.pth', type=str,
+                        help='Trained state_dict file path to open')
+    parser.add_argument('--network', default='resnet50', choices=sorted(NETWORKS),
+                        help='Backbone network mobile0.25 or resnet50')
+    parser.add_argument('--origin_size', default=True, type=str2bool,
+                        help='Whether use origin image size to evaluate: true (default, as the reference, '
+                             'which always does) or false (short side 1600, long side at most 2150)')
+    parser.add_argument('--save_folder', default='eval/', type=str, help='Dir to save results')
+    parser.add_argument('--cpu', action="store_true", default=False, help='Use cpu inference')
+    parser.add_argument('--dataset', default='FDDB', type=str, choices=['FDDB'], help='dataset')
+    parser.add_argument('--image_list', default=None, type=str,
+                        help='the list of image names (default: data/<dataset>/img_list.txt)')
+    parser.add_argument('--images_folder', default=None, type=str,
+                        help='the folder holding <name>.jpg (default: data/<dataset>/images/)')
+    parser.add_argument('--confidence_threshold', default=0.02, type=float, help='confidence_threshold')
+    parser.add_argument('--top_k', default=None, type=optional_top_k,
+                        help='keep the top_k candidates before NMS (default: all, as the reference '
+                             'outputs in ../shared/golden were made; 5000 is the reference\'s declared value)')
+    parser.add_argument('--nms_threshold', default=0.4, type=float, help='nms_threshold')
+    parser.add_argument('--keep_top_k', default=None, type=optional_top_k,
+                        help='keep the keep_top_k detections after NMS (default: all, as the reference '
+                             'outputs were made; 750 is the reference\'s declared value)')
+    parser.add_argument('-s', '--save_image', action="store_true", default=False, help='show detection results')
+    parser.add_argument('--vis_thres', default=0.5, type=float, help='visualization_threshold')
+    parser.add_argument('--vis_folder', default='./results/', type=str,
+                        help='where --save_image writes the annotated images (<index>.jpg)')
+    add_backend_arguments(parser)
+    return parser
+
+
+def fddb_block(name, dets):
+    """The FDDB detection block for one image, in the reference's exact format.
+
+    Args:
+        name (str): the image name as listed (e.g. 2002/08/11/big/img_591).
+        dets (ndarray[N, 15] float32): detections, boxes as (x1, y1, x2, y2) pixels.
+    Returns:
+        str: name, N as '{:.1f}', then per detection "x y w h score" with w = x2 - x1 + 1 and
+        h = y2 - y1 + 1 computed in float32 and truncated, and the score with 10 decimals.
+    """
+    lines = ['{:s}\n'.format(name), '{:.1f}\n'.format(dets.shape[0])]
+    for k in range(dets.shape[0]):
+        xmin = dets[k, 0]
+        ymin = dets[k, 1]
+        xmax = dets[k, 2]
+        ymax = dets[k, 3]
+        score = dets[k, 4]
+        w = xmax - xmin + 1
+        h = ymax - ymin + 1
+        lines.append('{:d} {:d} {:d} {:d} {:.10f}\n'.format(int(xmin), int(ymin), int(w), int(h), score))
+    return "".join(lines)
+
+
+def main(args):
+    """Write FDDB_dets.txt; returns {'path', 'written', 'skipped': [(path, reason)]}."""
+    list_path = args.image_list or os.path.join('data', args.dataset, 'img_list.txt')
+    images_folder = args.images_folder or os.path.join('data', args.dataset, 'images')
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"image list not found: {list_path} (pass --image_list)")
+    with open(list_path, 'r') as fr:
+        names = fr.read().split()
+    if not names:
+        raise ValueError(f"image list {list_path} is empty")
+    out_path = os.path.join(args.save_folder, args.dataset + '_dets.txt')
+
+    detector = detector_from_args(args)
+    blocks, skipped = [], []
+    start = time.perf_counter()
+    with logging_redirect_tqdm(), tqdm(names, desc='im_detect', unit='img', dynamic_ncols=True) as bar:
+        for index, name in enumerate(bar):
+            image_path = os.path.join(images_folder, name + '.jpg')
+            try:
+                img_raw = read_image(image_path)
+            except (FileNotFoundError, ValueError) as e:
+                logger.warning("skipping %s: %s", image_path, e)
+                skipped.append((image_path, str(e)))
+                continue
+            dets = detector.detect(img_raw)
+            blocks.append(fddb_block(name, dets))
+            bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / len(blocks):.0f}", refresh=False)
+            if args.save_image:
+                os.makedirs(args.vis_folder, exist_ok=True)
+                cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"),
+                            draw_detections(img_raw, dets, args.vis_thres))
+    if not blocks:
+        report_skipped(skipped)
+        raise ValueError(f"none of the {len(names)} images could be read (is --images_folder right?)")
+    # Skipped images get no block at all: an empty block would claim "no faces here".
+    atomic_write_text(out_path, "".join(blocks))
+    logger.info("wrote detections for %d images to %s", len(blocks), out_path)
+    report_skipped(skipped)
+    return {'path': out_path, 'written': len(blocks), 'skipped': skipped}
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main, get_args_parser()))

@@ -1,0 +1,166 @@
+"""Detect faces on the WIDER FACE val set and write the prediction files the evaluation reads.
+
+    python test_widerface.py -m weights/mobilenet0.25_Final.pth --network mobile0.25
+
+For each line `event/name.jpg` (or `/event/name.jpg`) of wider_val.txt, which lies beside
+the images folder, it writes save_folder/event/name.txt:
+
+    name
+    N
+    x y w h score      (N lines, integer pixels, a trailing space, as the reference writes them)
+
+With the default eager PyTorch backend the files are byte-identical to the reference's.
+Files are written atomically, and a rerun skips images whose file is already complete.
+"""
+import argparse
+import logging
+import os
+import time
+
+import cv2
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from data import NETWORKS
+from utils.cli import (add_backend_arguments, atomic_write_text, detector_from_args, optional_top_k,
+                       report_skipped, run_cli, str2bool)
+from utils.inference import draw_detections, read_image
+
+logger = logging.getLogger(__name__)
+
+IMAGE_LIST_NAME = 'wider_val.txt'
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description='Retinaface: WIDER FACE val predictions')
+    parser.add_argument('-m', '--trained_model', default='./weights/Resnet50_Final.pth', type=str,
+                        help='Trained state_dict file path to open')
+    parser.add_argument('--network', default='resnet50', choices=sorted(NETWORKS),
+                        help='Backbone network mobile0.25 or resnet50')
+    parser.add_argument('--origin_size', default=True, type=str2bool,
+                        help='Whether use origin image size to evaluate: true (default) or false '
+                             '(short side 1600, long side at most 2150)')
+    parser.add_argument('--save_folder', default='./widerface_evaluate/widerface_txt/', type=str,
+                        help='Dir to save txt results')
+    parser.add_argument('--cpu', action="store_true", default=False, help='Use cpu inference')
+    parser.add_argument('--dataset_folder', default='./data/widerface/val/images/', type=str, help='dataset path')
+    parser.add_argument('--image_list', default=None, type=str,
+                        help=f'the list of images (default: {IMAGE_LIST_NAME} beside the dataset folder)')
+    parser.add_argument('--confidence_threshold', default=0.02, type=float, help='confidence_threshold')
+    parser.add_argument('--top_k', default=None, type=optional_top_k,
+                        help='keep the top_k candidates before NMS (default: all; the reference declares '
+                             '5000 here but never applies it)')
+    parser.add_argument('--nms_threshold', default=0.4, type=float, help='nms_threshold')
+    parser.add_argument('--keep_top_k', default=None, type=optional_top_k,
+                        help='keep the keep_top_k detections after NMS (default: all; the reference '
+                             'declares 750 here but never applies it)')
+    parser.add_argument('-s', '--save_image', action="store_true", default=False, help='show detection results')
+    parser.add_argument('--vis_thres', default=0.5, type=float, help='visualization_threshold')
+    parser.add_argument('--vis_folder', default='./results/', type=str,
+                        help='where --save_image writes the annotated images (<index>.jpg, as the reference)')
+    parser.add_argument('--resume', default=True, action=argparse.BooleanOptionalAction,
+                        help='skip images whose result file is already complete (default); '
+                             '--no-resume recomputes every image')
+    add_backend_arguments(parser)
+    return parser
+
+
+def image_list_path(dataset_folder):
+    """wider_val.txt beside the images folder: ./data/widerface/val/images/ -> ./data/widerface/val/wider_val.txt."""
+    return os.path.join(os.path.dirname(os.path.normpath(dataset_folder)), IMAGE_LIST_NAME)
+
+
+def read_image_list(path):
+    """The image paths of a WIDER list file, relative to the images folder (leading '/' removed)."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"image list not found: {path} (expected {IMAGE_LIST_NAME} beside the images "
+                                f"folder, or pass --image_list)")
+    with open(path, 'r') as fr:
+        names = [n.lstrip('/') for n in fr.read().split()]
+    if not names:
+        raise ValueError(f"image list {path} is empty")
+    return names
+
+
+def wider_text(name, dets):
+    """The WIDER prediction file for one image, in the reference's exact format.
+
+    Args:
+        name (str): the image name without extension (the file's first line).
+        dets (ndarray[N, 15] float32): detections, boxes as (x1, y1, x2, y2) pixels.
+    Returns:
+        str: name, N, then per detection "x y w h score \\n" with x, y, w, h the truncated
+        integer corners and sizes and score the float32's shortest repr.
+    """
+    lines = [name + "\n", str(len(dets)) + "\n"]
+    for box in dets:
+        x = int(box[0])
+        y = int(box[1])
+        w = int(box[2]) - int(box[0])
+        h = int(box[3]) - int(box[1])
+        confidence = str(box[4])
+        lines.append(str(x) + " " + str(y) + " " + str(w) + " " + str(h) + " " + confidence + " \n")
+    return "".join(lines)
+
+
+def is_complete(path, name):
+    """Whether path holds a whole prediction file for image name (header and every line)."""
+    try:
+        with open(path, 'r') as f:
+            lines = f.read().split('\n')
+    except (OSError, UnicodeDecodeError):
+        return False
+    # A complete file ends with a newline: the split leaves one empty string at the end.
+    if len(lines) < 3 or lines[0] != name or lines[-1] != '' or not lines[1].isdigit():
+        return False
+    return len(lines) == int(lines[1]) + 3
+
+
+def main(args):
+    """Write the prediction files; returns {'written', 'resumed', 'skipped': [(path, reason)]}."""
+    list_path = args.image_list or image_list_path(args.dataset_folder)
+    names = read_image_list(list_path)
+
+    todo = []
+    for index, name in enumerate(names):
+        stem = os.path.splitext(name)[0]
+        save_name = os.path.join(args.save_folder, stem + ".txt")
+        if args.resume and is_complete(save_name, os.path.basename(stem)):
+            continue
+        todo.append((index, name, stem, save_name))
+    resumed = len(names) - len(todo)
+    if resumed:
+        logger.info("resuming: %d of %d images already have complete results in %s (--no-resume recomputes them)",
+                    resumed, len(names), args.save_folder)
+
+    skipped, written = [], 0
+    if todo:
+        detector = detector_from_args(args)
+        start = time.perf_counter()
+        with logging_redirect_tqdm(), tqdm(todo, desc='im_detect', unit='img', dynamic_ncols=True) as bar:
+            for index, name, stem, save_name in bar:
+                image_path = os.path.join(args.dataset_folder, name)
+                try:
+                    img_raw = read_image(image_path)
+                except (FileNotFoundError, ValueError) as e:
+                    logger.warning("skipping %s: %s", image_path, e)
+                    skipped.append((image_path, str(e)))
+                    continue
+                dets = detector.detect(img_raw)
+                atomic_write_text(save_name, wider_text(os.path.basename(stem), dets))
+                written += 1
+                bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / written:.0f}", refresh=False)
+
+                if args.save_image:
+                    os.makedirs(args.vis_folder, exist_ok=True)
+                    cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"),
+                                draw_detections(img_raw, dets, args.vis_thres))
+    logger.info("wrote %d prediction files to %s", written, args.save_folder)
+    report_skipped(skipped)
+    if skipped and not written and not resumed:
+        raise ValueError(f"none of the {len(todo)} images could be read (is --dataset_folder right?)")
+    return {'written': written, 'resumed': resumed, 'skipped': skipped}
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main, get_args_parser()))

@@ -1,0 +1,156 @@
+"""What the command-line scripts share: flag parsing, device choice, building the
+detector from flags, atomic text files, and turning errors into clear exit messages."""
+import argparse
+import logging
+import os
+import sys
+import tempfile
+
+import torch
+
+from utils.inference import BACKENDS, load_detector
+
+logger = logging.getLogger(__name__)
+
+_TRUE = ('true', '1', 'yes', 'y', 'on')
+_FALSE = ('false', '0', 'no', 'n', 'off')
+# Extensions a folder or glob of images is filtered by (case-insensitive).
+IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
+
+
+def str2bool(value):
+    """Parse a boolean flag value: true/false, 1/0, yes/no, y/n, on/off (any case).
+
+    The reference declares --origin_size with type=str, so '--origin_size False' gave the
+    non-empty, truthy string 'False'; this parser makes the flag mean what it says.
+    """
+    if isinstance(value, bool):
+        return value
+    v = str(value).strip().lower()
+    if v in _TRUE:
+        return True
+    if v in _FALSE:
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean (true/false, 1/0, yes/no), got {value!r}")
+
+
+def optional_top_k(value):
+    """An optional count: a positive int applies it; 0, a negative value or 'none' turns it off."""
+    if str(value).strip().lower() in ('none', 'off', ''):
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer (or 'none'), got {value!r}") from None
+    return n if n > 0 else None
+
+
+def add_backend_arguments(parser):
+    """--backend and --onnx_model, the same in every script."""
+    parser.add_argument('--backend', default='torch', choices=BACKENDS,
+                        help="'torch' (eager PyTorch, the reference's exact numbers; default) or "
+                             "'onnxruntime' (the same network in onnxruntime: 2-3x faster on CPU, "
+                             "detections equal to ~1e-5)")
+    parser.add_argument('--onnx_model', default=None, type=str,
+                        help="with --backend onnxruntime: an exported model (convert_to_onnx.py); "
+                             "by default the weights are exported in memory at start-up")
+    return parser
+
+
+def select_device(cpu):
+    """'cpu' when --cpu is given or no CUDA device exists (logged), else 'cuda'.
+
+    The reference used CUDA unless --cpu was given and crashed on machines without a GPU.
+    """
+    if cpu:
+        return torch.device('cpu')
+    if not torch.cuda.is_available():
+        logger.info("no CUDA device found: running on the CPU")
+        return torch.device('cpu')
+    return torch.device('cuda')
+
+
+def detector_from_args(args, **overrides):
+    """A Detector built from the standard flags (network, weights, device, thresholds, backend)."""
+    kwargs = dict(
+        device=select_device(getattr(args, 'cpu', False)),
+        confidence_threshold=args.confidence_threshold,
+        nms_threshold=args.nms_threshold,
+        top_k=getattr(args, 'top_k', None),
+        keep_top_k=getattr(args, 'keep_top_k', None),
+        origin_size=getattr(args, 'origin_size', True),
+        backend=getattr(args, 'backend', 'torch'),
+        onnx_model=getattr(args, 'onnx_model', None),
+    )
+    kwargs.update(overrides)
+    detector = load_detector(args.network, args.trained_model, **kwargs)
+    logger.info("%s (%s) on %s with the %s backend", args.network,
+                args.onnx_model if kwargs['onnx_model'] and kwargs['backend'] == 'onnxruntime' else args.trained_model,
+                detector.device, detector.backend)
+    return detector
+
+
+def atomic_write_text(path, text):
+    """Write text to path atomically: a temporary file beside it, then a rename.
+
+    An interrupted run leaves the previous file (or none), never part of one.
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        with os.fdopen(fd, 'w', newline='') as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def report_skipped(skipped, what='images'):
+    """Log the final count of skipped inputs, each with its reason."""
+    if skipped:
+        logger.warning("skipped %d unreadable %s:", len(skipped), what)
+        for path, reason in skipped:
+            logger.warning("  %s: %s", path, reason)
+    else:
+        logger.info("skipped 0 %s", what)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """A handler writing to whatever sys.stderr is when a message is logged (tqdm and
+    test harnesses swap it), not to the stream that was current when it was made."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
+def setup_logging(level=logging.INFO):
+    """Plain messages on stderr, for the scripts (library modules only create loggers)."""
+    logging.basicConfig(level=level, format='%(message)s', handlers=[_StderrHandler()], force=True)
+
+
+def run_cli(main, parser, argv=None):
+    """Parse argv, run main(args) and return the process exit status.
+
+    Expected failures (a missing file, bad input or settings) print one clear line,
+    'error: ...', instead of a traceback, and give status 1; Ctrl-C gives 130.
+    """
+    args = parser.parse_args(argv)
+    setup_logging()
+    try:
+        main(args)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
