@@ -15,7 +15,8 @@ so the result files are byte-identical. Three shortcuts keep the post-processing
 change nothing: priors are computed once per input size; only the priors above the score
 threshold are decoded, and their landmarks only if NMS keeps them (decoding is
 elementwise, so each row gets exactly the value it would get from decoding all rows); and
-NMS is blocked_nms, which returns py_cpu_nms's keep list without comparing every pair.
+NMS is the compiled utils/nms/cpu_nms.pyx, which returns py_cpu_nms's keep list without
+comparing every pair.
 
 Typical use:
 
@@ -36,7 +37,7 @@ from layers.functions.prior_box import cached_priors
 from models.retinaface import RetinaFace
 from utils.box_utils import decode, decode_landm
 from utils.checkpoint import load_model
-from utils.nms.blocked_nms import blocked_nms
+from utils.nms import fast_nms
 from utils.onnx_export import INPUT_NAME, export_onnx_bytes, make_session
 
 logger = logging.getLogger(__name__)
@@ -399,8 +400,8 @@ class Detector:
 
         boxes = self._decode(loc, rows, size, resize, landmarks=False)
         dets = np.hstack((boxes, scores[:, np.newaxis])).astype(np.float32, copy=False)
-        # Exactly py_cpu_nms's keep list (see utils/nms/blocked_nms.py), fast on crowds.
-        keep = blocked_nms(dets, self.nms_threshold)
+        # Exactly py_cpu_nms's keep list (see utils/nms/cpu_nms.pyx), fast on crowds.
+        keep = fast_nms(dets, self.nms_threshold)
         if self.keep_top_k:
             keep = keep[:self.keep_top_k]
         dets = dets[keep]
