@@ -40,10 +40,9 @@ def test_largest_selfie_is_exact():
 
 def _pruned(dets, thresh):
     """Whether cpu_nms takes its grid-pruned path (rather than the plain loop) for dets."""
-    import utils.nms.cpu_nms as kernel
-    d = dets[dets[:, 4].argsort()[::-1]]
+    from utils.nms.cpu_nms import _nms
     with np.errstate(invalid='ignore', over='ignore'):
-        return kernel._grid(d, (d[:, 2] - d[:, 0] + 1) * (d[:, 3] - d[:, 1] + 1), thresh) is not None
+        return _nms(dets, thresh)[1]
 
 
 def _random_dets(seed, n=1500, dtype=np.float32):
@@ -90,9 +89,11 @@ def test_inputs_that_take_the_plain_loop():
     nan[5, 2] = np.nan
     nan[9, 4] = np.nan  # a NaN score too: argsort puts it first, as in py_cpu_nms
     inf[3, 3] = np.inf
-    huge[0, 2:4] = 1e9  # a box too big for a grid
+    huge[0, 2:4] = 1e9  # beyond MAX_COORDINATE
+    wide = dets.copy()
+    wide[0, 2:4] = 5e6  # within MAX_COORDINATE but covering too many cells
     with np.errstate(invalid='ignore', over='ignore'):
-        for case in (inverted, nan, inf, huge):
+        for case in (inverted, nan, inf, huge, wide):
             assert not _pruned(case, 0.4)
             assert _keep(case, 0.4) == list(py_cpu_nms(case, 0.4))
 

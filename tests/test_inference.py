@@ -93,6 +93,26 @@ def test_postprocess_of_golden_raw_outputs(detector, images, name):
     assert np.abs(dets.view(np.int32) - golden.view(np.int32)).max() <= 8  # float32 ulps
 
 
+@pytest.mark.parametrize('name', GOLDEN_IMAGES)
+def test_host_decoding_equals_the_reference_torch_decoding_bit_for_bit(images, name):
+    """decode_boxes / decode_landmarks give exactly the reference's
+    `decode(...) * scale / resize` and `decode_landm(...) * scale1 / resize` on every prior
+    of the golden raw outputs, at the original size and at test-scale-like factors."""
+    from utils.box_utils import decode, decode_landm
+    raw = np.load(need_shared('golden', 'mnet', f'{name}_raw.npz'))
+    loc, landms = raw['loc'][0], raw['landms'][0]
+    h, w = images[name].shape[:2]
+    priors = cached_priors(cfg_mnet, (h, w), device='cpu')
+    variance = cfg_mnet['variance']
+    for resize in (1, inference.test_scale(h, w, False), 0.7, 4 / 3):
+        boxes = decode(torch.from_numpy(loc), priors, variance) * torch.tensor([w, h, w, h], dtype=torch.float32) / resize
+        points = decode_landm(torch.from_numpy(landms), priors, variance) * torch.tensor([w, h] * 5, dtype=torch.float32) / resize
+        assert np.array_equal(inference.decode_boxes(loc, priors.numpy(), variance, (h, w), resize),
+                              boxes.numpy()), resize
+        assert np.array_equal(inference.decode_landmarks(landms, priors.numpy(), variance, (h, w), resize),
+                              points.numpy()), resize
+
+
 def test_thresholds_top_k_and_keep_top_k(detector, images):
     img = images['street_crowd']
     full = detector.detect(img)
@@ -157,7 +177,7 @@ def test_grid_crop_index_picks_the_images_own_priors():
     h, w = size
     ph, pw = padded
     np.testing.assert_allclose((pad[rows] * torch.tensor([pw, ph, pw, ph])).numpy(),
-                               (own * torch.tensor([w, h, w, h])).numpy(), rtol=0, atol=1e-3)
+                               (own * torch.tensor([w, h, w, h], dtype=torch.float32)).numpy(), rtol=0, atol=1e-3)
     same = inference._grid_crop_index(tuple(cfg_mnet['steps']), (2, 2, 2), size, size)
     assert torch.equal(same, torch.arange(own.shape[0]))
 

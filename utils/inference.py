@@ -35,7 +35,6 @@ import torch
 from data import cfg_for_network
 from layers.functions.prior_box import cached_priors
 from models.retinaface import RetinaFace
-from utils.box_utils import decode, decode_landm
 from utils.checkpoint import load_model
 from utils.nms import fast_nms
 from utils.onnx_export import INPUT_NAME, export_onnx_bytes, make_session
@@ -54,8 +53,8 @@ PAD_MULTIPLE = 32
 # Columns of a detection row: box (4), score (1), five landmarks (10).
 DET_COLUMNS = 15
 BACKENDS = ('torch', 'onnxruntime')
-# Candidates decoded per step on the CPU (see Detector._decode).
-DECODE_CHUNK = 1024
+# Elements per torch.exp call when decoding (see _torch_exp).
+EXP_CHUNK = 2048
 
 _MEAN = np.asarray(BGR_MEAN, dtype=np.float32)
 # Header bytes that read_image inspects without decoding.
@@ -234,6 +233,64 @@ def _grid_crop_index(steps, anchors, size, padded):
     return torch.cat(parts)
 
 
+
+# ---------------------------------------------------------------------------------------
+# Decoding on the host
+#
+# numpy float32 mirrors of utils.box_utils.decode / decode_landm followed by the
+# reference's `* scale / resize`: the same IEEE float32 operations in the same order, so
+# the same bits (tested against the torch functions), without the per-call overhead of
+# small torch ops. numpy and torch's exp may round differently, so exp is torch's.
+
+def _torch_exp(x):
+    """torch.exp of ndarray x (float32, contiguous), as an ndarray of x's shape.
+
+    On the CPU torch runs exp on more than EXP_CHUNK elements in parallel threads; for a
+    few thousand candidates starting the threads costs more than the work, and far more
+    when other processes hold the cores. Chunks stay serial; exp is elementwise, so the
+    chunking changes no value.
+    """
+    flat = torch.from_numpy(x.reshape(-1))
+    out = torch.empty_like(flat)
+    for start in range(0, flat.numel(), EXP_CHUNK):
+        torch.exp(flat[start:start + EXP_CHUNK], out=out[start:start + EXP_CHUNK])
+    return out.numpy().reshape(x.shape)
+
+
+def decode_boxes(loc, priors, variance, size, resize):
+    """Boxes in original-image pixels, exactly `decode(loc, priors, variance) * scale / resize`.
+
+    Args:
+        loc (ndarray[K, 4] float32): predicted (dcx, dcy, dw, dh) of K candidates.
+        priors (ndarray[K, 4] float32): their priors, (cx, cy, w, h) relative to the input.
+        variance (list[float]): cfg['variance'].
+        size (tuple[int, int]): (h, w) of the network input; resize (float): its scale factor.
+    Returns:
+        ndarray[K, 4] float32: x1 y1 x2 y2.
+    """
+    h, w = size
+    centre, prior_wh = priors[:, :2], priors[:, 2:]
+    xy = centre + loc[:, :2] * variance[0] * prior_wh
+    wh = prior_wh * _torch_exp(loc[:, 2:] * variance[1])
+    top_left = xy - wh / 2
+    boxes = np.concatenate((top_left, wh + top_left), axis=1)  # decode's `boxes[:, 2:] += boxes[:, :2]`
+    return boxes * np.array([w, h, w, h], dtype=np.float32) / resize
+
+
+def decode_landmarks(landms, priors, variance, size, resize):
+    """Landmarks in original-image pixels, exactly `decode_landm(landms, priors, variance) * scale1 / resize`.
+
+    Args:
+        landms (ndarray[K, 10] float32): predicted offsets (dx, dy) x 5 of K candidates.
+        priors, variance, size, resize: as for decode_boxes.
+    Returns:
+        ndarray[K, 10] float32: five (x, y) pairs.
+    """
+    h, w = size
+    points = priors[:, np.newaxis, :2] + landms.reshape(-1, 5, 2) * variance[0] * priors[:, np.newaxis, 2:]
+    return (points * np.array([w, h], dtype=np.float32) / resize).reshape(-1, 10)
+
+
 class Detector:
     """RetinaFace face detection on BGR images, one or a batch at a time.
 
@@ -377,17 +434,20 @@ class Detector:
             return self._postprocess(loc, conf, landms, size, resize)
 
     def _postprocess(self, loc, conf, landms, size, resize):
-        device = loc.device
         scores_t = conf[:, 1]  # [P]
-        if device.type == 'cpu':
+        if loc.device.type == 'cpu':
             scores_all = scores_t.numpy()
-            inds = np.where(scores_all > self.confidence_threshold)[0]
+            inds = np.flatnonzero(scores_all > self.confidence_threshold)  # the reference's np.where(...)[0]
             scores = scores_all[inds]
+            loc_h, landms_h = loc.numpy(), landms.numpy()  # views: candidate i is row inds[i]
+            pred_index = inds
         else:
             # Filter on the device and copy only the candidates to the host.
             inds_t = torch.nonzero(scores_t > self.confidence_threshold).squeeze(1)
             scores = scores_t[inds_t].cpu().numpy()
             inds = inds_t.cpu().numpy()
+            loc_h, landms_h = loc[inds_t].cpu().numpy(), landms[inds_t].cpu().numpy()  # candidate i is row i
+            pred_index = np.arange(inds.size)
         if inds.size == 0:
             return empty_detections()
         # The reference's order: numpy's argsort of the kept scores, reversed (numpy breaks
@@ -396,9 +456,11 @@ class Detector:
         if self.top_k:
             order = order[:self.top_k]
         scores = scores[order]
-        rows = torch.from_numpy(inds[order]).to(device)  # the candidates' prior indices, best first
+        pred_rows, prior_rows = pred_index[order], inds[order]  # the candidates, best first
+        priors = self.priors(size, 'cpu').numpy()  # [P, 4]
+        variance = self.cfg['variance']
 
-        boxes = self._decode(loc, rows, size, resize, landmarks=False)
+        boxes = decode_boxes(loc_h[pred_rows], priors[prior_rows], variance, size, resize)
         dets = np.hstack((boxes, scores[:, np.newaxis])).astype(np.float32, copy=False)
         # Exactly py_cpu_nms's keep list (see utils/nms/cpu_nms.pyx), fast on crowds.
         keep = fast_nms(dets, self.nms_threshold)
@@ -407,44 +469,8 @@ class Detector:
         dets = dets[keep]
         # Landmarks only for the kept boxes: decoding is elementwise, so the values are
         # those of decoding every candidate and selecting afterwards.
-        landms = self._decode(landms, rows[torch.from_numpy(keep).to(device)], size, resize, landmarks=True)
+        landms = decode_landmarks(landms_h[pred_rows[keep]], priors[prior_rows[keep]], variance, size, resize)
         return np.concatenate((dets, landms), axis=1)
-
-    def _decode(self, pred, rows, size, resize, landmarks):
-        """Decode the given rows to original-image pixels, exactly as the reference's
-        `decode(loc, priors, variance) * scale / resize` and
-        `decode_landm(landms, priors, variance) * scale1 / resize` (same float32
-        operations in the same order).
-
-        Args:
-            pred (Tensor[P, 4] | Tensor[P, 10]): loc, or landms when landmarks is True.
-            rows (Tensor[K] int64): the rows (prior indices) to decode.
-        Returns:
-            ndarray[K, 4] boxes (x1, y1, x2, y2) or ndarray[K, 10] landmarks, float32.
-        """
-        h, w = size
-        device = pred.device
-        variance = self.cfg['variance']
-        priors = self.priors(size, device)
-        if landmarks:
-            scale = torch.tensor([w, h] * 5, dtype=torch.float32, device=device)
-            decode_fn = decode_landm
-        else:
-            scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=device)
-            decode_fn = decode
-        if rows.numel() == 0:
-            return np.zeros((0, scale.numel()), dtype=np.float32)
-        # On the CPU torch runs exp on more than 2048 elements, and gathers of more than
-        # 32768, in parallel threads; for a few thousand candidates starting the threads
-        # costs more than the work, and far more when other processes hold the cores.
-        # Decoding in chunks that stay serial changes no value: every step is elementwise.
-        chunk = DECODE_CHUNK if device.type == 'cpu' else rows.numel()
-        out = []
-        for start in range(0, rows.numel(), chunk):
-            part = rows[start:start + chunk]
-            decoded = decode_fn(pred.index_select(0, part), priors.index_select(0, part), variance)  # [k, 4|10]
-            out.append((decoded * scale / resize).cpu().numpy())
-        return np.concatenate(out)
 
     # -- the whole pipeline ----------------------------------------------------------------
 
