@@ -439,15 +439,15 @@ class Detector:
             scores_all = scores_t.numpy()
             inds = np.flatnonzero(scores_all > self.confidence_threshold)  # the reference's np.where(...)[0]
             scores = scores_all[inds]
-            loc_h, landms_h = loc.numpy(), landms.numpy()  # views: candidate i is row inds[i]
-            pred_index = inds
+            # Gathered in index order: sequential reads, much cheaper than gathering in
+            # score order right after the forward pass has flushed the caches.
+            loc_c, landms_c = loc.numpy()[inds], landms.numpy()[inds]  # [K, 4], [K, 10]
         else:
             # Filter on the device and copy only the candidates to the host.
             inds_t = torch.nonzero(scores_t > self.confidence_threshold).squeeze(1)
             scores = scores_t[inds_t].cpu().numpy()
             inds = inds_t.cpu().numpy()
-            loc_h, landms_h = loc[inds_t].cpu().numpy(), landms[inds_t].cpu().numpy()  # candidate i is row i
-            pred_index = np.arange(inds.size)
+            loc_c, landms_c = loc[inds_t].cpu().numpy(), landms[inds_t].cpu().numpy()
         if inds.size == 0:
             return empty_detections()
         # The reference's order: numpy's argsort of the kept scores, reversed (numpy breaks
@@ -455,13 +455,11 @@ class Detector:
         order = scores.argsort()[::-1]
         if self.top_k:
             order = order[:self.top_k]
-        scores = scores[order]
-        pred_rows, prior_rows = pred_index[order], inds[order]  # the candidates, best first
-        priors = self.priors(size, 'cpu').numpy()  # [P, 4]
+        priors_c = self.priors(size, 'cpu').numpy()[inds]  # [K, 4]
         variance = self.cfg['variance']
 
-        boxes = decode_boxes(loc_h[pred_rows], priors[prior_rows], variance, size, resize)
-        dets = np.hstack((boxes, scores[:, np.newaxis])).astype(np.float32, copy=False)
+        boxes = decode_boxes(loc_c[order], priors_c[order], variance, size, resize)
+        dets = np.hstack((boxes, scores[order, np.newaxis])).astype(np.float32, copy=False)
         # Exactly py_cpu_nms's keep list (see utils/nms/cpu_nms.pyx), fast on crowds.
         keep = fast_nms(dets, self.nms_threshold)
         if self.keep_top_k:
@@ -469,7 +467,8 @@ class Detector:
         dets = dets[keep]
         # Landmarks only for the kept boxes: decoding is elementwise, so the values are
         # those of decoding every candidate and selecting afterwards.
-        landms = decode_landmarks(landms_h[pred_rows[keep]], priors[prior_rows[keep]], variance, size, resize)
+        kept = order[keep]
+        landms = decode_landmarks(landms_c[kept], priors_c[kept], variance, size, resize)
         return np.concatenate((dets, landms), axis=1)
 
     # -- the whole pipeline ----------------------------------------------------------------

@@ -29,7 +29,7 @@ from libc.stdint cimport int64_t
 CELL_PER_MEDIAN_SIZE = 0.5
 # The median box size is estimated from every SIZE_SAMPLE_STRIDE-th box (any cell size is
 # exact; only speed depends on it).
-SIZE_SAMPLE_STRIDE = 8
+cdef Py_ssize_t SIZE_SAMPLE_STRIDE = 8
 # Grids needing more cells than this many per box (huge boxes) are not worth building.
 cdef Py_ssize_t MAX_CELLS_PER_BOX = 64
 # Coordinates of at most this magnitude keep floor(x / cell) exact in int64 and x + 1
@@ -214,21 +214,35 @@ def _nms(dets, thresh):
         return np.zeros((0,), dtype=np.int64), False
     order = dets[:, 4].argsort()[::-1]  # py_cpu_nms's processing order (ties included)
     boxes = np.empty((n, NCOL), dtype=dets.dtype)
-    boxes[:, :4] = dets[order, :4]
-    x1, y1, x2, y2 = boxes[:, 0], boxes[:, 1], boxes[:, 2], boxes[:, 3]
-    boxes[:, 4] = (x2 - x1 + 1) * (y2 - y1 + 1)  # py_cpu_nms's areas, elementwise
+    sizes = np.empty((n + SIZE_SAMPLE_STRIDE - 1) // SIZE_SAMPLE_STRIDE, dtype=np.float64)
+    _gather(dets, order, boxes, sizes)
     thr = float(np.asarray(thresh, dtype=dets.dtype))
     keep = np.empty(n, dtype=np.int64)
-    # The cell size: any is exact; only speed depends on it (non-finite boxes take the
-    # plain loop anyway).
-    sample = boxes[::SIZE_SAMPLE_STRIDE].astype(np.float64)
-    with np.errstate(all='ignore'):
-        cell = CELL_PER_MEDIAN_SIZE * float(np.median(np.maximum(sample[:, 2] - sample[:, 0],
-                                                                  sample[:, 3] - sample[:, 1]) + 1))
+    # The cell size: any is exact; only speed depends on it (NaN or huge sizes come with
+    # boxes that take the plain loop anyway).
+    cell = CELL_PER_MEDIAN_SIZE * float(np.partition(sizes, sizes.size // 2)[sizes.size // 2])
     if not 1.0 <= cell <= MAX_COORDINATE:
         cell = 1.0
     nk, pruned = _run(boxes, thr, cell, keep)
     return order[keep[:nk]], pruned
+
+
+def _gather(const floating[:, :] dets, const int64_t[:] order, floating[:, ::1] boxes, double[::1] sizes):
+    """Fill boxes (ndarray[N, NCOL]) with dets' boxes in order and their areas, and sizes
+    with the size (the larger side, +1) of every SIZE_SAMPLE_STRIDE-th of them."""
+    cdef Py_ssize_t r, n = order.shape[0]
+    cdef floating one = 1
+    cdef floating* q
+    with nogil:
+        for r in range(n):
+            q = &boxes[r, 0]
+            q[0] = dets[order[r], 0]
+            q[1] = dets[order[r], 1]
+            q[2] = dets[order[r], 2]
+            q[3] = dets[order[r], 3]
+            q[4] = ((q[2] - q[0]) + one) * ((q[3] - q[1]) + one)  # py_cpu_nms's areas, op for op
+            if r % SIZE_SAMPLE_STRIDE == 0:
+                sizes[r // SIZE_SAMPLE_STRIDE] = max(<double>q[2] - <double>q[0], <double>q[3] - <double>q[1]) + 1
 
 
 def _run(const floating[:, ::1] boxes, double thresh, double cell, int64_t[::1] keep):
