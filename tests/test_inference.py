@@ -104,9 +104,11 @@ def test_host_decoding_equals_the_reference_torch_decoding_bit_for_bit(images, n
     h, w = images[name].shape[:2]
     priors = cached_priors(cfg_mnet, (h, w), device='cpu')
     variance = cfg_mnet['variance']
+    scale = torch.tensor([w, h, w, h], dtype=torch.float32)  # the reference's `scale` and `scale1`
+    scale1 = torch.tensor([w, h] * 5, dtype=torch.float32)
     for resize in (1, inference.test_scale(h, w, False), 0.7, 4 / 3):
-        boxes = decode(torch.from_numpy(loc), priors, variance) * torch.tensor([w, h, w, h], dtype=torch.float32) / resize
-        points = decode_landm(torch.from_numpy(landms), priors, variance) * torch.tensor([w, h] * 5, dtype=torch.float32) / resize
+        boxes = decode(torch.from_numpy(loc), priors, variance) * scale / resize
+        points = decode_landm(torch.from_numpy(landms), priors, variance) * scale1 / resize
         assert np.array_equal(inference.decode_boxes(loc, priors.numpy(), variance, (h, w), resize),
                               boxes.numpy()), resize
         assert np.array_equal(inference.decode_landmarks(landms, priors.numpy(), variance, (h, w), resize),
