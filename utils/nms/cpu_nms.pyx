@@ -12,7 +12,7 @@ fast-math, no FMA contraction; see setup.py), so every comparison gives numpy's 
 The IoU is symmetric (addition commutes, inter is symmetric), so each candidate need only
 be compared with the kept boxes that can overlap it. With thresh >= 0 and positive widths
 and heights, boxes whose pixel ranges x1..x2+1 do not overlap have inter 0 and IoU 0, which
-never suppresses; a uniform grid over the kept boxes (cells about the median box size)
+never suppresses; a uniform grid over the kept boxes (cells half the median box size)
 finds the kept boxes that share a cell with a candidate, and every overlapping pair does.
 Inputs where that reasoning does not hold (thresh < 0 or NaN, widths or heights <= 0,
 non-finite or huge coordinates, boxes spanning too many cells) take the plain loop over all
@@ -32,8 +32,8 @@ CELL_PER_MEDIAN_SIZE = 0.5
 cdef Py_ssize_t SIZE_SAMPLE_STRIDE = 8
 # Grids needing more cells than this many per box (huge boxes) are not worth building.
 cdef Py_ssize_t MAX_CELLS_PER_BOX = 64
-# Coordinates of at most this magnitude keep floor(x / cell) exact in int64 and x + 1
-# exact in double; larger (or non-finite) ones take the plain loop.
+# Coordinates of at most this magnitude keep the cell indices small int64s; larger (or
+# non-finite) ones take the plain loop.
 cdef double MAX_COORDINATE = 1e7
 
 
@@ -148,8 +148,8 @@ cdef Py_ssize_t _cell_ranges(const floating* b, Py_ssize_t n, double cell, int64
     Returns the number of (box, cell) entries, or -1 where pruning is unsafe (a
     coordinate non-finite or above MAX_COORDINATE in magnitude, a width, height or area
     <= 0) or not worth it (more than MAX_CELLS_PER_BOX entries per box).
-    Computed in double, where x2 + 1 is exact and floor(x / cell) is monotonic in x, so
-    boxes whose pixel ranges [x1, x2 + 1) overlap always share a cell.
+    Computed in double, where x2 + 1 (exact for float32 coordinates) and floor(x / cell)
+    are monotonic in x, so boxes whose pixel ranges [x1, x2 + 1) overlap always share a cell.
     """
     cdef Py_ssize_t r, c, entries = 0
     cdef const floating* p
