@@ -6,7 +6,7 @@ step, which makes them relative to the output image (0..1). Randomness comes fro
 Python's `random` module, as in the reference: seed it with random.seed (DataLoader
 workers are seeded by PyTorch, see train.py).
 
-Differences from the reference (see docs/README_training.md):
+Differences from the reference (see README.md, "Training"):
 - an image without faces (an empty target) skips the crop search, which could never
   succeed, and comes out as a padded, distorted, mirrored, resized pure background sample
   (the reference asserts the target is non-empty);
