@@ -16,7 +16,8 @@ import time
 import cv2
 
 from data import NETWORKS
-from utils.cli import (IMAGE_EXTENSIONS, add_backend_arguments, atomic_write_text, detector_from_args,
+from utils.atomic import atomic_write_text
+from utils.cli import (IMAGE_EXTENSIONS, add_backend_arguments, detector_from_args,
                        optional_top_k, report_skipped, run_cli)
 from utils.datapaths import shared_path
 from utils.inference import draw_detections, read_image

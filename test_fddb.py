@@ -23,7 +23,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data import NETWORKS
-from utils.cli import (add_backend_arguments, atomic_write_text, detector_from_args, optional_top_k,
+from utils.atomic import atomic_write_text
+from utils.cli import (add_backend_arguments, detector_from_args, optional_top_k,
                        report_skipped, run_cli, str2bool)
 from utils.inference import draw_detections, read_image
 

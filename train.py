@@ -45,7 +45,8 @@ from data import WiderFaceDetection, cfg_for_network, detection_collate, preproc
 from layers.functions.prior_box import cached_priors
 from layers.modules import MultiBoxLoss
 from models.retinaface import RetinaFace, load_pretrained_backbone
-from utils.checkpoint import atomic_save, load_model
+from utils.atomic import atomic_save
+from utils.checkpoint import load_model
 from utils.metric_logger import MetricLogger
 
 logger = logging.getLogger('train')

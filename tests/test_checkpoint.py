@@ -5,7 +5,8 @@ import torch
 from data import cfg_mnet, cfg_re50
 from models.retinaface import RetinaFace
 from tests.conftest import need_shared
-from utils.checkpoint import atomic_save, load_model, load_state_dict_file
+from utils.atomic import atomic_save
+from utils.checkpoint import load_model, load_state_dict_file
 
 
 @pytest.fixture(scope='module')

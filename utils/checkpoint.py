@@ -11,7 +11,6 @@ matched, a checkpoint that does not fit the model is an error that names the fil
 """
 import logging
 import os
-import tempfile
 
 import torch
 
@@ -85,24 +84,3 @@ def load_model(model, path):
     model.load_state_dict(state_dict, strict=True)
     logger.info("loaded %d tensors from %s", len(state_dict), path)
     return model
-
-
-def atomic_save(obj, path):
-    """torch.save obj to path atomically: write a temporary file beside it, then rename.
-
-    A crash or Ctrl-C in the middle leaves the previous file (or none), never half a file.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -4,7 +4,6 @@ import argparse
 import logging
 import os
 import sys
-import tempfile
 
 import torch
 
@@ -88,25 +87,6 @@ def detector_from_args(args, **overrides):
                 args.onnx_model if kwargs['onnx_model'] and kwargs['backend'] == 'onnxruntime' else args.trained_model,
                 detector.device, detector.backend)
     return detector
-
-
-def atomic_write_text(path, text):
-    """Write text to path atomically: a temporary file beside it, then a rename.
-
-    An interrupted run leaves the previous file (or none), never part of one.
-    """
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
-    try:
-        with os.fdopen(fd, 'w', newline='') as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def report_skipped(skipped, what='images'):
