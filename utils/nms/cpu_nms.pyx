@@ -22,7 +22,7 @@ import numpy as np
 
 from cython cimport floating
 from libc.math cimport fabs, floor
-from libc.stdint cimport int64_t
+from libc.stdint cimport int32_t, int64_t, INT32_MAX
 
 # Grid cells are this many times the median box size (smaller cells mean fewer pairs to
 # compare but more cells per box; 0.5 was fastest on the crowd photo).
@@ -47,12 +47,26 @@ cdef inline floating _min(floating a, floating b) noexcept nogil:
     return a if (a <= b or a != a) else b
 
 
+cdef inline floating _max_finite(floating a, floating b) noexcept nogil:
+    # _max for operands that are not NaN (the same result), without the NaN test: a
+    # compare-and-select the compiler can make branch-free.
+    return a if a >= b else b
+
+
+cdef inline floating _min_finite(floating a, floating b) noexcept nogil:
+    # _min for operands that are not NaN (the same result), likewise.
+    return a if a <= b else b
+
+
 # Columns of the boxes array the kernels work on: the sorted dets' coordinates and areas.
 cdef enum:
     NCOL = 5  # x1, y1, x2, y2, area
 # Columns of the cell-range array: first and last cell column and row of each box.
 cdef enum:
     NGRID = 4  # gx0, gy0, gx1, gy1
+# Columns of the grid entries' int32 array (see _gridded): next entry, box's gx0, gy0.
+cdef enum:
+    NMETA = 3
 
 
 cdef inline bint _suppresses(const floating* b, Py_ssize_t i, Py_ssize_t j, floating thresh) noexcept nogil:
@@ -90,53 +104,115 @@ cdef Py_ssize_t _plain(const floating* b, Py_ssize_t n, floating thresh, int64_t
     return nk
 
 
+cdef inline bint _none_suppresses(const floating* entry_box, const int32_t* entry_meta, int32_t e,
+                                  floating qx1, floating qy1, floating qx2, floating qy2, floating qa,
+                                  floating thresh, Py_ssize_t cx, Py_ssize_t cy, bint first_x,
+                                  bint first_y) noexcept nogil:
+    """Whether no kept box in the cell list starting at entry e suppresses the candidate
+    (qx1, qy1, qx2, qy2, area qa): py_cpu_nms's `not ovr <= thresh`, op for op, kept box
+    first. The gridded path only sees finite coordinates (see _cell_ranges), so no operand
+    of the max / min is NaN. With cx >= 0 only boxes whose first shared cell with the candidate is (cx, cy)
+    are compared (first_x / first_y: cx / cy is the candidate's first column / row); with
+    cx < 0, every box in the list.
+    """
+    cdef const floating* p
+    cdef const int32_t* m
+    cdef floating one = 1, zero = 0
+    cdef floating xx1, yy1, xx2, yy2, w, h, inter, ovr
+    while e >= 0:
+        m = entry_meta + NMETA * e
+        if cx < 0 or ((first_x or m[1] == cx) and (first_y or m[2] == cy)):
+            p = entry_box + NCOL * e
+            xx1 = _max_finite(p[0], qx1)
+            yy1 = _max_finite(p[1], qy1)
+            xx2 = _min_finite(p[2], qx2)
+            yy2 = _min_finite(p[3], qy2)
+            w = _max_finite(zero, (xx2 - xx1) + one)
+            h = _max_finite(zero, (yy2 - yy1) + one)
+            inter = w * h
+            ovr = inter / ((p[4] + qa) - inter)
+            if not (ovr <= thresh):
+                return False
+        e = m[0]
+    return True
+
+
 cdef Py_ssize_t _gridded(const floating* b, Py_ssize_t n, floating thresh, const int64_t* g, Py_ssize_t width,
-                         int64_t* head, int64_t* tail, int64_t* entry_box, int64_t* entry_next, int64_t* stamp,
+                         int32_t* head, int32_t* tail, floating* entry_box, int32_t* entry_meta,
                          int64_t* keep) noexcept nogil:
     """Candidates against the kept boxes sharing a grid cell; returns the number kept.
 
     g holds each box's cell range (row r at g + NGRID * r: gx0, gy0, gx1, gy1; cell id
-    gy * width + gx). head[cell] starts a linked list (entry_next, -1 ends it) of entries,
-    each naming a kept box (entry_box) that covers the cell, in the order they were kept
-    (tail[cell] is the last entry): a candidate is most often suppressed by the best box
-    near it, which comes first. stamp[k] == j marks kept box k as already compared with
-    candidate j (a pair may share several cells).
+    gy * width + gx). head[cell] starts a linked list (-1 ends it) of entries, each a kept
+    box that covers the cell, in the order they were kept (tail[cell] is the last entry): a
+    candidate is most often suppressed by the best box near it, which comes first. Entry e
+    stores the kept box inline (no indirect loads): its coordinates and area at
+    entry_box + NCOL * e, and at entry_meta + NMETA * e the next entry and the box's first
+    cell column and row. A candidate and a kept box sharing several cells are compared
+    only in the first cell of the rectangle they share (the one whose column and row are
+    each the larger of the two boxes' first), so each pair once, with no marks to write.
     """
-    cdef Py_ssize_t nk = 0, n_entries = 0, j, k, cx, cy, cell
-    cdef int64_t e
+    cdef Py_ssize_t nk = 0, n_entries = 0, j, cx, cy, cell, jx0, jy0, jx1, jy1, ccx, ccy
+    cdef int32_t e
     cdef const int64_t* r
+    cdef const floating* q
+    cdef const floating* p
+    cdef const int32_t* m
+    cdef floating* pe
+    cdef int32_t* me
+    cdef floating one = 1, zero = 0
+    cdef floating qx1, qy1, qx2, qy2, qa, xx1, yy1, xx2, yy2, w, h, inter, ovr
     cdef bint kept
     for j in range(n):
         r = g + NGRID * j
-        kept = True
-        cy = r[1]
-        while kept and cy <= r[3]:
-            cx = r[0]
-            while kept and cx <= r[2]:
-                e = head[cy * width + cx]
-                while e >= 0:
-                    k = entry_box[e]
-                    if stamp[k] != j:
-                        stamp[k] = j
-                        if _suppresses(b, k, j, thresh):
-                            kept = False
-                            break
-                    e = entry_next[e]
+        jx0 = r[0]
+        jy0 = r[1]
+        jx1 = r[2]
+        jy1 = r[3]
+        q = b + NCOL * j
+        qx1 = q[0]
+        qy1 = q[1]
+        qx2 = q[2]
+        qy2 = q[3]
+        qa = q[4]
+        # The centre cell first, every entry there: the box that suppresses a candidate
+        # overlaps it by more than the threshold and most often covers its centre cell.
+        ccx = (jx0 + jx1) // 2
+        ccy = (jy0 + jy1) // 2
+        kept = _none_suppresses(entry_box, entry_meta, head[ccy * width + ccx], qx1, qy1, qx2, qy2, qa, thresh,
+                                -1, -1, 0, 0)
+        # Then the other cells, each pair in the first cell the two boxes share (a pair
+        # first sharing the centre cell was compared there already).
+        cy = jy0
+        while kept and cy <= jy1:
+            cx = jx0
+            while kept and cx <= jx1:
+                if cx != ccx or cy != ccy:
+                    kept = _none_suppresses(entry_box, entry_meta, head[cy * width + cx], qx1, qy1, qx2, qy2, qa,
+                                            thresh, cx, cy, cx == jx0, cy == jy0)
                 cx += 1
             cy += 1
         if kept:
             keep[nk] = j
             nk += 1
-            for cy in range(r[1], r[3] + 1):
-                for cx in range(r[0], r[2] + 1):
+            for cy in range(jy0, jy1 + 1):
+                for cx in range(jx0, jx1 + 1):
                     cell = cy * width + cx
-                    entry_box[n_entries] = j
-                    entry_next[n_entries] = -1
+                    pe = entry_box + NCOL * n_entries
+                    pe[0] = qx1
+                    pe[1] = qy1
+                    pe[2] = qx2
+                    pe[3] = qy2
+                    pe[4] = qa
+                    me = entry_meta + NMETA * n_entries
+                    me[0] = -1
+                    me[1] = <int32_t>jx0
+                    me[2] = <int32_t>jy0
                     if tail[cell] >= 0:
-                        entry_next[tail[cell]] = n_entries
+                        entry_meta[NMETA * tail[cell]] = <int32_t>n_entries
                     else:
-                        head[cell] = n_entries
-                    tail[cell] = n_entries
+                        head[cell] = <int32_t>n_entries
+                    tail[cell] = <int32_t>n_entries
                     n_entries += 1
     return nk
 
@@ -256,19 +332,26 @@ def _run(const floating[:, ::1] boxes, double thresh, double cell, int64_t[::1] 
     cdef floating thr = <floating>thresh  # exact: thresh was rounded to the dtype already
     cdef Py_ssize_t n = boxes.shape[0], nk, width = 0, height = 0, n_entries = -1
     cdef int64_t[:, ::1] g = np.empty((n, NGRID), dtype=np.int64)
-    cdef int64_t[::1] head, tail, entry_box, entry_next, stamp
+    cdef int32_t[::1] head, tail
+    cdef floating[:, ::1] entry_box
+    cdef int32_t[:, ::1] entry_meta
     # With thresh >= 0 (not NaN) disjoint boxes (IoU 0) never suppress each other.
     if thresh >= 0:
         with nogil:
             n_entries = _cell_ranges(&boxes[0, 0], n, cell, &g[0, 0], &width, &height)
-    if n_entries < 0 or width * height > MAX_CELLS_PER_BOX * n:
+    # Entries and cells are int32 indices (see _gridded): fall back where they would not fit.
+    if n_entries < 0 or width * height > MAX_CELLS_PER_BOX * n or n_entries > INT32_MAX or width * height > INT32_MAX:
         with nogil:
             nk = _plain(&boxes[0, 0], n, thr, &keep[0])
         return nk, False
-    head, tail = np.full(width * height, -1, dtype=np.int64), np.full(width * height, -1, dtype=np.int64)
-    entry_box, entry_next = np.empty(n_entries, dtype=np.int64), np.empty(n_entries, dtype=np.int64)
-    stamp = np.full(n, -1, dtype=np.int64)
+    head, tail = np.full(width * height, -1, dtype=np.int32), np.full(width * height, -1, dtype=np.int32)
+    # Only kept boxes make entries, at most n_entries of them.
+    if floating is float:
+        entry_box = np.empty((max(n_entries, 1), NCOL), dtype=np.float32)
+    else:
+        entry_box = np.empty((max(n_entries, 1), NCOL), dtype=np.float64)
+    entry_meta = np.empty((max(n_entries, 1), NMETA), dtype=np.int32)
     with nogil:
-        nk = _gridded(&boxes[0, 0], n, thr, &g[0, 0], width, &head[0], &tail[0], &entry_box[0], &entry_next[0],
-                      &stamp[0], &keep[0])
+        nk = _gridded(&boxes[0, 0], n, thr, &g[0, 0], width, &head[0], &tail[0], &entry_box[0, 0],
+                      &entry_meta[0, 0], &keep[0])
     return nk, True
