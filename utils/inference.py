@@ -269,12 +269,31 @@ def decode_boxes(loc, priors, variance, size, resize):
         ndarray[K, 4] float32: x1 y1 x2 y2.
     """
     h, w = size
-    centre, prior_wh = priors[:, :2], priors[:, 2:]
-    xy = centre + loc[:, :2] * variance[0] * prior_wh
-    wh = prior_wh * _torch_exp(loc[:, 2:] * variance[1])
-    top_left = xy - wh / 2
-    boxes = np.concatenate((top_left, wh + top_left), axis=1)  # decode's `boxes[:, 2:] += boxes[:, :2]`
-    return boxes * np.array([w, h, w, h], dtype=np.float32) / resize
+    if np.result_type(loc, priors, resize, *variance) != np.float32:  # not the float32 arrays the pipeline passes
+        centre, prior_wh = priors[:, :2], priors[:, 2:]
+        xy = centre + loc[:, :2] * variance[0] * prior_wh
+        wh = prior_wh * _torch_exp(loc[:, 2:] * variance[1])
+        top_left = xy - wh / 2
+        boxes = np.concatenate((top_left, wh + top_left), axis=1)  # decode's `boxes[:, 2:] += boxes[:, :2]`
+        return boxes * np.array([w, h, w, h], dtype=np.float32) / resize
+    # The same float32 operations, in place on the rows of one [4, K] array (each row a
+    # contiguous coordinate: x, y, w, h, then x1 y1 x2 y2), each with decode's operand
+    # order (which also fixes NaN payloads); transposed into [K, 4] at the end.
+    pt = np.ascontiguousarray(priors.T)
+    centre, prior_wh = pt[:2], pt[2:]
+    rows = np.empty((4, loc.shape[0]), dtype=np.float32)
+    np.multiply(loc.T, np.array([[variance[0]], [variance[0]], [variance[1]], [variance[1]]], dtype=np.float32),
+                out=rows)
+    xy, wh = rows[:2], rows[2:]
+    xy *= prior_wh
+    np.add(centre, xy, out=xy)  # centre + loc * variance[0] * prior_wh
+    wh[...] = _torch_exp(wh)
+    np.multiply(prior_wh, wh, out=wh)  # prior_wh * exp(loc * variance[1])
+    xy -= wh / 2  # top_left
+    wh += xy  # decode's `boxes[:, 2:] += boxes[:, :2]`
+    rows *= np.array([[w], [h], [w], [h]], dtype=np.float32)
+    rows /= resize
+    return np.ascontiguousarray(rows.T)
 
 
 def decode_landmarks(landms, priors, variance, size, resize):
@@ -287,8 +306,20 @@ def decode_landmarks(landms, priors, variance, size, resize):
         ndarray[K, 10] float32: five (x, y) pairs.
     """
     h, w = size
-    points = priors[:, np.newaxis, :2] + landms.reshape(-1, 5, 2) * variance[0] * priors[:, np.newaxis, 2:]
-    return (points * np.array([w, h], dtype=np.float32) / resize).reshape(-1, 10)
+    if np.result_type(landms, priors, resize, *variance) != np.float32:
+        points = priors[:, np.newaxis, :2] + landms.reshape(-1, 5, 2) * variance[0] * priors[:, np.newaxis, 2:]
+        return (points * np.array([w, h], dtype=np.float32) / resize).reshape(-1, 10)
+    # The same float32 operations, in decode_landm's operand order, in place on the rows
+    # of one [10, K] array (x, y five times; each row contiguous), transposed at the end.
+    pt = np.ascontiguousarray(priors.T)  # [4, K]: cx, cy, w, h
+    rows = np.empty((10, landms.shape[0]), dtype=np.float32)
+    np.multiply(landms.T, np.float32(variance[0]), out=rows)
+    points = rows.reshape(5, 2, landms.shape[0])
+    points *= pt[2:]
+    np.add(pt[:2], points, out=points)  # priors' centre + landms * variance[0] * priors' size
+    points *= np.array([[w], [h]], dtype=np.float32)
+    points /= resize
+    return np.ascontiguousarray(rows.T)
 
 
 class Detector:
