@@ -472,13 +472,16 @@ class Detector:
             scores = scores_all[inds]
             # Gathered in index order: sequential reads, much cheaper than gathering in
             # score order right after the forward pass has flushed the caches.
-            loc_c, landms_c = loc.numpy()[inds], landms.numpy()[inds]  # [K, 4], [K, 10]
+            loc_c = loc.numpy()[inds]  # [K, 4]
+            # Landmarks are gathered later, only for the kept boxes (landms_c[kept] below).
+            landms_c, landms_inds = landms.numpy(), inds
         else:
             # Filter on the device and copy only the candidates to the host.
             inds_t = torch.nonzero(scores_t > self.confidence_threshold).squeeze(1)
             scores = scores_t[inds_t].cpu().numpy()
             inds = inds_t.cpu().numpy()
             loc_c, landms_c = loc[inds_t].cpu().numpy(), landms[inds_t].cpu().numpy()
+            landms_inds = None
         if inds.size == 0:
             return empty_detections()
         # The reference's order: numpy's argsort of the kept scores, reversed (numpy breaks
@@ -499,7 +502,8 @@ class Detector:
         # Landmarks only for the kept boxes: decoding is elementwise, so the values are
         # those of decoding every candidate and selecting afterwards.
         kept = order[keep]
-        landms = decode_landmarks(landms_c[kept], priors_c[kept], variance, size, resize)
+        landms_kept = landms_c[kept] if landms_inds is None else landms_c[landms_inds[kept]]
+        landms = decode_landmarks(landms_kept, priors_c[kept], variance, size, resize)
         return np.concatenate((dets, landms), axis=1)
 
     # -- the whole pipeline ----------------------------------------------------------------
