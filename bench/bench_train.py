@@ -117,11 +117,6 @@ def main(args):
               f"({100 * (first - last) / first:.0f}% lower)")
 
     print("\n== AP on minitrain/train/label.txt (every face, IoU 0.5) ==")
-    try:
-        import utils.inference  # noqa: F401
-    except ImportError as e:
-        print(f"skipped: the inference pipeline utils/inference.py is not available ({e})")
-        return 0
     torch.manual_seed(args.seed)
     untrained = load_pretrained_backbone(RetinaFace(cfg_mnet, phase='test'), cfg_mnet, backbone)
     rows = [('trained', load_model(RetinaFace(cfg_mnet, phase='test'), final)),

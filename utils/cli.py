@@ -2,7 +2,6 @@
 detector from flags, atomic text files, and turning errors into clear exit messages."""
 import argparse
 import logging
-import os
 import sys
 
 import torch
