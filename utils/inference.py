@@ -11,12 +11,13 @@
 
 With the default 'torch' backend on CPU the numbers are bit-for-bit those of the
 reference's test_widerface.py / test_fddb.py (same float32 operations in the same order),
-so the result files are byte-identical. Three shortcuts keep the post-processing cheap and
+so the result files are byte-identical. Four shortcuts keep the host-side stages cheap and
 change nothing: priors are computed once per input size; only the priors above the score
 threshold are decoded, and their landmarks only if NMS keeps them (decoding is
-elementwise, so each row gets exactly the value it would get from decoding all rows); and
-NMS is the compiled utils/nms/cpu_nms.pyx, which returns py_cpu_nms's keep list without
-comparing every pair.
+elementwise, so each row gets exactly the value it would get from decoding all rows); the
+stages run as compiled kernels (utils/kernels/cpu_pipeline.pyx) doing the numpy stages'
+float32 operations in one pass each; and NMS is the compiled utils/nms/cpu_nms.pyx, which
+returns py_cpu_nms's keep list without comparing every pair.
 
 Typical use:
 
@@ -35,6 +36,7 @@ import torch
 from data import cfg_for_network
 from layers.functions.prior_box import cached_priors
 from models.retinaface import RetinaFace
+from utils import kernels
 from utils.checkpoint import load_model
 from utils.nms import fast_nms
 from utils.onnx_export import INPUT_NAME, export_onnx_bytes, make_session
@@ -53,10 +55,9 @@ PAD_MULTIPLE = 32
 # Columns of a detection row: box (4), score (1), five landmarks (10).
 DET_COLUMNS = 15
 BACKENDS = ('torch', 'onnxruntime')
-# Elements per torch.exp call when decoding (see _torch_exp).
-EXP_CHUNK = 2048
+# Input sizes whose host priors a Detector keeps (a folder of photos has many sizes).
+HOST_PRIORS_CACHE = 64
 
-_MEAN = np.asarray(BGR_MEAN, dtype=np.float32)
 # Header bytes that read_image inspects without decoding.
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _PNG_COLOUR_TYPE_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # IHDR colour type -> channels
@@ -235,26 +236,20 @@ def _grid_crop_index(steps, anchors, size, padded):
 
 
 # ---------------------------------------------------------------------------------------
-# Decoding on the host
+# Host-side stages
 #
-# numpy float32 mirrors of utils.box_utils.decode / decode_landm followed by the
-# reference's `* scale / resize`: the same IEEE float32 operations in the same order, so
-# the same bits (tested against the torch functions), without the per-call overhead of
-# small torch ops. numpy and torch's exp may round differently, so exp is torch's.
+# Each stage below is written with numpy (the specification, and the fallback) and runs
+# as the compiled kernel of utils/kernels/cpu_pipeline.pyx when that is built: the same
+# IEEE float32 operations in the same order, so the same bits (tested), in one pass
+# instead of a dozen numpy calls and temporaries.
+#
+# The decoding functions mirror utils.box_utils.decode / decode_landm followed by the
+# reference's `* scale / resize`. numpy and torch's exp may round differently, so exp is
+# torch's.
 
-def _torch_exp(x):
-    """torch.exp of ndarray x (float32, contiguous), as an ndarray of x's shape.
-
-    On the CPU torch runs exp on more than EXP_CHUNK elements in parallel threads; for a
-    few thousand candidates starting the threads costs more than the work, and far more
-    when other processes hold the cores. Chunks stay serial; exp is elementwise, so the
-    chunking changes no value.
-    """
-    flat = torch.from_numpy(x.reshape(-1))
-    out = torch.empty_like(flat)
-    for start in range(0, flat.numel(), EXP_CHUNK):
-        torch.exp(flat[start:start + EXP_CHUNK], out=out[start:start + EXP_CHUNK])
-    return out.numpy().reshape(x.shape)
+def _f32(x):
+    """x as a C-contiguous float32 ndarray, the layout the compiled kernels take (no copy if it is one)."""
+    return np.ascontiguousarray(x, dtype=np.float32)
 
 
 def decode_boxes(loc, priors, variance, size, resize):
@@ -269,31 +264,13 @@ def decode_boxes(loc, priors, variance, size, resize):
         ndarray[K, 4] float32: x1 y1 x2 y2.
     """
     h, w = size
-    if np.result_type(loc, priors, resize, *variance) != np.float32:  # not the float32 arrays the pipeline passes
-        centre, prior_wh = priors[:, :2], priors[:, 2:]
-        xy = centre + loc[:, :2] * variance[0] * prior_wh
-        wh = prior_wh * _torch_exp(loc[:, 2:] * variance[1])
-        top_left = xy - wh / 2
-        boxes = np.concatenate((top_left, wh + top_left), axis=1)  # decode's `boxes[:, 2:] += boxes[:, :2]`
-        return boxes * np.array([w, h, w, h], dtype=np.float32) / resize
-    # The same float32 operations, in place on the rows of one [4, K] array (each row a
-    # contiguous coordinate: x, y, w, h, then x1 y1 x2 y2), each with decode's operand
-    # order (which also fixes NaN payloads); transposed into [K, 4] at the end.
-    pt = np.ascontiguousarray(priors.T)
-    centre, prior_wh = pt[:2], pt[2:]
-    rows = np.empty((4, loc.shape[0]), dtype=np.float32)
-    np.multiply(loc.T, np.array([[variance[0]], [variance[0]], [variance[1]], [variance[1]]], dtype=np.float32),
-                out=rows)
-    xy, wh = rows[:2], rows[2:]
-    xy *= prior_wh
-    np.add(centre, xy, out=xy)  # centre + loc * variance[0] * prior_wh
-    wh[...] = _torch_exp(wh)
-    np.multiply(prior_wh, wh, out=wh)  # prior_wh * exp(loc * variance[1])
-    xy -= wh / 2  # top_left
-    wh += xy  # decode's `boxes[:, 2:] += boxes[:, :2]`
-    rows *= np.array([[w], [h], [w], [h]], dtype=np.float32)
-    rows /= resize
-    return np.ascontiguousarray(rows.T)
+    centre, prior_wh = priors[:, :2], priors[:, 2:]
+    # decode's operations in decode's operand order (which also fixes NaN payloads).
+    xy = centre + loc[:, :2] * variance[0] * prior_wh
+    wh = prior_wh * kernels.torch_exp_(np.ascontiguousarray(loc[:, 2:] * variance[1]))
+    top_left = xy - wh / 2
+    boxes = np.concatenate((top_left, wh + top_left), axis=1)  # decode's `boxes[:, 2:] += boxes[:, :2]`
+    return boxes * np.array([w, h, w, h], dtype=np.float32) / resize
 
 
 def decode_landmarks(landms, priors, variance, size, resize):
@@ -306,20 +283,87 @@ def decode_landmarks(landms, priors, variance, size, resize):
         ndarray[K, 10] float32: five (x, y) pairs.
     """
     h, w = size
-    if np.result_type(landms, priors, resize, *variance) != np.float32:
-        points = priors[:, np.newaxis, :2] + landms.reshape(-1, 5, 2) * variance[0] * priors[:, np.newaxis, 2:]
-        return (points * np.array([w, h], dtype=np.float32) / resize).reshape(-1, 10)
-    # The same float32 operations, in decode_landm's operand order, in place on the rows
-    # of one [10, K] array (x, y five times; each row contiguous), transposed at the end.
-    pt = np.ascontiguousarray(priors.T)  # [4, K]: cx, cy, w, h
-    rows = np.empty((10, landms.shape[0]), dtype=np.float32)
-    np.multiply(landms.T, np.float32(variance[0]), out=rows)
-    points = rows.reshape(5, 2, landms.shape[0])
-    points *= pt[2:]
-    np.add(pt[:2], points, out=points)  # priors' centre + landms * variance[0] * priors' size
-    points *= np.array([[w], [h]], dtype=np.float32)
-    points /= resize
-    return np.ascontiguousarray(rows.T)
+    # [K, 5, 2]: the five points of each candidate, each offset from its prior's centre.
+    points = priors[:, np.newaxis, :2] + landms.reshape(-1, 5, 2) * variance[0] * priors[:, np.newaxis, 2:]
+    return (points * np.array([w, h], dtype=np.float32) / resize).reshape(-1, 10)
+
+
+def to_input(img, dst):
+    """Write img minus BGR_MEAN into dst as CHW float32 (the reference's
+    `np.float32(img) - (104, 117, 123)`, then HWC -> CHW).
+
+    Args:
+        img (ndarray[H, W, 3] uint8 | float32): a BGR image (float32 once resized).
+        dst (ndarray[3, >=H, >=W] float32): one image of the network input; dst[:, :H, :W] is written.
+    """
+    if kernels.compiled is not None:
+        return kernels.compiled.to_input(np.ascontiguousarray(img), dst, BGR_MEAN)
+    kernels.warn_not_built()
+    h, w = img.shape[:2]
+    # One plane at a time, subtracted straight into place in float32 arithmetic.
+    for c, plane in enumerate(cv2.split(img)):
+        cv2.subtract(plane, float(BGR_MEAN[c]), dst=dst[c, :h, :w], dtype=cv2.CV_32F)
+
+
+def select_scores(conf, threshold):
+    """The candidates with face score > threshold, in index order (the reference's
+    `np.where(scores > threshold)[0]`).
+
+    Args:
+        conf (ndarray[P, 2] float32): (background, face) probabilities of every prior.
+        threshold (float): the confidence threshold.
+    Returns:
+        (inds ndarray[K] int64, scores ndarray[K] float32).
+    """
+    if kernels.compiled is not None:
+        return kernels.compiled.select_scores(_f32(conf), threshold)
+    kernels.warn_not_built()
+    scores = conf[:, 1]
+    inds = np.flatnonzero(scores > threshold)
+    return inds, scores[inds]
+
+
+def decode_dets(loc, priors, rows, scores, variance, size, resize):
+    """The candidates `rows` as NMS input: decode_boxes of loc[rows], priors[rows], and the scores.
+
+    Args:
+        loc (ndarray[P, 4] float32), priors (ndarray[P, 4] float32): as for decode_boxes,
+            for every prior; rows (ndarray[K] int64): the candidates, in output order;
+        scores (ndarray[K] float32): their scores, in output order.
+        variance, size, resize: as for decode_boxes.
+    Returns:
+        ndarray[K, 5] float32: x1 y1 x2 y2 score.
+    """
+    if kernels.compiled is not None:
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        return kernels.compiled.decode_dets(_f32(loc), _f32(priors), rows, _f32(scores), variance, size, resize)
+    kernels.warn_not_built()
+    boxes = decode_boxes(loc[rows], priors[rows], variance, size, resize)
+    return np.hstack((boxes, scores[:, np.newaxis])).astype(np.float32, copy=False)
+
+
+def assemble(dets, keep, landms, priors, rows, variance, size, resize):
+    """The detections dets[keep] with their landmarks decoded (decode_landmarks of
+    landms[rows[keep]], priors[rows[keep]]).
+
+    Decoding is elementwise, so decoding only the kept candidates' landmarks gives the
+    values of decoding every candidate and selecting afterwards.
+
+    Args:
+        dets (ndarray[K, 5] float32): from decode_dets; keep (ndarray[N] int64): rows of dets;
+        landms (ndarray[P, 10] float32), priors (ndarray[P, 4] float32), rows (ndarray[K]
+            int64), variance, size, resize: as for decode_dets.
+    Returns:
+        ndarray[N, 15] float32: x1 y1 x2 y2 score, then five landmark (x, y) pairs.
+    """
+    if kernels.compiled is not None:
+        return kernels.compiled.assemble(_f32(dets), np.ascontiguousarray(keep, dtype=np.int64), _f32(landms),
+                                         _f32(priors), np.ascontiguousarray(rows, dtype=np.int64), variance, size,
+                                         resize)
+    kernels.warn_not_built()
+    kept = rows[keep]
+    points = decode_landmarks(landms[kept], priors[kept], variance, size, resize)
+    return np.concatenate((dets[keep], points), axis=1)
 
 
 class Detector:
@@ -375,6 +419,7 @@ class Detector:
                 logger.info("exported the network to ONNX in memory for onnxruntime")
             self.session = make_session(onnx_model, num_threads=num_threads, device=self.device)
         self._anchors = tuple(len(s) for s in cfg['min_sizes'])
+        self._priors_np = {}
 
     # -- stages, public so that benchmarks can time them one by one ----------------------
 
@@ -412,11 +457,8 @@ class Detector:
             height = -(-max(h for h, _ in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
             width = -(-max(w for _, w in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
             batch = np.zeros((len(images), 3, height, width), dtype=np.float32)
-        for i, (src, (h, w)) in enumerate(zip(sources, sizes)):
-            # HWC -> CHW one plane at a time: each plane is subtracted straight into place
-            # (float32 arithmetic, as the reference's `img -= (104, 117, 123)`).
-            for c, plane in enumerate(cv2.split(src)):
-                cv2.subtract(plane, float(_MEAN[c]), dst=batch[i, c, :h, :w], dtype=cv2.CV_32F)
+        for i, src in enumerate(sources):
+            to_input(src, batch[i])
         return batch, sizes, resizes
 
     def forward(self, batch):
@@ -428,17 +470,23 @@ class Detector:
             (loc Tensor[B, P, 4], conf Tensor[B, P, 2], landms Tensor[B, P, 10]) on
             self.device for 'torch', on the CPU for 'onnxruntime'.
         """
+        # On the CPU both backends run an NCHW batch slower per image than single images
+        # (eager PyTorch's oneDNN picks other kernels: test.jpg took 75 against 25 ms per
+        # image in a batch of 8, and those kernels round differently; onnxruntime took
+        # 13.3 against 11.0 ms). Image by image is faster and gives exactly the
+        # single-image numbers.
+        one_by_one = batch.shape[0] > 1 and self.device.type == 'cpu'
         if self.session is not None:
-            outputs = self.session.run(None, {INPUT_NAME: batch})
-            return tuple(torch.from_numpy(o) for o in outputs)
+            slices = [batch[i:i + 1] for i in range(batch.shape[0])] if one_by_one else [batch]
+            runs = [self.session.run(None, {INPUT_NAME: x}) for x in slices]
+            # numpy joins the images: a torch.cat would wake torch's threads, which then
+            # spin on the cores the next forward pass needs (see utils.kernels.EXP_CHUNK).
+            return tuple(torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
+                         for parts in zip(*runs))
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)  # [B, 3, H, W]
-            if x.shape[0] == 1 or self.device.type != 'cpu':
+            if not one_by_one:
                 return self.net(x)
-            # On the CPU, eager PyTorch runs one NCHW batch slower per image than single
-            # images (oneDNN picks other kernels: test.jpg took 75 against 25 ms per image
-            # in a batch of 8), and those kernels round differently. Image by image is
-            # faster and gives exactly the single-image numbers.
             outputs = [self.net(x[i:i + 1]) for i in range(x.shape[0])]
             return tuple(torch.cat(parts) for parts in zip(*outputs))
 
@@ -464,24 +512,34 @@ class Detector:
         with torch.inference_mode():
             return self._postprocess(loc, conf, landms, size, resize)
 
-    def _postprocess(self, loc, conf, landms, size, resize):
-        scores_t = conf[:, 1]  # [P]
-        if loc.device.type == 'cpu':
-            scores_all = scores_t.numpy()
-            inds = np.flatnonzero(scores_all > self.confidence_threshold)  # the reference's np.where(...)[0]
-            scores = scores_all[inds]
-            # Gathered in index order: sequential reads, much cheaper than gathering in
-            # score order right after the forward pass has flushed the caches.
-            loc_c = loc.numpy()[inds]  # [K, 4]
-            # Landmarks are gathered later, only for the kept boxes (landms_c[kept] below).
-            landms_c, landms_inds = landms.numpy(), inds
+    def _host_priors(self, size):
+        """priors(size) on the host as ndarray[P, 4] float32, cached per size."""
+        priors = self._priors_np.get(size)
+        if priors is None:
+            if len(self._priors_np) >= HOST_PRIORS_CACHE:
+                self._priors_np.clear()
+            priors = self._priors_np[size] = self.priors(size, 'cpu').numpy()
+        return priors
+
+    def _postprocess(self, loc, conf, landms, size, resize, on_device=None):
+        """postprocess(); on_device (default: the outputs are not on the CPU) filters the
+        candidates where the outputs are, as for a GPU (the tests use it on the CPU)."""
+        priors = self._host_priors(tuple(size))
+        if on_device is None:
+            on_device = loc.device.type != 'cpu'
+        if not on_device:
+            # Every prior stays where it is; rows below index loc, landms and priors alike.
+            loc, landms = loc.numpy(), landms.numpy()
+            inds, scores = select_scores(conf.numpy(), self.confidence_threshold)
         else:
-            # Filter on the device and copy only the candidates to the host.
+            # Filter on the device and copy only the candidates (and their priors) to the
+            # host; rows below then index those copies.
+            scores_t = conf[:, 1]  # [P]
             inds_t = torch.nonzero(scores_t > self.confidence_threshold).squeeze(1)
             scores = scores_t[inds_t].cpu().numpy()
-            inds = inds_t.cpu().numpy()
-            loc_c, landms_c = loc[inds_t].cpu().numpy(), landms[inds_t].cpu().numpy()
-            landms_inds = None
+            loc, landms = loc[inds_t].cpu().numpy(), landms[inds_t].cpu().numpy()
+            priors = priors[inds_t.cpu().numpy()]
+            inds = np.arange(len(scores))
         if inds.size == 0:
             return empty_detections()
         # The reference's order: numpy's argsort of the kept scores, reversed (numpy breaks
@@ -489,22 +547,14 @@ class Detector:
         order = scores.argsort()[::-1]
         if self.top_k:
             order = order[:self.top_k]
-        priors_c = self.priors(size, 'cpu').numpy()[inds]  # [K, 4]
+        rows = inds[order]
         variance = self.cfg['variance']
-
-        boxes = decode_boxes(loc_c[order], priors_c[order], variance, size, resize)
-        dets = np.hstack((boxes, scores[order, np.newaxis])).astype(np.float32, copy=False)
+        dets = decode_dets(loc, priors, rows, scores[order], variance, size, resize)  # [K, 5]
         # Exactly py_cpu_nms's keep list (see utils/nms/cpu_nms.pyx), fast on crowds.
         keep = fast_nms(dets, self.nms_threshold)
         if self.keep_top_k:
             keep = keep[:self.keep_top_k]
-        dets = dets[keep]
-        # Landmarks only for the kept boxes: decoding is elementwise, so the values are
-        # those of decoding every candidate and selecting afterwards.
-        kept = order[keep]
-        landms_kept = landms_c[kept] if landms_inds is None else landms_c[landms_inds[kept]]
-        landms = decode_landmarks(landms_kept, priors_c[kept], variance, size, resize)
-        return np.concatenate((dets, landms), axis=1)
+        return assemble(dets, keep, landms, priors, rows, variance, size, resize)
 
     # -- the whole pipeline ----------------------------------------------------------------
 

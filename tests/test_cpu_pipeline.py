@@ -1,0 +1,193 @@
+"""The compiled pipeline stages (utils/kernels/cpu_pipeline.pyx) give exactly the numpy
+stages' bits, and the pipeline falls back to numpy when they are not built."""
+import logging
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+import utils.inference as inference
+import utils.kernels as kernels
+from data import cfg_mnet
+from layers.functions.prior_box import cached_priors
+from tests.conftest import GOLDEN_IMAGES, golden_image_path, need_shared
+from utils.inference import BGR_MEAN, read_image
+
+VARIANCE = cfg_mnet['variance']
+
+
+def _compiled_and_numpy(fn, *args):
+    """fn(*args) with the compiled stages, then with the numpy ones."""
+    compiled = fn(*args)
+    saved = kernels.compiled, kernels.warn_not_built
+    kernels.compiled, kernels.warn_not_built = None, lambda: None
+    try:
+        return compiled, fn(*args)
+    finally:
+        kernels.compiled, kernels.warn_not_built = saved
+
+
+def _same_bits(a, b):
+    """Equal shape, dtype and bytes (NaNs and signed zeros included)."""
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _raw(name):
+    raw = np.load(need_shared('golden', 'mnet', f'{name}_raw.npz'))
+    return raw['loc'][0], raw['conf'][0], raw['landms'][0]
+
+
+def test_the_compiled_stages_are_built():
+    """.ci/setup builds them; the tests must not silently exercise only the fallback."""
+    from utils.kernels import cpu_pipeline
+    assert kernels.compiled is cpu_pipeline
+
+
+# -- preprocessing ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['test', 'largest_selfie'])
+def test_to_input_equals_the_reference_subtraction(name):
+    """uint8 photos: `np.float32(img) - (104, 117, 123)` as CHW, bit for bit."""
+    img = read_image(need_shared('images', f'{name}.jpg'))
+    dst = np.full((3,) + img.shape[:2], np.nan, dtype=np.float32)
+    inference.to_input(img, dst)
+    reference = (np.float32(img) - BGR_MEAN).astype(np.float32).transpose(2, 0, 1)  # [H, W, 3] -> [3, H, W]
+    assert _same_bits(dst, np.ascontiguousarray(reference))
+
+
+def test_to_input_of_a_resized_float_image_into_a_padded_batch():
+    """float32 (resized) images, written into the top-left of a larger padded plane set:
+    the compiled stage equals the numpy one and leaves the padding alone."""
+    img = read_image(need_shared('images', 'test.jpg'))
+    resized = cv2.resize(np.float32(img), None, None, fx=0.37, fy=0.37, interpolation=cv2.INTER_LINEAR)
+    h, w = resized.shape[:2]
+
+    def write():
+        batch = np.full((2, 3, h + 9, w + 17), -7.0, dtype=np.float32)
+        inference.to_input(resized, batch[1])
+        return batch
+
+    compiled, numpy = _compiled_and_numpy(write)
+    assert _same_bits(compiled, numpy)
+    assert (compiled[0] == -7).all() and (compiled[1, :, h:] == -7).all() and (compiled[1, :, :, w:] == -7).all()
+    np.testing.assert_array_equal(compiled[1, :, :h, :w], (resized - np.float32(BGR_MEAN)).transpose(2, 0, 1))
+
+
+def test_to_input_takes_non_contiguous_images():
+    img = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    flipped = img[:, ::-1]  # a view with a negative stride
+    dst = np.empty((3, 40, 60), dtype=np.float32)
+    inference.to_input(flipped, dst)
+    np.testing.assert_array_equal(dst, (np.float32(flipped) - np.float32(BGR_MEAN)).transpose(2, 0, 1))
+
+
+def test_to_input_rejects_a_destination_that_does_not_fit():
+    img = np.zeros((40, 60, 3), dtype=np.uint8)
+    with pytest.raises(ValueError, match='does not fit'):
+        kernels.compiled.to_input(img, np.empty((3, 39, 60), dtype=np.float32), BGR_MEAN)
+    with pytest.raises(ValueError, match='contiguous'):
+        kernels.compiled.to_input(img, np.empty((3, 40, 120), dtype=np.float32)[:, :, ::2], BGR_MEAN)
+
+
+# -- selection, decoding, assembly --------------------------------------------------------------
+
+@pytest.mark.parametrize('threshold', [0.02, 0.1, 0.5, 0.999, 1.0])
+def test_select_scores_equals_numpy(threshold):
+    """Including 0.1, where float32(0.1) > 0.1: numpy compares a float32 array with a Python
+    float in float32, so a score of exactly float32(0.1) is not above 0.1."""
+    _, conf, _ = _raw('largest_selfie')
+    conf = conf.copy()
+    conf[:5, 1] = np.float32(threshold)
+    conf[5, 1] = np.nan  # never selected, as with numpy
+    (inds_c, scores_c), (inds_n, scores_n) = _compiled_and_numpy(inference.select_scores, conf, threshold)
+    assert _same_bits(inds_c, inds_n) and _same_bits(scores_c, scores_n)
+    assert inds_n.dtype == np.int64 and not np.isin(np.arange(6), inds_n).any()
+
+
+@pytest.mark.parametrize('name', GOLDEN_IMAGES)
+def test_decode_and_assemble_equal_numpy_on_the_golden_outputs(name):
+    """Every stage after the forward pass, at the original size and at other resize
+    factors, on the reference's own network outputs: the same bits."""
+    loc, conf, landms = _raw(name)
+    h, w = read_image(golden_image_path(name)).shape[:2]
+    priors = cached_priors(cfg_mnet, (h, w), device='cpu').numpy()
+    inds, scores = inference.select_scores(conf, 0.02)
+    order = scores.argsort()[::-1]
+    rows = inds[order]
+    for resize in (1, inference.test_scale(h, w, False), 0.7, 4 / 3):
+        dets_c, dets_n = _compiled_and_numpy(inference.decode_dets, loc, priors, rows, scores[order], VARIANCE,
+                                             (h, w), resize)
+        assert _same_bits(dets_c, dets_n), resize
+        keep = inference.fast_nms(dets_c, 0.4)
+        out_c, out_n = _compiled_and_numpy(inference.assemble, dets_c, keep, landms, priors, rows, VARIANCE,
+                                           (h, w), resize)
+        assert _same_bits(out_c, out_n), resize
+        assert out_c.shape == (len(keep), 15)
+
+
+def test_decode_dets_of_extreme_values_equals_numpy():
+    """Huge, tiny, negative, infinite and NaN predictions round and propagate the same way."""
+    rng = np.random.default_rng(1)
+    p = 4096
+    loc = rng.normal(0, 30, (p, 4)).astype(np.float32)
+    loc[:8, 2:] = [[1e3, -1e3], [np.inf, -np.inf], [np.nan, 0], [88, 89], [-104, -110], [0, 0], [1e-30, -1e-30],
+                   [60, 70]]
+    landms = rng.normal(0, 1e4, (p, 10)).astype(np.float32)
+    priors = rng.uniform(0, 1, (p, 4)).astype(np.float32)
+    scores = rng.uniform(0, 1, p).astype(np.float32)
+    rows = rng.permutation(p)
+    with np.errstate(invalid='ignore', over='ignore'):  # inf - inf and overflow, as intended
+            dets_c, dets_n = _compiled_and_numpy(inference.decode_dets, loc, priors, rows, scores, VARIANCE,
+                                             (777, 1001), 1.37)
+    assert _same_bits(dets_c, dets_n)
+    keep = np.arange(0, p, 3)
+    out_c, out_n = _compiled_and_numpy(inference.assemble, dets_c, keep, landms, priors, rows, VARIANCE,
+                                       (777, 1001), 1.37)
+    assert _same_bits(out_c, out_n)
+
+
+def test_stages_reject_rows_out_of_range():
+    loc = np.zeros((10, 4), np.float32)
+    with pytest.raises(ValueError, match='out of range'):
+        kernels.compiled.decode_dets(loc, loc, np.array([3, 10]), np.zeros(2, np.float32), VARIANCE, (8, 8), 1)
+    dets = np.zeros((2, 5), np.float32)
+    with pytest.raises(ValueError, match='out of range'):
+        kernels.compiled.assemble(dets, np.array([2]), np.zeros((10, 10), np.float32), loc, np.array([0, 1]),
+                                  VARIANCE, (8, 8), 1)
+
+
+def test_torch_exp_in_chunks_equals_one_call():
+    x = np.random.default_rng(2).normal(0, 5, 3 * kernels.EXP_CHUNK + 17).astype(np.float32)
+    expected = torch.exp(torch.from_numpy(x)).numpy()
+    assert kernels.torch_exp_(x) is x
+    assert _same_bits(x, expected)
+
+
+# -- the whole pipeline -------------------------------------------------------------------------
+
+@pytest.mark.parametrize('name', ['test', 'largest_selfie'])
+def test_filtering_on_the_device_gives_the_host_path_s_detections(name):
+    """On a GPU the candidates are filtered on the device and only they are copied to the
+    host; that path, run here on CPU tensors, gives exactly the CPU path's detections."""
+    detector = inference.load_detector('mobile0.25', need_shared('weights', 'mobilenet0.25_Final.pth'))
+    loc, conf, landms = (torch.from_numpy(x) for x in _raw(name))
+    size = read_image(golden_image_path(name)).shape[:2]
+    with torch.inference_mode():
+        on_host = detector._postprocess(loc, conf, landms, size, 1)
+        on_device = detector._postprocess(loc, conf, landms, size, 1, on_device=True)
+    assert len(on_host) > 100 and _same_bits(on_device, on_host)
+
+
+def test_pipeline_falls_back_to_numpy_with_the_same_detections(monkeypatch, caplog):
+    weights = need_shared('weights', 'mobilenet0.25_Final.pth')
+    detector = inference.load_detector('mobile0.25', weights)
+    img = read_image(need_shared('images', 'street_crowd.jpg'))
+    compiled = detector.detect(img)
+    monkeypatch.setattr(kernels, 'compiled', None)
+    kernels.warn_not_built.cache_clear()
+    with caplog.at_level(logging.WARNING, logger='utils.kernels'):
+        assert _same_bits(detector.detect(img), compiled)
+        assert _same_bits(detector.detect(img), compiled)
+    assert sum('not built' in r.message for r in caplog.records) == 1  # warned once, with the command
+    assert kernels.BUILD_COMMAND in caplog.text

@@ -1,0 +1,42 @@
+"""Compiled host-side stages of the detection pipeline (cpu_pipeline.pyx).
+
+`compiled` is the built module, or None when it is not built; utils/inference.py then
+runs the numpy versions of the same stages, which give the same bits, more slowly.
+Build it with BUILD_COMMAND (.ci/setup does).
+"""
+import logging
+from functools import lru_cache
+
+import torch
+
+# Elements per torch.exp call. torch computes exp through its vectorised math library,
+# which splits more than 2048 elements across its OpenMP threads; those threads then
+# spin, waiting for more work, on the cores the next forward pass needs (onnxruntime's
+# test.jpg forward took 20 instead of 14 ms after one such call). Chunks stay on the
+# calling thread; exp is elementwise, so the chunking changes no value.
+EXP_CHUNK = 2048
+
+
+def torch_exp_(x):
+    """Replace ndarray x (float32, C-contiguous) by torch.exp(x), in place; returns x."""
+    flat = torch.from_numpy(x.reshape(-1))
+    for start in range(0, flat.numel(), EXP_CHUNK):
+        flat[start:start + EXP_CHUNK].exp_()
+    return x
+
+
+# After torch_exp_: the compiled module uses it.
+try:
+    from utils.kernels import cpu_pipeline as compiled
+except ImportError:  # not built: see warn_not_built
+    compiled = None
+
+logger = logging.getLogger(__name__)
+BUILD_COMMAND = "cd utils/kernels && python setup.py build_ext --inplace"
+
+
+@lru_cache(maxsize=None)
+def warn_not_built():
+    """Say once that the pipeline runs its slower numpy stages, and how to build the kernels."""
+    logger.warning("the compiled pipeline stages (utils/kernels/cpu_pipeline.pyx) are not built, using numpy, "
+                   "which gives the same detections but adds ~1 ms per image; build them with: %s", BUILD_COMMAND)
