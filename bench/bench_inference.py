@@ -31,6 +31,7 @@ if ROOT not in sys.path:
 
 from utils.datapaths import shared_path  # noqa: E402
 from utils.inference import BACKENDS, load_detector, read_image  # noqa: E402
+from utils.memory import keep_freed_memory  # noqa: E402
 
 IMAGES = ('test', 'kids_group', 'street_crowd', 'largest_selfie')
 # The reference pipeline on the same 2-core machine (../shared/README.md), ms:
@@ -56,6 +57,9 @@ def get_args_parser():
     parser.add_argument('--repeats', default=15, type=int, help='timed runs per measurement (median reported)')
     parser.add_argument('--warmup', default=3, type=int, help='untimed runs first')
     parser.add_argument('--batch', default=BATCH, type=int, help='batch size of the throughput test')
+    parser.add_argument('--default-malloc', action='store_true',
+                        help="leave glibc's malloc as it is (the scripts make it keep freed memory; "
+                             "bench/bench_malloc.py compares the two)")
     return parser
 
 
@@ -145,8 +149,11 @@ def main(args):
     paths = args.images or [str(shared_path('images', f'{n}.jpg')) for n in IMAGES]
     images = {os.path.splitext(os.path.basename(p))[0]: read_image(p) for p in paths}
     torch.set_grad_enabled(False)
+    # As the scripts do (utils.cli.detector_from_args).
+    kept = not args.default_malloc and keep_freed_memory()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
-          f"{args.network} ({weights}), median of {args.repeats} runs, ms")
+          f"{args.network} ({weights}), malloc keeps freed memory: {'yes' if kept else 'no'}, "
+          f"median of {args.repeats} runs, ms")
 
     detectors = {}
     for b in args.backends:

@@ -113,17 +113,17 @@ def test_decode_and_assemble_equal_numpy_on_the_golden_outputs(name):
     h, w = read_image(golden_image_path(name)).shape[:2]
     priors = cached_priors(cfg_mnet, (h, w), device='cpu').numpy()
     inds, scores = inference.select_scores(conf, 0.02)
-    order = scores.argsort()[::-1]
-    rows = inds[order]
-    for resize in (1, inference.test_scale(h, w, False), 0.7, 4 / 3):
-        dets_c, dets_n = _compiled_and_numpy(inference.decode_dets, loc, priors, rows, scores[order], VARIANCE,
-                                             (h, w), resize)
-        assert _same_bits(dets_c, dets_n), resize
-        keep = inference.fast_nms(dets_c, 0.4)
-        out_c, out_n = _compiled_and_numpy(inference.assemble, dets_c, keep, landms, priors, rows, VARIANCE,
-                                           (h, w), resize)
-        assert _same_bits(out_c, out_n), resize
-        assert out_c.shape == (len(keep), 15)
+    for order in (scores.argsort()[::-1], scores.argsort()[::-1][:50]):  # all, and a top_k of 50
+        for resize in (1, inference.test_scale(h, w, False), 0.7, 4 / 3):
+            dets_c, dets_n = _compiled_and_numpy(inference.decode_dets, loc, priors, inds, scores, order, VARIANCE,
+                                                 (h, w), resize)
+            assert _same_bits(dets_c, dets_n), resize
+            assert len(dets_c) == len(order)
+            keep = inference.fast_nms(dets_c, 0.4)
+            out_c, out_n = _compiled_and_numpy(inference.assemble, dets_c, keep, landms, priors, inds, order,
+                                               VARIANCE, (h, w), resize)
+            assert _same_bits(out_c, out_n), resize
+            assert out_c.shape == (len(keep), 15)
 
 
 def test_decode_dets_of_extreme_values_equals_numpy():
@@ -135,26 +135,34 @@ def test_decode_dets_of_extreme_values_equals_numpy():
                    [60, 70]]
     landms = rng.normal(0, 1e4, (p, 10)).astype(np.float32)
     priors = rng.uniform(0, 1, (p, 4)).astype(np.float32)
-    scores = rng.uniform(0, 1, p).astype(np.float32)
-    rows = rng.permutation(p)
+    inds = np.sort(rng.choice(np.arange(8, p), 3000, replace=False))
+    inds[:8] = np.arange(8)
+    scores = rng.uniform(0, 1, len(inds)).astype(np.float32)
+    order = rng.permutation(len(inds))
     with np.errstate(invalid='ignore', over='ignore'):  # inf - inf and overflow, as intended
-            dets_c, dets_n = _compiled_and_numpy(inference.decode_dets, loc, priors, rows, scores, VARIANCE,
+        dets_c, dets_n = _compiled_and_numpy(inference.decode_dets, loc, priors, inds, scores, order, VARIANCE,
                                              (777, 1001), 1.37)
     assert _same_bits(dets_c, dets_n)
-    keep = np.arange(0, p, 3)
-    out_c, out_n = _compiled_and_numpy(inference.assemble, dets_c, keep, landms, priors, rows, VARIANCE,
+    keep = np.arange(0, len(order), 3)
+    out_c, out_n = _compiled_and_numpy(inference.assemble, dets_c, keep, landms, priors, inds, order, VARIANCE,
                                        (777, 1001), 1.37)
     assert _same_bits(out_c, out_n)
 
 
-def test_stages_reject_rows_out_of_range():
-    loc = np.zeros((10, 4), np.float32)
-    with pytest.raises(ValueError, match='out of range'):
-        kernels.compiled.decode_dets(loc, loc, np.array([3, 10]), np.zeros(2, np.float32), VARIANCE, (8, 8), 1)
-    dets = np.zeros((2, 5), np.float32)
-    with pytest.raises(ValueError, match='out of range'):
-        kernels.compiled.assemble(dets, np.array([2]), np.zeros((10, 10), np.float32), loc, np.array([0, 1]),
-                                  VARIANCE, (8, 8), 1)
+def test_stages_reject_indices_out_of_range():
+    """The compiled stages check every index before reading memory with it."""
+    loc, scores = np.zeros((10, 4), np.float32), np.zeros(2, np.float32)
+    with pytest.raises(ValueError, match='candidate 10 out of range'):
+        kernels.compiled.decode_dets(loc, loc, np.array([3, 10]), scores, np.array([0, 1]), VARIANCE, (8, 8), 1)
+    with pytest.raises(ValueError, match='order entry 2 out of range'):
+        kernels.compiled.decode_dets(loc, loc, np.array([3, 4]), scores, np.array([2]), VARIANCE, (8, 8), 1)
+    dets, landms = np.zeros((2, 5), np.float32), np.zeros((10, 10), np.float32)
+    with pytest.raises(ValueError, match='kept row 2 out of range'):
+        kernels.compiled.assemble(dets, np.array([2]), landms, loc, np.array([0, 1]), np.array([0, 1]), VARIANCE,
+                                  (8, 8), 1)
+    with pytest.raises(ValueError, match='kept row 1 out of range'):
+        kernels.compiled.assemble(dets, np.array([1]), landms, loc, np.array([0, 11]), np.array([0, 1]), VARIANCE,
+                                  (8, 8), 1)
 
 
 def test_torch_exp_in_chunks_equals_one_call():

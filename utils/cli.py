@@ -7,6 +7,7 @@ import sys
 import torch
 
 from utils.inference import BACKENDS, load_detector
+from utils.memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,10 @@ def select_device(cpu):
 
 
 def detector_from_args(args, **overrides):
-    """A Detector built from the standard flags (network, weights, device, thresholds, backend)."""
+    """A Detector built from the standard flags (network, weights, device, thresholds, backend).
+
+    On the CPU it also makes malloc keep freed memory (utils.memory.keep_freed_memory).
+    """
     kwargs = dict(
         device=select_device(getattr(args, 'cpu', False)),
         confidence_threshold=args.confidence_threshold,
@@ -81,6 +85,10 @@ def detector_from_args(args, **overrides):
         onnx_model=getattr(args, 'onnx_model', None),
     )
     kwargs.update(overrides)
+    if torch.device(kwargs['device']).type == 'cpu':
+        # Eager PyTorch's forward pass is ~1.5x faster when malloc keeps freed memory
+        # (see utils/memory.py); a script owns its process, so it may change that.
+        keep_freed_memory()
     detector = load_detector(args.network, args.trained_model, **kwargs)
     logger.info("%s (%s) on %s with the %s backend", args.network,
                 args.onnx_model if kwargs['onnx_model'] and kwargs['backend'] == 'onnxruntime' else args.trained_model,

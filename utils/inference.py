@@ -252,6 +252,11 @@ def _f32(x):
     return np.ascontiguousarray(x, dtype=np.float32)
 
 
+def _i64(x):
+    """x as a C-contiguous int64 ndarray (no copy if it is one)."""
+    return np.ascontiguousarray(x, dtype=np.int64)
+
+
 def decode_boxes(loc, priors, variance, size, resize):
     """Boxes in original-image pixels, exactly `decode(loc, priors, variance) * scale / resize`.
 
@@ -323,45 +328,48 @@ def select_scores(conf, threshold):
     return inds, scores[inds]
 
 
-def decode_dets(loc, priors, rows, scores, variance, size, resize):
-    """The candidates `rows` as NMS input: decode_boxes of loc[rows], priors[rows], and the scores.
+def decode_dets(loc, priors, inds, scores, order, variance, size, resize):
+    """The candidates in score order as NMS input: decode_boxes of loc[rows], priors[rows]
+    for rows = inds[order], and their scores.
 
     Args:
         loc (ndarray[P, 4] float32), priors (ndarray[P, 4] float32): as for decode_boxes,
-            for every prior; rows (ndarray[K] int64): the candidates, in output order;
-        scores (ndarray[K] float32): their scores, in output order.
+            for every prior;
+        inds (ndarray[K] int64), scores (ndarray[K] float32): the candidates and their
+            scores (select_scores);
+        order (ndarray[K'] int64): positions in inds, in output order (K' <= K);
         variance, size, resize: as for decode_boxes.
     Returns:
-        ndarray[K, 5] float32: x1 y1 x2 y2 score.
+        ndarray[K', 5] float32: x1 y1 x2 y2 score.
     """
     if kernels.compiled is not None:
-        rows = np.ascontiguousarray(rows, dtype=np.int64)
-        return kernels.compiled.decode_dets(_f32(loc), _f32(priors), rows, _f32(scores), variance, size, resize)
+        return kernels.compiled.decode_dets(_f32(loc), _f32(priors), _i64(inds), _f32(scores), _i64(order),
+                                            variance, size, resize)
     kernels.warn_not_built()
+    rows = inds[order]
     boxes = decode_boxes(loc[rows], priors[rows], variance, size, resize)
-    return np.hstack((boxes, scores[:, np.newaxis])).astype(np.float32, copy=False)
+    return np.hstack((boxes, scores[order, np.newaxis])).astype(np.float32, copy=False)
 
 
-def assemble(dets, keep, landms, priors, rows, variance, size, resize):
+def assemble(dets, keep, landms, priors, inds, order, variance, size, resize):
     """The detections dets[keep] with their landmarks decoded (decode_landmarks of
-    landms[rows[keep]], priors[rows[keep]]).
+    landms[rows], priors[rows] for rows = inds[order[keep]]).
 
     Decoding is elementwise, so decoding only the kept candidates' landmarks gives the
     values of decoding every candidate and selecting afterwards.
 
     Args:
-        dets (ndarray[K, 5] float32): from decode_dets; keep (ndarray[N] int64): rows of dets;
-        landms (ndarray[P, 10] float32), priors (ndarray[P, 4] float32), rows (ndarray[K]
-            int64), variance, size, resize: as for decode_dets.
+        dets (ndarray[K', 5] float32): from decode_dets; keep (ndarray[N] int64): rows of dets;
+        landms (ndarray[P, 10] float32), priors (ndarray[P, 4] float32), inds (ndarray[K]
+            int64), order (ndarray[K'] int64), variance, size, resize: as for decode_dets.
     Returns:
         ndarray[N, 15] float32: x1 y1 x2 y2 score, then five landmark (x, y) pairs.
     """
     if kernels.compiled is not None:
-        return kernels.compiled.assemble(_f32(dets), np.ascontiguousarray(keep, dtype=np.int64), _f32(landms),
-                                         _f32(priors), np.ascontiguousarray(rows, dtype=np.int64), variance, size,
-                                         resize)
+        return kernels.compiled.assemble(_f32(dets), _i64(keep), _f32(landms), _f32(priors), _i64(inds),
+                                         _i64(order), variance, size, resize)
     kernels.warn_not_built()
-    kept = rows[keep]
+    kept = inds[order[keep]]
     points = decode_landmarks(landms[kept], priors[kept], variance, size, resize)
     return np.concatenate((dets[keep], points), axis=1)
 
@@ -547,14 +555,13 @@ class Detector:
         order = scores.argsort()[::-1]
         if self.top_k:
             order = order[:self.top_k]
-        rows = inds[order]
         variance = self.cfg['variance']
-        dets = decode_dets(loc, priors, rows, scores[order], variance, size, resize)  # [K, 5]
+        dets = decode_dets(loc, priors, inds, scores, order, variance, size, resize)  # [K, 5]
         # Exactly py_cpu_nms's keep list (see utils/nms/cpu_nms.pyx), fast on crowds.
         keep = fast_nms(dets, self.nms_threshold)
         if self.keep_top_k:
             keep = keep[:self.keep_top_k]
-        return assemble(dets, keep, landms, priors, rows, variance, size, resize)
+        return assemble(dets, keep, landms, priors, inds, order, variance, size, resize)
 
     # -- the whole pipeline ----------------------------------------------------------------
 

@@ -39,4 +39,4 @@ BUILD_COMMAND = "cd utils/kernels && python setup.py build_ext --inplace"
 def warn_not_built():
     """Say once that the pipeline runs its slower numpy stages, and how to build the kernels."""
     logger.warning("the compiled pipeline stages (utils/kernels/cpu_pipeline.pyx) are not built, using numpy, "
-                   "which gives the same detections but adds ~1 ms per image; build them with: %s", BUILD_COMMAND)
+                   "which gives the same detections but adds 1-2 ms per photo; build them with: %s", BUILD_COMMAND)

@@ -19,6 +19,12 @@ from utils.kernels import torch_exp_
 
 from libc.stdint cimport int64_t
 
+cdef extern from *:
+    void __builtin_prefetch(const void* address) nogil
+
+# Rows gathered ahead by assemble's prefetches.
+cdef Py_ssize_t PREFETCH_AHEAD = 8
+
 ctypedef fused pixel:
     unsigned char
     float
@@ -91,12 +97,12 @@ def select_scores(const float[:, ::1] conf, threshold):
     return inds_a[:k], scores_a[:k]
 
 
-def decode_dets(const float[:, ::1] loc, const float[:, ::1] priors, const int64_t[::1] rows,
-                const float[::1] scores, variance, size, resize):
-    """Boxes and scores of the candidates rows, in original-image pixels.
+def decode_dets(const float[:, ::1] loc, const float[:, ::1] priors, const int64_t[::1] inds,
+                const float[::1] scores, const int64_t[::1] order, variance, size, resize):
+    """Boxes and scores of the candidates, in score order, in original-image pixels.
 
-    Row k is `decode(loc[rows[k]], priors[rows[k]], variance) * scale / resize` and
-    scores[k], with decode's operations in decode's order (utils/box_utils.py):
+    Row k is, for r = inds[order[k]], `decode(loc[r], priors[r], variance) * scale / resize`
+    and scores[order[k]], with decode's operations in decode's order (utils/box_utils.py):
 
         centre = prior_c + loc_c * v0 * prior_wh     wh = prior_wh * exp(loc_wh * v1)
         x1y1 = centre - wh / 2                       x2y2 = wh + x1y1
@@ -105,82 +111,101 @@ def decode_dets(const float[:, ::1] loc, const float[:, ::1] priors, const int64
     Args:
         loc (ndarray[P, 4] float32): predicted (dcx, dcy, dw, dh).
         priors (ndarray[P, 4] float32): (cx, cy, w, h) relative to the input.
-        rows (ndarray[K] int64): the candidates, in output order.
-        scores (ndarray[K] float32): their scores, in output order.
+        inds (ndarray[K] int64), scores (ndarray[K] float32): the candidates and their
+            scores, as select_scores returns them.
+        order (ndarray[K'] int64): positions in inds, in output order (K' <= K).
         variance (sequence of 2 floats): cfg['variance'].
         size (tuple[int, int]): (h, w) of the network input; resize (float): its scale factor.
     Returns:
-        ndarray[K, 5] float32: x1 y1 x2 y2 score.
+        ndarray[K', 5] float32: x1 y1 x2 y2 score.
     """
-    cdef Py_ssize_t n = rows.shape[0], k
-    cdef int64_t r, p = loc.shape[0]
+    cdef Py_ssize_t k_all = inds.shape[0], n = order.shape[0], j, k, c
+    cdef int64_t p = loc.shape[0]
     cdef float v0 = np.float32(variance[0]), v1 = np.float32(variance[1])
     cdef float fh = np.float32(size[0]), fw = np.float32(size[1]), rs = np.float32(resize), two = 2
     cdef float x, y, bw, bh
-    if loc.shape[1] != 4 or priors.shape[1] != 4 or priors.shape[0] != p or scores.shape[0] != n:
-        raise ValueError("decode_dets: loc and priors must be [P, 4] and scores as long as rows")
+    if loc.shape[1] != 4 or priors.shape[1] != 4 or priors.shape[0] != p or scores.shape[0] != k_all:
+        raise ValueError("decode_dets: loc and priors must be [P, 4] and scores as long as inds")
+    for j in range(k_all):
+        if not 0 <= inds[j] < p:
+            raise ValueError(f"decode_dets: candidate {inds[j]} out of range for {p} priors")
     for k in range(n):
-        if not 0 <= rows[k] < p:
-            raise ValueError(f"decode_dets: row {rows[k]} out of range for {p} priors")
+        if not 0 <= order[k] < k_all:
+            raise ValueError(f"decode_dets: order entry {order[k]} out of range for {k_all} candidates")
+    # The candidates' rows first, in index order: a stream through loc and priors rather
+    # than a random read per candidate (they are larger than the core's cache).
+    cand_a = np.empty((k_all, 8), dtype=np.float32)
+    cdef float[:, ::1] cand = cand_a
     exp_a = np.empty((n, 2), dtype=np.float32)
     cdef float[:, ::1] e = exp_a
     with nogil:
+        for j in range(k_all):
+            for c in range(4):
+                cand[j, c] = loc[inds[j], c]
+                cand[j, 4 + c] = priors[inds[j], c]
         for k in range(n):
-            r = rows[k]
-            e[k, 0] = loc[r, 2] * v1
-            e[k, 1] = loc[r, 3] * v1
+            e[k, 0] = cand[order[k], 2] * v1
+            e[k, 1] = cand[order[k], 3] * v1
     torch_exp_(exp_a)
     dets_a = np.empty((n, 5), dtype=np.float32)
     cdef float[:, ::1] d = dets_a
+    cdef const float* q
     with nogil:
         for k in range(n):
-            r = rows[k]
-            bw = priors[r, 2] * e[k, 0]
-            bh = priors[r, 3] * e[k, 1]
-            x = priors[r, 0] + (loc[r, 0] * v0) * priors[r, 2]
-            y = priors[r, 1] + (loc[r, 1] * v0) * priors[r, 3]
+            q = &cand[order[k], 0]  # loc (4), then the prior (4)
+            bw = q[6] * e[k, 0]
+            bh = q[7] * e[k, 1]
+            x = q[4] + (q[0] * v0) * q[6]
+            y = q[5] + (q[1] * v0) * q[7]
             x = x - bw / two
             y = y - bh / two
             d[k, 0] = (x * fw) / rs
             d[k, 1] = (y * fh) / rs
             d[k, 2] = ((bw + x) * fw) / rs
             d[k, 3] = ((bh + y) * fh) / rs
-            d[k, 4] = scores[k]
+            d[k, 4] = scores[order[k]]
     return dets_a
 
 
 def assemble(const float[:, ::1] dets, const int64_t[::1] keep, const float[:, ::1] landms,
-             const float[:, ::1] priors, const int64_t[::1] rows, variance, size, resize):
+             const float[:, ::1] priors, const int64_t[::1] inds, const int64_t[::1] order, variance, size,
+             resize):
     """The kept detections with their landmarks: rows of ndarray[N, 15].
 
     Row i is dets[keep[i]] followed by `decode_landm(landms[r], priors[r], variance) *
-    scale1 / resize` for r = rows[keep[i]], in decode_landm's order:
+    scale1 / resize` for r = inds[order[keep[i]]], in decode_landm's order:
     (prior_c + landm * v0 * prior_wh) * (w, h) / resize.
 
     Args:
-        dets (ndarray[K, 5] float32): from decode_dets; keep (ndarray[N] int64): rows of dets.
-        landms (ndarray[P, 10] float32), priors (ndarray[P, 4] float32): indexed by rows.
-        rows (ndarray[K] int64): the candidate of each row of dets.
+        dets (ndarray[K', 5] float32): from decode_dets; keep (ndarray[N] int64): rows of dets.
+        landms (ndarray[P, 10] float32), priors (ndarray[P, 4] float32): indexed by inds.
+        inds (ndarray[K] int64), order (ndarray[K'] int64): as for decode_dets.
         variance, size, resize: as for decode_dets.
     Returns:
         ndarray[N, 15] float32.
     """
-    cdef Py_ssize_t n = keep.shape[0], kd = dets.shape[0], i, j
+    cdef Py_ssize_t n = keep.shape[0], kd = dets.shape[0], k_all = inds.shape[0], i, j
     cdef int64_t k, r, p = landms.shape[0]
     cdef float v0 = np.float32(variance[0])
     cdef float fh = np.float32(size[0]), fw = np.float32(size[1]), rs = np.float32(resize)
     if dets.shape[1] != 5 or landms.shape[1] != 10 or priors.shape[1] != 4 or priors.shape[0] != p \
-            or rows.shape[0] != kd:
-        raise ValueError("assemble: dets must be [K, 5], landms [P, 10], priors [P, 4] and rows [K]")
+            or order.shape[0] != kd:
+        raise ValueError("assemble: dets must be [K', 5], landms [P, 10], priors [P, 4] and order [K']")
     for i in range(n):
-        if not 0 <= keep[i] < kd or not 0 <= rows[keep[i]] < p:
+        if not (0 <= keep[i] < kd and 0 <= order[keep[i]] < k_all and 0 <= inds[order[keep[i]]] < p):
             raise ValueError(f"assemble: kept row {keep[i]} out of range")
     out_a = np.empty((n, 15), dtype=np.float32)
     cdef float[:, ::1] o = out_a
     with nogil:
         for i in range(n):
+            # The kept candidates' rows are scattered over landms (larger than the core's
+            # cache): ask for a row PREFETCH_AHEAD iterations before it is needed.
+            if i + PREFETCH_AHEAD < n:
+                r = inds[order[keep[i + PREFETCH_AHEAD]]]
+                __builtin_prefetch(&landms[r, 0])
+                __builtin_prefetch(&priors[r, 0])
             k = keep[i]
-            r = rows[k]
+            r = inds[order[k]]
             for j in range(5):
                 o[i, j] = dets[k, j]
             for j in range(5):

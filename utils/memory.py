@@ -1,0 +1,60 @@
+"""Process-wide memory settings for fast CPU inference.
+
+Eager PyTorch on the CPU allocates every intermediate tensor of a forward pass with
+malloc and frees it soon after. glibc's malloc serves large blocks with fresh mmap'd pages
+or returns the freed top of the heap to the kernel, so every forward pass page-faults its
+activations in again: on the 2-core VM here that was about 40% of the forward pass
+(largest_selfie.jpg: ~100 ms against ~60 ms with the memory kept; bench/bench_malloc.py).
+keep_freed_memory() makes malloc keep freed memory for reuse instead.
+
+It changes the whole process (the heap stays at its peak size, as a GPU caching allocator
+does), so library code never calls it: the scripts do (see utils.cli.detector_from_args),
+and so can a program that runs the detector on the CPU.
+"""
+import ctypes
+import ctypes.util
+import logging
+import sys
+
+logger = logging.getLogger(__name__)
+
+# mallopt parameters (malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# Blocks below this come from the heap, not from fresh mmap'd pages: the largest value
+# every 64-bit glibc accepts (DEFAULT_MMAP_THRESHOLD_MAX), above the largest activation of
+# mobile0.25 at the test scale.
+MMAP_THRESHOLD = 32 * 1024 * 1024
+# Freed memory at the top of the heap is returned to the kernel only above this.
+TRIM_THRESHOLD = 1024 * 1024 * 1024
+
+_applied = None
+
+
+def keep_freed_memory():
+    """Make glibc's malloc keep freed memory for reuse (once per process).
+
+    Returns:
+        bool: whether the setting is in effect (False off Linux/glibc, where it does nothing).
+    """
+    global _applied
+    if _applied is not None:
+        return _applied
+    _applied = False
+    if not sys.platform.startswith('linux'):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6')
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl has no mallopt)
+        logger.debug("no mallopt in this C library: malloc settings left as they are")
+        return False
+    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
+    mallopt.restype = ctypes.c_int
+    # Both or neither: setting either one alone turns off glibc's adaptive threshold and
+    # leaves the other at its small default, which is slower than the default behaviour.
+    if mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD) and mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD):
+        _applied = True
+        logger.debug("malloc keeps freed memory (mmap threshold %d, trim threshold %d)",
+                     MMAP_THRESHOLD, TRIM_THRESHOLD)
+    return _applied
