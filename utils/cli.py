@@ -48,7 +48,7 @@ def add_backend_arguments(parser):
     """--backend and --onnx_model, the same in every script."""
     parser.add_argument('--backend', default='torch', choices=BACKENDS,
                         help="'torch' (eager PyTorch, the reference's exact numbers; default) or "
-                             "'onnxruntime' (the same network in onnxruntime: 2-3x faster on CPU, "
+                             "'onnxruntime' (the same network in onnxruntime: about 2x faster on CPU, "
                              "detections equal to ~1e-5)")
     parser.add_argument('--onnx_model', default=None, type=str,
                         help="with --backend onnxruntime: an exported model (convert_to_onnx.py); "
