@@ -94,14 +94,15 @@ def main(args):
             for key, d in res['dets'].items():
                 dets.setdefault(key, set()).add(d)
 
-    header = (f"{'image':<16}{'backend':<13}{'fwd default':>12}{'fwd kept':>10}{'speed-up':>9}"
+    width = max(16, 2 + max(len(key.split('/')[0]) for key in samples['default']))
+    header = (f"{'image':<{width}}{'backend':<13}{'fwd default':>12}{'fwd kept':>10}{'speed-up':>9}"
               f"{'e2e default':>12}{'e2e kept':>10}{'speed-up':>9}  detections")
     print("\n" + header + "\n" + "-" * len(header))
     for key in samples['default']:
         name, backend = key.split('/')
         d = {p: {st: statistics.median(v) for st, v in samples[p][key].items()} for p in POLICIES}
         same = 'identical' if len(dets[key]) == 1 else 'DIFFERENT'
-        print(f"{name:<16}{backend:<13}{d['default']['forward']:12.2f}{d['keep']['forward']:10.2f}"
+        print(f"{name:<{width}}{backend:<13}{d['default']['forward']:12.2f}{d['keep']['forward']:10.2f}"
               f"{d['default']['forward'] / d['keep']['forward']:8.2f}x"
               f"{d['default']['end-to-end']:12.2f}{d['keep']['end-to-end']:10.2f}"
               f"{d['default']['end-to-end'] / d['keep']['end-to-end']:8.2f}x  {same}")

@@ -430,7 +430,7 @@ def test_verify_onnx_catches_a_model_of_other_weights(detector, tmp_path):
 # -- all scripts ---------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize('path', ['test_widerface.py', 'test_fddb.py', 'detect.py', 'convert_to_onnx.py',
-                                  'bench/bench_inference.py'])
+                                  'bench/bench_inference.py', 'bench/bench_malloc.py'])
 def test_scripts_have_the_standard_shape(path):
     source = (ROOT / path).read_text()
     assert 'def get_args_parser(' in source and 'def main(args)' in source
@@ -450,3 +450,18 @@ def test_benchmark_runs(weights, capsys):
     assert bench_inference.main(args) == 0
     out = capsys.readouterr().out
     assert 'end2end' in out and 'batch-2' in out and 'Padded mixed-size batch' in out
+
+
+@pytest.mark.skipif(not sys.platform.startswith('linux'), reason='the malloc setting exists on Linux/glibc only')
+def test_malloc_benchmark_runs_both_settings_with_identical_detections(weights, capsys):
+    sys.path.insert(0, str(ROOT / 'bench'))
+    try:
+        import bench_malloc
+    finally:
+        sys.path.remove(str(ROOT / 'bench'))
+    args = bench_malloc.get_args_parser().parse_args(
+        ['-m', weights, '--images', str(golden_image_path('val416_0_Parade_Parade_0_102')), '--backends', 'torch',
+         '--rounds', '1', '--repeats', '1'])
+    assert bench_malloc.main(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith('0_Parade_Parade_0_102')]
+    assert len(rows) == 1 and rows[0][1] == 'torch' and rows[0][-1] == 'identical'
