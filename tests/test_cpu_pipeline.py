@@ -172,6 +172,11 @@ def test_torch_exp_in_chunks_equals_one_call():
     assert _same_bits(x, expected)
 
 
+def test_torch_exp_rejects_arrays_it_cannot_change_in_place():
+    with pytest.raises(ValueError, match='C-contiguous'):
+        kernels.torch_exp_(np.zeros((4, 4), np.float32)[:, ::2])
+
+
 # -- the whole pipeline -------------------------------------------------------------------------
 
 @pytest.mark.parametrize('name', ['test', 'largest_selfie'])

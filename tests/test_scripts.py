@@ -438,11 +438,7 @@ def test_scripts_have_the_standard_shape(path):
 
 
 def test_benchmark_runs(weights, capsys):
-    sys.path.insert(0, str(ROOT / 'bench'))
-    try:
-        import bench_inference
-    finally:
-        sys.path.remove(str(ROOT / 'bench'))
+    from bench import bench_inference
     args = bench_inference.get_args_parser().parse_args(
         ['-m', weights, '--images', str(golden_image_path('val416_0_Parade_Parade_0_102')),
          str(golden_image_path('val416_0_Parade_Parade_0_125')), '--backends', 'torch',
@@ -454,11 +450,7 @@ def test_benchmark_runs(weights, capsys):
 
 @pytest.mark.skipif(not sys.platform.startswith('linux'), reason='the malloc setting exists on Linux/glibc only')
 def test_malloc_benchmark_runs_both_settings_with_identical_detections(weights, capsys):
-    sys.path.insert(0, str(ROOT / 'bench'))
-    try:
-        import bench_malloc
-    finally:
-        sys.path.remove(str(ROOT / 'bench'))
+    from bench import bench_malloc
     args = bench_malloc.get_args_parser().parse_args(
         ['-m', weights, '--images', str(golden_image_path('val416_0_Parade_Parade_0_102')), '--backends', 'torch',
          '--rounds', '1', '--repeats', '1'])

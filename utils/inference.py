@@ -55,8 +55,6 @@ PAD_MULTIPLE = 32
 # Columns of a detection row: box (4), score (1), five landmarks (10).
 DET_COLUMNS = 15
 BACKENDS = ('torch', 'onnxruntime')
-# Input sizes whose host priors a Detector keeps (a folder of photos has many sizes).
-HOST_PRIORS_CACHE = 64
 
 # Header bytes that read_image inspects without decoding.
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
@@ -272,7 +270,7 @@ def decode_boxes(loc, priors, variance, size, resize):
     centre, prior_wh = priors[:, :2], priors[:, 2:]
     # decode's operations in decode's operand order (which also fixes NaN payloads).
     xy = centre + loc[:, :2] * variance[0] * prior_wh
-    wh = prior_wh * kernels.torch_exp_(np.ascontiguousarray(loc[:, 2:] * variance[1]))
+    wh = prior_wh * kernels.torch_exp_(loc[:, 2:] * variance[1])  # the product is a new C-contiguous array
     top_left = xy - wh / 2
     boxes = np.concatenate((top_left, wh + top_left), axis=1)  # decode's `boxes[:, 2:] += boxes[:, :2]`
     return boxes * np.array([w, h, w, h], dtype=np.float32) / resize
@@ -427,7 +425,6 @@ class Detector:
                 logger.info("exported the network to ONNX in memory for onnxruntime")
             self.session = make_session(onnx_model, num_threads=num_threads, device=self.device)
         self._anchors = tuple(len(s) for s in cfg['min_sizes'])
-        self._priors_np = {}
 
     # -- stages, public so that benchmarks can time them one by one ----------------------
 
@@ -520,19 +517,10 @@ class Detector:
         with torch.inference_mode():
             return self._postprocess(loc, conf, landms, size, resize)
 
-    def _host_priors(self, size):
-        """priors(size) on the host as ndarray[P, 4] float32, cached per size."""
-        priors = self._priors_np.get(size)
-        if priors is None:
-            if len(self._priors_np) >= HOST_PRIORS_CACHE:
-                self._priors_np.clear()
-            priors = self._priors_np[size] = self.priors(size, 'cpu').numpy()
-        return priors
-
     def _postprocess(self, loc, conf, landms, size, resize, on_device=None):
         """postprocess(); on_device (default: the outputs are not on the CPU) filters the
         candidates where the outputs are, as for a GPU (the tests use it on the CPU)."""
-        priors = self._host_priors(tuple(size))
+        priors = self.priors(tuple(size), 'cpu').numpy()  # [P, 4]
         if on_device is None:
             on_device = loc.device.type != 'cpu'
         if not on_device:

@@ -19,6 +19,8 @@ EXP_CHUNK = 2048
 
 def torch_exp_(x):
     """Replace ndarray x (float32, C-contiguous) by torch.exp(x), in place; returns x."""
+    if not x.flags.c_contiguous:  # reshape would copy, and the copy would get the exp
+        raise ValueError(f"torch_exp_ works in place on a C-contiguous array, got strides {x.strides}")
     flat = torch.from_numpy(x.reshape(-1))
     for start in range(0, flat.numel(), EXP_CHUNK):
         flat[start:start + EXP_CHUNK].exp_()
