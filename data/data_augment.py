@@ -127,69 +127,57 @@ def _crop(image, boxes, labels, landm, img_dim):
     return image, boxes, labels, landm, pad_image_flag
 
 
+def _convert(image, alpha=1, beta=0):
+    """image * alpha + beta, in place, saturating to 0..255 (the assignment truncates to uint8)."""
+    tmp = image.astype(float) * alpha + beta
+    tmp[tmp < 0] = 0
+    tmp[tmp > 255] = 255
+    image[:] = tmp
+
+
+def _distort_saturation_and_hue(image):
+    """The HSV part of _distort: saturation, then hue, each with probability 1/2.
+
+    Takes and returns a BGR ndarray[H, W, 3] uint8 (a new one: the HSV round trip copies).
+    """
+    image = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
+
+    # saturation distortion
+    if random.randrange(2):
+        _convert(image[:, :, 1], alpha=random.uniform(*SATURATION_RANGE))
+
+    # hue distortion
+    if random.randrange(2):
+        tmp = image[:, :, 0].astype(int) + random.randint(-HUE_SHIFT, HUE_SHIFT)
+        tmp %= HUE_RANGE
+        image[:, :, 0] = tmp
+
+    return cv2.cvtColor(image, cv2.COLOR_HSV2BGR)
+
+
 def _distort(image):
     """Random brightness, contrast, saturation and hue changes, as the reference.
 
     Two orders, picked by a coin: contrast before or after the HSV changes. Each change
-    is applied with probability 1/2. Returns a new ndarray[H, W, 3] uint8 (BGR).
+    is applied with probability 1/2, drawing from `random` in the reference's order.
+    Returns a new ndarray[H, W, 3] uint8 (BGR).
     """
-
-    def _convert(image, alpha=1, beta=0):
-        # In place, saturating to 0..255 (the assignment truncates to uint8).
-        tmp = image.astype(float) * alpha + beta
-        tmp[tmp < 0] = 0
-        tmp[tmp > 255] = 255
-        image[:] = tmp
-
     image = image.copy()
+    contrast_first = random.randrange(2)
 
+    # brightness distortion
     if random.randrange(2):
+        _convert(image, beta=random.uniform(-BRIGHTNESS_SHIFT, BRIGHTNESS_SHIFT))
 
-        # brightness distortion
-        if random.randrange(2):
-            _convert(image, beta=random.uniform(-BRIGHTNESS_SHIFT, BRIGHTNESS_SHIFT))
+    # contrast distortion, before the HSV changes ...
+    if contrast_first and random.randrange(2):
+        _convert(image, alpha=random.uniform(*CONTRAST_RANGE))
 
-        # contrast distortion
-        if random.randrange(2):
-            _convert(image, alpha=random.uniform(*CONTRAST_RANGE))
+    image = _distort_saturation_and_hue(image)
 
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
-
-        # saturation distortion
-        if random.randrange(2):
-            _convert(image[:, :, 1], alpha=random.uniform(*SATURATION_RANGE))
-
-        # hue distortion
-        if random.randrange(2):
-            tmp = image[:, :, 0].astype(int) + random.randint(-HUE_SHIFT, HUE_SHIFT)
-            tmp %= HUE_RANGE
-            image[:, :, 0] = tmp
-
-        image = cv2.cvtColor(image, cv2.COLOR_HSV2BGR)
-
-    else:
-
-        # brightness distortion
-        if random.randrange(2):
-            _convert(image, beta=random.uniform(-BRIGHTNESS_SHIFT, BRIGHTNESS_SHIFT))
-
-        image = cv2.cvtColor(image, cv2.COLOR_BGR2HSV)
-
-        # saturation distortion
-        if random.randrange(2):
-            _convert(image[:, :, 1], alpha=random.uniform(*SATURATION_RANGE))
-
-        # hue distortion
-        if random.randrange(2):
-            tmp = image[:, :, 0].astype(int) + random.randint(-HUE_SHIFT, HUE_SHIFT)
-            tmp %= HUE_RANGE
-            image[:, :, 0] = tmp
-
-        image = cv2.cvtColor(image, cv2.COLOR_HSV2BGR)
-
-        # contrast distortion
-        if random.randrange(2):
-            _convert(image, alpha=random.uniform(*CONTRAST_RANGE))
+    # ... or after them
+    if not contrast_first and random.randrange(2):
+        _convert(image, alpha=random.uniform(*CONTRAST_RANGE))
 
     return image
 
