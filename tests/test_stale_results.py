@@ -127,7 +127,8 @@ def test_other_settings_are_an_error_naming_the_difference(folder, weights, data
     err = capsys.readouterr().err
     assert status == 1
     (line,) = [line for line in err.splitlines() if line.startswith('error:')]
-    assert expected in line and '--no-resume' in line and 'already holds 2 result files' in line
+    assert expected in line and 'already holds 2 result files' in line
+    assert 'Pass --no-resume' in line and 'another --save_folder' in line
     assert _results(folder) == before
 
 

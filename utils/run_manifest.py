@@ -5,9 +5,10 @@ result: the model file's sha256 and every setting that changes a number. A later
 other weights or settings would otherwise skip the complete files of the first run and
 leave a folder whose evaluation reports the first model's numbers.
 
-    settings = detector_settings(detector, args.onnx_model or args.trained_model)
-    prepare_results_folder(save_folder, settings, existing_result_files,
-                           recompute=not args.resume, recompute_flag='--no-resume')
+    model_path = args.onnx_model or args.trained_model
+    prepare_results_folder(args.save_folder, detector_settings(detector, model_path), existing_result_files,
+                           model_path, script='test_widerface.py', recompute=not args.resume,
+                           recompute_flag='--no-resume')
 """
 import hashlib
 import json
@@ -102,7 +103,8 @@ def write_manifest(folder, settings, model_path, script):
     atomic_write_text(os.path.join(folder, MANIFEST_NAME), json.dumps(manifest, indent=1) + "\n")
 
 
-def prepare_results_folder(folder, settings, result_files, model_path, script, recompute, recompute_flag):
+def prepare_results_folder(folder, settings, result_files, model_path, script, recompute, recompute_flag,
+                           folder_flag='--save_folder'):
     """Make folder ready to receive the results of a run with settings; call before the first result.
 
     - no result files yet: the manifest is written (replacing any other);
@@ -120,6 +122,7 @@ def prepare_results_folder(folder, settings, result_files, model_path, script, r
         script (str): the script's name, recorded.
         recompute (bool): whether the user asked to recompute every result.
         recompute_flag (str): the flag that asks for it, for the message.
+        folder_flag (str): the flag that names folder, for the message.
     Returns:
         bool: True when folder holds results of this same run (they may be resumed).
     """
@@ -139,7 +142,7 @@ def prepare_results_folder(folder, settings, result_files, model_path, script, r
                        f"{describe_differences(manifest, settings, model_path)}")
             raise ValueError(f"{folder} already holds {n} result file{'s' * (n != 1)} {why}. "
                              f"Pass {recompute_flag} to recompute every result here (the old files are "
-                             f"removed first), or choose another output folder")
+                             f"removed first), or choose another {folder_flag}")
         for path in result_files:
             os.unlink(path)
         logger.warning("removed %d result files of another run from %s (%s)", len(result_files), folder,
