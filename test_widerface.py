@@ -10,7 +10,9 @@ the images folder, it writes save_folder/event/name.txt:
     x y w h score      (N lines, integer pixels, a trailing space, as the reference writes them)
 
 With the default eager PyTorch backend the files are byte-identical to the reference's.
-Files are written atomically, and a rerun skips images whose file is already complete.
+Files are written atomically, and a rerun skips images whose file is already complete,
+when the same model and settings made it: save_folder/retinaface_run.json records them
+(see utils/run_manifest.py), and a folder holding another run's files is an error.
 """
 import argparse
 import logging
@@ -26,6 +28,7 @@ from utils.atomic import atomic_write_text
 from utils.cli import (add_backend_arguments, detector_from_args, optional_top_k,
                        report_skipped, run_cli, str2bool)
 from utils.inference import draw_detections, read_image
+from utils.run_manifest import detector_settings, prepare_results_folder
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +63,9 @@ def get_args_parser():
     parser.add_argument('--vis_folder', default='./results/', type=str,
                         help='where --save_image writes the annotated images (<index>.jpg, as the reference)')
     parser.add_argument('--resume', default=True, action=argparse.BooleanOptionalAction,
-                        help='skip images whose result file is already complete (default); '
-                             '--no-resume recomputes every image')
+                        help='skip images whose result file is already complete and made by the same model '
+                             'and settings (default); --no-resume recomputes every image, first removing '
+                             'the result files of another run from --save_folder')
     add_backend_arguments(parser)
     return parser
 
@@ -117,10 +121,38 @@ def is_complete(path, name):
     return len(lines) == int(lines[1]) + 3
 
 
+def prediction_files(folder):
+    """The WIDER prediction files below folder: .txt files whose first line is their own name.
+
+    Other files (notes, hidden temporary files) are not results, and are never removed.
+    """
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = [d for d in dirs if not d.startswith('.')]
+        for f in files:
+            if f.endswith('.txt') and not f.startswith('.'):
+                path = os.path.join(root, f)
+                try:
+                    with open(path, 'r') as fh:
+                        first = fh.readline().rstrip('\n')
+                except (OSError, UnicodeDecodeError):
+                    continue
+                if first == f[:-len('.txt')]:
+                    found.append(path)
+    return sorted(found)
+
+
 def main(args):
     """Write the prediction files; returns {'written', 'resumed', 'skipped': [(path, reason)]}."""
     list_path = args.image_list or image_list_path(args.dataset_folder)
     names = read_image_list(list_path)
+
+    # Built before anything is skipped: the model and settings decide which files are resumable.
+    detector = detector_from_args(args)
+    model_path = args.onnx_model or args.trained_model
+    prepare_results_folder(args.save_folder, detector_settings(detector, model_path),
+                           prediction_files(args.save_folder), model_path, script='test_widerface.py',
+                           recompute=not args.resume, recompute_flag='--no-resume')
 
     todo = []
     for index, name in enumerate(names):
@@ -136,7 +168,6 @@ def main(args):
 
     skipped, written = [], 0
     if todo:
-        detector = detector_from_args(args)
         start = time.perf_counter()
         with logging_redirect_tqdm(), tqdm(todo, desc='im_detect', unit='img', dynamic_ncols=True) as bar:
             for index, name, stem, save_name in bar:

@@ -1,11 +1,37 @@
 """Atomic file writes: a temporary file beside the target, flushed, then renamed over it.
 
 A crash or Ctrl-C in the middle leaves the previous file (or none), never half a file.
+The file gets the permissions a plain open(path, 'w') would give it, not mkstemp's 0600.
 """
 import os
+import stat
 import tempfile
 
 import torch
+
+
+def current_umask():
+    """The process's umask, read without changing it where the system allows."""
+    try:
+        # Linux reports it in /proc; setting and restoring it would briefly give any
+        # file another thread creates meanwhile the wrong permissions.
+        with open('/proc/self/status') as f:
+            for line in f:
+                if line.startswith('Umask:'):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _final_mode(path):
+    """The permission bits open(path, 'w') would leave: the existing file's, or 0666 minus the umask."""
+    try:
+        return stat.S_IMODE(os.stat(path).st_mode)
+    except FileNotFoundError:
+        return 0o666 & ~current_umask()
 
 
 def atomic_write(path, write, binary=True):
@@ -15,6 +41,9 @@ def atomic_write(path, write, binary=True):
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
     try:
+        # mkstemp makes the file private (0600); results and checkpoints are meant to be
+        # read by colleagues and evaluation jobs like any other file the user writes.
+        os.fchmod(fd, _final_mode(path))
         with os.fdopen(fd, 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
             write(f)
             f.flush()

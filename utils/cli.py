@@ -46,13 +46,14 @@ def optional_top_k(value):
 
 def add_backend_arguments(parser):
     """--backend and --onnx_model, the same in every script."""
-    parser.add_argument('--backend', default='torch', choices=BACKENDS,
-                        help="'torch' (eager PyTorch, the reference's exact numbers; default) or "
+    parser.add_argument('--backend', default=None, choices=BACKENDS,
+                        help="'torch' (eager PyTorch, the reference's exact numbers; the default) or "
                              "'onnxruntime' (the same network in onnxruntime: about 2x faster on CPU, "
-                             "detections equal to ~1e-5)")
+                             "detections equal to ~1e-5; the default with --onnx_model)")
     parser.add_argument('--onnx_model', default=None, type=str,
-                        help="with --backend onnxruntime: an exported model (convert_to_onnx.py); "
-                             "by default the weights are exported in memory at start-up")
+                        help="run this exported model (convert_to_onnx.py) in onnxruntime instead of "
+                             "--trained_model; its network comes from the file. Without it, "
+                             "--backend onnxruntime exports the weights in memory at start-up")
     return parser
 
 
@@ -73,6 +74,8 @@ def detector_from_args(args, **overrides):
     """A Detector built from the standard flags (network, weights, device, thresholds, backend).
 
     On the CPU it also makes malloc keep freed memory (utils.memory.keep_freed_memory).
+    args.backend and args.network are set to what runs, so that logs and result files name
+    it: --onnx_model selects onnxruntime, and the ONNX file's network wins over --network.
     """
     kwargs = dict(
         device=select_device(getattr(args, 'cpu', False)),
@@ -81,7 +84,7 @@ def detector_from_args(args, **overrides):
         top_k=getattr(args, 'top_k', None),
         keep_top_k=getattr(args, 'keep_top_k', None),
         origin_size=getattr(args, 'origin_size', True),
-        backend=getattr(args, 'backend', 'torch'),
+        backend=getattr(args, 'backend', None),
         onnx_model=getattr(args, 'onnx_model', None),
     )
     kwargs.update(overrides)
@@ -90,8 +93,9 @@ def detector_from_args(args, **overrides):
         # (see utils/memory.py); a script owns its process, so it may change that.
         keep_freed_memory()
     detector = load_detector(args.network, args.trained_model, **kwargs)
-    logger.info("%s (%s) on %s with the %s backend", args.network,
-                args.onnx_model if kwargs['onnx_model'] and kwargs['backend'] == 'onnxruntime' else args.trained_model,
+    args.backend = detector.backend
+    args.network = getattr(detector, 'network', None) or args.network
+    logger.info("%s (%s) on %s with the %s backend", args.network, kwargs['onnx_model'] or args.trained_model,
                 detector.device, detector.backend)
     return detector
 

@@ -33,13 +33,13 @@ import cv2
 import numpy as np
 import torch
 
-from data import cfg_for_network
+from data import NETWORKS, cfg_for_network
 from layers.functions.prior_box import cached_priors
 from models.retinaface import RetinaFace
 from utils import kernels
 from utils.checkpoint import load_model
 from utils.nms import fast_nms
-from utils.onnx_export import INPUT_NAME, export_onnx_bytes, make_session
+from utils.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,22 @@ BACKENDS = ('torch', 'onnxruntime')
 _PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 _PNG_COLOUR_TYPE_CHANNELS = {0: 1, 2: 3, 3: 3, 4: 2, 6: 4}  # IHDR colour type -> channels
 _JPEG_SOI, _JPEG_SOS, _JPEG_EOI = b'\xff\xd8', b'\xff\xda', b'\xff\xd9'
+
+
+def resolve_backend(backend, onnx_model):
+    """The backend to run: an ONNX model file selects 'onnxruntime', otherwise 'torch' is the default.
+
+    Raises:
+        ValueError: backend is 'torch' and an ONNX model is given (eager PyTorch cannot run it).
+    """
+    if backend is None:
+        return 'onnxruntime' if onnx_model is not None else 'torch'
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {list(BACKENDS)}")
+    if backend == 'torch' and onnx_model is not None:
+        raise ValueError(f"the ONNX model {os.fspath(onnx_model)} runs in onnxruntime, not in the torch backend: "
+                         f"use --backend onnxruntime (or leave --backend out), or drop --onnx_model")
+    return backend
 
 
 def empty_detections():
@@ -389,19 +405,22 @@ class Detector:
             test scale (short side TARGET_SIZE, long side at most MAX_SIZE).
         backend (str): 'torch' (eager PyTorch: the reference's exact numbers) or
             'onnxruntime' (the same network exported to ONNX: faster on CPU, numbers
-            equal to ~1e-5).
+            equal to ~1e-5). None: 'onnxruntime' when onnx_model is given, else 'torch'.
         onnx_model (str | PathLike | None): for 'onnxruntime', an exported model file
             (convert_to_onnx.py); None exports net in memory.
         num_threads (int | None): onnxruntime intra-op threads (None: torch.get_num_threads()).
+
+    Attributes:
+        network (str | None): the --network name of cfg ('mobile0.25', 'resnet50').
     """
 
     def __init__(self, net, cfg, device='cpu', confidence_threshold=0.02, nms_threshold=0.4, top_k=None,
-                 keep_top_k=None, origin_size=True, backend='torch', onnx_model=None, num_threads=None):
-        if backend not in BACKENDS:
-            raise ValueError(f"unknown backend {backend!r}: expected one of {list(BACKENDS)}")
+                 keep_top_k=None, origin_size=True, backend=None, onnx_model=None, num_threads=None):
+        backend = resolve_backend(backend, onnx_model)
         if not 0 <= nms_threshold <= 1:
             raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
         self.cfg = cfg
+        self.network = next((name for name, c in NETWORKS.items() if c == cfg), None)
         self.device = resolve_device(device)
         self.confidence_threshold = float(confidence_threshold)
         self.nms_threshold = float(nms_threshold)
@@ -593,21 +612,32 @@ class Detector:
         return results
 
 
-def load_detector(network, trained_model, device='cpu', backend='torch', onnx_model=None, **detector_kwargs):
+def load_detector(network, trained_model, device='cpu', backend=None, onnx_model=None, **detector_kwargs):
     """Build RetinaFace for network, load trained_model into it and wrap it in a Detector.
 
     Args:
-        network (str): 'mobile0.25' or 'resnet50'.
+        network (str): 'mobile0.25' or 'resnet50'. An ONNX model file that holds the other
+            network runs as that network (with a warning): the file, not the flag, says
+            what runs, and detector.network names it.
         trained_model (str | PathLike): the weights (.pth), loaded with utils.checkpoint.load_model.
-            Not read when backend is 'onnxruntime' and onnx_model is given.
-        device, backend, onnx_model, **detector_kwargs: as for Detector.
+            Not read when onnx_model is given.
+        device, backend, onnx_model, **detector_kwargs: as for Detector (an onnx_model
+            selects the 'onnxruntime' backend).
     Raises:
         FileNotFoundError: the weights file is missing; the message says where to put it.
         ValueError: the file is not a checkpoint for this network.
     """
+    backend = resolve_backend(backend, onnx_model)
+    cfg_for_network(network)  # an unknown name is an error even when the file names another
+    if onnx_model is not None:
+        found = onnx_network(onnx_model)
+        if found is not None and found != network:
+            logger.warning("%s holds a %s network: running it as %s, not as --network %s",
+                           os.fspath(onnx_model), found, found, network)
+            network = found
     cfg = cfg_for_network(network)
     net = None
-    if not (backend == 'onnxruntime' and onnx_model is not None):
+    if onnx_model is None:
         path = os.fspath(trained_model)
         if not os.path.isfile(path):
             raise FileNotFoundError(

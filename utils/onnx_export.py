@@ -7,6 +7,10 @@ The exported graph takes 'input0' [B, 3, H, W] (float32, BGR minus BGR_MEAN, as 
 PyTorch model does) with dynamic B, H and W, and returns 'loc' [B, P, 4], 'conf' [B, P, 2]
 (softmax probabilities) and 'landms' [B, P, 10], where P is the number of priors of
 PriorBox(cfg, (H, W)).
+
+The file records the network it holds ('mobile0.25' or 'resnet50') in its metadata
+(metadata_props 'network'), so that a run of the file names the right one; for files
+without it (older exports, the reference's), onnx_network reads it from the head's width.
 """
 import io
 import logging
@@ -29,6 +33,11 @@ VERIFY_ATOL = 1e-4
 # A second, odd (not a multiple of any stride) size for the export check, so that the
 # dynamic height / width axes are exercised as well as the export size.
 VERIFY_ODD_SIZE = (417, 301)
+# The metadata_props key naming the network ('mobile0.25' or 'resnet50') of an export.
+NETWORK_KEY = 'network'
+# The landmark head's 1x1 conv has 10 outputs per anchor (2 anchors per cell): its weight
+# [20, C, 1, 1] gives the FPN width C, which tells the networks apart.
+_LANDMARK_HEAD_OUTPUTS = 20
 
 _DYNAMIC_AXES = {
     INPUT_NAME: {0: 'batch', 2: 'height', 3: 'width'},
@@ -38,8 +47,16 @@ _DYNAMIC_AXES = {
 }
 
 
+def _network_of_width(width):
+    """The --network name whose FPN width (cfg['out_channel']) is width, or None."""
+    from data import NETWORKS
+
+    names = [n for n, cfg in NETWORKS.items() if cfg['out_channel'] == width]
+    return names[0] if len(names) == 1 else None
+
+
 def export_onnx(net, f, opset=DEFAULT_OPSET, long_side=DEFAULT_LONG_SIDE):
-    """Export net (a RetinaFace in phase 'test') to ONNX.
+    """Export net (a RetinaFace in phase 'test') to ONNX, its network name in the metadata.
 
     Args:
         net (nn.Module): the model; it is put in eval mode and traced on its own device.
@@ -50,9 +67,12 @@ def export_onnx(net, f, opset=DEFAULT_OPSET, long_side=DEFAULT_LONG_SIDE):
     Returns:
         f.
     """
+    import onnx  # the exporter needs it anyway
+
     net.eval()
     device = next(net.parameters()).device
     dummy = torch.randn(1, 3, long_side, long_side, device=device)
+    buffer = io.BytesIO()
     with warnings.catch_warnings():
         # The torch.export-based exporter (the default since torch 2.9) needs the
         # onnxscript package; the TorchScript-based one needs nothing beyond torch and
@@ -60,10 +80,48 @@ def export_onnx(net, f, opset=DEFAULT_OPSET, long_side=DEFAULT_LONG_SIDE):
         # is not actionable for users of this project, so it is silenced here.
         warnings.filterwarnings('ignore', category=DeprecationWarning)
         warnings.filterwarnings('ignore', category=FutureWarning)
-        torch.onnx.export(net, (dummy,), f, dynamo=False, export_params=True, opset_version=opset,
+        torch.onnx.export(net, (dummy,), buffer, dynamo=False, export_params=True, opset_version=opset,
                           input_names=[INPUT_NAME], output_names=list(OUTPUT_NAMES),
                           dynamic_axes=_DYNAMIC_AXES, do_constant_folding=True)
+    model = onnx.load_from_string(buffer.getvalue())
+    network = _network_of_width(net.LandmarkHead[0].conv1x1.in_channels)
+    if network is not None:
+        model.metadata_props.add(key=NETWORK_KEY, value=network)
+    data = model.SerializeToString()
+    if hasattr(f, 'write'):
+        f.write(data)
+    else:
+        with open(f, 'wb') as out:
+            out.write(data)
     return f
+
+
+def onnx_network(model):
+    """The network ('mobile0.25' or 'resnet50') an ONNX export holds, or None if unknown.
+
+    Read from the metadata export_onnx writes; for files without it, from the width of
+    the landmark head's weights. A file that is not ONNX gives None (make_session reports it).
+
+    Args:
+        model (str | PathLike | bytes): the ONNX model.
+    """
+    import onnx
+
+    from data import NETWORKS
+
+    try:
+        if isinstance(model, (bytes, bytearray)):
+            proto = onnx.load_from_string(bytes(model))
+        else:
+            proto = onnx.load(os.fspath(model), load_external_data=False)
+    except Exception:  # protobuf raises its own types for files that are not ONNX
+        return None
+    for prop in proto.metadata_props:
+        if prop.key == NETWORK_KEY and prop.value in NETWORKS:
+            return prop.value
+    widths = {int(t.dims[1]) for t in proto.graph.initializer
+              if len(t.dims) == 4 and t.dims[0] == _LANDMARK_HEAD_OUTPUTS and tuple(t.dims[2:]) == (1, 1)}
+    return _network_of_width(widths.pop()) if len(widths) == 1 else None
 
 
 def export_onnx_bytes(net, opset=DEFAULT_OPSET):

@@ -117,7 +117,10 @@ def load_wider_gt(gt_dir):
         path = gt_dir / fname
         if not path.is_file():
             raise FileNotFoundError(f"WIDER FACE ground truth file not found: {path}")
-        mats[key] = loadmat(str(path))
+        try:
+            mats[key] = loadmat(str(path))
+        except Exception as e:  # scipy raises its own types for files that are not .mat
+            raise ValueError(f"{path}: not a readable .mat file ({type(e).__name__}: {e})") from e
     gt_mat = mats["all"]
     names, box_list = [], []
     keep_lists = {s: [] for s in SETTINGS}
@@ -200,8 +203,12 @@ def read_pred_file(path):
     Raises:
         ValueError naming the file and line of the first malformed line.
     """
-    with open(path) as f:
-        lines = f.read().splitlines()
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not a text file (a prediction file holds a name line, a count line "
+                         f"and 'x y w h score' lines)") from None
     if not lines or not lines[0].strip():
         raise ValueError(f"{path}:1: missing the image name line")
     name = strip_image_ext(lines[0].strip().split("/")[-1])
@@ -267,6 +274,33 @@ def load_predictions(pred_dir):
         preds[key] = boxes
     logger.info("read %d prediction files from %s", len(preds), pred_dir)
     return preds
+
+
+def check_predictions_match(preds, gt, pred_dir):
+    """Raise a ValueError when not one prediction file belongs to an image of gt.
+
+    The reference's protocol counts a missing file as an image without detections; when
+    every file is missing, the folder is the wrong one (empty, or a level too high or too
+    low), and an AP of 0 would only hide that.
+    """
+    names = set(gt.names)
+    if any(key in names for key in preds):
+        return
+    pred_dir = Path(pred_dir)
+    example = pred_dir / f"{gt.names[0]}.txt" if gt.names else pred_dir / "<event>/<name>.txt"
+    message = (f"no prediction file in {pred_dir} matches the ground truth: expected <event>/<name>.txt "
+               f"files for its images, such as {example}")
+    if not preds:
+        raise ValueError(message + ", but the folder holds no .txt files")
+    found = next(iter(preds))
+    message += f", but found e.g. {found}.txt"
+    deeper = {key.split("/", 1)[0] for key in preds if "/" in key and key.split("/", 1)[1] in names}
+    by_basename = {n.rsplit("/", 1)[-1] for n in names}
+    if deeper:
+        message += f" (one level too high? try -p {pred_dir / sorted(deeper)[0]})"
+    elif any("/" not in key and key in by_basename for key in preds):
+        message += f" (one level too low? -p is the folder that holds the event folders, e.g. {pred_dir.parent})"
+    raise ValueError(message)
 
 
 def score_range(preds):
@@ -464,6 +498,7 @@ def main(args):
     """Evaluates, prints the result block, writes the optional curves; returns the results."""
     preds = load_predictions(args.pred)
     gt = load_label_gt(args.label) if args.label else load_wider_gt(args.gt)
+    check_predictions_match(preds, gt, args.pred)
     results = evaluate(preds, gt, only_predicted=args.only_predicted)
     if args.only_predicted:
         print(f"Evaluated {next(iter(results.values()))['num_images']} of {len(gt.names)} images "
@@ -476,6 +511,25 @@ def main(args):
     return results
 
 
-if __name__ == "__main__":
+def run(argv=None):
+    """The command line: main() with expected failures (a missing or malformed file, the wrong
+    folder) as one 'error: ...' line and exit status 1 instead of a traceback; Ctrl-C gives 130.
+
+    utils.cli.run_cli does the same for the inference scripts; it is not used here because
+    importing it loads torch, which this evaluation does not need.
+    """
+    args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    main(get_args_parser().parse_args())
+    try:
+        main(args)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(run())
