@@ -298,3 +298,19 @@ def test_threads_flag_sets_torch_threads_for_the_run(subset, backbone, tmp_path,
     before = torch.get_num_threads()
     train.main(_args(subset, tmp_path, backbone, '--max_epoch', '1', '--image_size', '64', '--threads', '2'))
     assert seen == [2, 2] and torch.get_num_threads() == before
+
+
+def test_image_size_from_the_header_follows_exif_rotation(tmp_path):
+    """label_summary's sizes are those cv2.imread returns, which applies EXIF rotations."""
+    import cv2
+    from PIL import Image
+
+    from data.wider_face import image_size
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    Image.new('RGB', (40, 20)).save(tmp_path / 'rotated.jpg', exif=exif.tobytes())
+    Image.new('RGB', (40, 20)).save(tmp_path / 'plain.png')
+    for name in ('rotated.jpg', 'plain.png'):
+        img = cv2.imread(str(tmp_path / name), cv2.IMREAD_COLOR)
+        assert image_size(str(tmp_path / name)) == (img.shape[1], img.shape[0])
+    assert image_size(str(tmp_path / 'rotated.jpg')) == (20, 40)
