@@ -14,7 +14,8 @@ gamma at decay1 and decay2 epochs (counted in iterations), checkpoints
 Added: `<name>_last_state.pth` beside them, the full training state (model, optimizer,
 AMP scaler, iteration, RNG states, config) written at every epoch boundary, at the end
 and on SIGINT/SIGTERM; `--resume` continues from it at the same iteration, with the same
-learning rate and the same data order. All files are written atomically.
+learning rate and the same data order. All files are written atomically. The log goes to
+stdout and is appended to `<name>_train.log` there too.
 
 Exit status: 0 when training finished; 128 + the signal number (130 for SIGINT, 143 for
 SIGTERM) when stopped by a signal after saving a resumable state; 3 when the loss became
@@ -30,6 +31,7 @@ import os
 import random
 import signal
 import sys
+import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -42,11 +44,13 @@ import torch.utils.data as data
 from torch.nn.parallel import DistributedDataParallel
 
 from data import WiderFaceDetection, cfg_for_network, detection_collate, preproc
+from data.wider_face import label_summary
 from layers.functions.prior_box import cached_priors
 from layers.modules import MultiBoxLoss
 from models.retinaface import RetinaFace, load_pretrained_backbone
 from utils.atomic import atomic_save
 from utils.checkpoint import load_model
+from utils.cli import bounded, run_cli
 from utils.metric_logger import MetricLogger
 
 logger = logging.getLogger('train')
@@ -66,12 +70,17 @@ DEFAULT_PRETRAINED = {
 }
 STATE_FORMAT = 1
 EXIT_NONFINITE_LOSS = 3
+# Warn when training drops more than this fraction of the label file's boxes.
+DROPPED_BOXES_WARNING = 0.1
+LOG_FORMAT = '%(asctime)s %(message)s'
 
 # TrainResult keeps the records of at most this many recent iterations.
 ITERATION_RECORDS = 10000
 
 # Set by the SIGINT / SIGTERM handler; the loop saves a state and stops after the current step.
 _stop_signal = None
+# The <name>_train.log handler rank 0 adds to the root logger; main() removes it.
+_log_file_handler = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -99,27 +108,33 @@ def get_args_parser():
     parser.add_argument('--training_dataset', default='./data/widerface/train/label.txt',
                         help='Training dataset label.txt (images are read from images/ beside it)')
     parser.add_argument('--network', default='mobile0.25', help='Backbone network mobile0.25 or resnet50')
-    parser.add_argument('--num_workers', default=4, type=int, help='Number of workers used in dataloading')
-    parser.add_argument('--lr', '--learning-rate', default=1e-3, type=float, help='initial learning rate')
-    parser.add_argument('--momentum', default=0.9, type=float, help='momentum')
+    parser.add_argument('--num_workers', default=4, type=bounded(int, 0), help='Number of workers used in dataloading')
+    parser.add_argument('--lr', '--learning-rate', default=1e-3, type=bounded(float, 0, low_open=True),
+                        help='initial learning rate')
+    parser.add_argument('--momentum', default=0.9, type=bounded(float, 0, 1, high_open=True), help='momentum')
     parser.add_argument('--resume_net', default=None,
                         help='plain weights (state_dict) to start from; see --resume_epoch')
-    parser.add_argument('--resume_epoch', default=0, type=int,
+    parser.add_argument('--resume_epoch', default=0, type=bounded(int, 0),
                         help='epoch --resume_net was saved after: training continues from there, with the '
                              'learning rate of that epoch (a fresh optimizer: use --resume for an exact resume)')
-    parser.add_argument('--weight_decay', default=5e-4, type=float, help='Weight decay for SGD')
-    parser.add_argument('--gamma', default=0.1, type=float, help='Gamma update for SGD')
-    parser.add_argument('--save_folder', default='./weights/', help='Location to save checkpoint models')
+    parser.add_argument('--weight_decay', default=5e-4, type=bounded(float, 0), help='Weight decay for SGD')
+    parser.add_argument('--gamma', default=0.1, type=bounded(float, 0, 1, low_open=True), help='Gamma update for SGD')
+    parser.add_argument('--save_folder', default='./weights/',
+                        help='Location to save checkpoint models (created if needed; a copy of the log goes there too)')
     # Additions.
     parser.add_argument('--device', default='auto',
                         help="'auto' (CUDA when available and cfg gpu_train, else CPU), 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument('--batch_size', type=int, default=None,
+    parser.add_argument('--batch_size', type=bounded(int, 1), default=None,
                         help="images per step per process (default cfg['batch_size']); "
                              "with torchrun the global batch is nproc x batch_size")
-    parser.add_argument('--max_epoch', type=int, default=None, help="epochs (default cfg['epoch'])")
-    parser.add_argument('--image_size', type=int, default=None, help="training input side (default cfg['image_size'])")
-    parser.add_argument('--decay1', type=int, default=None, help="epoch of the first LR step (default cfg['decay1'])")
-    parser.add_argument('--decay2', type=int, default=None, help="epoch of the second LR step (default cfg['decay2'])")
+    parser.add_argument('--max_epoch', type=bounded(int, 1), default=None, help="epochs (default cfg['epoch'])")
+    parser.add_argument('--image_size', type=bounded(int, 1), default=None,
+                        help="training input side, larger than the largest stride in cfg['steps'] "
+                             "(default cfg['image_size'])")
+    parser.add_argument('--decay1', type=bounded(int, 0), default=None,
+                        help="epoch of the first LR step (default cfg['decay1'])")
+    parser.add_argument('--decay2', type=bounded(int, 0), default=None,
+                        help="epoch of the second LR step (default cfg['decay2'])")
     parser.add_argument('--pretrained', default='auto',
                         help="ImageNet backbone weights: 'auto' (%s), a path, or 'none' to start from scratch"
                              % ', '.join(f'{k}: {v}' for k, v in DEFAULT_PRETRAINED.items()))
@@ -127,7 +142,12 @@ def get_args_parser():
     parser.add_argument('--seed', type=int, default=None, help='random seed (default: a random one, logged)')
     parser.add_argument('--resume', default=None,
                         help='a <name>_last_state.pth written by this script: continue exactly where it stopped')
-    parser.add_argument('--log_interval', type=int, default=1, help='log a progress line every N iterations')
+    parser.add_argument('--log_interval', type=bounded(int, 1), default=1, help='log a progress line every N iterations')
+    parser.add_argument('--faceless_negatives', type=bounded(int, 0), default=0,
+                        help='hard negatives mined in each image without faces (default 0, the reference: '
+                             'such images add nothing to the loss, whose negatives are 7 per positive prior)')
+    parser.add_argument('--threads', type=bounded(int, 1), default=None,
+                        help="CPU threads for torch (torch.set_num_threads; default: torch's own default)")
     # Test-only: each rank writes a digest of its parameters into this folder at the end.
     parser.add_argument('--debug_param_digest', default=None, help=argparse.SUPPRESS)
     return parser
@@ -199,6 +219,13 @@ def build_config(args):
     for key in ('batch_size', 'epoch', 'image_size'):
         if cfg[key] <= 0:
             raise ValueError(f"{key} must be positive, got {cfg[key]}")
+    if cfg['image_size'] <= max(cfg['steps']):
+        # Smaller, the priors (16 px and up) dwarf every face, so no face matches one and
+        # the loss is 0; at the largest stride itself the coarsest feature map is a single
+        # cell, and batch norm fails on an image alone in its batch.
+        raise ValueError(f"--image_size {cfg['image_size']} is too small for {cfg['name']}: it must be larger than "
+                         f"its largest stride, {max(cfg['steps'])} (the reference trains at "
+                         f"{cfg_for_network(args.network)['image_size']})")
     if args.lr <= 0:
         raise ValueError(f"--lr must be positive, got {args.lr}")
     if args.num_workers < 0:
@@ -347,6 +374,9 @@ def main(args):
     if _in_main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             handlers[sig] = signal.signal(sig, _handle_stop_signal)
+    threads = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     try:
         # Training needs autograd whatever the caller's global mode (a script that called
         # torch.set_grad_enabled(False) before, as inference scripts do).
@@ -355,8 +385,67 @@ def main(args):
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        if args.threads:
+            torch.set_num_threads(threads)
+        _close_log_file()
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
+
+
+def check_save_folder(folder):
+    """Create folder if needed and make sure files can be created in it, so that an
+    unwritable --save_folder fails before training rather than at the first checkpoint."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix='.write_check_', dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"--save_folder {folder}: cannot write checkpoints there ({e.strerror or e})") from None
+
+
+def _open_log_file(path):
+    """Copy every log record to path (appended: a resumed run continues the same file)."""
+    global _log_file_handler
+    _close_log_file()
+    handler = logging.FileHandler(path, mode='a', encoding='utf-8')
+    handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt='%Y-%m-%d %H:%M:%S'))
+    handler.setLevel(logging.INFO)
+    logging.getLogger().addHandler(handler)
+    _log_file_handler = handler
+
+
+def _close_log_file():
+    global _log_file_handler
+    if _log_file_handler is not None:
+        logging.getLogger().removeHandler(_log_file_handler)
+        _log_file_handler.close()
+        _log_file_handler = None
+
+
+def _check_labels(dataset, args):
+    """Stop if the label file has no face training can use; warn when many boxes are
+    dropped, and say what faceless images contribute. Returns the LabelSummary."""
+    summary = label_summary(dataset)
+    dropped = summary.degenerate + summary.outside
+    if summary.boxes == 0:
+        raise ValueError(f"{args.training_dataset}: none of its {summary.images} images has a face line; "
+                         f"training needs faces (without any the loss is 0 and nothing is learnt)")
+    if summary.usable == 0:
+        raise ValueError(f"{args.training_dataset}: none of its {summary.boxes} boxes is usable "
+                         f"({summary.degenerate} degenerate (no width or height), {summary.outside} outside the "
+                         f"image); training needs faces (without any the loss is 0 and nothing is learnt)")
+    if dropped > DROPPED_BOXES_WARNING * summary.boxes:
+        logger.warning("%s: dropped %d of %d boxes (%d degenerate, %d outside the image)", args.training_dataset,
+                       dropped, summary.boxes, summary.degenerate, summary.outside)
+    elif dropped:
+        logger.info("dropped %d of %d boxes (%d degenerate, %d outside the image)", dropped, summary.boxes,
+                    summary.degenerate, summary.outside)
+    faceless = summary.images - summary.images_with_faces
+    if faceless and args.faceless_negatives == 0:
+        logger.info("%d of %d images have no usable face: as in the reference they add nothing to the loss "
+                    "(--faceless_negatives N mines N background priors in each)", faceless, summary.images)
+    return summary
 
 
 def _in_main_thread():
@@ -382,6 +471,10 @@ def _train(args, rank, world_size, local_rank):
     initial_lr = args.lr
     gamma = args.gamma
     save_folder = args.save_folder
+    if is_main:
+        check_save_folder(save_folder)
+        _open_log_file(os.path.join(save_folder, cfg['name'] + '_train.log'))
+        logger.info("train.py %s", ' '.join(f"--{k} {v}" for k, v in vars(args).items() if v is not None))
 
     state = load_training_state(args.resume) if args.resume else None
     if state is not None:
@@ -403,9 +496,6 @@ def _train(args, rank, world_size, local_rank):
     # The model is initialised identically on every rank (DDP also broadcasts rank 0's);
     # augmentation in the main process differs per rank.
     _seed_everything(seed)
-
-    if is_main:
-        os.makedirs(save_folder, exist_ok=True)
 
     net = RetinaFace(cfg=cfg, phase='train')
     logger.debug("net: %s", net)
@@ -432,13 +522,15 @@ def _train(args, rank, world_size, local_rank):
 
     optimizer = optim.SGD(net.parameters(), lr=initial_lr, momentum=args.momentum, weight_decay=args.weight_decay)
     scaler = torch.amp.GradScaler('cuda', enabled=amp)
-    criterion = MultiBoxLoss(NUM_CLASSES, MATCH_THRESHOLD, True, 0, True, NEG_POS_RATIO, MATCH_THRESHOLD, False)
+    criterion = MultiBoxLoss(NUM_CLASSES, MATCH_THRESHOLD, True, 0, True, NEG_POS_RATIO, MATCH_THRESHOLD, False,
+                             faceless_negatives=args.faceless_negatives)
     priors = cached_priors(cfg, (img_dim, img_dim), device=device)  # [P, 4], computed once
 
     logger.info('Loading Dataset...')
     dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, RGB_MEAN))
     if len(dataset) == 0:
         raise ValueError(f"{args.training_dataset} lists no images")
+    _check_labels(dataset, args)
     sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     epoch_size = math.ceil(len(sampler) / batch_size)
     max_iter = max_epoch * epoch_size
@@ -515,6 +607,7 @@ def _train(args, rank, world_size, local_rank):
     meters = MetricLogger(window_size=20)
     batch_iterator = None
     epoch = start_iter // epoch_size
+    warned_no_face = False
     iteration = start_iter
     for iteration in range(start_iter, max_iter):
         if iteration % epoch_size == 0 or batch_iterator is None:
@@ -534,6 +627,7 @@ def _train(args, rank, world_size, local_rank):
             batch_iterator = iter(loader)
             epoch = completed + 1
             meters.reset()
+            epoch_had_face = False
 
         lr = adjust_learning_rate(optimizer, initial_lr, gamma, iteration, stepvalues)
 
@@ -584,6 +678,12 @@ def _train(args, rank, world_size, local_rank):
                                 max_iter, loc_v, cla_v, landm_v, lr, batch_time,
                                 str(datetime.timedelta(seconds=eta))))
 
+        # No positive prior in a step gives a box loss of exactly 0.
+        epoch_had_face = epoch_had_face or loc_v != 0
+        if (iteration + 1) % epoch_size == 0 and not epoch_had_face and not warned_no_face and is_main:
+            warned_no_face = True
+            logger.warning("epoch %d: no face matched a prior in any step, so nothing was learnt (loss 0); the "
+                           "faces may be too small for the priors at --image_size %d", epoch, img_dim)
         if (iteration + 1) % epoch_size == 0:
             summary = {'epoch': epoch, **{k: v for k, v in meters.global_avgs().items()
                                           if k in ('loc', 'cla', 'landm', 'loss')},
@@ -642,9 +742,19 @@ def _write_debug_digest(args, rank, model, result):
         json.dump({'rank': rank, 'iteration': result.iteration, 'params_sha256': params_digest(model)}, f)
 
 
-if __name__ == '__main__':
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s', datefmt='%H:%M:%S')
+def _command_line(args):
+    """train.py run as a script, under utils.cli.run_cli: expected errors (a bad label
+    line, a missing file, bad weights or settings) print one 'error: ...' line and exit 1."""
+    # Progress goes to stdout, where the reference printed it, so that
+    # `python train.py ... > train.log` keeps the log (run_cli set up stderr for the others).
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt='%H:%M:%S', stream=sys.stdout, force=True)
     try:
-        sys.exit(main(get_args_parser().parse_args()).exit_code)
+        result = main(args)
     except NonFiniteLossError:
-        sys.exit(EXIT_NONFINITE_LOSS)
+        raise SystemExit(EXIT_NONFINITE_LOSS) from None
+    if result.exit_code:
+        raise SystemExit(result.exit_code)
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(_command_line, get_args_parser()))

@@ -13,10 +13,12 @@ label.txt). Each following line is one face, in pixels, either
   a face without landmarks has -1 in all the landmark fields;
 - 4 values (the boxes-only val labels): x y w h.
 
-An image may have no face lines at all; it is then a pure background sample.
+An image may have no face lines at all; it is then a background-only sample (which the
+reference's loss ignores: see layers.modules.MultiBoxLoss).
 """
 import logging
 import os
+from collections import namedtuple
 
 import cv2
 import numpy as np
@@ -38,6 +40,14 @@ TARGET_COLUMNS = 15
 # the class, but not the landmark regression).
 LABEL_WITH_LANDMARKS = 1
 LABEL_NO_LANDMARKS = -1
+# EXIF orientations that turn the image by 90 degrees (cv2.imread applies them).
+_EXIF_ORIENTATION_TAG = 0x0112
+_EXIF_TRANSPOSED = (5, 6, 7, 8)
+
+# What label_summary counts: images, images with at least one usable face, boxes, and the
+# boxes training drops: degenerate ones (no width or no height) and those wholly outside
+# the image.
+LabelSummary = namedtuple('LabelSummary', 'images images_with_faces boxes usable degenerate outside')
 
 
 def read_label_file(txt_path):
@@ -122,6 +132,48 @@ def labels_to_target(labels):
         target[:, 4:14] = -1
         target[:, 14] = LABEL_NO_LANDMARKS
     return target
+
+
+def image_size(path):
+    """(width, height) of an image as cv2.imread(path, IMREAD_COLOR) would return it, from
+    its header where Pillow can read one (EXIF rotations included), else by decoding it."""
+    try:
+        from PIL import Image
+        with Image.open(path) as im:
+            width, height = im.size
+            if im.getexif().get(_EXIF_ORIENTATION_TAG, 1) in _EXIF_TRANSPOSED:
+                width, height = height, width
+            return width, height
+    except Exception:
+        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        if img is None:
+            raise ValueError(f"cannot decode image {path}: not a readable image file") from None
+        return img.shape[1], img.shape[0]
+
+
+def label_summary(dataset):
+    """Count the faces a WiderFaceDetection can train on (see LabelSummary).
+
+    The augmentation clips every box to the image and drops those left without area, so a
+    box is usable when it keeps a positive width and height inside the image. Reads the
+    header of every image that has face lines.
+    """
+    boxes = usable = degenerate = outside = with_faces = 0
+    for path, words in zip(dataset.imgs_path, dataset.words):
+        if len(words) == 0:
+            continue
+        target = labels_to_target(words)
+        positive = (target[:, 2] > target[:, 0]) & (target[:, 3] > target[:, 1])
+        width, height = image_size(path)
+        x1, x2 = np.clip(target[:, 0], 0, width), np.clip(target[:, 2], 0, width)
+        y1, y2 = np.clip(target[:, 1], 0, height), np.clip(target[:, 3], 0, height)
+        inside = positive & (x2 > x1) & (y2 > y1)
+        boxes += len(target)
+        degenerate += int((~positive).sum())
+        outside += int((positive & ~inside).sum())
+        usable += int(inside.sum())
+        with_faces += bool(inside.any())
+    return LabelSummary(len(dataset.imgs_path), with_faces, boxes, usable, degenerate, outside)
 
 
 class WiderFaceDetection(data.Dataset):

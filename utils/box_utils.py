@@ -120,7 +120,8 @@ def match(threshold, truths, priors, variances, labels, landms, loc_t, conf_t, l
         idx (int): the image's index in the batch.
     """
     if truths.shape[0] == 0:
-        # An image without faces trains as pure background.
+        # An image without faces: every prior is background (MultiBoxLoss mines negatives
+        # from it only with faceless_negatives).
         loc_t[idx] = 0
         conf_t[idx] = 0
         landm_t[idx] = 0

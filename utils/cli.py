@@ -2,6 +2,7 @@
 detector from flags, atomic text files, and turning errors into clear exit messages."""
 import argparse
 import logging
+import math
 import sys
 
 import torch
@@ -42,6 +43,35 @@ def optional_top_k(value):
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer (or 'none'), got {value!r}") from None
     return n if n > 0 else None
+
+
+def bounded(kind, low=None, high=None, low_open=False, high_open=False):
+    """An argparse type: kind(value) (int or float), finite and within the bounds
+    (low <= x, or low < x with low_open; x <= high, or x < high with high_open).
+
+    A value out of range is a usage error naming the flag, the range and the value,
+    e.g. "argument --lr: expected a number > 0, got '-1'".
+    """
+    limits = []
+    if low is not None:
+        limits.append(f"{'>' if low_open else '>='} {low}")
+    if high is not None:
+        limits.append(f"{'<' if high_open else '<='} {high}")
+    what = ('an integer' if kind is int else 'a number') + (' ' + ' and '.join(limits) if limits else '')
+
+    def parse(value):
+        try:
+            x = kind(value)
+        except (TypeError, ValueError):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+        if (not math.isfinite(x)
+                or (low is not None and (x <= low if low_open else x < low))
+                or (high is not None and (x >= high if high_open else x > high))):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        return x
+
+    parse.__name__ = what
+    return parse
 
 
 def add_backend_arguments(parser):

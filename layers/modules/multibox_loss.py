@@ -22,20 +22,23 @@ class MultiBoxLoss(nn.Module):
        matched to faces with landmarks (label 1) only.
     3) Confidence loss: cross-entropy over the positives and the hardest negatives,
        at most neg_pos negatives per positive in each image (so an image without faces
-       contributes no negatives, as in the reference).
+       contributes no negatives, as in the reference). With faceless_negatives = K > 0
+       (opt-in, not the reference's) an image without positives gives its K hardest
+       negatives instead.
     Box and class losses are divided by the number of positives N, the landmark loss by
     the number of landmark positives N1 (both floored at 1).
 
-    Only num_classes, overlap_thresh and neg_pos change the result; the other arguments
-    are kept for the reference's signature. Call with the reference's
-    MultiBoxLoss(2, 0.35, True, 0, True, 7, 0.35, False).
+    Only num_classes, overlap_thresh, neg_pos and faceless_negatives change the result; the
+    other arguments are kept for the reference's signature. Call with the reference's
+    MultiBoxLoss(2, 0.35, True, 0, True, 7, 0.35, False); faceless_negatives=0 (the
+    default) is the reference's loss.
 
     The loss runs on the device of the predictions (the reference hard-codes .cuda()) and
     in at least float32, also for float16 predictions under autocast.
     """
 
     def __init__(self, num_classes, overlap_thresh, prior_for_matching, bkg_label, neg_mining, neg_pos, neg_overlap,
-                 encode_target):
+                 encode_target, faceless_negatives=0):
         super().__init__()
         self.num_classes = num_classes
         self.threshold = overlap_thresh
@@ -46,6 +49,7 @@ class MultiBoxLoss(nn.Module):
         self.negpos_ratio = neg_pos
         self.neg_overlap = neg_overlap
         self.variance = VARIANCES
+        self.faceless_negatives = int(faceless_negatives)
 
     def forward(self, predictions, priors, targets):
         """
@@ -114,6 +118,10 @@ class MultiBoxLoss(nn.Module):
             _, idx_rank = loss_idx.sort(1)  # each prior's rank within its image
             num_pos = pos.long().sum(1, keepdim=True)  # [B, 1]
             num_neg = torch.clamp(self.negpos_ratio * num_pos, max=pos.size(1) - 1)  # [B, 1]
+            if self.faceless_negatives > 0:
+                # Proportional mining takes nothing from an image without positives; give
+                # such images a fixed number of hard negatives so that they train.
+                num_neg = torch.where(num_pos == 0, min(self.faceless_negatives, pos.size(1) - 1), num_neg)
             neg = idx_rank < num_neg.expand_as(idx_rank)  # [B, P]
 
         # Confidence Loss Including Positive and Negative Examples
