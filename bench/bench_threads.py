@@ -6,8 +6,9 @@
 Each setting runs in its own child process (thread counts and OpenMP's wait policy are
 fixed when the libraries start): it loads the detector as the scripts do, warms up, and
 times end-to-end detection of one photo. Every setting runs twice, once on the machine as it
-is and once next to --busy competing processes that each keep one core busy (a Python
-busy loop), so the table shows what a shared machine costs each setting.
+is ('as is': idle only if nothing else runs) and once next to --busy competing processes
+that each keep one core busy (a Python busy loop), so the table shows what a shared
+machine costs each setting.
 
 Settings:
   torch  default     torch's default thread count (one per core), OpenMP's default wait policy
@@ -111,7 +112,7 @@ def main(args):
                 p.kill()
                 p.wait()
 
-    print(f"\n{'setting':<15}{'threads':>8}{'idle':>10}{f'+{args.busy} busy':>10}{'ratio':>8}")
+    print(f"\n{'setting':<15}{'threads':>8}{'as is':>10}{f'+{args.busy} busy':>10}{'ratio':>8}")
     print('-' * 51)
     median = {k: statistics.median(v['ms']) for k, v in results.items()}
     for name in args.settings:
@@ -121,7 +122,7 @@ def main(args):
     for a, b in (('torch default', 'torch 1'), ('torch default', 'torch passive'),
                  ('ort spin', 'ort no-spin'), ('ort no-spin', 'ort 1')):
         if a in args.settings and b in args.settings:
-            print(f"{a} / {b}: idle {median[a, False] / median[b, False]:.2f}x, "
+            print(f"{a} / {b}: as is {median[a, False] / median[b, False]:.2f}x, "
                   f"+{args.busy} busy {median[a, True] / median[b, True]:.2f}x")
     return 0
 

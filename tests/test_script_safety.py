@@ -253,4 +253,4 @@ def test_thread_benchmark_prints_idle_and_busy_columns_and_ratios(monkeypatch, c
     assert calls == ['torch default', 'torch 1'] * 2
     rows = [line.split() for line in out.splitlines() if line.startswith('torch ') and ' / ' not in line]
     assert rows == [['torch', 'default', '2', '40.0', '400.0', '10.0x'], ['torch', '1', '1', '50.0', '100.0', '2.0x']]
-    assert 'torch default / torch 1: idle 0.80x, +1 busy 4.00x' in out
+    assert 'torch default / torch 1: as is 0.80x, +1 busy 4.00x' in out
