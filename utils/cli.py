@@ -5,7 +5,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 
 import torch
 
