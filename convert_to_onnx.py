@@ -13,7 +13,8 @@ import os
 import torch
 
 from data import NETWORKS
-from utils.cli import run_cli
+from utils.atomic import check_writable
+from utils.cli import add_threads_argument, non_negative_float, positive_int, run_cli, set_threads
 from utils.inference import load_detector
 from utils.onnx_export import (DEFAULT_LONG_SIDE, DEFAULT_OPSET, VERIFY_ATOL, export_onnx, verification_inputs,
                                verify_onnx)
@@ -25,17 +26,18 @@ def get_args_parser():
                         help='Trained state_dict file path to open')
     parser.add_argument('--network', default='mobile0.25', choices=sorted(NETWORKS),
                         help='Backbone network mobile0.25 or resnet50')
-    parser.add_argument('--long_side', default=DEFAULT_LONG_SIDE, type=int,
+    parser.add_argument('--long_side', default=DEFAULT_LONG_SIDE, type=positive_int,
                         help='side of the square dummy input used for tracing (the exported height and '
                              'width stay dynamic)')
     parser.add_argument('--cpu', default=True, action=argparse.BooleanOptionalAction,
                         help='export on the CPU (default; --no-cpu traces on CUDA when available)')
     parser.add_argument('--output', default='FaceDetector.onnx', type=str, help='the ONNX file to write')
-    parser.add_argument('--opset', default=DEFAULT_OPSET, type=int, help='ONNX opset version')
+    parser.add_argument('--opset', default=DEFAULT_OPSET, type=positive_int, help='ONNX opset version')
     parser.add_argument('--verify', default=True, action=argparse.BooleanOptionalAction,
                         help='check the export with onnxruntime on two input sizes (default)')
-    parser.add_argument('--tolerance', default=VERIFY_ATOL, type=float,
+    parser.add_argument('--tolerance', default=VERIFY_ATOL, type=non_negative_float,
                         help='largest allowed |onnxruntime - PyTorch| in any output')
+    add_threads_argument(parser)
     return parser
 
 
@@ -43,6 +45,8 @@ def main(args):
     """Export and verify; returns {'path', 'verification': [...]}. Raises ValueError if the check fails."""
     if args.long_side < 1:
         raise ValueError(f"--long_side must be a positive number of pixels, got {args.long_side}")
+    check_writable(args.output, '--output')
+    set_threads(args.threads)
     device = 'cpu' if args.cpu or not torch.cuda.is_available() else 'cuda'
     net = load_detector(args.network, args.trained_model, device=device).net
     print(f"==> Exporting model to ONNX format at '{args.output}' (opset {args.opset})")

@@ -3,8 +3,9 @@
     python detect.py -m weights/mobilenet0.25_Final.pth --image photo.jpg
     python detect.py --image 'photos/*.jpg' --output annotated/ --json faces.json --no-save_image
 
---image takes a file, a folder (every image in it) or a glob. Annotated images go to
---output/<image name>; each image gets a one-line summary.
+--image takes a file, a folder (every image in it and its sub-folders) or a glob. Annotated
+images go to --output/<path below the inputs' common folder> (never over an input); each image
+gets a one-line summary. Ctrl-C writes the --json of the images done so far, marked partial.
 """
 import argparse
 import glob
@@ -16,9 +17,9 @@ import time
 import cv2
 
 from data import NETWORKS
-from utils.atomic import atomic_write_text
+from utils.atomic import atomic_write_text, check_writable
 from utils.cli import (IMAGE_EXTENSIONS, add_backend_arguments, detector_from_args,
-                       optional_top_k, report_skipped, run_cli)
+                       optional_top_k, probability, report_skipped, run_cli)
 from utils.datapaths import shared_path
 from utils.inference import draw_detections, read_image
 
@@ -42,13 +43,13 @@ def get_args_parser():
     parser.add_argument('--network', default='mobile0.25', choices=sorted(NETWORKS),
                         help='Backbone network mobile0.25 or resnet50')
     parser.add_argument('--cpu', action="store_true", default=False, help='Use cpu inference')
-    parser.add_argument('--confidence_threshold', default=0.02, type=float, help='confidence_threshold')
+    parser.add_argument('--confidence_threshold', default=0.02, type=probability, help='confidence_threshold')
     parser.add_argument('--top_k', default=5000, type=optional_top_k, help='top_k (0: all)')
-    parser.add_argument('--nms_threshold', default=0.4, type=float, help='nms_threshold')
+    parser.add_argument('--nms_threshold', default=0.4, type=probability, help='nms_threshold')
     parser.add_argument('--keep_top_k', default=750, type=optional_top_k, help='keep_top_k (0: all)')
     parser.add_argument('-s', '--save_image', default=True, action=argparse.BooleanOptionalAction,
                         help='write annotated images to --output (default; --no-save_image turns it off)')
-    parser.add_argument('--vis_thres', default=0.6, type=float, help='visualization_threshold')
+    parser.add_argument('--vis_thres', default=0.6, type=probability, help='visualization_threshold')
     parser.add_argument('--image', default=None, type=str,
                         help='an image file, a folder of images or a glob (quote it); default: the '
                              f'reference\'s {REFERENCE_DEMO_IMAGE}, else $RETINAFACE_DATA/images/test.jpg')
@@ -59,18 +60,27 @@ def get_args_parser():
     return parser
 
 
-def list_images(spec):
-    """The image files named by spec: a file, a folder (its images, sorted) or a glob (sorted).
+def list_images(spec, exclude=None):
+    """The image files named by spec: a file, a folder (its images and those of its
+    sub-folders, sorted) or a glob (sorted).
 
+    Args:
+        spec (str): a file, a folder or a glob.
+        exclude (str | None): a folder not to look into (the output folder, so that a rerun
+            does not take the previous run's annotated images for inputs).
     Raises:
         FileNotFoundError: nothing matches spec.
     """
     if os.path.isdir(spec):
-        files = sorted(os.path.join(spec, f) for f in os.listdir(spec)
-                       if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(spec, f)))
+        skip = os.path.realpath(exclude) if exclude else None
+        files = []
+        for folder, subfolders, names in os.walk(spec):
+            subfolders[:] = sorted(d for d in subfolders if os.path.realpath(os.path.join(folder, d)) != skip)
+            files += [os.path.join(folder, f) for f in names
+                      if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))]
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {spec}")
-        return files
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {spec} or its sub-folders")
+        return sorted(files)
     if glob.has_magic(spec):
         files = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
         if not files:
@@ -79,6 +89,25 @@ def list_images(spec):
     if not os.path.exists(spec):
         raise FileNotFoundError(f"image not found: {spec}")
     return [spec]
+
+
+def output_paths(files, output, base=None):
+    """Where the annotated images go: output/<path below base>, base being the given folder
+    or the inputs' common folder, so that photos of one name in different folders keep
+    apart (a single file or a flat folder gives output/<file name>, as before).
+
+    Raises:
+        ValueError: an output would overwrite one of the inputs (e.g. --output is the input folder).
+    """
+    if base is None:
+        base = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    outs = [os.path.join(output, os.path.relpath(os.path.abspath(f), os.path.abspath(base))) for f in files]
+    inputs = {os.path.realpath(f): f for f in files}
+    for out in outs:
+        if os.path.realpath(out) in inputs:
+            raise ValueError(f"--output {output} would overwrite the input {inputs[os.path.realpath(out)]} "
+                             f"with its annotated copy: choose another --output folder")
+    return outs
 
 
 def detections_to_json(dets):
@@ -95,46 +124,74 @@ def detections_to_json(dets):
 
 
 def main(args):
-    """Detect, draw and summarise; returns {'results': [...], 'skipped': [(path, reason)]}."""
-    files = list_images(args.image or default_image())
+    """Detect, draw and summarise; returns {'results': [...], 'skipped': [(path, reason)]}.
+
+    Ctrl-C still writes the JSON of the images done so far, marked "partial": true, then
+    raises KeyboardInterrupt.
+    """
+    spec = args.image or default_image()
+    files = list_images(spec, exclude=args.output if args.save_image else None)
+    # Every output is checked before the first image, not found unwritable after the last.
+    out_paths = [None] * len(files)
+    if args.save_image:
+        check_writable(args.output, '--output', folder=True)
+        out_paths = output_paths(files, args.output, base=spec if os.path.isdir(spec) else None)
+    if args.json:
+        check_writable(args.json, '--json')
     detector = detector_from_args(args)
     results, skipped = [], []
-    for path in files:
-        try:
-            img_raw = read_image(path)
-        except (FileNotFoundError, ValueError) as e:
-            logger.warning("skipping %s: %s", path, e)
-            skipped.append((path, str(e)))
-            continue
-        tic = time.perf_counter()
-        dets = detector.detect(img_raw)
-        ms = 1000 * (time.perf_counter() - tic)
-        faces = int((dets[:, 4] >= args.vis_thres).sum())
-        line = (f"{path}: {faces} faces >= {args.vis_thres} ({len(dets)} detections > "
-                f"{args.confidence_threshold}), {img_raw.shape[1]}x{img_raw.shape[0]}, {ms:.1f} ms")
-        if args.save_image:
-            os.makedirs(args.output, exist_ok=True)
-            out_path = os.path.join(args.output, os.path.basename(path))
-            if not cv2.imwrite(out_path, draw_detections(img_raw, dets, args.vis_thres)):
-                raise ValueError(f"could not write {out_path} (unsupported extension or unwritable folder)")
-            line += f" -> {out_path}"
-        print(line)
-        results.append({'image': path, 'width': int(img_raw.shape[1]), 'height': int(img_raw.shape[0]),
-                        'detections': detections_to_json(dets)})
+    try:
+        for path, out_path in zip(files, out_paths):
+            try:
+                img_raw = read_image(path)
+            except (FileNotFoundError, ValueError) as e:
+                logger.warning("skipping %s: %s", path, e)
+                skipped.append((path, str(e)))
+                continue
+            tic = time.perf_counter()
+            dets = detector.detect(img_raw)
+            ms = 1000 * (time.perf_counter() - tic)
+            faces = int((dets[:, 4] >= args.vis_thres).sum())
+            line = (f"{path}: {faces} faces >= {args.vis_thres} ({len(dets)} detections > "
+                    f"{args.confidence_threshold}), {img_raw.shape[1]}x{img_raw.shape[0]}, {ms:.1f} ms")
+            if out_path is not None:
+                os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
+                if not cv2.imwrite(out_path, draw_detections(img_raw, dets, args.vis_thres)):
+                    raise ValueError(f"could not write {out_path} (unsupported extension or unwritable folder)")
+                line += f" -> {out_path}"
+            # Recorded before the summary is printed, so that the JSON of an interrupted run
+            # holds every image the user saw done.
+            results.append({'image': path, 'width': int(img_raw.shape[1]), 'height': int(img_raw.shape[0]),
+                            'detections': detections_to_json(dets)})
+            print(line, flush=True)
+    except KeyboardInterrupt:
+        if args.json:
+            write_json(args, results, skipped, len(files), partial=True)
+        raise
     if args.json:
-        payload = {'network': args.network, 'backend': args.backend,
-                   'confidence_threshold': args.confidence_threshold, 'nms_threshold': args.nms_threshold,
-                   'box_format': 'x1 y1 x2 y2 (pixels)',
-                   'landmarks': 'left eye, right eye, nose, left mouth corner, right mouth corner (x, y pixels)',
-                   'images': results,
-                   'skipped': [{'image': p, 'error': r} for p, r in skipped]}
-        atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
-        logger.info("wrote detections of %d images to %s", len(results), args.json)
+        write_json(args, results, skipped, len(files), partial=False)
     if len(files) > 1 or skipped:
         report_skipped(skipped)
     if not results:
         raise ValueError(f"none of the {len(files)} images could be read")
     return {'results': results, 'skipped': skipped}
+
+
+def write_json(args, results, skipped, total, partial):
+    """Write the detections (atomically); partial: the run was interrupted after len(results) images."""
+    payload = {'network': args.network, 'backend': args.backend,
+               'confidence_threshold': args.confidence_threshold, 'nms_threshold': args.nms_threshold,
+               'box_format': 'x1 y1 x2 y2 (pixels)',
+               'landmarks': 'left eye, right eye, nose, left mouth corner, right mouth corner (x, y pixels)',
+               'partial': partial, 'images_total': total, 'images_done': len(results) + len(skipped),
+               'images': results,
+               'skipped': [{'image': p, 'error': r} for p, r in skipped]}
+    atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
+    if partial:
+        logger.warning("interrupted: wrote the detections of the %d of %d images done so far to %s "
+                       "(marked \"partial\": true)", len(results), total, args.json)
+    else:
+        logger.info("wrote detections of %d images to %s", len(results), args.json)
 
 
 if __name__ == '__main__':

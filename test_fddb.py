@@ -23,8 +23,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data import NETWORKS
-from utils.atomic import atomic_write_text
-from utils.cli import (add_backend_arguments, detector_from_args, optional_top_k,
+from utils.atomic import atomic_write_text, check_writable
+from utils.cli import (add_backend_arguments, detector_from_args, optional_top_k, probability,
                        report_skipped, run_cli, str2bool)
 from utils.inference import draw_detections, read_image
 
@@ -47,16 +47,16 @@ def get_args_parser():
                         help='the list of image names (default: data/<dataset>/img_list.txt)')
     parser.add_argument('--images_folder', default=None, type=str,
                         help='the folder holding <name>.jpg (default: data/<dataset>/images/)')
-    parser.add_argument('--confidence_threshold', default=0.02, type=float, help='confidence_threshold')
+    parser.add_argument('--confidence_threshold', default=0.02, type=probability, help='confidence_threshold')
     parser.add_argument('--top_k', default=None, type=optional_top_k,
                         help='keep the top_k candidates before NMS (default: all, as the reference '
                              'outputs in ../shared/golden were made; 5000 is the reference\'s declared value)')
-    parser.add_argument('--nms_threshold', default=0.4, type=float, help='nms_threshold')
+    parser.add_argument('--nms_threshold', default=0.4, type=probability, help='nms_threshold')
     parser.add_argument('--keep_top_k', default=None, type=optional_top_k,
                         help='keep the keep_top_k detections after NMS (default: all, as the reference '
                              'outputs were made; 750 is the reference\'s declared value)')
     parser.add_argument('-s', '--save_image', action="store_true", default=False, help='show detection results')
-    parser.add_argument('--vis_thres', default=0.5, type=float, help='visualization_threshold')
+    parser.add_argument('--vis_thres', default=0.5, type=probability, help='visualization_threshold')
     parser.add_argument('--vis_folder', default='./results/', type=str,
                         help='where --save_image writes the annotated images (<index>.jpg)')
     add_backend_arguments(parser)
@@ -97,6 +97,10 @@ def main(args):
     if not names:
         raise ValueError(f"image list {list_path} is empty")
     out_path = os.path.join(args.save_folder, args.dataset + '_dets.txt')
+    # Checked now: the file is written only at the end of the run.
+    check_writable(out_path, '--save_folder')
+    if args.save_image:
+        check_writable(args.vis_folder, '--vis_folder', folder=True)
 
     detector = detector_from_args(args)
     blocks, skipped = [], []

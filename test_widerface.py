@@ -24,8 +24,8 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data import NETWORKS
-from utils.atomic import atomic_write_text
-from utils.cli import (add_backend_arguments, detector_from_args, optional_top_k,
+from utils.atomic import atomic_write_text, check_writable
+from utils.cli import (add_backend_arguments, detector_from_args, optional_top_k, probability,
                        report_skipped, run_cli, str2bool)
 from utils.inference import draw_detections, read_image
 from utils.run_manifest import detector_settings, prepare_results_folder
@@ -50,16 +50,16 @@ def get_args_parser():
     parser.add_argument('--dataset_folder', default='./data/widerface/val/images/', type=str, help='dataset path')
     parser.add_argument('--image_list', default=None, type=str,
                         help=f'the list of images (default: {IMAGE_LIST_NAME} beside the dataset folder)')
-    parser.add_argument('--confidence_threshold', default=0.02, type=float, help='confidence_threshold')
+    parser.add_argument('--confidence_threshold', default=0.02, type=probability, help='confidence_threshold')
     parser.add_argument('--top_k', default=None, type=optional_top_k,
                         help='keep the top_k candidates before NMS (default: all; the reference declares '
                              '5000 here but never applies it)')
-    parser.add_argument('--nms_threshold', default=0.4, type=float, help='nms_threshold')
+    parser.add_argument('--nms_threshold', default=0.4, type=probability, help='nms_threshold')
     parser.add_argument('--keep_top_k', default=None, type=optional_top_k,
                         help='keep the keep_top_k detections after NMS (default: all; the reference '
                              'declares 750 here but never applies it)')
     parser.add_argument('-s', '--save_image', action="store_true", default=False, help='show detection results')
-    parser.add_argument('--vis_thres', default=0.5, type=float, help='visualization_threshold')
+    parser.add_argument('--vis_thres', default=0.5, type=probability, help='visualization_threshold')
     parser.add_argument('--vis_folder', default='./results/', type=str,
                         help='where --save_image writes the annotated images (<index>.jpg, as the reference)')
     parser.add_argument('--resume', default=True, action=argparse.BooleanOptionalAction,
@@ -146,6 +146,9 @@ def main(args):
     """Write the prediction files; returns {'written', 'resumed', 'skipped': [(path, reason)]}."""
     list_path = args.image_list or image_list_path(args.dataset_folder)
     names = read_image_list(list_path)
+    check_writable(args.save_folder, '--save_folder', folder=True)
+    if args.save_image:
+        check_writable(args.vis_folder, '--vis_folder', folder=True)
 
     # Built before anything is skipped: the model and settings decide which files are resumable.
     detector = detector_from_args(args)

@@ -31,7 +31,6 @@ import os
 import random
 import signal
 import sys
-import tempfile
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -48,9 +47,10 @@ from data.wider_face import label_summary
 from layers.functions.prior_box import cached_priors
 from layers.modules import MultiBoxLoss
 from models.retinaface import RetinaFace, load_pretrained_backbone
-from utils.atomic import atomic_save
+from utils.atomic import atomic_save, check_writable
 from utils.checkpoint import load_model
-from utils.cli import bounded, run_cli
+from utils.cli import (non_negative_float, non_negative_int, number_in, positive_float,
+                       positive_int, run_cli, set_threads)
 from utils.metric_logger import MetricLogger
 
 logger = logging.getLogger('train')
@@ -108,32 +108,32 @@ def get_args_parser():
     parser.add_argument('--training_dataset', default='./data/widerface/train/label.txt',
                         help='Training dataset label.txt (images are read from images/ beside it)')
     parser.add_argument('--network', default='mobile0.25', help='Backbone network mobile0.25 or resnet50')
-    parser.add_argument('--num_workers', default=4, type=bounded(int, 0), help='Number of workers used in dataloading')
-    parser.add_argument('--lr', '--learning-rate', default=1e-3, type=bounded(float, 0, low_open=True),
+    parser.add_argument('--num_workers', default=4, type=non_negative_int, help='Number of workers used in dataloading')
+    parser.add_argument('--lr', '--learning-rate', default=1e-3, type=positive_float,
                         help='initial learning rate')
-    parser.add_argument('--momentum', default=0.9, type=bounded(float, 0, 1, high_open=True), help='momentum')
+    parser.add_argument('--momentum', default=0.9, type=number_in(float, 0, 1, exclusive_maximum=True), help='momentum')
     parser.add_argument('--resume_net', default=None,
                         help='plain weights (state_dict) to start from; see --resume_epoch')
-    parser.add_argument('--resume_epoch', default=0, type=bounded(int, 0),
+    parser.add_argument('--resume_epoch', default=0, type=non_negative_int,
                         help='epoch --resume_net was saved after: training continues from there, with the '
                              'learning rate of that epoch (a fresh optimizer: use --resume for an exact resume)')
-    parser.add_argument('--weight_decay', default=5e-4, type=bounded(float, 0), help='Weight decay for SGD')
-    parser.add_argument('--gamma', default=0.1, type=bounded(float, 0, 1, low_open=True), help='Gamma update for SGD')
+    parser.add_argument('--weight_decay', default=5e-4, type=non_negative_float, help='Weight decay for SGD')
+    parser.add_argument('--gamma', default=0.1, type=number_in(float, 0, 1, exclusive_minimum=True), help='Gamma update for SGD')
     parser.add_argument('--save_folder', default='./weights/',
                         help='Location to save checkpoint models (created if needed; a copy of the log goes there too)')
     # Additions.
     parser.add_argument('--device', default='auto',
                         help="'auto' (CUDA when available and cfg gpu_train, else CPU), 'cpu', 'cuda' or 'cuda:N'")
-    parser.add_argument('--batch_size', type=bounded(int, 1), default=None,
+    parser.add_argument('--batch_size', type=positive_int, default=None,
                         help="images per step per process (default cfg['batch_size']); "
                              "with torchrun the global batch is nproc x batch_size")
-    parser.add_argument('--max_epoch', type=bounded(int, 1), default=None, help="epochs (default cfg['epoch'])")
-    parser.add_argument('--image_size', type=bounded(int, 1), default=None,
+    parser.add_argument('--max_epoch', type=positive_int, default=None, help="epochs (default cfg['epoch'])")
+    parser.add_argument('--image_size', type=positive_int, default=None,
                         help="training input side, larger than the largest stride in cfg['steps'] "
                              "(default cfg['image_size'])")
-    parser.add_argument('--decay1', type=bounded(int, 0), default=None,
+    parser.add_argument('--decay1', type=non_negative_int, default=None,
                         help="epoch of the first LR step (default cfg['decay1'])")
-    parser.add_argument('--decay2', type=bounded(int, 0), default=None,
+    parser.add_argument('--decay2', type=non_negative_int, default=None,
                         help="epoch of the second LR step (default cfg['decay2'])")
     parser.add_argument('--pretrained', default='auto',
                         help="ImageNet backbone weights: 'auto' (%s), a path, or 'none' to start from scratch"
@@ -142,11 +142,11 @@ def get_args_parser():
     parser.add_argument('--seed', type=int, default=None, help='random seed (default: a random one, logged)')
     parser.add_argument('--resume', default=None,
                         help='a <name>_last_state.pth written by this script: continue exactly where it stopped')
-    parser.add_argument('--log_interval', type=bounded(int, 1), default=1, help='log a progress line every N iterations')
-    parser.add_argument('--faceless_negatives', type=bounded(int, 0), default=0,
+    parser.add_argument('--log_interval', type=positive_int, default=1, help='log a progress line every N iterations')
+    parser.add_argument('--faceless_negatives', type=non_negative_int, default=0,
                         help='hard negatives mined in each image without faces (default 0, the reference: '
                              'such images add nothing to the loss, whose negatives are 7 per positive prior)')
-    parser.add_argument('--threads', type=bounded(int, 1), default=None,
+    parser.add_argument('--threads', type=positive_int, default=None,
                         help="CPU threads for torch (torch.set_num_threads; default: torch's own default)")
     # Test-only: each rank writes a digest of its parameters into this folder at the end.
     parser.add_argument('--debug_param_digest', default=None, help=argparse.SUPPRESS)
@@ -375,8 +375,7 @@ def main(args):
         for sig in (signal.SIGINT, signal.SIGTERM):
             handlers[sig] = signal.signal(sig, _handle_stop_signal)
     threads = torch.get_num_threads()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_threads(args.threads)
     try:
         # Training needs autograd whatever the caller's global mode (a script that called
         # torch.set_grad_enabled(False) before, as inference scripts do).
@@ -385,23 +384,17 @@ def main(args):
     finally:
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
-        if args.threads:
-            torch.set_num_threads(threads)
+        set_threads(threads)
         _close_log_file()
         if distributed and dist.is_initialized():
             dist.destroy_process_group()
 
 
 def check_save_folder(folder):
-    """Create folder if needed and make sure files can be created in it, so that an
-    unwritable --save_folder fails before training rather than at the first checkpoint."""
-    try:
-        os.makedirs(folder, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix='.write_check_', dir=folder)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"--save_folder {folder}: cannot write checkpoints there ({e.strerror or e})") from None
+    """Create folder if needed once files can be created in it, so that an unwritable
+    --save_folder fails before training rather than at the first checkpoint."""
+    check_writable(folder, '--save_folder', folder=True)
+    os.makedirs(folder, exist_ok=True)
 
 
 def _open_log_file(path):

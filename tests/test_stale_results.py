@@ -211,7 +211,7 @@ def test_onnx_model_with_the_torch_backend_is_an_error(onnx_file, weights, capsy
     argv = ['-m', weights, '--onnx_model', onnx_file, '--backend', 'torch', '--cpu', '--no-save_image',
             '--image', str(golden_image_path('kids_group'))]
     assert run_cli(detect.main, detect.get_args_parser(), argv) == 1
-    (line,) = capsys.readouterr().err.strip().splitlines()
+    (line,) = [l for l in capsys.readouterr().err.splitlines() if l.startswith('error:')]
     assert line.startswith('error: ') and '--onnx_model' in line and '--backend onnxruntime' in line
 
 

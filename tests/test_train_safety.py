@@ -209,8 +209,8 @@ def test_unwritable_save_folder_fails_before_the_first_step(subset, backbone, tm
 
     monkeypatch.setattr(tempfile, 'mkstemp', mkstemp)
     calls = _count_forward_calls(monkeypatch)
-    with pytest.raises(ValueError, match=r'--save_folder .*read_only: cannot write checkpoints there '
-                                         r'\(Permission denied\)'):
+    with pytest.raises(ValueError, match=r'cannot write --save_folder .*read_only: cannot create files in '
+                                         r'folder .*read_only \(Permission denied\)'):
         train.main(_args(subset, save_folder, backbone, '--max_epoch', '1'))
     assert calls == []
 
@@ -229,8 +229,8 @@ def test_save_folder_under_a_file_is_one_error_line(subset, backbone, tmp_path, 
     status, out = _cli(['--training_dataset', subset, '--save_folder', tmp_path / 'file.txt' / 'sub',
                         '--device', 'cpu', '--pretrained', backbone], capsys, monkeypatch)
     assert status == 1
-    assert out.err.splitlines() == [f'error: --save_folder {tmp_path}/file.txt/sub: cannot write checkpoints '
-                                    f'there (Not a directory)']
+    assert out.err.splitlines() == [f'error: cannot write --save_folder {tmp_path}/file.txt/sub: '
+                                    f'{tmp_path}/file.txt is a file, not a folder']
 
 
 # --------------------------------------------------------------------------- expected errors, logging, threads

@@ -63,3 +63,43 @@ def atomic_save(obj, path):
 def atomic_write_text(path, text):
     """Write text to path atomically."""
     atomic_write(path, lambda f: f.write(text), binary=False)
+
+
+def check_writable(path, what=None, folder=False):
+    """Check, before any work, that a file (folder=True: a folder and files in it) can be
+    created at path; raise ValueError with one clear line if not.
+
+    Walks up from path to the nearest folder that exists (the missing ones would be
+    created) and creates and removes a temporary file there, as atomic_write will: a
+    permission check alone would not see read-only file systems, or pass as root where
+    writing still fails.
+
+    Args:
+        path (str | PathLike): the file (or folder) the work will write.
+        what (str | None): how to name it in the message, e.g. '--json'.
+        folder (bool): path is a folder to write files into, not a file.
+    Raises:
+        ValueError: path (or a folder on the way) is a file where a folder is needed, a
+            folder where a file is needed, or its nearest existing folder is not writable.
+    """
+    path = os.fspath(path)
+    label = f"{what} {path}" if what else path
+    target = os.path.abspath(path)
+    if folder:
+        if os.path.exists(target) and not os.path.isdir(target):
+            raise ValueError(f"cannot write {label}: it is a file, not a folder")
+        nearest = target
+    else:
+        if os.path.isdir(target):
+            raise ValueError(f"cannot write {label}: it is a folder, not a file")
+        nearest = os.path.dirname(target)
+    while not os.path.lexists(nearest):
+        nearest = os.path.dirname(nearest)
+    if not os.path.isdir(nearest):
+        raise ValueError(f"cannot write {label}: {nearest} is a file, not a folder")
+    try:
+        fd, probe = tempfile.mkstemp(dir=nearest, prefix='.write_check.', suffix='.tmp')
+    except OSError as e:
+        raise ValueError(f"cannot write {label}: cannot create files in folder {nearest} ({e.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)

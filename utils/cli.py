@@ -3,6 +3,7 @@ detector from flags, atomic text files, and turning errors into clear exit messa
 import argparse
 import logging
 import math
+import os
 import sys
 
 import torch
@@ -45,37 +46,64 @@ def optional_top_k(value):
     return n if n > 0 else None
 
 
-def bounded(kind, low=None, high=None, low_open=False, high_open=False):
-    """An argparse type: kind(value) (int or float), finite and within the bounds
-    (low <= x, or low < x with low_open; x <= high, or x < high with high_open).
+def _number(kind, value):
+    """value parsed as kind (int or float), or an ArgumentTypeError; nan and inf are refused."""
+    try:
+        x = kind(value)
+    except (TypeError, ValueError):
+        raise argparse.ArgumentTypeError(
+            f"expected {'an integer' if kind is int else 'a number'}, got {value!r}") from None
+    if kind is float and not math.isfinite(x):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {value!r}")
+    return x
 
-    A value out of range is a usage error naming the flag, the range and the value,
-    e.g. "argument --lr: expected a number > 0, got '-1'".
+
+def number_in(kind=float, minimum=None, maximum=None, exclusive_minimum=False, exclusive_maximum=False,
+              name=None):
+    """An argparse type= function: a finite int or float within [minimum, maximum].
+
+    argparse turns a refused value into one usage line naming the flag, e.g.
+    "error: argument --confidence_threshold: expected a number in [0, 1], got '1.5'".
+
+    Args:
+        kind: int or float.
+        minimum, maximum: the bounds (None: unbounded on that side).
+        exclusive_minimum, exclusive_maximum (bool): that bound itself is refused (e.g. sizes > 0).
+        name (str | None): the function's name (argparse shows it in some messages).
     """
-    limits = []
-    if low is not None:
-        limits.append(f"{'>' if low_open else '>='} {low}")
-    if high is not None:
-        limits.append(f"{'<' if high_open else '<='} {high}")
-    what = ('an integer' if kind is int else 'a number') + (' ' + ' and '.join(limits) if limits else '')
+    lo, hi = ('(' if exclusive_minimum else '['), (')' if exclusive_maximum else ']')
+    if minimum is not None and maximum is not None:
+        what = f"in {lo}{minimum:g}, {maximum:g}{hi}"
+    elif minimum is not None:
+        what = f"{'>' if exclusive_minimum else '>='} {minimum:g}"
+    elif maximum is not None:
+        what = f"{'<' if exclusive_maximum else '<='} {maximum:g}"
+    else:
+        what = ''
+    noun = 'an integer' if kind is int else 'a number'
 
     def parse(value):
-        try:
-            x = kind(value)
-        except (TypeError, ValueError):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
-        if (not math.isfinite(x)
-                or (low is not None and (x <= low if low_open else x < low))
-                or (high is not None and (x >= high if high_open else x > high))):
-            raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}")
+        x = _number(kind, value)
+        too_low = minimum is not None and (x <= minimum if exclusive_minimum else x < minimum)
+        too_high = maximum is not None and (x >= maximum if exclusive_maximum else x > maximum)
+        if too_low or too_high:
+            raise argparse.ArgumentTypeError(f"expected {noun} {what}, got {value!r}")
         return x
 
-    parse.__name__ = what
+    parse.__name__ = name or f"{kind.__name__} {what}".strip()
     return parse
 
 
+# The ranges shared by the scripts' flags (train.py may use them too).
+probability = number_in(float, 0, 1, name='probability')                   # thresholds, ratios
+positive_int = number_in(int, 0, exclusive_minimum=True, name='positive_int')          # counts, sizes
+positive_float = number_in(float, 0, exclusive_minimum=True, name='positive_float')    # rates, tolerances > 0
+non_negative_float = number_in(float, 0, name='non_negative_float')                   # tolerances, decays
+non_negative_int = number_in(int, 0, name='non_negative_int')                         # workers, epochs
+
+
 def add_backend_arguments(parser):
-    """--backend and --onnx_model, the same in every script."""
+    """--backend, --onnx_model and --threads, the same in every script."""
     parser.add_argument('--backend', default=None, choices=BACKENDS,
                         help="'torch' (eager PyTorch, the reference's exact numbers; the default) or "
                              "'onnxruntime' (the same network in onnxruntime: about 2x faster on CPU, "
@@ -84,7 +112,45 @@ def add_backend_arguments(parser):
                         help="run this exported model (convert_to_onnx.py) in onnxruntime instead of "
                              "--trained_model; its network comes from the file. Without it, "
                              "--backend onnxruntime exports the weights in memory at start-up")
+    add_threads_argument(parser)
     return parser
+
+
+def add_threads_argument(parser):
+    """--threads: CPU threads for inference (see set_threads)."""
+    parser.add_argument('--threads', default=None, type=positive_int,
+                        help="CPU threads for the network (torch and onnxruntime); default: torch's default, "
+                             "one per core. On a machine shared with other busy processes, fewer threads "
+                             "than cores (e.g. --threads 1) can be many times faster")
+    return parser
+
+
+def set_threads(n=None):
+    """Use n CPU threads for torch's intra-op work (None: leave torch's default).
+
+    onnxruntime sessions made afterwards by the Detector use the same count (it defaults to
+    torch.get_num_threads()). Returns the thread count now in effect.
+    """
+    if n is not None:
+        if int(n) < 1:
+            raise ValueError(f"the thread count must be positive, got {n}")
+        torch.set_num_threads(int(n))
+    return torch.get_num_threads()
+
+
+def warn_if_cpus_busy(threads):
+    """Warn when other processes already keep a core busy: eager PyTorch's OpenMP threads
+    wait for each other at the end of every operation, spinning while the one that was
+    descheduled waits for a core, so a forward pass can take many times longer than with
+    one thread (bench/bench_threads.py measures it). The thread count is not changed
+    automatically because it changes the last bits of the network's outputs."""
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return
+    if load >= 1:
+        logger.warning("the CPUs are busy (load average %.1f): eager PyTorch's %d threads can run many times "
+                       "slower next to other busy processes; --threads 1 avoids it", load, threads)
 
 
 def select_device(cpu):
@@ -103,10 +169,14 @@ def select_device(cpu):
 def detector_from_args(args, **overrides):
     """A Detector built from the standard flags (network, weights, device, thresholds, backend).
 
-    On the CPU it also makes malloc keep freed memory (utils.memory.keep_freed_memory).
-    args.backend and args.network are set to what runs, so that logs and result files name
-    it: --onnx_model selects onnxruntime, and the ONNX file's network wins over --network.
+    On the CPU it also makes malloc keep freed memory (utils.memory.keep_freed_memory),
+    applies --threads, and stops onnxruntime's idle threads from spinning (see
+    bench/bench_threads.py: spinning threads take the cores that other processes, and the
+    working threads, need on a shared machine). args.backend and args.network are set to
+    what runs, so that logs and result files name it: --onnx_model selects onnxruntime, and
+    the ONNX file's network wins over --network.
     """
+    threads = set_threads(getattr(args, 'threads', None))
     kwargs = dict(
         device=select_device(getattr(args, 'cpu', False)),
         confidence_threshold=args.confidence_threshold,
@@ -116,12 +186,17 @@ def detector_from_args(args, **overrides):
         origin_size=getattr(args, 'origin_size', True),
         backend=getattr(args, 'backend', None),
         onnx_model=getattr(args, 'onnx_model', None),
+        num_threads=threads,
+        allow_spinning=False,
     )
     kwargs.update(overrides)
     if torch.device(kwargs['device']).type == 'cpu':
         # Eager PyTorch's forward pass is ~1.5x faster when malloc keeps freed memory
         # (see utils/memory.py); a script owns its process, so it may change that.
         keep_freed_memory()
+    if (kwargs['backend'] == 'torch' and torch.device(kwargs['device']).type == 'cpu' and threads > 1
+            and getattr(args, 'threads', None) is None):
+        warn_if_cpus_busy(threads)
     detector = load_detector(args.network, args.trained_model, **kwargs)
     args.backend = detector.backend
     args.network = getattr(detector, 'network', None) or args.network

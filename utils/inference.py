@@ -409,16 +409,21 @@ class Detector:
         onnx_model (str | PathLike | None): for 'onnxruntime', an exported model file
             (convert_to_onnx.py); None exports net in memory.
         num_threads (int | None): onnxruntime intra-op threads (None: torch.get_num_threads()).
+        allow_spinning (bool): whether onnxruntime's idle threads busy-wait (see
+            utils.onnx_export.make_session).
 
     Attributes:
         network (str | None): the --network name of cfg ('mobile0.25', 'resnet50').
     """
 
     def __init__(self, net, cfg, device='cpu', confidence_threshold=0.02, nms_threshold=0.4, top_k=None,
-                 keep_top_k=None, origin_size=True, backend=None, onnx_model=None, num_threads=None):
+                 keep_top_k=None, origin_size=True, backend=None, onnx_model=None, num_threads=None,
+                 allow_spinning=True):
         backend = resolve_backend(backend, onnx_model)
         if not 0 <= nms_threshold <= 1:
             raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
+        if not 0 <= confidence_threshold <= 1:  # nan fails too
+            raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
         self.cfg = cfg
         self.network = next((name for name, c in NETWORKS.items() if c == cfg), None)
         self.device = resolve_device(device)
@@ -442,7 +447,8 @@ class Detector:
                 with torch.inference_mode(False):
                     onnx_model = export_onnx_bytes(self.net)
                 logger.info("exported the network to ONNX in memory for onnxruntime")
-            self.session = make_session(onnx_model, num_threads=num_threads, device=self.device)
+            self.session = make_session(onnx_model, num_threads=num_threads, device=self.device,
+                                        allow_spinning=allow_spinning)
         self._anchors = tuple(len(s) for s in cfg['min_sizes'])
 
     # -- stages, public so that benchmarks can time them one by one ----------------------

@@ -131,7 +131,7 @@ def export_onnx_bytes(net, opset=DEFAULT_OPSET):
     return buffer.getvalue()
 
 
-def make_session(model, num_threads=None, device='cpu'):
+def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
     """An onnxruntime InferenceSession for model (a path or serialised bytes).
 
     Args:
@@ -139,6 +139,10 @@ def make_session(model, num_threads=None, device='cpu'):
         num_threads (int | None): intra-op threads; None means torch.get_num_threads(),
             so both backends use the same number of cores.
         device (str | torch.device): 'cpu', or 'cuda' when onnxruntime has the CUDA provider.
+        allow_spinning (bool): whether idle intra-op threads busy-wait for the next piece of
+            work (onnxruntime's default) instead of sleeping. Spinning saves a wake-up per
+            operator on an idle machine, but on a machine shared with other busy processes
+            the spinning threads take the cores the working ones need.
     Raises:
         FileNotFoundError: model is a path that does not exist.
         ValueError: the model is not a RetinaFace export (inputs / outputs do not match),
@@ -160,6 +164,7 @@ def make_session(model, num_threads=None, device='cpu'):
     options = ort.SessionOptions()
     options.intra_op_num_threads = int(num_threads or torch.get_num_threads())
     options.inter_op_num_threads = 1
+    options.add_session_config_entry('session.intra_op.allow_spinning', '1' if allow_spinning else '0')
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     name = 'the exported model' if isinstance(model, (bytes, bytearray)) else model
     try:

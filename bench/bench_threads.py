@@ -1,0 +1,132 @@
+"""Benchmark CPU thread settings on an idle and on an oversubscribed machine.
+
+    .venv/bin/python bench/bench_threads.py                  # test.jpg, both backends, < 1 min
+    .venv/bin/python bench/bench_threads.py --busy 2 --repeats 9
+
+Each setting runs in its own child process (thread counts and OpenMP's wait policy are
+fixed when the libraries start): it loads the detector as the scripts do, warms up, and
+times end-to-end detection of one photo. Every setting runs twice, once on the machine as it
+is ('as is': idle only if nothing else runs) and once next to --busy competing processes
+that each keep one core busy (a Python busy loop), so the table shows what a shared
+machine costs each setting.
+
+Settings:
+  torch  default     torch's default thread count (one per core), OpenMP's default wait policy
+  torch  passive     the same with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep at once)
+  torch  1           one thread (--threads 1)
+  ort    spin        onnxruntime at the same thread count with its default spinning threads
+  ort    no-spin     the same with session.intra_op.allow_spinning = 0 (the scripts' default)
+  ort    1           one thread
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+# name -> (backend, --threads value or None for the default, environment, onnxruntime spinning)
+SETTINGS = {
+    'torch default': ('torch', None, {}, True),
+    'torch passive': ('torch', None, {'OMP_WAIT_POLICY': 'PASSIVE'}, True),
+    'torch 1': ('torch', 1, {}, True),
+    'ort spin': ('onnxruntime', None, {}, True),
+    'ort no-spin': ('onnxruntime', None, {}, False),
+    'ort 1': ('onnxruntime', 1, {}, False),
+}
+BUSY_LOOP = 'while True: pass'
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description='CPU thread settings, idle and next to busy processes')
+    parser.add_argument('-m', '--trained_model', default=None, type=str,
+                        help='weights (default: weights/mobilenet0.25_Final.pth, else $RETINAFACE_DATA/weights/)')
+    parser.add_argument('--image', default=None, help='the photo (default: $RETINAFACE_DATA/images/test.jpg)')
+    parser.add_argument('--settings', nargs='+', default=list(SETTINGS), choices=list(SETTINGS), metavar='SETTING',
+                        help=f'which settings to run (default: all of {", ".join(SETTINGS)})')
+    parser.add_argument('--repeats', default=5, type=int, help='timed runs per setting and load')
+    parser.add_argument('--max_seconds', default=3.0, type=float,
+                        help='stop timing a setting after this long (at least one run is always timed)')
+    parser.add_argument('--busy', default=1, type=int, help='competing busy processes in the loaded runs')
+    parser.add_argument('--child', default=None, choices=list(SETTINGS), help=argparse.SUPPRESS)
+    return parser
+
+
+def child(args):
+    """Time one setting; print {'threads': n, 'ms': [...]} as JSON."""
+    import torch
+
+    from bench.bench_inference import default_weights
+    from utils.cli import set_threads
+    from utils.inference import load_detector, read_image
+    from utils.memory import keep_freed_memory
+
+    backend, threads, _, spinning = SETTINGS[args.child]
+    keep_freed_memory()  # as the scripts do on the CPU
+    n = set_threads(threads)
+    torch.set_grad_enabled(False)
+    det = load_detector('mobile0.25', args.trained_model or default_weights(), backend=backend,
+                        allow_spinning=spinning)
+    img = read_image(args.image)
+    det.detect(img)  # warm-up
+    ms, start = [], time.perf_counter()
+    while len(ms) < args.repeats and (not ms or time.perf_counter() - start < args.max_seconds):
+        t = time.perf_counter()
+        det.detect(img)
+        ms.append(1000 * (time.perf_counter() - t))
+    print(json.dumps({'threads': n, 'ms': ms}))
+    return 0
+
+
+def run_child(args, name):
+    env = dict(os.environ, **SETTINGS[name][2])
+    cmd = [sys.executable, os.path.abspath(__file__), '--child', name, '--image', args.image,
+           '--repeats', str(args.repeats), '--max_seconds', str(args.max_seconds)]
+    if args.trained_model:
+        cmd += ['-m', args.trained_model]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"child {name!r} failed:\n{proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(args):
+    from utils.datapaths import shared_path
+
+    args.image = args.image or str(shared_path('images', 'test.jpg'))
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
+          f"{os.path.basename(args.image)}, end-to-end ms (median of up to {args.repeats} runs)")
+    results = {}
+    for loaded in (False, True):
+        busy = [subprocess.Popen([sys.executable, '-c', BUSY_LOOP]) for _ in range(args.busy if loaded else 0)]
+        try:
+            for name in args.settings:
+                results[name, loaded] = run_child(args, name)
+        finally:
+            for p in busy:
+                p.kill()
+                p.wait()
+
+    print(f"\n{'setting':<15}{'threads':>8}{'as is':>10}{f'+{args.busy} busy':>10}{'ratio':>8}")
+    print('-' * 51)
+    median = {k: statistics.median(v['ms']) for k, v in results.items()}
+    for name in args.settings:
+        idle, loaded = median[name, False], median[name, True]
+        print(f"{name:<15}{results[name, False]['threads']:>8}{idle:>10.1f}{loaded:>10.1f}{loaded / idle:>7.1f}x")
+    print()
+    for a, b in (('torch default', 'torch 1'), ('torch default', 'torch passive'),
+                 ('ort spin', 'ort no-spin'), ('ort no-spin', 'ort 1')):
+        if a in args.settings and b in args.settings:
+            print(f"{a} / {b}: as is {median[a, False] / median[b, False]:.2f}x, "
+                  f"+{args.busy} busy {median[a, True] / median[b, True]:.2f}x")
+    return 0
+
+
+if __name__ == '__main__':
+    cli_args = get_args_parser().parse_args()
+    raise SystemExit(child(cli_args) if cli_args.child else main(cli_args))
