@@ -90,7 +90,10 @@ def plot_records(records, path, title=None):
     lr_epochs = [r['epoch'] for r in train if r.get('lr') is not None]
     ax_lr.step(lr_epochs, [r['lr'] for r in train if r.get('lr') is not None], where='mid', color='tab:purple',
                marker='.', label='learning rate')
-    if _positive(r.get('lr') for r in train):
+    lrs = _positive(r.get('lr') for r in train)
+    if lrs:
+        # Limits first: a single rate would otherwise give an empty range to the log scale.
+        ax_lr.set_ylim(min(lrs) / 2, max(lrs) * 2)
         ax_lr.set_yscale('log')
     ax_lr.set(ylabel='learning rate')
     ax_lr.grid(True, which='both', linestyle=':')

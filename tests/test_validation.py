@@ -321,6 +321,18 @@ def test_plot_entry_point_on_a_handmade_metrics_file(tmp_path):
     assert result['epochs'] == [1, 2, 3, 4, 5, 6] and result['val_epochs'] == [0, 2, 4, 6]
 
 
+def test_plot_of_a_first_epoch_warns_nothing(tmp_path):
+    """After the first epoch there is one learning rate: still a valid log axis, no warning."""
+    import warnings
+    metrics = tmp_path / 'one.jsonl'
+    metrics.write_text(json.dumps({'epoch': 1, 'loc': 1.0, 'cla': 2.0, 'landm': 3.0, 'loss': 7.0,
+                                   'lr': 1e-3 * 0.1 ** 2}) + '\n')  # 1.0000000000000003e-05 made matplotlib warn
+    with warnings.catch_warnings():
+        warnings.simplefilter('error')
+        result = plot_metrics.plot_records(plot_metrics.read_records(metrics), tmp_path / 'one.png')
+    assert result['best'] is None and (tmp_path / 'one.png').read_bytes()[:8] == PNG_SIGNATURE
+
+
 def test_plot_entry_point_names_a_bad_line(tmp_path):
     metrics = tmp_path / 'bad.jsonl'
     metrics.write_text('{"epoch": 1, "loss": 2.0}\nnot json\n')
