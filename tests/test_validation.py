@@ -192,8 +192,9 @@ def test_eval_every_validates_every_nth_epoch_and_the_last(split, backbone, tmp_
     calls = []
     monkeypatch.setattr(Validator, '__call__', lambda self, model: calls.append(1) or
                         {'ap': {'all': 0.5}, 'key': 'all', 'images': N_VAL, 'time': 0.0})
-    train.main(_args(split, tmp_path, backbone, '--max_epoch', '5', '--eval_every', '2'))
-    assert [r['epoch'] for r in _records(tmp_path) if 'val' in r] == [0, 2, 4, 5]
+    train.main(_args(split, tmp_path, backbone, '--max_epoch', '3', '--eval_every', '2'))
+    assert [r['epoch'] for r in _records(tmp_path) if 'val' in r] == [0, 2, 3]
+    assert len(calls) == 3
 
 
 # --------------------------------------------------------------------------- the best checkpoint
@@ -369,3 +370,19 @@ def test_torchrun_validation_is_sharded_and_gathered(split, backbone, tmp_path):
     load_model(net, out / f'{NAME}_Final.pth')
     single = Validator(load_validation_set(val_label), cfg_mnet, 'cpu')(net)
     assert math.isclose(records[1]['val']['all'], single['ap']['all'], rel_tol=1e-9)
+
+
+# --------------------------------------------------------------------------- the split
+
+def test_split_labels_holds_out_every_nth_image_and_links_the_images(tmp_path):
+    from data.split_labels import get_args_parser, main
+    from data.wider_face import WiderFaceDetection
+    label = need_shared('minitrain', 'train', 'label.txt')
+    counts = main(get_args_parser().parse_args([str(label), '--out', str(tmp_path), '--every', '5']))
+    # 160 photos, 24 without faces: 32 held out (every 5th), both parts keep faceless ones.
+    assert counts['train'][0] == 128 and counts['val'][0] == 32
+    assert counts['train'][1] > 0 and counts['val'][1] > 0 and counts['train'][1] + counts['val'][1] == 24
+    assert (tmp_path / 'val' / 'images').resolve() == label.parent.resolve() / 'images'
+    train_set, val_set = (WiderFaceDetection(tmp_path / p / 'label.txt') for p in ('train', 'val'))
+    assert not set(train_set.imgs_path) & set(val_set.imgs_path)
+    assert val_set.imgs_path[0].endswith('0_Parade_Parade_0_102.jpg')  # image 0, 5, 10, ...
