@@ -52,6 +52,7 @@ from utils.checkpoint import load_model
 from utils.cli import (non_negative_float, non_negative_int, number_in, positive_float,
                        positive_int, run_cli, set_threads)
 from utils.metric_logger import MetricLogger
+from utils.run_history import RunHistory
 
 logger = logging.getLogger('train')
 
@@ -100,6 +101,7 @@ class TrainResult:
     iterations: deque = field(default_factory=lambda: deque(maxlen=ITERATION_RECORDS))
     final_checkpoint: str = None
     state_path: str = None
+    history: RunHistory = None  # the per-epoch records and the best validation AP
 
 
 def get_args_parser():
@@ -148,6 +150,14 @@ def get_args_parser():
                              'such images add nothing to the loss, whose negatives are 7 per positive prior)')
     parser.add_argument('--threads', type=positive_int, default=None,
                         help="CPU threads for torch (torch.set_num_threads; default: torch's own default)")
+    parser.add_argument('--val_dataset', default=None,
+                        help='validate during training on a WIDER val folder (images/ and wider_val.txt; with '
+                             '--val_gt) or on a label.txt with boxes (one AP); keeps <name>_best.pth')
+    parser.add_argument('--val_gt', default=None,
+                        help='with a WIDER --val_dataset folder: the ground-truth folder (wider_face_val.mat ...)')
+    parser.add_argument('--eval_every', type=positive_int, default=1,
+                        help='validate every N epochs (and after the last one); the starting weights are '
+                             'validated too, as epoch 0')
     # Test-only: each rank writes a digest of its parameters into this folder at the end.
     parser.add_argument('--debug_param_digest', default=None, help=argparse.SUPPRESS)
     return parser
@@ -524,6 +534,7 @@ def _train(args, rank, world_size, local_rank):
     if len(dataset) == 0:
         raise ValueError(f"{args.training_dataset} lists no images")
     _check_labels(dataset, args)
+    validator = _make_validator(args, cfg, device)  # None without --val_dataset; checked before training
     sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
     epoch_size = math.ceil(len(sampler) / batch_size)
     max_iter = max_epoch * epoch_size
@@ -543,6 +554,12 @@ def _train(args, rank, world_size, local_rank):
                            "number of processes changed): resuming at the start of epoch %d",
                            state['epoch_size'], epoch_size, completed + 1)
             start_iter = completed * epoch_size
+        if start_iter >= max_iter:
+            logger.warning("training had already finished: %s is at iteration %d of %d (epoch %d of %d); nothing "
+                           "was trained or saved (to train longer, resume with a larger --max_epoch)",
+                           args.resume, start_iter, max_iter, start_iter // epoch_size, max_epoch)
+            return TrainResult(iteration=start_iter, max_iter=max_iter, epoch_size=epoch_size,
+                               state_path=args.resume)
         rng = state['rng']
         if int(state.get('world_size', 1)) == world_size and rank < len(rng):
             _set_rng_state(rng[rank], device)
@@ -570,6 +587,11 @@ def _train(args, rank, world_size, local_rank):
     result = TrainResult(iteration=start_iter, max_iter=max_iter, epoch_size=epoch_size)
     metrics_path = os.path.join(save_folder, cfg['name'] + '_metrics.jsonl')
     state_path = os.path.join(save_folder, cfg['name'] + '_last_state.pth')
+    # A fresh run starts a new metrics file; a resumed one continues the state's records.
+    history = (RunHistory.resume(metrics_path, state, start_iter // epoch_size) if state is not None
+               else RunHistory(metrics_path))
+    result.history = history
+    best_path = os.path.join(save_folder, cfg['name'] + '_best.pth')
 
     def save_state(next_iteration):
         """All ranks call this together (it gathers their RNG states); rank 0 writes."""
@@ -592,10 +614,20 @@ def _train(args, rank, world_size, local_rank):
                 'rng': [_cpu_rng(r) for r in rng],
                 'cfg': cfg,
                 'args': {k: _plain(v) for k, v in vars(args).items()},
+                # the epoch in progress too, when stopped mid-epoch
+                'history': history.state_dict(meters if next_iteration % epoch_size else None, next_iteration),
             }, state_path)
             result.state_path = state_path
         return state_path
 
+    if is_main:
+        history.write()
+    if validator is not None and state is None:
+        start_epoch = start_iter // epoch_size
+        history.add_record({'epoch': start_epoch, **validate_epoch(validator, model, history, start_epoch,
+                                                                   best_path, is_main)})
+        if is_main:
+            history.write()
     net.train()
     meters = MetricLogger(window_size=20)
     batch_iterator = None
@@ -621,6 +653,8 @@ def _train(args, rank, world_size, local_rank):
             epoch = completed + 1
             meters.reset()
             epoch_had_face = False
+            if iteration == start_iter and history.restore_partial(meters, iteration) and is_main:
+                logger.info("the record of epoch %d continues the sums saved in the state", epoch)
 
         lr = adjust_learning_rate(optimizer, initial_lr, gamma, iteration, stepvalues)
 
@@ -680,14 +714,20 @@ def _train(args, rank, world_size, local_rank):
         if (iteration + 1) % epoch_size == 0:
             summary = {'epoch': epoch, **{k: v for k, v in meters.global_avgs().items()
                                           if k in ('loc', 'cla', 'landm', 'loss')},
-                       'step_time': meters['step_time'].median, 'data_time': meters['data_time'].median}
+                       'step_time': meters['step_time'].median, 'data_time': meters['data_time'].median,
+                       'lr': lr, 'iterations': meters['loss'].count}
+            if summary['iterations'] < epoch_size:  # resumed from a state without the epoch's sums
+                summary['partial'] = True
             result.epochs.append(summary)
             if is_main:
                 logger.info("epoch %d/%d: mean Loc %.4f Cla %.4f Landm %.4f loss %.4f | median step %.4f s, "
                             "data %.4f s", epoch, max_epoch, summary['loc'], summary['cla'], summary['landm'],
                             summary['loss'], summary['step_time'], summary['data_time'])
-                with open(metrics_path, 'a') as f:
-                    f.write(json.dumps(summary) + '\n')
+            if validator is not None and (epoch % args.eval_every == 0 or epoch == max_epoch):
+                summary.update(validate_epoch(validator, model, history, epoch, best_path, is_main))
+            history.add_record(summary)
+            if is_main:
+                history.write()
 
         if stop_v > 0:
             signum = int(_stop_signal or signal.SIGTERM)  # a rank that got no signal itself says SIGTERM
@@ -708,6 +748,36 @@ def _train(args, rank, world_size, local_rank):
     save_state(max_iter)
     _write_debug_digest(args, rank, model, result)
     return result
+
+
+def _make_validator(args, cfg, device):
+    """The Validator of --val_dataset / --val_gt (its files checked now), or None."""
+    if args.eval_every < 1:
+        raise ValueError(f"--eval_every must be >= 1, got {args.eval_every}")
+    if args.val_dataset is None:
+        if args.val_gt is not None:
+            raise ValueError("--val_gt needs --val_dataset (the WIDER val folder with images/ and wider_val.txt)")
+        return None
+    from utils.validation import Validator, load_validation_set
+    vset = load_validation_set(args.val_dataset, args.val_gt)
+    logger.info("validating on %s: %d images, every %d epoch(s); best checkpoint by %s AP",
+                args.val_dataset, len(vset.keys), args.eval_every, vset.best_setting)
+    return Validator(vset, cfg, device)
+
+
+def validate_epoch(validator, model, history, epoch, best_path, is_main):
+    """Validate (every rank together), note the AP, keep the best weights; the fields for the
+    epoch's record."""
+    from utils.validation import format_aps
+    res = validator(model)
+    new_best = history.add_validation(epoch, res)
+    if is_main:
+        logger.info("validation after epoch %d: AP %s | %d images in %.2f s%s", epoch, format_aps(res['ap']),
+                    res['images'], res['time'], ' | new best' if new_best else '')
+        if new_best:
+            atomic_save(model.state_dict(), best_path)
+            logger.info("saved %s (epoch %d, %s AP %.4f)", best_path, epoch, res['key'], res['ap'][res['key']])
+    return {'val': res['ap'], 'val_key': res['key'], 'val_images': res['images'], 'val_time': res['time']}
 
 
 def _cpu_rng(state):

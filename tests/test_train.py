@@ -96,7 +96,8 @@ def test_run_writes_loadable_checkpoints(full_run):
     assert all(r['data_time'] <= r['step_time'] for r in result.iterations)
     # The reference's names; plain state_dicts without 'module.', loadable by our loader ...
     files = sorted(p.name for p in out.iterdir())
-    assert files == [f'{NAME}_Final.pth', f'{NAME}_last_state.pth', f'{NAME}_metrics.jsonl', f'{NAME}_train.log']
+    assert files == [f'{NAME}_Final.pth', f'{NAME}_last_state.pth', f'{NAME}_metrics.jsonl', f'{NAME}_metrics.png',
+                     f'{NAME}_train.log']
     final = torch.load(out / f'{NAME}_Final.pth', map_location='cpu', weights_only=True)
     assert not any(k.startswith('module.') for k in final)
     _weights(out / f'{NAME}_Final.pth')

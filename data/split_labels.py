@@ -1,0 +1,82 @@
+"""Split a RetinaFace label.txt into a train part and a held-out part, without copying images.
+
+    python data/split_labels.py ../shared/minitrain/train/label.txt --out /tmp/minisplit --every 5
+
+writes ``/tmp/minisplit/train/label.txt`` and ``/tmp/minisplit/val/label.txt``, each with an
+``images`` link to the images folder beside the source label.txt (where the dataset reads
+them from). Every ``--every``-th image (counting from ``--offset``) is held out; the rest
+train. Images without faces are split the same way, so both parts keep some. The output
+folder must be outside the repository's tracked files: nothing is copied, only linked.
+"""
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    # Run as a script (python data/split_labels.py): make the project importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from data.wider_face import read_label_file  # noqa: E402
+from utils.atomic import atomic_write_text  # noqa: E402
+
+
+def get_args_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('label', help='source label.txt (its images are in images/ beside it)')
+    parser.add_argument('--out', required=True, help='folder to write train/ and val/ into')
+    parser.add_argument('--every', type=int, default=5, help='hold out every N-th image (default 5)')
+    parser.add_argument('--offset', type=int, default=0, help='index of the first held-out image (default 0)')
+    return parser
+
+
+def split_blocks(label_path, every, offset=0):
+    """(train_blocks, val_blocks): the source file's image blocks ('# path' line and its
+    face lines, verbatim) sorted into the two parts."""
+    if every < 2:
+        raise ValueError(f"--every must be >= 2, got {every}")
+    read_label_file(label_path)  # validates the file (clear errors naming the line)
+    blocks = []
+    with open(label_path) as f:
+        for line in f:
+            if line.startswith('#'):
+                blocks.append([])
+            if line.strip() and blocks:
+                blocks[-1].append(line.rstrip('\n'))
+    train, val = [], []
+    for i, block in enumerate(blocks):
+        (val if i % every == offset % every else train).append(block)
+    return train, val
+
+
+def _write_part(folder, blocks, image_root):
+    folder.mkdir(parents=True, exist_ok=True)
+    link = folder / 'images'
+    if link.is_symlink() or link.exists():
+        if not (link.is_symlink() and Path(os.readlink(link)) == image_root):
+            raise FileExistsError(f"{link} exists and is not a link to {image_root}")
+    else:
+        link.symlink_to(image_root, target_is_directory=True)
+    atomic_write_text(folder / 'label.txt', ''.join(line + '\n' for block in blocks for line in block))
+    return len(blocks), sum(len(b) == 1 for b in blocks), sum(len(b) - 1 for b in blocks)
+
+
+def main(args):
+    label = Path(args.label).resolve()
+    image_root = label.parent / 'images'
+    train, val = split_blocks(label, args.every, args.offset)
+    out = Path(args.out)
+    counts = {}
+    for name, blocks in (('train', train), ('val', val)):
+        n, faceless, faces = _write_part(out / name, blocks, image_root)
+        counts[name] = (n, faceless, faces)
+        print(f"{out / name / 'label.txt'}: {n} images ({faceless} without faces), {faces} faces")
+    return counts
+
+
+if __name__ == '__main__':
+    try:
+        main(get_args_parser().parse_args())
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,209 @@
+"""Validation AP during training: the project's detection pipeline (utils.inference.Detector)
+on the current weights, scored by the project's WIDER evaluation (widerface_evaluate.evaluation).
+
+Two kinds of validation set:
+
+- a WIDER val folder (``images/`` and ``wider_val.txt``) with the ``.mat`` ground truth
+  (``--val_gt``): AP easy / medium / hard, the best checkpoint chosen by hard;
+- a RetinaFace ``label.txt`` with boxes (images in ``images/`` beside it): one AP where every
+  face counts (evaluation.py's ``--label`` mode).
+
+Detections are turned into exactly the numbers test_widerface.py writes into its files
+(truncated integer boxes, the score's shortest float32 text), so the AP is the one
+``test_widerface.py`` + ``evaluation.py --only-predicted`` give on the same weights.
+
+The model is validated in place: eval mode and the test phase (softmax scores) for the
+duration, then back. Validation draws no random numbers, and the RNG states are restored
+around it anyway, so a run with validation trains exactly like one without. Under torchrun
+each rank detects a share of the images; rank 0 gathers them and computes the AP.
+"""
+import contextlib
+import logging
+import os
+import random
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from utils.inference import Detector, read_image
+from widerface_evaluate.evaluation import (LABEL_SETTING, evaluate, load_label_gt, load_wider_gt,
+                                           strip_image_ext)
+
+logger = logging.getLogger(__name__)
+
+# test_widerface.py's defaults: the WIDER protocol keeps every candidate above 0.02.
+CONFIDENCE_THRESHOLD = 0.02
+NMS_THRESHOLD = 0.4
+WIDER_IMAGE_LIST = 'wider_val.txt'
+# The setting that chooses the best checkpoint: WIDER's hardest, or the single label-mode AP.
+BEST_SETTING_WIDER = 'hard'
+
+
+@dataclass
+class ValidationSet:
+    """What to validate on: image keys (``event/name``, no extension) and files, the ground
+    truth, and the setting whose AP picks the best checkpoint."""
+    keys: list
+    paths: list
+    gt: object  # widerface_evaluate.evaluation.GroundTruth
+    best_setting: str
+    source: str
+
+
+def load_validation_set(val_dataset, val_gt=None):
+    """The ValidationSet of --val_dataset / --val_gt.
+
+    val_dataset is a WIDER val folder (``images/`` and ``wider_val.txt``; val_gt is then the
+    ``.mat`` folder), or a label.txt with boxes (val_gt must be None). Every image is
+    checked to exist now, so that a bad set fails before training starts.
+    Raises FileNotFoundError / ValueError naming the file or flag.
+    """
+    val_dataset = os.fspath(val_dataset)
+    if os.path.isdir(val_dataset):
+        if val_gt is None:
+            raise ValueError(f"--val_dataset {val_dataset} is a WIDER val folder: give its ground truth "
+                             f"with --val_gt (the folder with wider_face_val.mat), or pass a label.txt")
+        list_path = os.path.join(val_dataset, WIDER_IMAGE_LIST)
+        if not os.path.isfile(list_path):
+            raise FileNotFoundError(f"--val_dataset {val_dataset}: {WIDER_IMAGE_LIST} not found in it")
+        with open(list_path) as f:
+            names = [n.lstrip('/') for n in f.read().split()]
+        image_root = os.path.join(val_dataset, 'images')
+        gt = load_wider_gt(val_gt)
+        best_setting = BEST_SETTING_WIDER
+    elif os.path.isfile(val_dataset):
+        if val_gt is not None:
+            raise ValueError(f"--val_gt is for a WIDER val folder; --val_dataset {val_dataset} is a label file "
+                             f"that holds its own boxes")
+        gt = load_label_gt(val_dataset)
+        with open(val_dataset) as f:
+            names = [line[1:].strip() for line in f if line.startswith('#')]
+        image_root = os.path.join(os.path.dirname(os.path.abspath(val_dataset)), 'images')
+        best_setting = LABEL_SETTING
+    else:
+        raise FileNotFoundError(f"--val_dataset not found: {val_dataset}")
+    if not names:
+        raise ValueError(f"--val_dataset {val_dataset} lists no images")
+    paths = [os.path.join(image_root, n) for n in names]
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if missing:
+        raise FileNotFoundError(f"{len(missing)} of the {len(paths)} validation images are missing, e.g. "
+                                f"{missing[0]}")
+    keys = [strip_image_ext(n) for n in names]
+    known = set(gt.names)
+    unknown = [k for k in keys if k not in known]
+    if unknown:
+        raise ValueError(f"{len(unknown)} validation images have no ground truth, e.g. {unknown[0]!r}")
+    listed = np.isin(np.array(gt.names, dtype=object), np.array(keys, dtype=object))
+    for setting in gt.settings:
+        if gt.keep_count[setting][listed].sum() == 0:
+            raise ValueError(f"--val_dataset {val_dataset}: no face of setting {setting!r} in its images, "
+                             f"so there is no AP to compute")
+    return ValidationSet(keys, paths, gt, best_setting, val_dataset)
+
+
+def wider_boxes(dets):
+    """Detections [N, 15] (x1 y1 x2 y2 score ...) -> [N, 5] float64 ``x y w h score``, the
+    numbers test_widerface.py writes and evaluation.py reads back."""
+    out = np.empty((len(dets), 5), dtype=np.float64)
+    if len(dets):
+        corners = np.trunc(dets[:, :4].astype(np.float64))  # int(): towards zero
+        out[:, 0:2] = corners[:, 0:2]
+        out[:, 2:4] = corners[:, 2:4] - corners[:, 0:2]
+        out[:, 4] = [float(str(s)) for s in dets[:, 4]]  # the file's text, read back
+    return out
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Restore the Python, numpy and torch (CPU and initialised CUDA) RNG states on exit."""
+    py, np_state, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(py)
+        np.random.set_state(np_state)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+@contextlib.contextmanager
+def inference_phase(model):
+    """The training model as a detector for the duration: eval mode, softmax scores."""
+    was_training, phase = model.training, model.phase
+    try:
+        model.phase = 'test'
+        model.eval()
+        yield model
+    finally:
+        model.phase = phase
+        model.train(was_training)
+
+
+def _distributed():
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+class Validator:
+    """validator(model) -> {'ap': {setting: AP}, 'key': setting, 'images': n, 'time': s}.
+
+    Every rank calls it together under torchrun (collective calls); each detects the
+    images i with i % world_size == rank, rank 0 computes the AP and shares the result.
+    """
+
+    def __init__(self, vset, cfg, device, confidence_threshold=CONFIDENCE_THRESHOLD,
+                 nms_threshold=NMS_THRESHOLD):
+        self.vset = vset
+        self.cfg = cfg
+        self.device = device
+        self.confidence_threshold = confidence_threshold
+        self.nms_threshold = nms_threshold
+
+    def detect_share(self, model, rank=0, world_size=1):
+        """{key: [N, 5] x y w h score} for this rank's share of the images."""
+        with preserved_rng(), inference_phase(model):
+            detector = Detector(model, self.cfg, device=self.device, confidence_threshold=self.confidence_threshold,
+                                nms_threshold=self.nms_threshold, origin_size=True)
+            preds = {}
+            for i in range(rank, len(self.vset.keys), world_size):
+                preds[self.vset.keys[i]] = wider_boxes(detector.detect(read_image(self.vset.paths[i])))
+        return preds
+
+    def __call__(self, model):
+        start = time.perf_counter()
+        distributed = _distributed()
+        rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+        if distributed:
+            # Each rank's BatchNorm statistics come from its own batches; DDP copies rank 0's over
+            # them at the start of every forward pass. Do the same now, so that every share is
+            # detected by the model rank 0 saves (training is unchanged: the next forward pass
+            # would have copied them anyway).
+            with torch.no_grad():
+                for buffer in model.buffers():
+                    dist.broadcast(buffer, src=0)
+        preds = self.detect_share(model, rank, world_size)
+        if distributed:
+            shares = [None] * world_size if rank == 0 else None
+            dist.gather_object(preds, shares, dst=0)
+            if rank == 0:
+                preds = {k: v for share in shares for k, v in share.items()}
+        result = None
+        if rank == 0:
+            # only_predicted: the listed images (every one has an entry, maybe empty) are the set.
+            aps = {s: r['ap'] for s, r in evaluate(preds, self.vset.gt, only_predicted=True).items()}
+            result = {'ap': aps, 'key': self.vset.best_setting, 'images': len(preds)}
+        if distributed:
+            box = [result]
+            dist.broadcast_object_list(box, src=0)
+            result = box[0]
+        result['time'] = time.perf_counter() - start
+        return result
+
+
+def format_aps(aps):
+    return ' '.join(f"{s} {ap:.4f}" for s, ap in aps.items())
