@@ -178,14 +178,15 @@ def test_detect_ctrl_c_writes_partial_json_and_exits_130(weights, tmp_path):
     photo = golden_image_path(PHOTOS[0])
     images = tmp_path / 'in'
     images.mkdir()
-    # Enough images that the run is still going when the signal comes, however busy the
-    # machine; a healthy run is stopped after two of them.
-    for k in range(400):
-        os.symlink(photo, images / f'{k:03d}.jpg')
+    for k in range(60):
+        os.symlink(photo, images / f'{k:02d}.jpg')
     cmd = [sys.executable, str(ROOT / 'detect.py'), '-m', weights, '--image', str(images),
            '--output', str(tmp_path / 'out'), '--json', str(tmp_path / 'dets.json')]
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1')
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell ignores SIGINT in the commands it starts in the background (`pytest ... &`), and
+    # children inherit that: give detect.py the default disposition, as a terminal would.
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.time() + 120
         done = 0
@@ -200,8 +201,8 @@ def test_detect_ctrl_c_writes_partial_json_and_exits_130(weights, tmp_path):
             proc.kill()
     assert proc.returncode == 130, err[-3000:]
     payload = json.loads((tmp_path / 'dets.json').read_text())
-    assert payload['partial'] is True and payload['images_total'] == 400
-    assert 2 <= len(payload['images']) == payload['images_done'] < 400
+    assert payload['partial'] is True and payload['images_total'] == 60
+    assert 2 <= len(payload['images']) == payload['images_done'] < 60
     assert all(len(entry['detections']) > 0 for entry in payload['images'])
     assert 'partial' in err
 
