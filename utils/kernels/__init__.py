@@ -7,7 +7,7 @@ Build it with BUILD_COMMAND (.ci/setup does).
 import logging
 from functools import lru_cache
 
-import torch
+import numpy as np
 
 # Elements per torch.exp call. torch computes exp through its vectorised math library,
 # which splits more than 2048 elements across its OpenMP threads; those threads then
@@ -19,11 +19,29 @@ EXP_CHUNK = 2048
 
 def torch_exp_(x):
     """Replace ndarray x (float32, C-contiguous) by torch.exp(x), in place; returns x."""
+    import torch  # only the torch backend's pipeline calls this
+
     if not x.flags.c_contiguous:  # reshape would copy, and the copy would get the exp
         raise ValueError(f"torch_exp_ works in place on a C-contiguous array, got strides {x.strides}")
     flat = torch.from_numpy(x.reshape(-1))
     for start in range(0, flat.numel(), EXP_CHUNK):
         flat[start:start + EXP_CHUNK].exp_()
+    return x
+
+
+def float_exp_(x):
+    """Replace ndarray x (float32, C-contiguous) by exp(x), in place, without torch; returns x.
+
+    The exp of the torch-free path (onnxruntime): computed in float64 and rounded once to
+    float32, so it is the correctly rounded value on any CPU (but for ties too close for
+    float64 to settle). numpy's own float32 exp is less accurate, and its rounding depends
+    on the instruction set it picks. torch's exp rounds the last bit differently from this
+    one for a small fraction of inputs, so the two backends' exps are not interchangeable.
+    """
+    if not x.flags.c_contiguous:
+        raise ValueError(f"float_exp_ works in place on a C-contiguous array, got strides {x.strides}")
+    flat = x.reshape(-1)
+    flat[:] = np.exp(flat.astype(np.float64))
     return x
 
 
