@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from data import cfg_mnet, cfg_re50
-from layers.functions.prior_box import PriorBox, prior_boxes
+from layers.functions import prior_box
 from tests.conftest import golden_image_path, need_shared
 from utils import kernels
 
@@ -219,19 +219,19 @@ def test_in_memory_export_and_file_give_the_same_detections(onnx_file):
 @pytest.mark.parametrize('size', ['640x640', '624x1024', '417x301', '32x32', '840x840', '1x1'])
 def test_numpy_priors_equal_the_golden_priors_bit_for_bit(size):
     golden = np.load(need_shared('golden', 'priors.npz'))[size]
-    priors = prior_boxes(cfg_mnet, tuple(map(int, size.split('x'))))
+    priors = prior_box.prior_boxes(cfg_mnet, tuple(map(int, size.split('x'))))
     assert priors.dtype == np.float32 and priors.tobytes() == golden.tobytes()
 
 
 def test_priorbox_hands_out_the_numpy_priors_as_a_fresh_tensor():
     cfg = dict(cfg_re50, clip=True)
     for size in [(1, 1), (7, 1333), (417, 301), (2150, 1600)]:
-        p = PriorBox(cfg, image_size=size).forward()
-        assert p.numpy().tobytes() == prior_boxes(cfg, size).tobytes()
+        p = prior_box.PriorBox(cfg, image_size=size).forward()
+        assert p.numpy().tobytes() == prior_box.prior_boxes(cfg, size).tobytes()
         assert p.min() >= 0 and p.max() <= 1
         p.zero_()  # does not touch the cache
-        assert prior_boxes(cfg, size).any()
-    assert not prior_boxes(cfg_mnet, (32, 32)).flags.writeable
+        assert prior_box.prior_boxes(cfg, size).any()
+    assert not prior_box.prior_boxes(cfg_mnet, (32, 32)).flags.writeable
 
 
 def test_float_exp_is_exp_in_float64_rounded_once():
@@ -250,7 +250,7 @@ def test_compiled_decode_uses_the_exp_it_is_given():
     rng = np.random.default_rng(0)
     p = 500
     loc = rng.normal(0, 2, (p, 4)).astype(np.float32)
-    priors = prior_boxes(cfg_mnet, (160, 160))[:p]
+    priors = prior_box.prior_boxes(cfg_mnet, (160, 160))[:p]
     inds = np.arange(0, p, 3, dtype=np.int64)
     scores = rng.random(len(inds)).astype(np.float32)
     order = np.argsort(scores)[::-1].copy()
