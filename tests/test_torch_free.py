@@ -265,3 +265,14 @@ def test_compiled_decode_uses_the_exp_it_is_given():
     calls = []
     decode_dets(*args, exp_=lambda a: calls.append(a.shape) or kernels.float_exp_(a))
     assert calls == [(len(order), 2)]
+
+
+def test_an_onnxruntime_detectors_device_works_as_a_torch_device(onnx_file):
+    """Without torch the device is a HostDevice string; code written for torch.device still works."""
+    import torch
+
+    from utils.inference import load_detector
+
+    det = load_detector('mobile0.25', 'missing.pth', onnx_model=onnx_file, device='cpu')
+    assert (det.device, det.device.type, det.device.index) == ('cpu', 'cpu', None)
+    assert torch.device(det.device) == torch.device('cpu')

@@ -31,7 +31,6 @@ out. torch is imported where the 'torch' backend, a checkpoint or an export need
 """
 import logging
 import os
-from collections import namedtuple
 from contextlib import nullcontext
 from functools import lru_cache
 from math import ceil
@@ -203,11 +202,19 @@ def read_image(path):
 # ---------------------------------------------------------------------------------------
 # Devices and the detector
 
-class HostDevice(namedtuple('HostDevice', 'type index')):
-    """The device of an onnxruntime Detector: torch.device's type and index, without torch."""
+class HostDevice(str):
+    """The device of an onnxruntime Detector, without torch: the string ('cpu', 'cuda',
+    'cuda:1') with torch.device's .type and .index, so that code written for a
+    torch.device (device.type, torch.device(device)) works with it."""
 
-    def __str__(self):
-        return self.type if self.index is None else f'{self.type}:{self.index}'
+    @property
+    def type(self):
+        return self.partition(':')[0]
+
+    @property
+    def index(self):  # shadows str.index, as torch.device's attribute does not exist on str
+        index = self.partition(':')[2]
+        return int(index) if index else None
 
 
 def resolve_device(device, backend='torch'):
@@ -221,7 +228,7 @@ def resolve_device(device, backend='torch'):
         device_type, _, index = str(device).partition(':')
         if device_type not in ('cpu', 'cuda') or not (index == '' or index.isdigit()):
             raise ValueError(f"unknown device {str(device)!r}: expected 'cpu', 'cuda' or 'cuda:N'")
-        return HostDevice(device_type, int(index) if index else None)
+        return HostDevice(str(device))
     import torch
 
     device = torch.device(device)
