@@ -276,3 +276,15 @@ def test_an_onnxruntime_detectors_device_works_as_a_torch_device(onnx_file):
     det = load_detector('mobile0.25', 'missing.pth', onnx_model=onnx_file, device='cpu')
     assert (det.device, det.device.type, det.device.index) == ('cpu', 'cpu', None)
     assert torch.device(det.device) == torch.device('cpu')
+
+
+def test_a_build_from_an_older_pyx_counts_as_not_built():
+    """A cpu_pipeline built before decode_dets took exp_ would fail on the torch-free path."""
+    from types import SimpleNamespace
+
+    def old_decode_dets():
+        """decode_dets(loc, priors, inds, scores, order, variance, size, resize)"""
+
+    assert not kernels.up_to_date(SimpleNamespace(decode_dets=old_decode_dets))
+    if kernels.compiled is not None:
+        assert kernels.up_to_date(kernels.compiled)

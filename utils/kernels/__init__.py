@@ -45,10 +45,18 @@ def float_exp_(x):
     return x
 
 
+def up_to_date(module):
+    """Whether a built cpu_pipeline is from the current cpu_pipeline.pyx: an older build has
+    no exp_ argument in decode_dets, so it cannot run the torch-free path."""
+    return 'exp_ (callable' in (getattr(module.decode_dets, '__doc__', None) or '')
+
+
 # After torch_exp_: the compiled module uses it.
 try:
     from utils.kernels import cpu_pipeline as compiled
 except ImportError:  # not built: see warn_not_built
+    compiled = None
+if compiled is not None and not up_to_date(compiled):  # treated as not built until rebuilt
     compiled = None
 
 logger = logging.getLogger(__name__)
@@ -58,5 +66,6 @@ BUILD_COMMAND = "cd utils/kernels && python setup.py build_ext --inplace"
 @lru_cache(maxsize=None)
 def warn_not_built():
     """Say once that the pipeline runs its slower numpy stages, and how to build the kernels."""
-    logger.warning("the compiled pipeline stages (utils/kernels/cpu_pipeline.pyx) are not built, using numpy, "
+    logger.warning("the compiled pipeline stages (utils/kernels/cpu_pipeline.pyx) are not built (or built from "
+                   "an older cpu_pipeline.pyx), using numpy, "
                    "which gives the same detections but adds 1-2 ms per photo; build them with: %s", BUILD_COMMAND)
