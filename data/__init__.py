@@ -1,5 +1,17 @@
 # The reference's exports: the dataset, its collate function, the augmentation and the configs.
-from .wider_face import WiderFaceDetection, detection_collate
-from .data_augment import *
+# The configs load at once; the training data modules (which need torch) load when first
+# used, so that inference with an exported ONNX model can read the configs without torch.
 from .config import *
 from .config import cfg_mnet, cfg_re50, cfg_for_network, NETWORKS
+
+# Lazily loaded name -> the submodule that defines it.
+_LAZY = {'WiderFaceDetection': 'wider_face', 'detection_collate': 'wider_face', 'preproc': 'data_augment'}
+__all__ = ['cfg_mnet', 'cfg_re50', 'cfg_for_network', 'NETWORKS', *_LAZY]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        from importlib import import_module
+
+        return getattr(import_module(f'{__name__}.{_LAZY[name]}'), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

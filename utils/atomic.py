@@ -7,8 +7,6 @@ import os
 import stat
 import tempfile
 
-import torch
-
 
 def current_umask():
     """The process's umask, read without changing it where the system allows."""
@@ -57,6 +55,8 @@ def atomic_write(path, write, binary=True):
 
 def atomic_save(obj, path):
     """torch.save obj to path atomically."""
+    import torch  # only checkpoints need it; the inference scripts write text
+
     atomic_write(path, lambda f: torch.save(obj, f))
 
 

@@ -6,8 +6,6 @@ import math
 import os
 import sys
 
-import torch
-
 from utils.inference import BACKENDS, load_detector
 from utils.memory import keep_freed_memory
 
@@ -158,12 +156,27 @@ def select_device(cpu):
 
     The reference used CUDA unless --cpu was given and crashed on machines without a GPU.
     """
+    import torch
+
     if cpu:
         return torch.device('cpu')
     if not torch.cuda.is_available():
         logger.info("no CUDA device found: running on the CPU")
         return torch.device('cpu')
     return torch.device('cuda')
+
+
+def select_onnxruntime_device(cpu):
+    """select_device for an ONNX model file, without importing torch (that path runs
+    without it): 'cuda' unless --cpu is given or onnxruntime has no CUDA provider (logged)."""
+    if cpu:
+        return 'cpu'
+    import onnxruntime
+
+    if 'CUDAExecutionProvider' in onnxruntime.get_available_providers():
+        return 'cuda'
+    logger.info("onnxruntime has no CUDA provider: running on the CPU")
+    return 'cpu'
 
 
 def detector_from_args(args, **overrides):
@@ -178,7 +191,8 @@ def detector_from_args(args, **overrides):
     """
     threads = set_threads(getattr(args, 'threads', None))
     kwargs = dict(
-        device=select_device(getattr(args, 'cpu', False)),
+        device=(select_device(getattr(args, 'cpu', False)) if getattr(args, 'onnx_model', None) is None
+                else select_onnxruntime_device(getattr(args, 'cpu', False))),
         confidence_threshold=args.confidence_threshold,
         nms_threshold=args.nms_threshold,
         top_k=getattr(args, 'top_k', None),
@@ -190,7 +204,7 @@ def detector_from_args(args, **overrides):
         allow_spinning=False,
     )
     kwargs.update(overrides)
-    if torch.device(kwargs['device']).type == 'cpu':
+    if str(kwargs['device']).partition(':')[0] == 'cpu':
         # Eager PyTorch's forward pass is ~1.5x faster when malloc keeps freed memory
         # (see utils/memory.py); a script owns its process, so it may change that.
         keep_freed_memory()

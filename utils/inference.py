@@ -23,23 +23,26 @@ Typical use:
 
     detector = load_detector('mobile0.25', 'weights/mobilenet0.25_Final.pth')
     dets = detector.detect(read_image('photo.jpg'))
+
+The 'onnxruntime' backend with an exported file (onnx_model) never imports torch: its
+pipeline runs on numpy, OpenCV, onnxruntime and the compiled kernels alone, with the
+network, config and mean read from the file's metadata, so a deployment can leave torch
+out. torch is imported where the 'torch' backend, a checkpoint or an export needs it.
 """
 import logging
 import os
+from contextlib import nullcontext
 from functools import lru_cache
 from math import ceil
 
 import cv2
 import numpy as np
-import torch
 
 from data import NETWORKS, cfg_for_network
-from layers.functions.prior_box import cached_priors
-from models.retinaface import RetinaFace
+from layers.functions.prior_box import cached_priors, prior_boxes
 from utils import kernels
-from utils.checkpoint import load_model
 from utils.nms import fast_nms
-from utils.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network
+from utils.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network, pipeline_metadata
 
 logger = logging.getLogger(__name__)
 
@@ -199,12 +202,35 @@ def read_image(path):
 # ---------------------------------------------------------------------------------------
 # Devices and the detector
 
-def resolve_device(device):
-    """torch.device(device), checking that CUDA is there when asked for.
+class HostDevice(str):
+    """The device of an onnxruntime Detector, without torch: the string ('cpu', 'cuda',
+    'cuda:1') with torch.device's .type and .index, so that code written for a
+    torch.device (device.type, torch.device(device)) works with it."""
+
+    @property
+    def type(self):
+        return self.partition(':')[0]
+
+    @property
+    def index(self):  # shadows str.index, as torch.device's attribute does not exist on str
+        index = self.partition(':')[2]
+        return int(index) if index else None
+
+
+def resolve_device(device, backend='torch'):
+    """torch.device(device), checking that CUDA is there when asked for; for the
+    'onnxruntime' backend a HostDevice (onnxruntime checks for CUDA when it loads the model).
 
     Raises:
-        ValueError: device is CUDA and torch sees no CUDA device.
+        ValueError: device is CUDA and torch sees no CUDA device, or device is not a device.
     """
+    if backend == 'onnxruntime':
+        device_type, _, index = str(device).partition(':')
+        if device_type not in ('cpu', 'cuda') or not (index == '' or index.isdigit()):
+            raise ValueError(f"unknown device {str(device)!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+        return HostDevice(str(device))
+    import torch
+
     device = torch.device(device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         raise ValueError(f"device {device} requested but CUDA is not available (use the CPU)")
@@ -220,8 +246,15 @@ def _check_image(img, index=None):
                          f"dtype {img.dtype} (use read_image, which converts grayscale and 4-channel images)")
 
 
-@lru_cache(maxsize=128)
 def _grid_crop_index(steps, anchors, size, padded):
+    """_grid_crop_rows as a Tensor[P] int64 (CPU)."""
+    import torch
+
+    return torch.from_numpy(_grid_crop_rows(steps, anchors, size, padded))
+
+
+@lru_cache(maxsize=128)
+def _grid_crop_rows(steps, anchors, size, padded):
     """Indices of an image's own priors among the priors of a bottom/right-padded input.
 
     Padding at the bottom and right keeps the feature-map cells of the image where they
@@ -234,18 +267,18 @@ def _grid_crop_index(steps, anchors, size, padded):
         anchors (tuple[int]): anchors per cell at each level (len of cfg['min_sizes'][k]).
         size (tuple[int, int]): the image's (h, w); padded (tuple[int, int]): the input's.
     Returns:
-        Tensor[P] int64 (CPU).
+        ndarray[P] int64, shared by the cache: treat it as read-only.
     """
     parts, offset = [], 0
     for step, a in zip(steps, anchors):
         rows_p, cols_p = ceil(padded[0] / step), ceil(padded[1] / step)
         rows, cols = ceil(size[0] / step), ceil(size[1] / step)
-        r = torch.arange(rows).view(rows, 1, 1)
-        c = torch.arange(cols).view(1, cols, 1)
-        k = torch.arange(a).view(1, 1, a)
+        r = np.arange(rows, dtype=np.int64).reshape(rows, 1, 1)
+        c = np.arange(cols, dtype=np.int64).reshape(1, cols, 1)
+        k = np.arange(a, dtype=np.int64).reshape(1, 1, a)
         parts.append((offset + (r * cols_p + c) * a + k).reshape(-1))  # [rows, cols, a] -> [rows*cols*a]
         offset += rows_p * cols_p * a
-    return torch.cat(parts)
+    return np.concatenate(parts)
 
 
 
@@ -259,7 +292,8 @@ def _grid_crop_index(steps, anchors, size, padded):
 #
 # The decoding functions mirror utils.box_utils.decode / decode_landm followed by the
 # reference's `* scale / resize`. numpy and torch's exp may round differently, so exp is
-# torch's.
+# torch's (kernels.torch_exp_) for the torch backend, whose numbers are the reference's;
+# the onnxruntime backend, which must run without torch, uses kernels.float_exp_.
 
 def _f32(x):
     """x as a C-contiguous float32 ndarray, the layout the compiled kernels take (no copy if it is one)."""
@@ -271,7 +305,7 @@ def _i64(x):
     return np.ascontiguousarray(x, dtype=np.int64)
 
 
-def decode_boxes(loc, priors, variance, size, resize):
+def decode_boxes(loc, priors, variance, size, resize, exp_=kernels.torch_exp_):
     """Boxes in original-image pixels, exactly `decode(loc, priors, variance) * scale / resize`.
 
     Args:
@@ -279,6 +313,8 @@ def decode_boxes(loc, priors, variance, size, resize):
         priors (ndarray[K, 4] float32): their priors, (cx, cy, w, h) relative to the input.
         variance (list[float]): cfg['variance'].
         size (tuple[int, int]): (h, w) of the network input; resize (float): its scale factor.
+        exp_ (callable): exp in place on a C-contiguous float32 array (kernels.torch_exp_
+            or kernels.float_exp_).
     Returns:
         ndarray[K, 4] float32: x1 y1 x2 y2.
     """
@@ -286,7 +322,7 @@ def decode_boxes(loc, priors, variance, size, resize):
     centre, prior_wh = priors[:, :2], priors[:, 2:]
     # decode's operations in decode's operand order (which also fixes NaN payloads).
     xy = centre + loc[:, :2] * variance[0] * prior_wh
-    wh = prior_wh * kernels.torch_exp_(loc[:, 2:] * variance[1])  # the product is a new C-contiguous array
+    wh = prior_wh * exp_(loc[:, 2:] * variance[1])  # the product is a new C-contiguous array
     top_left = xy - wh / 2
     boxes = np.concatenate((top_left, wh + top_left), axis=1)  # decode's `boxes[:, 2:] += boxes[:, :2]`
     return boxes * np.array([w, h, w, h], dtype=np.float32) / resize
@@ -307,8 +343,8 @@ def decode_landmarks(landms, priors, variance, size, resize):
     return (points * np.array([w, h], dtype=np.float32) / resize).reshape(-1, 10)
 
 
-def to_input(img, dst):
-    """Write img minus BGR_MEAN into dst as CHW float32 (the reference's
+def to_input(img, dst, mean=BGR_MEAN):
+    """Write img minus mean (BGR_MEAN unless the model file says otherwise) into dst as CHW float32 (the reference's
     `np.float32(img) - (104, 117, 123)`, then HWC -> CHW).
 
     Args:
@@ -316,12 +352,12 @@ def to_input(img, dst):
         dst (ndarray[3, >=H, >=W] float32): one image of the network input; dst[:, :H, :W] is written.
     """
     if kernels.compiled is not None:
-        return kernels.compiled.to_input(np.ascontiguousarray(img), dst, BGR_MEAN)
+        return kernels.compiled.to_input(np.ascontiguousarray(img), dst, mean)
     kernels.warn_not_built()
     h, w = img.shape[:2]
     # One plane at a time, subtracted straight into place in float32 arithmetic.
     for c, plane in enumerate(cv2.split(img)):
-        cv2.subtract(plane, float(BGR_MEAN[c]), dst=dst[c, :h, :w], dtype=cv2.CV_32F)
+        cv2.subtract(plane, float(mean[c]), dst=dst[c, :h, :w], dtype=cv2.CV_32F)
 
 
 def select_scores(conf, threshold):
@@ -342,7 +378,7 @@ def select_scores(conf, threshold):
     return inds, scores[inds]
 
 
-def decode_dets(loc, priors, inds, scores, order, variance, size, resize):
+def decode_dets(loc, priors, inds, scores, order, variance, size, resize, exp_=kernels.torch_exp_):
     """The candidates in score order as NMS input: decode_boxes of loc[rows], priors[rows]
     for rows = inds[order], and their scores.
 
@@ -352,16 +388,16 @@ def decode_dets(loc, priors, inds, scores, order, variance, size, resize):
         inds (ndarray[K] int64), scores (ndarray[K] float32): the candidates and their
             scores (select_scores);
         order (ndarray[K'] int64): positions in inds, in output order (K' <= K);
-        variance, size, resize: as for decode_boxes.
+        variance, size, resize, exp_: as for decode_boxes.
     Returns:
         ndarray[K', 5] float32: x1 y1 x2 y2 score.
     """
     if kernels.compiled is not None:
         return kernels.compiled.decode_dets(_f32(loc), _f32(priors), _i64(inds), _f32(scores), _i64(order),
-                                            variance, size, resize)
+                                            variance, size, resize, exp_)
     kernels.warn_not_built()
     rows = inds[order]
-    boxes = decode_boxes(loc[rows], priors[rows], variance, size, resize)
+    boxes = decode_boxes(loc[rows], priors[rows], variance, size, resize, exp_)
     return np.hstack((boxes, scores[order, np.newaxis])).astype(np.float32, copy=False)
 
 
@@ -395,7 +431,8 @@ class Detector:
         net (RetinaFace | None): the model in phase 'test' with its weights loaded; it
             is moved to device and put in eval mode. May be None for the 'onnxruntime'
             backend when onnx_model is given.
-        cfg (dict): the network's config (cfg_mnet or cfg_re50).
+        cfg (dict): the network's config (cfg_mnet or cfg_re50). An ONNX file that carries
+            the config in its metadata (convert_to_onnx.py) runs with the file's values.
         device (str | torch.device): where the network runs ('cpu', 'cuda', 'cuda:1').
         confidence_threshold (float): keep priors whose face score is > this.
         nms_threshold (float): IoU above which NMS suppresses a box.
@@ -406,14 +443,19 @@ class Detector:
         backend (str): 'torch' (eager PyTorch: the reference's exact numbers) or
             'onnxruntime' (the same network exported to ONNX: faster on CPU, numbers
             equal to ~1e-5). None: 'onnxruntime' when onnx_model is given, else 'torch'.
-        onnx_model (str | PathLike | None): for 'onnxruntime', an exported model file
-            (convert_to_onnx.py); None exports net in memory.
-        num_threads (int | None): onnxruntime intra-op threads (None: torch.get_num_threads()).
+        onnx_model (str | PathLike | onnxruntime.InferenceSession | None): for 'onnxruntime',
+            an exported model file (convert_to_onnx.py) or a session of one; None exports
+            net in memory. With a file, torch is never imported.
+        num_threads (int | None): onnxruntime intra-op threads (None:
+            utils.onnx_export.default_num_threads()).
         allow_spinning (bool): whether onnxruntime's idle threads busy-wait (see
             utils.onnx_export.make_session).
 
     Attributes:
-        network (str | None): the --network name of cfg ('mobile0.25', 'resnet50').
+        network (str | None): the --network name of cfg ('mobile0.25', 'resnet50'), or the
+            one the ONNX file names.
+        device (torch.device | HostDevice): where the network runs.
+        mean (tuple): the BGR pixel subtracted from the input.
     """
 
     def __init__(self, net, cfg, device='cpu', confidence_threshold=0.02, nms_threshold=0.4, top_k=None,
@@ -426,7 +468,8 @@ class Detector:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
         self.cfg = cfg
         self.network = next((name for name, c in NETWORKS.items() if c == cfg), None)
-        self.device = resolve_device(device)
+        self.mean = BGR_MEAN
+        self.device = resolve_device(device, backend)
         self.confidence_threshold = float(confidence_threshold)
         self.nms_threshold = float(nms_threshold)
         self.top_k = top_k if top_k and top_k > 0 else None
@@ -436,7 +479,7 @@ class Detector:
         self.net = None
         self.session = None
         if net is not None:
-            self.net = net.to(self.device).eval()
+            self.net = net.to(str(self.device)).eval()
         if backend == 'torch':
             if net is None:
                 raise ValueError("the torch backend needs a network (net is None)")
@@ -444,12 +487,29 @@ class Detector:
             if onnx_model is None:
                 if net is None:
                     raise ValueError("the onnxruntime backend needs a network to export or an onnx_model file")
+                import torch
+
                 with torch.inference_mode(False):
-                    onnx_model = export_onnx_bytes(self.net)
+                    onnx_model = export_onnx_bytes(self.net, cfg=cfg)
                 logger.info("exported the network to ONNX in memory for onnxruntime")
-            self.session = make_session(onnx_model, num_threads=num_threads, device=self.device,
-                                        allow_spinning=allow_spinning)
+            if hasattr(onnx_model, 'get_modelmeta'):  # already a session (load_detector makes one)
+                self.session = onnx_model
+            else:
+                self.session = make_session(onnx_model, num_threads=num_threads, device=self.device,
+                                            allow_spinning=allow_spinning)
+            name = 'the exported model' if isinstance(onnx_model, (bytes, bytearray)) else str(onnx_model)
+            network, file_cfg, mean = pipeline_metadata(self.session, name)
+            if file_cfg is not None:
+                # The file's values run it, whatever cfg says: they are what it was made with.
+                self.cfg = cfg = {**cfg, **file_cfg}
+            if network is not None:
+                self.network = network
+            if mean is not None:
+                self.mean = mean
         self._anchors = tuple(len(s) for s in cfg['min_sizes'])
+        # exp of the box sizes: torch's for the torch backend (the reference's numbers),
+        # a torch-free one for onnxruntime (see utils.kernels.float_exp_).
+        self._exp = kernels.torch_exp_ if backend == 'torch' else kernels.float_exp_
 
     # -- stages, public so that benchmarks can time them one by one ----------------------
 
@@ -488,7 +548,7 @@ class Detector:
             width = -(-max(w for _, w in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
             batch = np.zeros((len(images), 3, height, width), dtype=np.float32)
         for i, src in enumerate(sources):
-            to_input(src, batch[i])
+            to_input(src, batch[i], self.mean)
         return batch, sizes, resizes
 
     def forward(self, batch):
@@ -497,8 +557,8 @@ class Detector:
         Args:
             batch (ndarray[B, 3, H, W] float32): from preprocess.
         Returns:
-            (loc Tensor[B, P, 4], conf Tensor[B, P, 2], landms Tensor[B, P, 10]) on
-            self.device for 'torch', on the CPU for 'onnxruntime'.
+            (loc [B, P, 4], conf [B, P, 2], landms [B, P, 10]): Tensors on self.device for
+            'torch', float32 ndarrays for 'onnxruntime'.
         """
         # On the CPU both backends run an NCHW batch slower per image than single images
         # (eager PyTorch's oneDNN picks other kernels: test.jpg took 75 against 25 ms per
@@ -511,8 +571,9 @@ class Detector:
             runs = [self.session.run(None, {INPUT_NAME: x}) for x in slices]
             # numpy joins the images: a torch.cat would wake torch's threads, which then
             # spin on the cores the next forward pass needs (see utils.kernels.EXP_CHUNK).
-            return tuple(torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
-                         for parts in zip(*runs))
+            return tuple(np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*runs))
+        import torch
+
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(self.device)  # [B, 3, H, W]
             if not one_by_one:
@@ -522,6 +583,8 @@ class Detector:
 
     def priors(self, size, device=None):
         """The priors (Tensor[P, 4], (cx, cy, w, h) relative to the image) of an input of size (h, w), cached."""
+        import torch
+
         # Made outside inference mode: the cache is shared with training code, which cannot
         # use inference tensors in autograd.
         with torch.inference_mode(False):
@@ -531,28 +594,41 @@ class Detector:
         """Turn one image's network outputs into detections.
 
         Args:
-            loc (Tensor[P, 4]), conf (Tensor[P, 2]), landms (Tensor[P, 10]): the outputs
-                for the priors of an input of size (h, w).
+            loc [P, 4], conf [P, 2], landms [P, 10] (Tensors or float32 ndarrays): the
+                outputs for the priors of an input of size (h, w).
             size (tuple[int, int]): (h, w) of the network input (the resized image).
             resize (float): the resize factor from the original image to size.
         Returns:
             ndarray[N, 15] float32: x1 y1 x2 y2 score and five landmark (x, y) pairs in
             original-image pixels, highest score first.
         """
-        with torch.inference_mode():
+        with self._inference_mode():
             return self._postprocess(loc, conf, landms, size, resize)
+
+    def _inference_mode(self):
+        """torch.inference_mode() for the torch backend; nothing for onnxruntime (no torch)."""
+        if self.session is not None:
+            return nullcontext()
+        import torch
+
+        return torch.inference_mode()
 
     def _postprocess(self, loc, conf, landms, size, resize, on_device=None):
         """postprocess(); on_device (default: the outputs are not on the CPU) filters the
         candidates where the outputs are, as for a GPU (the tests use it on the CPU)."""
-        priors = self.priors(tuple(size), 'cpu').numpy()  # [P, 4]
-        if on_device is None:
+        priors = prior_boxes(self.cfg, size)  # [P, 4], the values of self.priors(size)
+        if isinstance(loc, np.ndarray):  # onnxruntime's outputs, on the host
+            on_device = False
+        elif on_device is None:
             on_device = loc.device.type != 'cpu'
         if not on_device:
             # Every prior stays where it is; rows below index loc, landms and priors alike.
-            loc, landms = loc.numpy(), landms.numpy()
-            inds, scores = select_scores(conf.numpy(), self.confidence_threshold)
+            if not isinstance(loc, np.ndarray):
+                loc, landms, conf = loc.numpy(), landms.numpy(), conf.numpy()
+            inds, scores = select_scores(conf, self.confidence_threshold)
         else:
+            import torch
+
             # Filter on the device and copy only the candidates (and their priors) to the
             # host; rows below then index those copies.
             scores_t = conf[:, 1]  # [P]
@@ -569,7 +645,7 @@ class Detector:
         if self.top_k:
             order = order[:self.top_k]
         variance = self.cfg['variance']
-        dets = decode_dets(loc, priors, inds, scores, order, variance, size, resize)  # [K, 5]
+        dets = decode_dets(loc, priors, inds, scores, order, variance, size, resize, self._exp)  # [K, 5]
         # Exactly py_cpu_nms's keep list (see utils/nms/cpu_nms.pyx), fast on crowds.
         keep = fast_nms(dets, self.nms_threshold)
         if self.keep_top_k:
@@ -606,14 +682,19 @@ class Detector:
         loc, conf, landms = self.forward(batch)
         padded = tuple(batch.shape[2:])
         results = []
-        with torch.inference_mode():
+        with self._inference_mode():
             for i, (size, resize) in enumerate(zip(sizes, resizes)):
                 loc_i, conf_i, landms_i = loc[i], conf[i], landms[i]
                 if tuple(size) != padded:
-                    rows = _grid_crop_index(tuple(self.cfg['steps']), self._anchors, tuple(size), padded)
-                    rows = rows.to(loc_i.device)
-                    loc_i, conf_i = loc_i.index_select(0, rows), conf_i.index_select(0, rows)
-                    landms_i = landms_i.index_select(0, rows)
+                    rows = _grid_crop_rows(tuple(self.cfg['steps']), self._anchors, tuple(size), padded)
+                    if isinstance(loc_i, np.ndarray):
+                        loc_i, conf_i, landms_i = loc_i[rows], conf_i[rows], landms_i[rows]
+                    else:
+                        import torch
+
+                        rows = torch.from_numpy(rows).to(loc_i.device)
+                        loc_i, conf_i = loc_i.index_select(0, rows), conf_i.index_select(0, rows)
+                        landms_i = landms_i.index_select(0, rows)
                 results.append(self._postprocess(loc_i, conf_i, landms_i, size, resize))
         return results
 
@@ -628,7 +709,10 @@ def load_detector(network, trained_model, device='cpu', backend=None, onnx_model
         trained_model (str | PathLike): the weights (.pth), loaded with utils.checkpoint.load_model.
             Not read when onnx_model is given.
         device, backend, onnx_model, **detector_kwargs: as for Detector (an onnx_model
-            selects the 'onnxruntime' backend).
+            selects the 'onnxruntime' backend). With an onnx_model torch is not imported:
+            the network, config and mean come from the file's metadata (older files
+            without it: the network from the graph, read with the onnx package, and the
+            config of that network).
     Raises:
         FileNotFoundError: the weights file is missing; the message says where to put it.
         ValueError: the file is not a checkpoint for this network.
@@ -636,14 +720,23 @@ def load_detector(network, trained_model, device='cpu', backend=None, onnx_model
     backend = resolve_backend(backend, onnx_model)
     cfg_for_network(network)  # an unknown name is an error even when the file names another
     if onnx_model is not None:
-        found = onnx_network(onnx_model)
+        # The session is made here (once) to read the file's metadata; the Detector runs it.
+        session = make_session(onnx_model, num_threads=detector_kwargs.get('num_threads'),
+                               device=resolve_device(device, backend))
+        found = pipeline_metadata(session, os.fspath(onnx_model))[0]
+        if found is None:  # an older export: the network from its graph
+            found = onnx_network(onnx_model)
         if found is not None and found != network:
             logger.warning("%s holds a %s network: running it as %s, not as --network %s",
                            os.fspath(onnx_model), found, found, network)
             network = found
+        onnx_model = session
     cfg = cfg_for_network(network)
     net = None
     if onnx_model is None:
+        from models.retinaface import RetinaFace
+        from utils.checkpoint import load_model
+
         path = os.fspath(trained_model)
         if not os.path.isfile(path):
             raise FileNotFoundError(

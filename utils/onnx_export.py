@@ -8,17 +8,25 @@ PyTorch model does) with dynamic B, H and W, and returns 'loc' [B, P, 4], 'conf'
 (softmax probabilities) and 'landms' [B, P, 10], where P is the number of priors of
 PriorBox(cfg, (H, W)).
 
-The file records the network it holds ('mobile0.25' or 'resnet50') in its metadata
-(metadata_props 'network'), so that a run of the file names the right one; for files
-without it (older exports, the reference's), onnx_network reads it from the head's width.
+The file records what the detection pipeline needs to run it in its metadata
+(metadata_props, values as JSON): the network ('network': 'mobile0.25' or 'resnet50'),
+the config values the pipeline uses ('steps', 'min_sizes', 'clip', 'variance') and the
+mean BGR pixel the input is made with ('bgr_mean'). A run of the file then needs neither
+torch nor the config dicts, and names the right network whatever --network says. For
+files without the network (older exports, the reference's), onnx_network reads it from
+the head's width, and files without the config run with the network's config dict.
+
+torch is imported only by the functions that export or compare with PyTorch: running an
+exported file (make_session, pipeline_metadata) needs numpy and onnxruntime only.
 """
 import io
+import json
 import logging
 import os
+import sys
 import warnings
 
 import numpy as np
-import torch
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +43,10 @@ VERIFY_ATOL = 1e-4
 VERIFY_ODD_SIZE = (417, 301)
 # The metadata_props key naming the network ('mobile0.25' or 'resnet50') of an export.
 NETWORK_KEY = 'network'
+# The metadata_props keys of the config values the pipeline uses (cfg[key] as JSON), and
+# of the mean BGR pixel subtracted from the input.
+CONFIG_KEYS = ('steps', 'min_sizes', 'clip', 'variance')
+MEAN_KEY = 'bgr_mean'
 # The landmark head's 1x1 conv has 10 outputs per anchor (2 anchors per cell): its weight
 # [20, C, 1, 1] gives the FPN width C, which tells the networks apart.
 _LANDMARK_HEAD_OUTPUTS = 20
@@ -55,8 +67,26 @@ def _network_of_width(width):
     return names[0] if len(names) == 1 else None
 
 
-def export_onnx(net, f, opset=DEFAULT_OPSET, long_side=DEFAULT_LONG_SIDE):
-    """Export net (a RetinaFace in phase 'test') to ONNX, its network name in the metadata.
+def pipeline_metadata_props(network, cfg):
+    """The metadata_props an export carries: {key: value (str)}.
+
+    Args:
+        network (str | None): the --network name; cfg (dict | None): its config.
+    """
+    from utils.inference import BGR_MEAN  # late import: utils.inference imports this module
+
+    props = {}
+    if network is not None:
+        props[NETWORK_KEY] = network
+    if cfg is not None:
+        props.update({key: json.dumps(cfg[key]) for key in CONFIG_KEYS})
+        props[MEAN_KEY] = json.dumps(list(BGR_MEAN))
+    return props
+
+
+def export_onnx(net, f, opset=DEFAULT_OPSET, long_side=DEFAULT_LONG_SIDE, cfg=None):
+    """Export net (a RetinaFace in phase 'test') to ONNX, with what the pipeline needs to
+    run it in the metadata (see pipeline_metadata_props).
 
     Args:
         net (nn.Module): the model; it is put in eval mode and traced on its own device.
@@ -64,10 +94,15 @@ def export_onnx(net, f, opset=DEFAULT_OPSET, long_side=DEFAULT_LONG_SIDE):
         opset (int): the ONNX opset.
         long_side (int): the side of the square dummy input used for tracing
             (the reference's --long_side); the exported axes stay dynamic.
+        cfg (dict | None): net's config; None: the config of the network its head's
+            width names.
     Returns:
         f.
     """
     import onnx  # the exporter needs it anyway
+    import torch
+
+    from data import NETWORKS
 
     net.eval()
     device = next(net.parameters()).device
@@ -85,8 +120,10 @@ def export_onnx(net, f, opset=DEFAULT_OPSET, long_side=DEFAULT_LONG_SIDE):
                           dynamic_axes=_DYNAMIC_AXES, do_constant_folding=True)
     model = onnx.load_from_string(buffer.getvalue())
     network = _network_of_width(net.LandmarkHead[0].conv1x1.in_channels)
-    if network is not None:
-        model.metadata_props.add(key=NETWORK_KEY, value=network)
+    if cfg is None and network is not None:
+        cfg = NETWORKS[network]
+    for key, value in pipeline_metadata_props(network, cfg).items():
+        model.metadata_props.add(key=key, value=value)
     data = model.SerializeToString()
     if hasattr(f, 'write'):
         f.write(data)
@@ -124,11 +161,72 @@ def onnx_network(model):
     return _network_of_width(widths.pop()) if len(widths) == 1 else None
 
 
-def export_onnx_bytes(net, opset=DEFAULT_OPSET):
+def export_onnx_bytes(net, opset=DEFAULT_OPSET, cfg=None):
     """Export net to ONNX in memory and return the serialised model (bytes)."""
     buffer = io.BytesIO()
-    export_onnx(net, buffer, opset=opset)
+    export_onnx(net, buffer, opset=opset, cfg=cfg)
     return buffer.getvalue()
+
+
+def pipeline_metadata(session, name='the ONNX model'):
+    """What an export's metadata says about the pipeline that runs it.
+
+    Args:
+        session (onnxruntime.InferenceSession): the loaded model.
+        name (str): the file, for error messages.
+    Returns:
+        (network str | None, config dict | None with CONFIG_KEYS, mean tuple | None):
+        None for what the file does not carry (older exports).
+    Raises:
+        ValueError: a value is there but malformed; the message names the file and key.
+    """
+    from data import NETWORKS
+
+    props = session.get_modelmeta().custom_metadata_map
+    network = props.get(NETWORK_KEY)
+    if network is not None and network not in NETWORKS:
+        raise ValueError(f"{name}: metadata {NETWORK_KEY!r} is {network!r}, expected one of {sorted(NETWORKS)}")
+
+    def value(key):
+        try:
+            return json.loads(props[key])
+        except ValueError:
+            raise ValueError(f"{name}: metadata {key!r} is not JSON: {props[key]!r}") from None
+
+    def numbers(x, n=None):
+        return (isinstance(x, list) and (n is None or len(x) == n) and len(x) > 0
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in x))
+
+    cfg = None
+    if all(key in props for key in CONFIG_KEYS):
+        cfg = {key: value(key) for key in CONFIG_KEYS}
+        steps, min_sizes = cfg['steps'], cfg['min_sizes']
+        if not (numbers(steps) and all(isinstance(x, int) and x > 0 for x in steps)
+                and isinstance(min_sizes, list) and len(min_sizes) == len(steps)
+                and all(numbers(m) and min(m) > 0 for m in min_sizes)
+                and isinstance(cfg['clip'], bool) and numbers(cfg['variance'], 2)):
+            raise ValueError(f"{name}: metadata config is malformed: "
+                             + ", ".join(f"{k}={props[k]}" for k in CONFIG_KEYS))
+    mean = None
+    if MEAN_KEY in props:
+        mean = value(MEAN_KEY)
+        if not numbers(mean, 3):
+            raise ValueError(f"{name}: metadata {MEAN_KEY!r} must be 3 numbers (B, G, R), got {props[MEAN_KEY]!r}")
+        mean = tuple(mean)
+    return network, cfg, mean
+
+
+def default_num_threads():
+    """onnxruntime's intra-op threads when none are asked for: torch's count when torch is
+    loaded (both backends then use the same cores); otherwise OMP_NUM_THREADS when set,
+    else 0 (onnxruntime's default: one per physical core). Importing torch just to ask
+    would cost the torch-free path its start-up time."""
+    if 'torch' in sys.modules:
+        return sys.modules['torch'].get_num_threads()
+    try:
+        return max(int(os.environ.get('OMP_NUM_THREADS', '')), 0)
+    except ValueError:
+        return 0
 
 
 def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
@@ -136,9 +234,9 @@ def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
 
     Args:
         model (str | PathLike | bytes): the ONNX model.
-        num_threads (int | None): intra-op threads; None means torch.get_num_threads(),
-            so both backends use the same number of cores.
-        device (str | torch.device): 'cpu', or 'cuda' when onnxruntime has the CUDA provider.
+        num_threads (int | None): intra-op threads; None: default_num_threads().
+        device (str | torch.device | utils.inference.HostDevice): 'cpu', or 'cuda' when
+            onnxruntime has the CUDA provider.
         allow_spinning (bool): whether idle intra-op threads busy-wait for the next piece of
             work (onnxruntime's default) instead of sleeping. Spinning saves a wake-up per
             operator on an idle machine, but on a machine shared with other busy processes
@@ -154,15 +252,15 @@ def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
         model = os.fspath(model)
         if not os.path.isfile(model):
             raise FileNotFoundError(f"ONNX model not found: {model} (make one with convert_to_onnx.py)")
-    device = torch.device(device)
+    device_type, _, index = str(device).partition(':')
     providers = ['CPUExecutionProvider']
-    if device.type == 'cuda':
+    if device_type == 'cuda':
         if 'CUDAExecutionProvider' not in ort.get_available_providers():
             raise ValueError("device is CUDA but this onnxruntime has no CUDAExecutionProvider "
                              "(install onnxruntime-gpu, or use the torch backend on GPU)")
-        providers = [('CUDAExecutionProvider', {'device_id': device.index or 0}), 'CPUExecutionProvider']
+        providers = [('CUDAExecutionProvider', {'device_id': int(index or 0)}), 'CPUExecutionProvider']
     options = ort.SessionOptions()
-    options.intra_op_num_threads = int(num_threads or torch.get_num_threads())
+    options.intra_op_num_threads = int(num_threads or default_num_threads())
     options.inter_op_num_threads = 1
     options.add_session_config_entry('session.intra_op.allow_spinning', '1' if allow_spinning else '0')
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -208,6 +306,8 @@ def verify_onnx(net, model, inputs, atol=VERIFY_ATOL):
         ValueError: an output differs by more than atol, or has another shape; the
             message names the output, the input size and the difference.
     """
+    import torch
+
     session = make_session(model)
     net.eval()
     device = next(net.parameters()).device

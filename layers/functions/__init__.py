@@ -1,1 +1,1 @@
-from .prior_box import PriorBox, cached_priors
+from .prior_box import PriorBox, cached_priors, prior_boxes

@@ -5,8 +5,6 @@ x2 - x1 + 1. Both functions below use that convention and the same processing or
 so they return the same keep list.
 """
 import numpy as np
-import torch
-import torchvision
 
 
 def py_cpu_nms(dets, thresh):
@@ -65,6 +63,11 @@ def nms(dets, thresh):
     Returns:
         ndarray[K] of int64: indices into dets of the kept boxes, highest score first.
     """
+    # Imported here: the reference's py_cpu_nms (and the compiled NMS that is normally used
+    # instead of this one) must not need torch, for the torch-free deployment path.
+    import torch
+    import torchvision
+
     n = dets.shape[0]
     if n == 0:
         return np.zeros((0,), dtype=np.int64)
