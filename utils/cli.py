@@ -124,14 +124,19 @@ def add_threads_argument(parser):
 
 
 def set_threads(n=None):
-    """Use n CPU threads for torch's intra-op work (None: leave torch's default).
+    """Use n CPU threads for the network (None: leave the defaults).
 
-    onnxruntime sessions made afterwards by the Detector use the same count (it defaults to
-    torch.get_num_threads()). Returns the thread count now in effect.
+    When torch is loaded, n becomes torch's intra-op thread count, and onnxruntime sessions
+    made afterwards by the Detector use the same count. Without torch (the torch-free ONNX
+    path) nothing is imported: n goes to the onnxruntime session as it is.
+    Returns the thread count in effect: torch's when torch is loaded, else n.
     """
+    if n is not None and int(n) < 1:
+        raise ValueError(f"the thread count must be positive, got {n}")
+    torch = sys.modules.get('torch')
+    if torch is None:
+        return None if n is None else int(n)
     if n is not None:
-        if int(n) < 1:
-            raise ValueError(f"the thread count must be positive, got {n}")
         torch.set_num_threads(int(n))
     return torch.get_num_threads()
 
@@ -189,6 +194,10 @@ def detector_from_args(args, **overrides):
     what runs, so that logs and result files name it: --onnx_model selects onnxruntime, and
     the ONNX file's network wins over --network.
     """
+    if getattr(args, 'onnx_model', None) is None:
+        # Eager PyTorch, or onnxruntime on an in-memory export: both need torch, and torch
+        # must be loaded for --threads to reach it.
+        import torch  # noqa: F401
     threads = set_threads(getattr(args, 'threads', None))
     kwargs = dict(
         device=(select_device(getattr(args, 'cpu', False)) if getattr(args, 'onnx_model', None) is None
@@ -208,7 +217,7 @@ def detector_from_args(args, **overrides):
         # Eager PyTorch's forward pass is ~1.5x faster when malloc keeps freed memory
         # (see utils/memory.py); a script owns its process, so it may change that.
         keep_freed_memory()
-    if (kwargs['backend'] == 'torch' and torch.device(kwargs['device']).type == 'cpu' and threads > 1
+    if (kwargs['backend'] == 'torch' and str(kwargs['device']).partition(':')[0] == 'cpu' and threads > 1
             and getattr(args, 'threads', None) is None):
         warn_if_cpus_busy(threads)
     detector = load_detector(args.network, args.trained_model, **kwargs)
