@@ -162,16 +162,22 @@ def _detect_all(args, files, out_paths, world):
         if not cv2.imwrite(out_path, draw_detections(img_raw, dets, args.vis_thres)):
             raise ValueError(f"could not write {out_path} (unsupported extension or unwritable folder)")
 
+    def load(job):
+        # Read and preprocessed in a reading thread, while the network runs on an earlier image.
+        img_raw = read_image(job[1][0])
+        return img_raw, detector.preprocess([img_raw])
+
     results, skipped = [], []
     try:
-        with closing(prefetch(jobs, lambda job: read_image(job[1][0]))) as images, BackgroundWriter() as writer:
-            for (index, (path, out_path)), img_raw, error in images:
+        with closing(prefetch(jobs, load)) as images, BackgroundWriter() as writer:
+            for (index, (path, out_path)), loaded, error in images:
                 if error is not None:
                     logger.warning("skipping %s: %s", path, error)
                     skipped.append((index, (path, str(error))))
                     continue
+                img_raw, prepared = loaded
                 tic = time.perf_counter()
-                dets = detector.detect(img_raw)
+                dets = detector.detect_preprocessed(*prepared)[0]
                 ms = 1000 * (time.perf_counter() - tic)
                 faces = int((dets[:, 4] >= args.vis_thres).sum())
                 line = (f"{path}: {faces} faces >= {args.vis_thres} ({len(dets)} detections > "

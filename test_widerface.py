@@ -189,7 +189,9 @@ def _detect_all(args, names, world):
                     resumed, len(names), args.save_folder)
 
     def load(job):
-        return read_image(os.path.join(args.dataset_folder, job[1]))
+        # Read and preprocessed in a reading thread, while the network runs on an earlier image.
+        img_raw = read_image(os.path.join(args.dataset_folder, job[1]))
+        return img_raw, detector.preprocess([img_raw])
 
     def write(job, img_raw, dets):
         index, _, stem, save_name = job
@@ -204,14 +206,15 @@ def _detect_all(args, names, world):
         with logging_redirect_tqdm(), closing(prefetch(todo, load)) as images, BackgroundWriter() as writer, \
                 tqdm(total=len(todo), desc='im_detect', unit='img', dynamic_ncols=True,
                      disable=not world.is_main) as bar:
-            for job, img_raw, error in images:
+            for job, loaded, error in images:
                 bar.update()
                 if error is not None:
                     image_path = os.path.join(args.dataset_folder, job[1])
                     logger.warning("skipping %s: %s", image_path, error)
                     skipped.append((job[0], (image_path, str(error))))
                     continue
-                dets = detector.detect(img_raw)
+                img_raw, prepared = loaded
+                dets = detector.detect_preprocessed(*prepared)[0]
                 writer.submit(write, job, img_raw, dets)
                 written += 1
                 bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / written:.0f}", refresh=False)
