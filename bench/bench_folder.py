@@ -18,8 +18,8 @@
    a fresh interpreter, and building the detector: loading the weights (torch), plus
    exporting the network to ONNX and making the session (onnxruntime without --onnx_model).
 3. 1 vs 2 processes: the wall time of test_widerface.py over --procs_images photos as a
-   plain run (1 and 2 threads) and under torchrun --nproc_per_node=2 (1 thread each),
-   start-up included, each in a fresh output folder.
+   plain run (1 thread; with --two_threads also 2) and under torchrun --nproc_per_node=2
+   (1 thread each), start-up included, each in a fresh output folder.
 """
 import argparse
 import contextlib
@@ -68,6 +68,9 @@ def get_args_parser():
                              'default, and steady on a machine shared with other busy processes)')
     parser.add_argument('--backends', nargs='+', default=['torch', 'onnxruntime'], choices=['torch', 'onnxruntime'])
     parser.add_argument('--skip_processes', action='store_true', help='leave out part 3')
+    parser.add_argument('--two_threads', action='store_true',
+                        help='part 3 also times 1 process with 2 threads (eager PyTorch\'s 2 threads can take '
+                             'minutes on a busy machine: see bench_threads.py)')
     return parser
 
 
@@ -185,8 +188,9 @@ def part_processes(opts, weights, tmp):
               '--dataset_folder', str(folder), '--image_list', str(image_list)]
     torchrun = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1']
     runs = [('1 process, 1 thread', [sys.executable], '1'),
-            ('1 process, 2 threads', [sys.executable], '2'),
             ('torchrun 2 processes x 1 thread', torchrun + [f'--master_port={_free_port()}'], '1')]
+    if opts.two_threads:
+        runs.append(('1 process, 2 threads', [sys.executable], '2'))
     times = {}
     for k, (label, launcher, threads) in enumerate(runs):
         env = dict(os.environ, OMP_NUM_THREADS=threads)
@@ -195,9 +199,9 @@ def part_processes(opts, weights, tmp):
         subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         times[label] = time.perf_counter() - tic
         print(f"{label:<32} {times[label]:6.2f} s  {len(names) / times[label]:6.1f} img/s")
-    base = times['1 process, 1 thread']
-    print(f"speed-up of 2 processes over 1 process with 1 thread: {base / times[runs[2][0]]:.2f}x, "
-          f"over 1 process with 2 threads: {times[runs[1][0]] / times[runs[2][0]]:.2f}x")
+    two = times['torchrun 2 processes x 1 thread']
+    print(f"speed-up of 2 processes over 1 process with 1 thread: {times['1 process, 1 thread'] / two:.2f}x"
+          + (f", over 1 process with 2 threads: {times['1 process, 2 threads'] / two:.2f}x" if opts.two_threads else ''))
 
 
 def main(opts):
