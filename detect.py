@@ -6,6 +6,8 @@
 --image takes a file, a folder (every image in it and its sub-folders) or a glob. Annotated
 images go to --output/<path below the inputs' common folder> (never over an input); each image
 gets a one-line summary. Ctrl-C writes the --json of the images done so far, marked partial.
+Under torchrun (torchrun --nproc_per_node=N detect.py ...) each process takes every N-th
+image and rank 0 writes the --json, in the images' order.
 """
 import argparse
 import glob
@@ -13,6 +15,7 @@ import json
 import logging
 import os
 import time
+from contextlib import closing
 
 import cv2
 
@@ -21,6 +24,8 @@ from utils.atomic import atomic_write_text, check_writable
 from utils.cli import (IMAGE_EXTENSIONS, add_backend_arguments, detector_from_args,
                        optional_top_k, probability, report_skipped, run_cli)
 from utils.datapaths import shared_path
+from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
+from utils.folder_run import BackgroundWriter, prefetch
 from utils.inference import draw_detections, read_image
 
 logger = logging.getLogger(__name__)
@@ -138,36 +143,69 @@ def main(args):
         out_paths = output_paths(files, args.output, base=spec if os.path.isdir(spec) else None)
     if args.json:
         check_writable(args.json, '--json')
-    detector = detector_from_args(args)
+    world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
+    try:
+        quiet_other_ranks(world, logger)
+        return _detect_all(args, files, out_paths, world)
+    finally:
+        destroy(world)
+
+
+def _detect_all(args, files, out_paths, world):
+    """Under torchrun each rank detects every world_size-th image and writes its annotated
+    copies; rank 0 writes the JSON, images in list order."""
+    detector = detector_from_args(args, **({'device': world.device} if world.device else {}))
+    jobs = shard(enumerate(zip(files, out_paths)), world)
+
+    def draw(img_raw, dets, out_path):
+        os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
+        if not cv2.imwrite(out_path, draw_detections(img_raw, dets, args.vis_thres)):
+            raise ValueError(f"could not write {out_path} (unsupported extension or unwritable folder)")
+
+    def load(job):
+        # Read and preprocessed in a reading thread, while the network runs on an earlier image.
+        img_raw = read_image(job[1][0])
+        tic = time.perf_counter()
+        prepared = detector.preprocess([img_raw])
+        return img_raw, prepared, time.perf_counter() - tic
+
     results, skipped = [], []
     try:
-        for path, out_path in zip(files, out_paths):
-            try:
-                img_raw = read_image(path)
-            except (FileNotFoundError, ValueError) as e:
-                logger.warning("skipping %s: %s", path, e)
-                skipped.append((path, str(e)))
-                continue
-            tic = time.perf_counter()
-            dets = detector.detect(img_raw)
-            ms = 1000 * (time.perf_counter() - tic)
-            faces = int((dets[:, 4] >= args.vis_thres).sum())
-            line = (f"{path}: {faces} faces >= {args.vis_thres} ({len(dets)} detections > "
-                    f"{args.confidence_threshold}), {img_raw.shape[1]}x{img_raw.shape[0]}, {ms:.1f} ms")
-            if out_path is not None:
-                os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
-                if not cv2.imwrite(out_path, draw_detections(img_raw, dets, args.vis_thres)):
-                    raise ValueError(f"could not write {out_path} (unsupported extension or unwritable folder)")
-                line += f" -> {out_path}"
-            # Recorded before the summary is printed, so that the JSON of an interrupted run
-            # holds every image the user saw done.
-            results.append({'image': path, 'width': int(img_raw.shape[1]), 'height': int(img_raw.shape[0]),
-                            'detections': detections_to_json(dets)})
-            print(line, flush=True)
+        with closing(prefetch(jobs, load)) as images, BackgroundWriter() as writer:
+            for (index, (path, out_path)), loaded, error in images:
+                if error is not None:
+                    logger.warning("skipping %s: %s", path, error)
+                    skipped.append((index, (path, str(error))))
+                    continue
+                img_raw, prepared, preprocess_seconds = loaded
+                tic = time.perf_counter()
+                dets = detector.detect_preprocessed(*prepared)[0]
+                # The detection time as before: preprocessing (done ahead) included.
+                ms = 1000 * (time.perf_counter() - tic + preprocess_seconds)
+                faces = int((dets[:, 4] >= args.vis_thres).sum())
+                line = (f"{path}: {faces} faces >= {args.vis_thres} ({len(dets)} detections > "
+                        f"{args.confidence_threshold}), {img_raw.shape[1]}x{img_raw.shape[0]}, {ms:.1f} ms")
+                # Recorded before the image is drawn and the summary printed, so that the JSON of an
+                # interrupted run holds every image the user saw done.
+                results.append((index, {'image': path, 'width': int(img_raw.shape[1]),
+                                        'height': int(img_raw.shape[0]), 'detections': detections_to_json(dets)}))
+                if out_path is not None:
+                    writer.submit(draw, img_raw, dets, out_path)
+                    line += f" -> {out_path}"
+                print(line, flush=True)
     except KeyboardInterrupt:
-        if args.json:
-            write_json(args, results, skipped, len(files), partial=True)
+        # The other ranks are being interrupted too: no gathering now. Rank 0 writes what it has.
+        if args.json and world.is_main:
+            if world.distributed:
+                logger.warning("interrupted under torchrun: the partial --json holds rank 0's images only")
+            write_json(args, [r for _, r in results], [s for _, s in skipped], len(files), partial=True)
         raise
+    # Rank 0 gets every rank's results and skipped images, and puts them back in list order.
+    parts = gather_to_rank0((results, skipped), world)
+    if not world.is_main:
+        return {'results': [r for _, r in results], 'skipped': [s for _, s in skipped]}
+    results = merge_in_order(p[0] for p in parts)
+    skipped = merge_in_order(p[1] for p in parts)
     if args.json:
         write_json(args, results, skipped, len(files), partial=False)
     if len(files) > 1 or skipped:

@@ -17,6 +17,7 @@ import argparse
 import logging
 import os
 import time
+from contextlib import closing
 
 import cv2
 from tqdm import tqdm
@@ -26,6 +27,8 @@ from data import NETWORKS
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import (add_backend_arguments, detector_from_args, optional_top_k, probability,
                        report_skipped, run_cli, str2bool)
+from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
+from utils.folder_run import BackgroundWriter, prefetch
 from utils.inference import draw_detections, read_image
 
 logger = logging.getLogger(__name__)
@@ -87,7 +90,10 @@ def fddb_block(name, dets):
 
 
 def main(args):
-    """Write FDDB_dets.txt; returns {'path', 'written', 'skipped': [(path, reason)]}."""
+    """Write FDDB_dets.txt; returns {'path', 'written', 'skipped': [(path, reason)]}.
+
+    Under torchrun rank 0 writes the file and returns the totals; the other ranks return their share.
+    """
     list_path = args.image_list or os.path.join('data', args.dataset, 'img_list.txt')
     images_folder = args.images_folder or os.path.join('data', args.dataset, 'images')
     if not os.path.isfile(list_path):
@@ -102,25 +108,51 @@ def main(args):
     if args.save_image:
         check_writable(args.vis_folder, '--vis_folder', folder=True)
 
-    detector = detector_from_args(args)
+    world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
+    try:
+        quiet_other_ranks(world, logger)
+        return _detect_all(args, names, images_folder, out_path, world)
+    finally:
+        destroy(world)
+
+
+def _detect_all(args, names, images_folder, out_path, world):
+    """Under torchrun each rank detects every world_size-th image; rank 0 writes the blocks in list order."""
+    detector = detector_from_args(args, **({'device': world.device} if world.device else {}))
+    jobs = shard(enumerate(names), world)
+
+    def load(job):
+        # Read and preprocessed in a reading thread, while the network runs on an earlier image.
+        img_raw = read_image(os.path.join(images_folder, job[1] + '.jpg'))
+        return img_raw, detector.preprocess([img_raw])
+
+    def draw(index, img_raw, dets):
+        os.makedirs(args.vis_folder, exist_ok=True)
+        cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"), draw_detections(img_raw, dets, args.vis_thres))
+
     blocks, skipped = [], []
     start = time.perf_counter()
-    with logging_redirect_tqdm(), tqdm(names, desc='im_detect', unit='img', dynamic_ncols=True) as bar:
-        for index, name in enumerate(bar):
-            image_path = os.path.join(images_folder, name + '.jpg')
-            try:
-                img_raw = read_image(image_path)
-            except (FileNotFoundError, ValueError) as e:
-                logger.warning("skipping %s: %s", image_path, e)
-                skipped.append((image_path, str(e)))
+    with logging_redirect_tqdm(), closing(prefetch(jobs, load)) as images, BackgroundWriter() as writer, \
+            tqdm(total=len(jobs), desc='im_detect', unit='img', dynamic_ncols=True, disable=not world.is_main) as bar:
+        for (index, name), loaded, error in images:
+            bar.update()
+            if error is not None:
+                image_path = os.path.join(images_folder, name + '.jpg')
+                logger.warning("skipping %s: %s", image_path, error)
+                skipped.append((index, (image_path, str(error))))
                 continue
-            dets = detector.detect(img_raw)
-            blocks.append(fddb_block(name, dets))
+            img_raw, prepared = loaded
+            dets = detector.detect_preprocessed(*prepared)[0]
+            blocks.append((index, fddb_block(name, dets)))
             bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / len(blocks):.0f}", refresh=False)
             if args.save_image:
-                os.makedirs(args.vis_folder, exist_ok=True)
-                cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"),
-                            draw_detections(img_raw, dets, args.vis_thres))
+                writer.submit(draw, index, img_raw, dets)
+    # Rank 0 gets every rank's blocks and skipped images, and puts them back in list order.
+    parts = gather_to_rank0((blocks, skipped), world)
+    if not world.is_main:
+        return {'path': out_path, 'written': len(blocks), 'skipped': [s for _, s in skipped]}
+    blocks = merge_in_order(p[0] for p in parts)
+    skipped = merge_in_order(p[1] for p in parts)
     if not blocks:
         report_skipped(skipped)
         raise ValueError(f"none of the {len(names)} images could be read (is --images_folder right?)")

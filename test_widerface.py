@@ -18,6 +18,7 @@ import argparse
 import logging
 import os
 import time
+from contextlib import closing
 
 import cv2
 from tqdm import tqdm
@@ -27,6 +28,9 @@ from data import NETWORKS
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import (add_backend_arguments, detector_from_args, optional_top_k, probability,
                        report_skipped, run_cli, str2bool)
+from utils.distributed import (all_gather, destroy, init_from_torchrun, merge_in_order, on_rank0,
+                               quiet_other_ranks, shard)
+from utils.folder_run import BackgroundWriter, prefetch
 from utils.inference import draw_detections, read_image
 from utils.run_manifest import detector_settings, prepare_results_folder
 
@@ -143,57 +147,87 @@ def prediction_files(folder):
 
 
 def main(args):
-    """Write the prediction files; returns {'written', 'resumed', 'skipped': [(path, reason)]}."""
+    """Write the prediction files; returns {'written', 'resumed', 'skipped': [(path, reason)]}.
+
+    Under torchrun each rank detects every world_size-th image of the list and writes its
+    files; rank 0 prepares the folder first and reports the totals (returned on every rank).
+    """
     list_path = args.image_list or image_list_path(args.dataset_folder)
     names = read_image_list(list_path)
     check_writable(args.save_folder, '--save_folder', folder=True)
     if args.save_image:
         check_writable(args.vis_folder, '--vis_folder', folder=True)
+    world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
+    try:
+        quiet_other_ranks(world, logger)
+        return _detect_all(args, names, world)
+    finally:
+        destroy(world)
 
+
+def _detect_all(args, names, world):
     # Built before anything is skipped: the model and settings decide which files are resumable.
-    detector = detector_from_args(args)
+    detector = detector_from_args(args, **({'device': world.device} if world.device else {}))
     model_path = args.onnx_model or args.trained_model
-    prepare_results_folder(args.save_folder, detector_settings(detector, model_path),
-                           prediction_files(args.save_folder), model_path, script='test_widerface.py',
-                           recompute=not args.resume, recompute_flag='--no-resume')
+    # Rank 0 alone prepares the folder (it may remove another run's files) before any rank
+    # looks for files to resume or writes one.
+    on_rank0(lambda: prepare_results_folder(
+        args.save_folder, detector_settings(detector, model_path), prediction_files(args.save_folder), model_path,
+        script='test_widerface.py', recompute=not args.resume, recompute_flag='--no-resume'), world)
 
-    todo = []
-    for index, name in enumerate(names):
+    todo, resumed = [], 0
+    for index, name in shard(enumerate(names), world):
         stem = os.path.splitext(name)[0]
         save_name = os.path.join(args.save_folder, stem + ".txt")
         if args.resume and is_complete(save_name, os.path.basename(stem)):
+            resumed += 1
             continue
         todo.append((index, name, stem, save_name))
-    resumed = len(names) - len(todo)
-    if resumed:
+    resumed = sum(all_gather(resumed, world))
+    if resumed and world.is_main:
         logger.info("resuming: %d of %d images already have complete results in %s (--no-resume recomputes them)",
                     resumed, len(names), args.save_folder)
+
+    def load(job):
+        # Read and preprocessed in a reading thread, while the network runs on an earlier image.
+        img_raw = read_image(os.path.join(args.dataset_folder, job[1]))
+        return img_raw, detector.preprocess([img_raw])
+
+    def write(job, img_raw, dets):
+        index, _, stem, save_name = job
+        atomic_write_text(save_name, wider_text(os.path.basename(stem), dets))
+        if args.save_image:
+            os.makedirs(args.vis_folder, exist_ok=True)
+            cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"), draw_detections(img_raw, dets, args.vis_thres))
 
     skipped, written = [], 0
     if todo:
         start = time.perf_counter()
-        with logging_redirect_tqdm(), tqdm(todo, desc='im_detect', unit='img', dynamic_ncols=True) as bar:
-            for index, name, stem, save_name in bar:
-                image_path = os.path.join(args.dataset_folder, name)
-                try:
-                    img_raw = read_image(image_path)
-                except (FileNotFoundError, ValueError) as e:
-                    logger.warning("skipping %s: %s", image_path, e)
-                    skipped.append((image_path, str(e)))
+        with logging_redirect_tqdm(), closing(prefetch(todo, load)) as images, BackgroundWriter() as writer, \
+                tqdm(total=len(todo), desc='im_detect', unit='img', dynamic_ncols=True,
+                     disable=not world.is_main) as bar:
+            for job, loaded, error in images:
+                bar.update()
+                if error is not None:
+                    image_path = os.path.join(args.dataset_folder, job[1])
+                    logger.warning("skipping %s: %s", image_path, error)
+                    skipped.append((job[0], (image_path, str(error))))
                     continue
-                dets = detector.detect(img_raw)
-                atomic_write_text(save_name, wider_text(os.path.basename(stem), dets))
+                img_raw, prepared = loaded
+                dets = detector.detect_preprocessed(*prepared)[0]
+                writer.submit(write, job, img_raw, dets)
                 written += 1
                 bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / written:.0f}", refresh=False)
 
-                if args.save_image:
-                    os.makedirs(args.vis_folder, exist_ok=True)
-                    cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"),
-                                draw_detections(img_raw, dets, args.vis_thres))
+    # One summary for the whole run, on rank 0: every rank's counts, skipped images in list order.
+    parts = all_gather((written, len(todo), skipped), world)
+    written, attempted = sum(p[0] for p in parts), sum(p[1] for p in parts)
+    skipped = merge_in_order(p[2] for p in parts)
     logger.info("wrote %d prediction files to %s", written, args.save_folder)
-    report_skipped(skipped)
-    if skipped and not written and not resumed:
-        raise ValueError(f"none of the {len(todo)} images could be read (is --dataset_folder right?)")
+    if world.is_main:
+        report_skipped(skipped)
+    if skipped and not written and not resumed and world.is_main:
+        raise ValueError(f"none of the {attempted} images could be read (is --dataset_folder right?)")
     return {'written': written, 'resumed': resumed, 'skipped': skipped}
 
 

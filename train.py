@@ -51,6 +51,7 @@ from utils.atomic import atomic_save, check_writable
 from utils.checkpoint import load_model
 from utils.cli import (non_negative_float, non_negative_int, number_in, positive_float,
                        positive_int, run_cli, set_threads)
+from utils.distributed import init_from_torchrun, torchrun_world
 from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
 
@@ -167,18 +168,10 @@ def get_args_parser():
 
 def _init_distributed(device_arg):
     """(rank, world_size, local_rank) from torchrun's environment; initialises the process group."""
-    world_size = int(os.environ.get('WORLD_SIZE', '1'))
-    if world_size <= 1:
+    if not torchrun_world().distributed:
         return 0, 1, 0
-    rank = int(os.environ['RANK'])
-    local_rank = int(os.environ.get('LOCAL_RANK', '0'))
-    use_cuda = _wants_cuda(device_arg)
-    if use_cuda:
-        torch.cuda.set_device(local_rank)
-        dist.init_process_group('nccl', device_id=torch.device('cuda', local_rank))
-    else:
-        dist.init_process_group('gloo')
-    return rank, world_size, local_rank
+    world = init_from_torchrun(use_cuda=_wants_cuda(device_arg))
+    return world.rank, world.world_size, world.local_rank
 
 
 def _wants_cuda(device_arg, cfg=None):

@@ -678,7 +678,13 @@ class Detector:
         Returns:
             list[ndarray[N_i, 15] float32]: per image, as detect() returns.
         """
-        batch, sizes, resizes = self.preprocess(images)
+        return self.detect_preprocessed(*self.preprocess(images))
+
+    def detect_preprocessed(self, batch, sizes, resizes):
+        """detect_batch(images) given preprocess(images): the forward pass and what follows.
+
+        Folder runs preprocess the next images in reading threads while the network runs.
+        """
         loc, conf, landms = self.forward(batch)
         padded = tuple(batch.shape[2:])
         results = []

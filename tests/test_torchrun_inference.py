@@ -1,0 +1,187 @@
+"""Folder runs under torchrun: `torchrun --nproc_per_node=2` of test_widerface.py,
+test_fddb.py and detect.py on the CPU (gloo) gives the bytes of a 1-process run, on the
+160 minitrain photos plus one unreadable file.
+
+Both runs use one thread per process (OMP_NUM_THREADS=1, as torchrun sets it): the thread
+count changes the network's rounding, the number of processes must not change anything.
+"""
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import need_shared
+
+ROOT = Path(__file__).resolve().parent.parent
+BAD_NAME = '9--Broken/not_a_photo.jpg'
+BAD_INDEX = 5  # odd: rank 1's share in a 2-process run
+TIMEOUT = 600
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _run(script, args, nproc):
+    """Run script (1 process, or torchrun with nproc) in the project root; returns the CompletedProcess."""
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONUNBUFFERED='1')
+    if nproc == 1:
+        cmd = [sys.executable, str(ROOT / script)]
+    else:
+        cmd = [sys.executable, '-m', 'torch.distributed.run', f'--nproc_per_node={nproc}',
+               '--master_addr=127.0.0.1', f'--master_port={_free_port()}', str(ROOT / script)]
+    return subprocess.run(cmd + [str(a) for a in args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=TIMEOUT)
+
+
+def _ok(proc):
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return proc
+
+
+def _files(folder):
+    """{relative path: bytes} of every file below folder."""
+    folder = Path(folder)
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def weights():
+    return need_shared('weights', 'mobilenet0.25_Final.pth')
+
+
+@pytest.fixture(scope='module')
+def dataset(tmp_path_factory):
+    """images/<event>/<name>.jpg: links to the 160 minitrain photos, and one unreadable .jpg;
+    names: the list (event/name.jpg) in sorted order with the unreadable file at BAD_INDEX."""
+    source = need_shared('minitrain', 'train', 'images')
+    root = tmp_path_factory.mktemp('torchrun_data')
+    images = root / 'images'
+    names = sorted(str(p.relative_to(source)) for p in source.rglob('*.jpg'))
+    assert len(names) == 160
+    for name in names:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(source / name, images / name)
+    (images / BAD_NAME).parent.mkdir(parents=True)
+    (images / BAD_NAME).write_bytes(b'this is not an image\n')
+    names.insert(BAD_INDEX, BAD_NAME)
+    return images, names
+
+
+def _model_args(weights):
+    return ['-m', weights, '--network', 'mobile0.25', '--cpu']
+
+
+# ------------------------------------------------------------------------------ WIDER FACE
+
+@pytest.fixture(scope='module')
+def wider_runs(dataset, weights, tmp_path_factory):
+    """test_widerface.py over the list with 1 and with 2 processes: {nproc: (save_folder, process)}."""
+    images, names = dataset
+    root = tmp_path_factory.mktemp('torchrun_wider')
+    (root / 'wider_val.txt').write_text("\n".join(names) + "\n")
+    runs = {}
+    for nproc in (1, 2):
+        out = root / f'out{nproc}'
+        args = _model_args(weights) + ['--dataset_folder', images, '--image_list', root / 'wider_val.txt',
+                                       '--save_folder', out]
+        runs[nproc] = (out, _ok(_run('test_widerface.py', args, nproc)), args)
+    return runs
+
+
+def test_wider_two_processes_write_the_same_files(wider_runs):
+    one, two = _files(wider_runs[1][0]), _files(wider_runs[2][0])
+    assert len(one) == 160 + 1  # a file per readable photo, and the run's manifest
+    assert two == one
+
+
+def test_wider_two_processes_report_once(wider_runs, dataset):
+    """Each rank takes its own share: the totals and the unreadable file are reported once,
+    by rank 0, for the whole run (the other rank only warns as it skips its file)."""
+    log = wider_runs[2][1].stderr
+    assert log.count('wrote 160 prediction files') == 1, log[-3000:]
+    assert log.count('skipped 1 unreadable images') == 1, log[-3000:]
+    assert log.count(f'skipping {dataset[0] / BAD_NAME}') == 1, log[-3000:]
+
+
+def test_wider_resume_under_torchrun(wider_runs, tmp_path):
+    """A 2-process rerun recomputes only the missing and incomplete files, of both ranks'
+    shares, and leaves the others as they are."""
+    reference = _files(wider_runs[1][0])
+    out = tmp_path / 'out'
+    shutil.copytree(wider_runs[2][0], out)
+    txt = sorted(p for p in out.rglob('*.txt'))
+    removed, truncated, kept = txt[0], txt[1], txt[2]  # indexes 0 and 1 of the list: ranks 0 and 1
+    removed.unlink()
+    truncated.write_text(truncated.read_text()[:-5])
+    kept_inode = kept.stat().st_ino
+    args = list(wider_runs[2][2])
+    args[args.index('--save_folder') + 1] = out
+    proc = _ok(_run('test_widerface.py', args, 2))
+    assert proc.stderr.count('resuming: 158 of 161 images') == 1, proc.stderr[-3000:]
+    assert proc.stderr.count('wrote 2 prediction files') == 1, proc.stderr[-3000:]
+    assert kept.stat().st_ino == kept_inode
+    assert _files(out) == reference
+
+
+def test_wider_stale_folder_under_torchrun(wider_runs, tmp_path):
+    """Another run's folder is refused by rank 0 before any rank writes; the error is printed once."""
+    out = tmp_path / 'out'
+    shutil.copytree(wider_runs[2][0], out)
+    before = _files(out)
+    args = list(wider_runs[2][2])
+    args[args.index('--save_folder') + 1] = out
+    proc = _run('test_widerface.py', args + ['--confidence_threshold', '0.5'], 2)
+    assert proc.returncode != 0
+    assert proc.stderr.count('error: ') == 1, proc.stderr[-3000:]
+    assert 'confidence_threshold 0.02 -> 0.5' in proc.stderr and '--no-resume' in proc.stderr
+    assert _files(out) == before
+
+
+# ------------------------------------------------------------------------------ FDDB
+
+def test_fddb_two_processes_write_the_same_file(dataset, weights, tmp_path):
+    """FDDB_dets.txt (onnxruntime backend): rank 0 merges the ranks' blocks in list order."""
+    images, names = dataset
+    (tmp_path / 'img_list.txt').write_text("\n".join(n[:-len('.jpg')] for n in names) + "\n")
+    procs = {}
+    for nproc in (1, 2):
+        args = _model_args(weights) + ['--backend', 'onnxruntime', '--image_list', tmp_path / 'img_list.txt',
+                                       '--images_folder', images, '--save_folder', tmp_path / f'out{nproc}']
+        procs[nproc] = _ok(_run('test_fddb.py', args, nproc))
+    one = (tmp_path / 'out1' / 'FDDB_dets.txt').read_bytes()
+    assert one.startswith(b'0--Parade/')
+    assert (tmp_path / 'out2' / 'FDDB_dets.txt').read_bytes() == one
+    log = procs[2].stderr
+    assert log.count('wrote detections for 160 images') == 1, log[-3000:]
+    assert log.count('skipped 1 unreadable images') == 1, log[-3000:]
+
+
+# ------------------------------------------------------------------------------ detect.py
+
+def test_detect_two_processes_write_the_same_json_and_images(dataset, weights, tmp_path):
+    """detect.py on a folder: the same JSON (rank 0 merges it in list order) and the same
+    annotated images (each rank writes its own); every image is detected once."""
+    images, _ = dataset
+    procs = {}
+    for nproc in (1, 2):
+        args = _model_args(weights) + ['--image', images, '--output', tmp_path / f'annotated{nproc}',
+                                       '--json', tmp_path / f'faces{nproc}.json']
+        procs[nproc] = _ok(_run('detect.py', args, nproc))
+    one = (tmp_path / 'faces1.json').read_bytes()
+    payload = json.loads(one)
+    assert (len(payload['images']), len(payload['skipped'])) == (160, 1)
+    assert (tmp_path / 'faces2.json').read_bytes() == one
+    annotated = _files(tmp_path / 'annotated1')
+    assert len(annotated) == 160
+    assert _files(tmp_path / 'annotated2') == annotated
+    out = procs[2].stdout
+    assert out.count(' faces >= ') == 160, out[-3000:]
+    assert procs[2].stderr.count('skipped 1 unreadable images') == 1, procs[2].stderr[-3000:]
