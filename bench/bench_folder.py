@@ -122,10 +122,13 @@ def forward_seconds(detector, batches):
 
 
 def import_seconds():
-    code = ("import time; t = time.perf_counter(); import test_widerface; "
-            "print(time.perf_counter() - t)")
+    """(import test_widerface, then import torch) in a fresh interpreter, seconds: the project
+    loads torch only for the paths that need it."""
+    code = ("import time; t = time.perf_counter(); import test_widerface; a = time.perf_counter(); "
+            "import torch; print(a - t, time.perf_counter() - a)")
     out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True, check=True)
-    return float(out.stdout.split()[-1])
+    first, second = out.stdout.split()[-2:]
+    return float(first), float(second)
 
 
 def part_folder_vs_forward(opts, weights, tmp):
@@ -164,9 +167,12 @@ def part_folder_vs_forward(opts, weights, tmp):
 
 def part_startup(startup):
     print("\n2. start-up (once each)")
-    print(f"import test_widerface (torch, OpenCV, project), fresh interpreter: {import_seconds():.2f} s")
+    project, torch_import = import_seconds()
+    print(f"fresh interpreter: import test_widerface (OpenCV, project) {project:.2f} s, then import torch "
+          f"{torch_import:.2f} s")
     if 'torch' in startup:
-        print(f"torch detector: load the weights: {startup['torch']:.2f} s")
+        print(f"torch detector (in this process: torch's import if not yet loaded, the weights): "
+              f"{startup['torch']:.2f} s")
     if 'onnxruntime' in startup:
         print(f"onnxruntime detector: load the weights, export to ONNX in memory, make the session: "
               f"{startup['onnxruntime']:.2f} s")
@@ -196,7 +202,9 @@ def part_processes(opts, weights, tmp):
         env = dict(os.environ, OMP_NUM_THREADS=threads)
         cmd = launcher + script + ['--save_folder', str(tmp / f'procs_{k}')]
         tic = time.perf_counter()
-        subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"{label} failed (status {proc.returncode}):\n{proc.stderr[-3000:]}")
         times[label] = time.perf_counter() - tic
         print(f"{label:<32} {times[label]:6.2f} s  {len(names) / times[label]:6.1f} img/s")
     two = times['torchrun 2 processes x 1 thread']
