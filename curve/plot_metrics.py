@@ -18,6 +18,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from utils.atomic import atomic_write  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 LOSSES = (('loss', 'total (weighted sum)'), ('loc', 'box (Loc)'), ('cla', 'class (Cla)'), ('landm', 'landmarks (Landm)'))
 SETTING_COLOURS = {'easy': 'tab:green', 'medium': 'tab:orange', 'hard': 'tab:red', 'all': 'tab:blue'}
@@ -153,8 +154,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    try:
-        main(get_args_parser().parse_args())
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    raise SystemExit(run_cli(main, get_args_parser()))

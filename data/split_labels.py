@@ -19,6 +19,7 @@ if __package__ in (None, ""):
 
 from data.wider_face import read_label_file  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 
 
 def get_args_parser():
@@ -75,8 +76,4 @@ def main(args):
 
 
 if __name__ == '__main__':
-    try:
-        main(get_args_parser().parse_args())
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    raise SystemExit(run_cli(main, get_args_parser()))

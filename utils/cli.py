@@ -259,14 +259,14 @@ def setup_logging(level=logging.INFO):
 def run_cli(main, parser, argv=None):
     """Parse argv, run main(args) and return the process exit status.
 
-    Expected failures (a missing file, bad input or settings) print one clear line,
-    'error: ...', instead of a traceback, and give status 1; Ctrl-C gives 130.
+    Expected failures (a missing or unwritable file, bad input or settings) print one clear
+    line, 'error: ...', instead of a traceback, and give status 1; Ctrl-C gives 130.
     """
     args = parser.parse_args(argv)
     setup_logging()
     try:
         main(args)
-    except (FileNotFoundError, ValueError) as e:
+    except (OSError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -515,8 +515,9 @@ def run(argv=None):
     """The command line: main() with expected failures (a missing or malformed file, the wrong
     folder) as one 'error: ...' line and exit status 1 instead of a traceback; Ctrl-C gives 130.
 
-    utils.cli.run_cli does the same for the inference scripts; it is not used here because
-    importing it loads torch, which this evaluation does not need.
+    utils.cli.run_cli does the same for the other scripts; it is not used here because
+    importing it loads the detection pipeline (OpenCV, onnxruntime), which this evaluation
+    does not need.
     """
     args = get_args_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
