@@ -52,13 +52,12 @@ from utils.checkpoint import load_model
 from utils.cli import (non_negative_float, non_negative_int, number_in, positive_float,
                        positive_int, run_cli, set_threads)
 from utils.distributed import init_from_torchrun, torchrun_world
+from utils.inference import BGR_MEAN
 from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
 
 logger = logging.getLogger('train')
 
-# The per-channel mean subtracted from the BGR input (BGR order).
-RGB_MEAN = (104, 117, 123)
 NUM_CLASSES = 2  # face, background
 # MultiBoxLoss(num_classes, overlap_thresh, prior_for_matching, bkg_label, neg_mining, neg_pos,
 #              neg_overlap, encode_target), as the reference builds it.
@@ -523,7 +522,7 @@ def _train(args, rank, world_size, local_rank):
     priors = cached_priors(cfg, (img_dim, img_dim), device=device)  # [P, 4], computed once
 
     logger.info('Loading Dataset...')
-    dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, RGB_MEAN))
+    dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, BGR_MEAN))
     if len(dataset) == 0:
         raise ValueError(f"{args.training_dataset} lists no images")
     _check_labels(dataset, args)
