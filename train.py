@@ -23,19 +23,15 @@ NaN or infinite (nothing is saved then; the message names the last good checkpoi
 """
 import argparse
 import datetime
-import hashlib
-import json
 import logging
 import math
 import os
-import random
 import signal
 import sys
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.optim as optim
@@ -55,6 +51,8 @@ from utils.distributed import init_from_torchrun, torchrun_world
 from utils.inference import BGR_MEAN
 from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
+from utils.train_state import (ResumableDistributedSampler, StopSignal, gather_rng_states, load_training_state,
+                               save_training_state, seed_everything, set_rng_state)
 
 logger = logging.getLogger('train')
 
@@ -69,7 +67,6 @@ DEFAULT_PRETRAINED = {
     'mobilenet0.25': './weights/mobilenetV1X0.25_pretrain.tar',
     'Resnet50': './weights/resnet50-0676ba61.pth',
 }
-STATE_FORMAT = 1
 EXIT_NONFINITE_LOSS = 3
 # Warn when training drops more than this fraction of the label file's boxes.
 DROPPED_BOXES_WARNING = 0.1
@@ -78,8 +75,6 @@ LOG_FORMAT = '%(asctime)s %(message)s'
 # TrainResult keeps the records of at most this many recent iterations.
 ITERATION_RECORDS = 10000
 
-# Set by the SIGINT / SIGTERM handler; the loop saves a state and stops after the current step.
-_stop_signal = None
 # The <name>_train.log handler rank 0 adds to the root logger; main() removes it.
 _log_file_handler = None
 
@@ -158,8 +153,6 @@ def get_args_parser():
     parser.add_argument('--eval_every', type=positive_int, default=1,
                         help='validate every N epochs (and after the last one); the starting weights are '
                              'validated too, as epoch 0')
-    # Test-only: each rank writes a digest of its parameters into this folder at the end.
-    parser.add_argument('--debug_param_digest', default=None, help=argparse.SUPPRESS)
     return parser
 
 
@@ -257,24 +250,6 @@ def _is_checkpoint_epoch(epoch, cfg):
     return (epoch % 10 == 0 and epoch > 0) or (epoch % 5 == 0 and epoch > cfg['decay1'])
 
 
-class ResumableDistributedSampler(data.DistributedSampler):
-    """DistributedSampler (shuffled per epoch from seed + epoch; one replica when not
-    distributed) that can skip the samples already used in the epoch being resumed."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.start_index = 0
-
-    def set_start_index(self, start_index):
-        """Skip the first start_index samples of this replica's next pass (once)."""
-        self.start_index = start_index
-
-    def __iter__(self):
-        indices = list(super().__iter__())
-        start, self.start_index = self.start_index, 0
-        return iter(indices[start:])
-
-
 def _worker_init_fn(worker_id):
     """DataLoader workers: PyTorch has already seeded random / numpy / torch per worker.
     Leave Ctrl-C to the main process (it saves and shuts the workers down), restore the
@@ -285,84 +260,54 @@ def _worker_init_fn(worker_id):
     cv2.setNumThreads(1)
 
 
-def _handle_stop_signal(signum, frame):
-    global _stop_signal
-    _stop_signal = signum
-    # A second Ctrl-C / SIGTERM stops at once.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-# --------------------------------------------------------------------------- RNG state
-
-def _rng_state(device):
-    """This process's RNG states, as tensors and plain Python values (weights_only-loadable)."""
-    np_state = np.random.get_state()
-    state = {
-        'python': random.getstate(),
-        'numpy': {'keys': torch.from_numpy(np_state[1].astype(np.int64)), 'pos': int(np_state[2]),
-                  'has_gauss': int(np_state[3]), 'cached_gaussian': float(np_state[4])},
-        'torch': torch.get_rng_state(),
-    }
-    if device.type == 'cuda':
-        state['cuda'] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def _set_rng_state(state, device):
-    version, internal, gauss = state['python']
-    random.setstate((version, tuple(internal), gauss))
-    n = state['numpy']
-    np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
-                         n['cached_gaussian']))
-    torch.set_rng_state(state['torch'])
-    if device.type == 'cuda' and 'cuda' in state:
-        torch.cuda.set_rng_state(state['cuda'], device)
-
-
-def _seed_everything(seed):
-    random.seed(seed)
-    np.random.seed(seed % 2 ** 32)
-    torch.manual_seed(seed)
-
-
-def _plain(value):
-    """args values as plain Python types (the state file is loaded with weights_only=True)."""
-    return value if isinstance(value, (str, int, float, bool, type(None))) else str(value)
-
-
-def load_training_state(path):
-    """Read a <name>_last_state.pth; a ValueError naming the file if it is not one."""
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"training state not found: {path}")
-    try:
-        state = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:
-        raise ValueError(f"{path} is not a readable training state: {type(e).__name__}: {e}") from e
-    required = ('model', 'optimizer', 'iteration', 'epoch_size', 'cfg', 'seed', 'rng')
-    if not isinstance(state, dict) or any(k not in state for k in required):
-        raise ValueError(f"{path} is not a training state written by train.py (it lacks "
-                         f"{[k for k in required if not isinstance(state, dict) or k not in state]}); "
-                         f"to start from plain weights use --resume_net")
-    return state
-
-
-def params_digest(model):
-    """sha256 over the parameters in state_dict order (for the multi-process check)."""
-    h = hashlib.sha256()
-    for name, p in model.named_parameters():
-        h.update(name.encode())
-        h.update(p.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 # --------------------------------------------------------------------------- training
+
+@dataclass
+class Run:
+    """What one training run works with, built by _prepare() and shared by the steps below."""
+    args: argparse.Namespace
+    cfg: dict
+    device: torch.device
+    rank: int
+    world_size: int
+    stop: StopSignal
+    amp: bool = False
+    seed: int = 0
+    model: torch.nn.Module = None  # the plain model, whose state_dict is saved
+    net: torch.nn.Module = None  # what the steps call: the model, or its DistributedDataParallel wrapper
+    optimizer: optim.Optimizer = None
+    scaler: torch.amp.GradScaler = None
+    criterion: MultiBoxLoss = None
+    priors: torch.Tensor = None
+    sampler: ResumableDistributedSampler = None
+    loader: data.DataLoader = None
+    validator: object = None  # a utils.validation.Validator, or None without --val_dataset
+    epoch_size: int = 0
+    max_iter: int = 0
+    stepvalues: tuple = ()
+    start_iter: int = 0
+    resumed: bool = False  # started from a --resume training state
+    last_saved: str = None  # named when the loss becomes non-finite
+    history: RunHistory = None
+    meters: MetricLogger = None
+    result: TrainResult = None
+    warned_no_face: bool = False
+
+    @property
+    def distributed(self):
+        return self.world_size > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def path(self, suffix):
+        """The file <save_folder>/<name><suffix>."""
+        return os.path.join(self.args.save_folder, self.cfg['name'] + suffix)
+
 
 def main(args):
     """Train as args say; returns a TrainResult. Raises NonFiniteLossError on a NaN/inf loss."""
-    global _stop_signal
-    _stop_signal = None
     rank, world_size, local_rank = _init_distributed(args.device)
     distributed = world_size > 1
     if distributed and rank != 0:
@@ -372,20 +317,20 @@ def main(args):
     elif logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
 
-    handlers = {}
-    if _in_main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            handlers[sig] = signal.signal(sig, _handle_stop_signal)
+    stop = StopSignal().install()
     threads = torch.get_num_threads()
     set_threads(args.threads)
     try:
         # Training needs autograd whatever the caller's global mode (a script that called
         # torch.set_grad_enabled(False) before, as inference scripts do).
         with torch.enable_grad():
-            return _train(args, rank, world_size, local_rank)
+            run = _prepare(args, rank, world_size, local_rank, stop)
+            if run.start_iter >= run.max_iter:  # finished already: _prepare said so
+                return TrainResult(iteration=run.start_iter, max_iter=run.max_iter, epoch_size=run.epoch_size,
+                                   state_path=args.resume)
+            return _train(run)
     finally:
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
+        stop.restore()
         set_threads(threads)
         _close_log_file()
         if distributed and dist.is_initialized():
@@ -443,35 +388,73 @@ def _check_labels(dataset, args):
     return summary
 
 
-def _in_main_thread():
-    import threading
-    return threading.current_thread() is threading.main_thread()
-
-
-def _train(args, rank, world_size, local_rank):
-    distributed = world_size > 1
-    is_main = rank == 0
+def _prepare(args, rank, world_size, local_rank, stop):
+    """Check the settings and build what the run needs, in the order the RNG draws depend
+    on. Returns the Run; its start_iter >= max_iter when a resumed run has nothing left."""
     cfg = build_config(args)
-    device = resolve_device(args.device, cfg, local_rank, distributed)
-    amp = bool(args.amp)
-    if amp and device.type != 'cuda':
+    run = Run(args, cfg, resolve_device(args.device, cfg, local_rank, world_size > 1), rank, world_size, stop)
+    device = run.device
+    run.amp = bool(args.amp)
+    if run.amp and device.type != 'cuda':
         logger.warning("--amp needs CUDA; training in float32 on %s", device)
-        amp = False
+        run.amp = False
     if args.resume and args.resume_net:
         raise ValueError("give either --resume (a training state) or --resume_net (plain weights), not both")
-
-    img_dim = cfg['image_size']
-    batch_size = cfg['batch_size']
-    max_epoch = cfg['epoch']
-    initial_lr = args.lr
-    gamma = args.gamma
-    save_folder = args.save_folder
-    if is_main:
-        check_save_folder(save_folder)
-        _open_log_file(os.path.join(save_folder, cfg['name'] + '_train.log'))
+    if run.is_main:
+        check_save_folder(args.save_folder)
+        _open_log_file(run.path('_train.log'))
         logger.info("train.py %s", ' '.join(f"--{k} {v}" for k, v in vars(args).items() if v is not None))
 
     state = load_training_state(args.resume) if args.resume else None
+    run.resumed = state is not None
+    run.seed = _choose_seed(run, state)
+    run.model = build_model(args, cfg, state, run.seed, rank).to(device)
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    run.net = run.model
+    if run.distributed:
+        run.net = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == 'cuda' else None)
+    run.optimizer = optim.SGD(run.net.parameters(), lr=args.lr, momentum=args.momentum,
+                              weight_decay=args.weight_decay)
+    run.scaler = torch.amp.GradScaler('cuda', enabled=run.amp)
+    run.criterion = MultiBoxLoss(NUM_CLASSES, MATCH_THRESHOLD, True, 0, True, NEG_POS_RATIO, MATCH_THRESHOLD, False,
+                                 faceless_negatives=args.faceless_negatives)
+    img_dim = cfg['image_size']
+    run.priors = cached_priors(cfg, (img_dim, img_dim), device=device)  # [P, 4], computed once
+
+    logger.info('Loading Dataset...')
+    dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, BGR_MEAN))
+    if len(dataset) == 0:
+        raise ValueError(f"{args.training_dataset} lists no images")
+    _check_labels(dataset, args)
+    run.validator = _make_validator(args, cfg, device)  # None without --val_dataset; checked before training
+    run.sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                              seed=run.seed)
+    run.epoch_size = math.ceil(len(run.sampler) / cfg['batch_size'])
+    run.max_iter = cfg['epoch'] * run.epoch_size
+    run.stepvalues = (cfg['decay1'] * run.epoch_size, cfg['decay2'] * run.epoch_size)
+    _resume_position(run, state)
+    if run.start_iter >= run.max_iter:
+        return run
+    run.loader = _make_loader(run, dataset)
+    logger.info("%s: %d images, batch %d x %d process(es) = %d, %d iterations per epoch, %d epochs, "
+                "LR %g stepped x%g at epochs %d and %d, image %d, device %s%s, seed %d",
+                cfg['name'], len(dataset), cfg['batch_size'], world_size, cfg['batch_size'] * world_size,
+                run.epoch_size, cfg['epoch'], args.lr, args.gamma, cfg['decay1'], cfg['decay2'], img_dim, device,
+                ', AMP' if run.amp else '', run.seed)
+    run.result = TrainResult(iteration=run.start_iter, max_iter=run.max_iter, epoch_size=run.epoch_size)
+    # A fresh run starts a new metrics file; a resumed one continues the state's records.
+    metrics_path = run.path('_metrics.jsonl')
+    run.history = (RunHistory.resume(metrics_path, state, run.start_iter // run.epoch_size) if state is not None
+                   else RunHistory(metrics_path))
+    run.result.history = run.history
+    return run
+
+
+def _choose_seed(run, state):
+    """The run's seed: the state's when resuming, else --seed, else a random one (the same
+    on every rank, which must shuffle alike)."""
+    args, cfg = run.args, run.cfg
     if state is not None:
         if state['cfg'].get('name') != cfg['name']:
             raise ValueError(f"{args.resume} was trained with {state['cfg'].get('name')}, not {cfg['name']} "
@@ -479,19 +462,23 @@ def _train(args, rank, world_size, local_rank):
         seed = int(state['seed'])
         if args.seed is not None and args.seed != seed:
             logger.warning("--seed %d ignored: resuming with the state's seed %d", args.seed, seed)
-        _warn_changed_settings(state, cfg, args, world_size)
-    elif args.seed is not None:
-        seed = args.seed
-    else:
-        seed = int.from_bytes(os.urandom(4), 'little')
-        if distributed:  # every rank must shuffle with the same seed
-            t = torch.tensor([seed], dtype=torch.int64, device=device if device.type == 'cuda' else 'cpu')
-            dist.broadcast(t, src=0)
-            seed = int(t.item())
-    # The model is initialised identically on every rank (DDP also broadcasts rank 0's);
-    # augmentation in the main process differs per rank.
-    _seed_everything(seed)
+        _warn_changed_settings(state, cfg, args, run.world_size)
+        return seed
+    if args.seed is not None:
+        return args.seed
+    seed = int.from_bytes(os.urandom(4), 'little')
+    if run.distributed:  # every rank must shuffle with the same seed
+        t = torch.tensor([seed], dtype=torch.int64, device=run.device if run.device.type == 'cuda' else 'cpu')
+        dist.broadcast(t, src=0)
+        seed = int(t.item())
+    return seed
 
+
+def build_model(args, cfg, state, seed, rank):
+    """The RetinaFace to train, on the CPU: initialised from seed (identically on every rank;
+    DDP also broadcasts rank 0's), with the weights of the training state, --resume_net or
+    the pretrained backbone. Then each rank seeds its own augmentation (seed + rank)."""
+    seed_everything(seed)
     net = RetinaFace(cfg=cfg, phase='train')
     logger.debug("net: %s", net)
     if state is not None:
@@ -506,241 +493,222 @@ def _train(args, rank, world_size, local_rank):
             load_pretrained_backbone(net, cfg, pretrained)
         else:
             logger.info("no pretrained backbone: training from scratch")
-    _seed_everything(seed + rank)
+    seed_everything(seed + rank)
+    return net
 
-    net = net.to(device)
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True
-    model = net
-    if distributed:
-        net = DistributedDataParallel(net, device_ids=[device.index] if device.type == 'cuda' else None)
 
-    optimizer = optim.SGD(net.parameters(), lr=initial_lr, momentum=args.momentum, weight_decay=args.weight_decay)
-    scaler = torch.amp.GradScaler('cuda', enabled=amp)
-    criterion = MultiBoxLoss(NUM_CLASSES, MATCH_THRESHOLD, True, 0, True, NEG_POS_RATIO, MATCH_THRESHOLD, False,
-                             faceless_negatives=args.faceless_negatives)
-    priors = cached_priors(cfg, (img_dim, img_dim), device=device)  # [P, 4], computed once
-
-    logger.info('Loading Dataset...')
-    dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, BGR_MEAN))
-    if len(dataset) == 0:
-        raise ValueError(f"{args.training_dataset} lists no images")
-    _check_labels(dataset, args)
-    validator = _make_validator(args, cfg, device)  # None without --val_dataset; checked before training
-    sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed)
-    epoch_size = math.ceil(len(sampler) / batch_size)
-    max_iter = max_epoch * epoch_size
-    stepvalues = (cfg['decay1'] * epoch_size, cfg['decay2'] * epoch_size)
-
-    start_iter = 0
-    last_saved = None
-    if state is not None:
-        optimizer.load_state_dict(state['optimizer'])
-        if amp and state.get('scaler'):
-            scaler.load_state_dict(state['scaler'])
-        start_iter = int(state['iteration'])
-        last_saved = args.resume
-        if int(state['epoch_size']) != epoch_size:
-            completed = start_iter // int(state['epoch_size'])
-            logger.warning("the state was saved with %d iterations per epoch, now %d (dataset, batch size or "
-                           "number of processes changed): resuming at the start of epoch %d",
-                           state['epoch_size'], epoch_size, completed + 1)
-            start_iter = completed * epoch_size
-        if start_iter >= max_iter:
-            logger.warning("training had already finished: %s is at iteration %d of %d (epoch %d of %d); nothing "
-                           "was trained or saved (to train longer, resume with a larger --max_epoch)",
-                           args.resume, start_iter, max_iter, start_iter // epoch_size, max_epoch)
-            return TrainResult(iteration=start_iter, max_iter=max_iter, epoch_size=epoch_size,
-                               state_path=args.resume)
-        rng = state['rng']
-        if int(state.get('world_size', 1)) == world_size and rank < len(rng):
-            _set_rng_state(rng[rank], device)
-        else:
-            _seed_everything(seed + rank + 7919 * start_iter)
-    elif args.resume_epoch > 0:
+def _resume_position(run, state):
+    """Set run.start_iter (and with a state: the optimizer, the AMP scaler and this rank's
+    RNG states, unless nothing is left to train, which it warns about)."""
+    args, epoch_size = run.args, run.epoch_size
+    if state is None:
         # The reference's --resume_epoch: the weights were saved after that many epochs.
         # The LR steps are counted from the iteration, so the rate is that epoch's.
-        start_iter = args.resume_epoch * epoch_size
+        run.start_iter = args.resume_epoch * epoch_size if args.resume_epoch > 0 else 0
+        return
+    run.optimizer.load_state_dict(state['optimizer'])
+    if run.amp and state.get('scaler'):
+        run.scaler.load_state_dict(state['scaler'])
+    start_iter = int(state['iteration'])
+    run.last_saved = args.resume
+    if int(state['epoch_size']) != epoch_size:
+        completed = start_iter // int(state['epoch_size'])
+        logger.warning("the state was saved with %d iterations per epoch, now %d (dataset, batch size or "
+                       "number of processes changed): resuming at the start of epoch %d",
+                       state['epoch_size'], epoch_size, completed + 1)
+        start_iter = completed * epoch_size
+    run.start_iter = start_iter
+    if start_iter >= run.max_iter:
+        logger.warning("training had already finished: %s is at iteration %d of %d (epoch %d of %d); nothing "
+                       "was trained or saved (to train longer, resume with a larger --max_epoch)",
+                       args.resume, start_iter, run.max_iter, start_iter // epoch_size, run.cfg['epoch'])
+        return
+    rng = state['rng']
+    if int(state.get('world_size', 1)) == run.world_size and run.rank < len(rng):
+        set_rng_state(rng[run.rank], run.device)
+    else:
+        seed_everything(run.seed + run.rank + 7919 * start_iter)
 
+
+def _make_loader(run, dataset):
+    """One DataLoader for the whole run (the sampler reshuffles it each epoch)."""
     # Worker seeds come from this generator: different per rank, and fresh after a resume.
     loader_generator = torch.Generator()
-    loader_generator.manual_seed((seed + 1000003 * rank + 7919 * start_iter) % 2 ** 63)
-    loader = data.DataLoader(
-        dataset, batch_size, sampler=sampler, num_workers=args.num_workers, collate_fn=detection_collate,
-        pin_memory=device.type == 'cuda', persistent_workers=args.num_workers > 0,
-        worker_init_fn=_worker_init_fn if args.num_workers > 0 else None, generator=loader_generator)
+    loader_generator.manual_seed((run.seed + 1000003 * run.rank + 7919 * run.start_iter) % 2 ** 63)
+    workers = run.args.num_workers
+    return data.DataLoader(
+        dataset, run.cfg['batch_size'], sampler=run.sampler, num_workers=workers, collate_fn=detection_collate,
+        pin_memory=run.device.type == 'cuda', persistent_workers=workers > 0,
+        worker_init_fn=_worker_init_fn if workers > 0 else None, generator=loader_generator)
 
-    logger.info("%s: %d images, batch %d x %d process(es) = %d, %d iterations per epoch, %d epochs, "
-                "LR %g stepped x%g at epochs %d and %d, image %d, device %s%s, seed %d",
-                cfg['name'], len(dataset), batch_size, world_size, batch_size * world_size, epoch_size,
-                max_epoch, initial_lr, gamma, cfg['decay1'], cfg['decay2'], img_dim, device,
-                ', AMP' if amp else '', seed)
 
-    result = TrainResult(iteration=start_iter, max_iter=max_iter, epoch_size=epoch_size)
-    metrics_path = os.path.join(save_folder, cfg['name'] + '_metrics.jsonl')
-    state_path = os.path.join(save_folder, cfg['name'] + '_last_state.pth')
-    # A fresh run starts a new metrics file; a resumed one continues the state's records.
-    history = (RunHistory.resume(metrics_path, state, start_iter // epoch_size) if state is not None
-               else RunHistory(metrics_path))
-    result.history = history
-    best_path = os.path.join(save_folder, cfg['name'] + '_best.pth')
+def _train(run):
+    """The epochs from run.start_iter on; returns the TrainResult."""
+    if run.is_main:
+        run.history.write()
+    if run.validator is not None and not run.resumed:
+        start_epoch = run.start_iter // run.epoch_size
+        run.history.add_record({'epoch': start_epoch, **validate_epoch(
+            run.validator, run.model, run.history, start_epoch, run.path('_best.pth'), run.is_main)})
+        if run.is_main:
+            run.history.write()
+    run.net.train()
+    run.meters = MetricLogger(window_size=20)
+    iteration = run.start_iter
+    while iteration < run.max_iter:
+        batches = _begin_epoch(run, iteration)
+        iteration, stopped = train_one_epoch(run, batches, iteration)
+        if stopped:
+            signum = int(run.stop.signum or signal.SIGTERM)  # a rank that got no signal itself says SIGTERM
+            state_path = _save_state(run, iteration)
+            if run.is_main:
+                logger.warning("stopped by signal %d after iteration %d: resumable state saved in %s "
+                               "(continue with --resume %s)", signum, iteration, state_path, state_path)
+            run.result.exit_code = 128 + signum
+            return run.result
+    if run.is_main:
+        final = run.path('_Final.pth')
+        atomic_save(run.model.state_dict(), final)
+        run.last_saved = final
+        run.result.final_checkpoint = final
+        logger.info("saved %s", final)
+    _save_state(run, run.max_iter)
+    return run.result
 
-    def save_state(next_iteration):
-        """All ranks call this together (it gathers their RNG states); rank 0 writes."""
-        rng = [_rng_state(device)]
-        if distributed:
-            rng = [None] * world_size
-            dist.all_gather_object(rng, _rng_state(device))
-        if is_main:
-            atomic_save({
-                'format': STATE_FORMAT,
-                'model': model.state_dict(),
-                'optimizer': optimizer.state_dict(),
-                'scaler': scaler.state_dict(),
-                'epoch': next_iteration // epoch_size,  # completed epochs
-                'iteration': next_iteration,  # the next iteration to run
-                'epoch_size': epoch_size,
-                'max_iter': max_iter,
-                'seed': seed,
-                'world_size': world_size,
-                'rng': [_cpu_rng(r) for r in rng],
-                'cfg': cfg,
-                'args': {k: _plain(v) for k, v in vars(args).items()},
-                # the epoch in progress too, when stopped mid-epoch
-                'history': history.state_dict(meters if next_iteration % epoch_size else None, next_iteration),
-            }, state_path)
-            result.state_path = state_path
-        return state_path
 
-    if is_main:
-        history.write()
-    if validator is not None and state is None:
-        start_epoch = start_iter // epoch_size
-        history.add_record({'epoch': start_epoch, **validate_epoch(validator, model, history, start_epoch,
-                                                                   best_path, is_main)})
-        if is_main:
-            history.write()
-    net.train()
-    meters = MetricLogger(window_size=20)
-    batch_iterator = None
-    epoch = start_iter // epoch_size
-    warned_no_face = False
-    iteration = start_iter
-    for iteration in range(start_iter, max_iter):
-        if iteration % epoch_size == 0 or batch_iterator is None:
-            completed = iteration // epoch_size
-            if iteration % epoch_size == 0:
-                if is_main and _is_checkpoint_epoch(completed, cfg):
-                    path = os.path.join(save_folder, cfg['name'] + '_epoch_' + str(completed) + '.pth')
-                    atomic_save(model.state_dict(), path)
-                    last_saved = path
-                    logger.info("saved %s", path)
-                if iteration > start_iter:
-                    last_saved = save_state(iteration)
-            # One DataLoader for the whole run: reshuffle (seed + epoch) and skip what a
-            # resumed epoch already used.
-            sampler.set_epoch(completed)
-            sampler.set_start_index((iteration % epoch_size) * batch_size)
-            batch_iterator = iter(loader)
-            epoch = completed + 1
-            meters.reset()
-            epoch_had_face = False
-            if iteration == start_iter and history.restore_partial(meters, iteration) and is_main:
-                logger.info("the record of epoch %d continues the sums saved in the state", epoch)
+def _begin_epoch(run, iteration):
+    """At an epoch boundary, the reference's checkpoint and (after the first iteration of
+    this run) the training state; then the epoch's data order from this iteration on.
+    Returns the batch iterator."""
+    completed = iteration // run.epoch_size
+    if iteration % run.epoch_size == 0:
+        if run.is_main and _is_checkpoint_epoch(completed, run.cfg):
+            path = run.path('_epoch_' + str(completed) + '.pth')
+            atomic_save(run.model.state_dict(), path)
+            run.last_saved = path
+            logger.info("saved %s", path)
+        if iteration > run.start_iter:
+            run.last_saved = _save_state(run, iteration)
+    # One DataLoader for the whole run: reshuffle (seed + epoch) and skip what a resumed
+    # epoch already used.
+    run.sampler.set_epoch(completed)
+    run.sampler.set_start_index((iteration % run.epoch_size) * run.cfg['batch_size'])
+    batches = iter(run.loader)
+    run.meters.reset()
+    if iteration == run.start_iter and run.history.restore_partial(run.meters, iteration) and run.is_main:
+        logger.info("the record of epoch %d continues the sums saved in the state", completed + 1)
+    return batches
 
-        lr = adjust_learning_rate(optimizer, initial_lr, gamma, iteration, stepvalues)
 
-        load_t0 = time.perf_counter()
-        images, targets = next(batch_iterator)
-        images = images.to(device, non_blocking=True)  # [B, 3, img_dim, img_dim]
-        targets = [anno.to(device, non_blocking=True) for anno in targets]  # B x [N_i, 15]
-        data_time = time.perf_counter() - load_t0
-
-        # forward
-        with torch.autocast(device_type=device.type, enabled=amp):
-            out = net(images)
-        loss_l, loss_c, loss_landm = criterion(out, priors, targets)
-        loss = cfg['loc_weight'] * loss_l + loss_c + loss_landm
-
-        # One sync per step: the losses (averaged over ranks, for logging) and whether any
-        # rank was asked to stop, so that every rank stops at the same iteration.
-        stats = torch.stack([loss_l.detach(), loss_c.detach(), loss_landm.detach(),
-                             torch.tensor(1.0 if _stop_signal else 0.0, device=device)]).float()
-        if distributed:
-            dist.all_reduce(stats)
-            stats[:3] /= world_size
-        loc_v, cla_v, landm_v, stop_v = stats.tolist()
-        if not all(math.isfinite(v) for v in (loc_v, cla_v, landm_v)):
-            msg = (f"non-finite loss at iteration {iteration + 1} (epoch {epoch}): Loc {loc_v} Cla {cla_v} "
-                   f"Landm {landm_v}; stopping. The last good checkpoint is "
-                   f"{last_saved or 'none (nothing was saved yet)'}")
-            logger.error(msg)
-            raise NonFiniteLossError(msg)
-
-        # backprop
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        batch_time = time.perf_counter() - load_t0
-
-        meters.update(loc=loc_v, cla=cla_v, landm=landm_v, loss=cfg['loc_weight'] * loc_v + cla_v + landm_v,
-                      step_time=batch_time, data_time=data_time)
-        result.iterations.append({'iteration': iteration, 'lr': lr, 'loc': loc_v, 'cla': cla_v, 'landm': landm_v,
-                                  'step_time': batch_time, 'data_time': data_time})
-        result.iteration = iteration + 1
-        if is_main and (iteration % args.log_interval == 0 or iteration + 1 == max_iter):
-            eta = int(meters['step_time'].median * (max_iter - iteration))
+def train_one_epoch(run, batches, first):
+    """Train from iteration `first` to the end of its epoch, then record the epoch. Returns
+    (the next iteration, True when a signal asked every rank to stop after it)."""
+    epoch = first // run.epoch_size + 1
+    end = epoch * run.epoch_size
+    had_face = False
+    for iteration in range(first, end):
+        lr = adjust_learning_rate(run.optimizer, run.args.lr, run.args.gamma, iteration, run.stepvalues)
+        (loc_v, cla_v, landm_v), stop, batch_time, data_time = _train_step(run, batches, iteration, epoch)
+        run.meters.update(loc=loc_v, cla=cla_v, landm=landm_v, loss=run.cfg['loc_weight'] * loc_v + cla_v + landm_v,
+                          step_time=batch_time, data_time=data_time)
+        run.result.iterations.append({'iteration': iteration, 'lr': lr, 'loc': loc_v, 'cla': cla_v,
+                                      'landm': landm_v, 'step_time': batch_time, 'data_time': data_time})
+        run.result.iteration = iteration + 1
+        if run.is_main and (iteration % run.args.log_interval == 0 or iteration + 1 == run.max_iter):
+            eta = int(run.meters['step_time'].median * (run.max_iter - iteration))
             logger.info('Epoch:{}/{} || Epochiter: {}/{} || Iter: {}/{} || Loc: {:.4f} Cla: {:.4f} Landm: {:.4f} '
                         '|| LR: {:.8f} || Batchtime: {:.4f} s || ETA: {}'
-                        .format(epoch, max_epoch, (iteration % epoch_size) + 1, epoch_size, iteration + 1,
-                                max_iter, loc_v, cla_v, landm_v, lr, batch_time,
+                        .format(epoch, run.cfg['epoch'], (iteration % run.epoch_size) + 1, run.epoch_size,
+                                iteration + 1, run.max_iter, loc_v, cla_v, landm_v, lr, batch_time,
                                 str(datetime.timedelta(seconds=eta))))
-
         # No positive prior in a step gives a box loss of exactly 0.
-        epoch_had_face = epoch_had_face or loc_v != 0
-        if (iteration + 1) % epoch_size == 0 and not epoch_had_face and not warned_no_face and is_main:
-            warned_no_face = True
-            logger.warning("epoch %d: no face matched a prior in any step, so nothing was learnt (loss 0); the "
-                           "faces may be too small for the priors at --image_size %d", epoch, img_dim)
-        if (iteration + 1) % epoch_size == 0:
-            summary = {'epoch': epoch, **{k: v for k, v in meters.global_avgs().items()
-                                          if k in ('loc', 'cla', 'landm', 'loss')},
-                       'step_time': meters['step_time'].median, 'data_time': meters['data_time'].median,
-                       'lr': lr, 'iterations': meters['loss'].count}
-            if summary['iterations'] < epoch_size:  # resumed from a state without the epoch's sums
-                summary['partial'] = True
-            result.epochs.append(summary)
-            if is_main:
-                logger.info("epoch %d/%d: mean Loc %.4f Cla %.4f Landm %.4f loss %.4f | median step %.4f s, "
-                            "data %.4f s", epoch, max_epoch, summary['loc'], summary['cla'], summary['landm'],
-                            summary['loss'], summary['step_time'], summary['data_time'])
-            if validator is not None and (epoch % args.eval_every == 0 or epoch == max_epoch):
-                summary.update(validate_epoch(validator, model, history, epoch, best_path, is_main))
-            history.add_record(summary)
-            if is_main:
-                history.write()
+        had_face = had_face or loc_v != 0
+        if iteration + 1 == end:
+            _end_epoch(run, epoch, lr, had_face)
+        if stop:
+            return iteration + 1, True
+    return end, False
 
-        if stop_v > 0:
-            signum = int(_stop_signal or signal.SIGTERM)  # a rank that got no signal itself says SIGTERM
-            save_state(iteration + 1)
-            if is_main:
-                logger.warning("stopped by signal %d after iteration %d: resumable state saved in %s "
-                               "(continue with --resume %s)", signum, iteration + 1, state_path, state_path)
-            result.exit_code = 128 + signum
-            _write_debug_digest(args, rank, model, result)
-            return result
 
-    if is_main:
-        final = os.path.join(save_folder, cfg['name'] + '_Final.pth')
-        atomic_save(model.state_dict(), final)
-        last_saved = final
-        result.final_checkpoint = final
-        logger.info("saved %s", final)
-    save_state(max_iter)
-    _write_debug_digest(args, rank, model, result)
-    return result
+def _train_step(run, batches, iteration, epoch):
+    """One SGD step on the next batch. Returns ((loc, cla, landm) averaged over the ranks,
+    whether any rank was asked to stop, the step's time, its data-loading time)."""
+    load_t0 = time.perf_counter()
+    images, targets = next(batches)
+    images = images.to(run.device, non_blocking=True)  # [B, 3, img_dim, img_dim]
+    targets = [anno.to(run.device, non_blocking=True) for anno in targets]  # B x [N_i, 15]
+    data_time = time.perf_counter() - load_t0
 
+    # forward
+    with torch.autocast(device_type=run.device.type, enabled=run.amp):
+        out = run.net(images)
+    loss_l, loss_c, loss_landm = run.criterion(out, run.priors, targets)
+    loss = run.cfg['loc_weight'] * loss_l + loss_c + loss_landm
+
+    # One sync per step: the losses (averaged over ranks, for logging) and whether any
+    # rank was asked to stop, so that every rank stops at the same iteration.
+    stats = torch.stack([loss_l.detach(), loss_c.detach(), loss_landm.detach(),
+                         torch.tensor(1.0 if run.stop.signum else 0.0, device=run.device)]).float()
+    if run.distributed:
+        dist.all_reduce(stats)
+        stats[:3] /= run.world_size
+    loc_v, cla_v, landm_v, stop_v = stats.tolist()
+    if not all(math.isfinite(v) for v in (loc_v, cla_v, landm_v)):
+        msg = (f"non-finite loss at iteration {iteration + 1} (epoch {epoch}): Loc {loc_v} Cla {cla_v} "
+               f"Landm {landm_v}; stopping. The last good checkpoint is "
+               f"{run.last_saved or 'none (nothing was saved yet)'}")
+        logger.error(msg)
+        raise NonFiniteLossError(msg)
+
+    # backprop
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scaler.scale(loss).backward()
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    return (loc_v, cla_v, landm_v), stop_v > 0, time.perf_counter() - load_t0, data_time
+
+
+def _end_epoch(run, epoch, lr, had_face):
+    """The epoch's record: mean losses, median times, validation when due; logged and
+    appended to the metrics file."""
+    meters = run.meters
+    if not had_face and not run.warned_no_face and run.is_main:
+        run.warned_no_face = True
+        logger.warning("epoch %d: no face matched a prior in any step, so nothing was learnt (loss 0); the "
+                       "faces may be too small for the priors at --image_size %d", epoch, run.cfg['image_size'])
+    summary = {'epoch': epoch, **{k: v for k, v in meters.global_avgs().items()
+                                  if k in ('loc', 'cla', 'landm', 'loss')},
+               'step_time': meters['step_time'].median, 'data_time': meters['data_time'].median,
+               'lr': lr, 'iterations': meters['loss'].count}
+    if summary['iterations'] < run.epoch_size:  # resumed from a state without the epoch's sums
+        summary['partial'] = True
+    run.result.epochs.append(summary)
+    if run.is_main:
+        logger.info("epoch %d/%d: mean Loc %.4f Cla %.4f Landm %.4f loss %.4f | median step %.4f s, "
+                    "data %.4f s", epoch, run.cfg['epoch'], summary['loc'], summary['cla'], summary['landm'],
+                    summary['loss'], summary['step_time'], summary['data_time'])
+    if run.validator is not None and (epoch % run.args.eval_every == 0 or epoch == run.cfg['epoch']):
+        summary.update(validate_epoch(run.validator, run.model, run.history, epoch, run.path('_best.pth'),
+                                      run.is_main))
+    run.history.add_record(summary)
+    if run.is_main:
+        run.history.write()
+
+
+def _save_state(run, next_iteration):
+    """All ranks call this together (it gathers their RNG states); rank 0 writes
+    <name>_last_state.pth. Returns its path."""
+    rng = gather_rng_states(run.device, run.world_size)
+    path = run.path('_last_state.pth')
+    if run.is_main:
+        # the epoch in progress too, when stopped mid-epoch
+        partial = run.meters if next_iteration % run.epoch_size else None
+        save_training_state(path, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
+                            next_iteration=next_iteration, epoch_size=run.epoch_size, max_iter=run.max_iter,
+                            seed=run.seed, world_size=run.world_size, rng=rng, cfg=run.cfg, args=run.args,
+                            history=run.history.state_dict(partial, next_iteration))
+        run.result.state_path = path
+    return path
 
 def _make_validator(args, cfg, device):
     """The Validator of --val_dataset / --val_gt (its files checked now), or None."""
@@ -772,10 +740,6 @@ def validate_epoch(validator, model, history, epoch, best_path, is_main):
     return {'val': res['ap'], 'val_key': res['key'], 'val_images': res['images'], 'val_time': res['time']}
 
 
-def _cpu_rng(state):
-    return {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in state.items()}
-
-
 def _warn_changed_settings(state, cfg, args, world_size):
     """Resuming with different hyper-parameters is allowed, but say so."""
     saved_cfg, saved_args = state['cfg'], state.get('args', {})
@@ -787,14 +751,6 @@ def _warn_changed_settings(state, cfg, args, world_size):
         changes.append(f"processes {state.get('world_size', 1)} -> {world_size}")
     if changes:
         logger.warning("resuming with changed settings: %s", '; '.join(changes))
-
-
-def _write_debug_digest(args, rank, model, result):
-    if not args.debug_param_digest:
-        return
-    os.makedirs(args.debug_param_digest, exist_ok=True)
-    with open(os.path.join(args.debug_param_digest, f'rank{rank}.json'), 'w') as f:
-        json.dump({'rank': rank, 'iteration': result.iteration, 'params_sha256': params_digest(model)}, f)
 
 
 def _command_line(args):

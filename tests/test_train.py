@@ -215,14 +215,15 @@ def _free_port():
 
 def test_torchrun_two_processes_on_cpu(subset, backbone, tmp_path):
     """torchrun --nproc_per_node=2 (gloo): one step of global batch 2 x BATCH, rank 0
-    saves, and both ranks end with identical parameters."""
+    saves, and both ranks end with identical parameters (train.main run by the
+    tests/train_rank_digest.py wrapper, which writes each rank's digest)."""
     digests = tmp_path / 'digests'
     env = _subprocess_env()
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2', '--master_addr=127.0.0.1',
-           f'--master_port={_free_port()}', str(ROOT / 'train.py'),
+           f'--master_port={_free_port()}', str(ROOT / 'tests' / 'train_rank_digest.py'), str(digests),
            '--training_dataset', str(subset), '--save_folder', str(tmp_path / 'out'), '--device', 'cpu',
            '--batch_size', str(BATCH), '--image_size', '160', '--num_workers', '0', '--seed', '0',
-           '--pretrained', str(backbone), '--max_epoch', '1', '--debug_param_digest', str(digests)]
+           '--pretrained', str(backbone), '--max_epoch', '1']
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     ranks = [json.loads((digests / f'rank{r}.json').read_text()) for r in (0, 1)]
