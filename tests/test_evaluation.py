@@ -100,6 +100,14 @@ def test_name_line_with_jpg_extension_is_stripped(tmp_path):
     assert list(ev.load_predictions(tmp_path)) == ["ev/party_1"]
 
 
+def test_label_names_lose_every_image_extension_the_scripts_read(tmp_path):
+    # test_widerface.py names a prediction file after the image without its extension,
+    # whatever it is; the label names must match for .tif and .webp images too.
+    label = tmp_path / "label.txt"
+    label.write_text("# ev/a.TIF\n0 0 10 10\n# ev/b.webp\n0 0 10 10\n# ev/c.tiff\n# ev/d.gif\n")
+    assert ev.load_label_gt(label).names == ["ev/a", "ev/b", "ev/c", "ev/d.gif"]
+
+
 @pytest.fixture
 def label_set(tmp_path):
     """One image with two 10x10 faces: a perfect detection (0.9) and a false one (0.3);

@@ -39,13 +39,14 @@ if __package__ in (None, ""):
     # Run as a script (python evaluation.py): make the package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from utils.image import IMAGE_EXTENSIONS  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 IOU_THRESH = 0.5  # a detection matches a face when their overlap is at least this
 THRESH_NUM = 1000  # score thresholds 0.999, 0.998, ..., 0.0 of the PR curve
 SETTINGS = ("easy", "medium", "hard")
 LABEL_SETTING = "all"  # the single setting of --label mode: every face counts
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 KERNEL_DIR = Path(__file__).resolve().parent
 BUILD_COMMAND = f"cd {KERNEL_DIR} && python setup.py build_ext --inplace"
 
