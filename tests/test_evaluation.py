@@ -1,5 +1,6 @@
 """WIDER FACE evaluation: the kernel, the parser, and the reference's AP to 1e-12."""
 import json
+import re
 import sys
 
 import numpy as np
@@ -106,6 +107,19 @@ def test_label_names_lose_every_image_extension_the_scripts_read(tmp_path):
     label = tmp_path / "label.txt"
     label.write_text("# ev/a.TIF\n0 0 10 10\n# ev/b.webp\n0 0 10 10\n# ev/c.tiff\n# ev/d.gif\n")
     assert ev.load_label_gt(label).names == ["ev/a", "ev/b", "ev/c", "ev/d.gif"]
+
+
+def test_label_mode_reads_label_txt_as_training_does(tmp_path):
+    # One parser for label.txt: the training line's first four values are the box, and a
+    # line training would refuse (here a non-finite width) is refused here too, by line.
+    from data.label_file import read_label_file
+    label = tmp_path / "label.txt"
+    label.write_text("# ev/a.jpg\n" + " ".join(["1"] * 4 + ["-1"] * 15 + ["0.5"]) + "\n")
+    assert ev.load_label_gt(label).boxes.tolist() == [[1, 1, 1, 1]]
+    label.write_text("# ev/a.jpg\n0 0 inf 10\n")
+    for parse in (read_label_file, ev.load_label_gt):
+        with pytest.raises(ValueError, match=re.escape(f"{label}:2: non-finite")):
+            parse(label)
 
 
 @pytest.fixture
