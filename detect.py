@@ -21,11 +21,12 @@ import cv2
 
 from data import NETWORKS
 from utils.atomic import atomic_write_text, check_writable
-from utils.cli import (IMAGE_EXTENSIONS, add_backend_arguments, detector_from_args,
+from utils.cli import (add_backend_arguments, detector_from_args,
                        optional_top_k, probability, report_skipped, run_cli)
 from utils.datapaths import shared_path
 from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
 from utils.folder_run import BackgroundWriter, prefetch
+from utils.image import IMAGE_EXTENSIONS
 from utils.inference import draw_detections, read_image
 
 logger = logging.getLogger(__name__)

@@ -40,6 +40,7 @@ if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
 import test_widerface  # noqa: E402
+from bench.common import default_weights  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import set_threads, setup_logging  # noqa: E402
 from utils.datapaths import shared_path  # noqa: E402
@@ -47,11 +48,6 @@ from utils.inference import read_image  # noqa: E402
 
 GOAL = 0.85
 SCALES = {'origin': 'True', '1600': 'False'}
-
-
-def default_weights():
-    local = os.path.join(ROOT, 'weights', 'mobilenet0.25_Final.pth')
-    return local if os.path.isfile(local) else str(shared_path('weights', 'mobilenet0.25_Final.pth'))
 
 
 def get_args_parser():

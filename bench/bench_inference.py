@@ -20,29 +20,22 @@ import argparse
 import os
 import statistics
 import sys
-import time
 
-import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
+from bench.common import IMAGES, _timed, compare_detections, default_weights  # noqa: E402
 from utils.datapaths import shared_path  # noqa: E402
 from utils.inference import BACKENDS, load_detector, read_image  # noqa: E402
 from utils.memory import keep_freed_memory  # noqa: E402
 
-IMAGES = ('test', 'kids_group', 'street_crowd', 'largest_selfie')
 # The reference pipeline on the same 2-core machine (../shared/README.md), ms:
 # preprocess, forward, PriorBox, decode+NMS.
 REFERENCE_MS = {'test': (5, 70, 31, 6), 'kids_group': (6, 68, 35, 3), 'largest_selfie': (13, 137, 67, 109)}
 BATCH = 8
-
-
-def default_weights():
-    local = os.path.join(ROOT, 'weights', 'mobilenet0.25_Final.pth')
-    return local if os.path.isfile(local) else str(shared_path('weights', 'mobilenet0.25_Final.pth'))
 
 
 def get_args_parser():
@@ -61,19 +54,6 @@ def get_args_parser():
                         help="leave glibc's malloc as it is (the scripts make it keep freed memory; "
                              "bench/bench_malloc.py compares the two)")
     return parser
-
-
-def _sync(device):
-    if torch.device(device).type == 'cuda':
-        torch.cuda.synchronize()
-
-
-def _timed(fn, device):
-    _sync(device)
-    t = time.perf_counter()
-    out = fn()
-    _sync(device)
-    return out, 1000 * (time.perf_counter() - t)
 
 
 def stage_times(det, img, repeats, warmup):
@@ -106,42 +86,6 @@ def stage_times(det, img, repeats, warmup):
     result['paired ratio'] = statistics.median(ratios)
     result['min ratio'] = min(times['end-to-end']) / min(times['forward-only'])
     return result
-
-
-def _iou(a, b):
-    """IoU of box a (4,) against boxes b (N, 4), +1 pixel convention as NMS."""
-    xx1 = np.maximum(a[0], b[:, 0])
-    yy1 = np.maximum(a[1], b[:, 1])
-    xx2 = np.minimum(a[2], b[:, 2])
-    yy2 = np.minimum(a[3], b[:, 3])
-    inter = np.maximum(0, xx2 - xx1 + 1) * np.maximum(0, yy2 - yy1 + 1)
-    area = lambda d: (d[..., 2] - d[..., 0] + 1) * (d[..., 3] - d[..., 1] + 1)  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
-
-
-def compare_detections(ref, other, min_score=0.5):
-    """How other's detections differ from ref's.
-
-    Returns a dict: counts of each, and for ref's detections with score >= min_score,
-    how many have no match in other (IoU < 0.5), and over the matched ones the largest
-    box-coordinate, landmark and score differences.
-    """
-    strong = ref[ref[:, 4] >= min_score]
-    box, lmk, score, unmatched = 0.0, 0.0, 0.0, 0
-    for d in strong:
-        if len(other) == 0:
-            unmatched += 1
-            continue
-        ious = _iou(d, other)
-        j = int(np.argmax(ious))
-        if ious[j] < 0.5:
-            unmatched += 1
-            continue
-        box = max(box, float(np.abs(d[:4] - other[j, :4]).max()))
-        lmk = max(lmk, float(np.abs(d[5:] - other[j, 5:]).max()))
-        score = max(score, float(abs(d[4] - other[j, 4])))
-    return {'n_ref': len(ref), 'n_other': len(other), 'strong': len(strong), 'unmatched': unmatched,
-            'max_box': box, 'max_landmark': lmk, 'max_score': score}
 
 
 def main(args):

@@ -22,7 +22,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-IMAGES = ('test', 'kids_group', 'street_crowd', 'largest_selfie')
+from bench.common import IMAGES  # noqa: E402
+
 POLICIES = ('default', 'keep')
 
 
@@ -44,7 +45,7 @@ def child(args):
     import numpy as np
     import torch
 
-    from bench.bench_inference import default_weights
+    from bench.common import default_weights
     from utils.inference import load_detector, read_image
     from utils.memory import keep_freed_memory
 

@@ -60,7 +60,6 @@ PHASES = PRELUDE + r'''
 import json, time
 t = {'python start': time.time() - PARENT_START}
 variant, weights, onnx_model, image = sys.argv[1:5]
-sys.path.insert(0, ROOT)
 s = time.perf_counter()
 if variant != 'ort file, no torch':
     import torch
@@ -142,7 +141,8 @@ def phases(variant, weights, onnx_model, image):
     its last line to the parent seeing it end (wall clock, the same machine).
     """
     start_wall = time.time()
-    code = f"PARENT_START = {start_wall!r}; ROOT = {ROOT!r}\n" + PHASES
+    # `python -c` puts the working directory, ROOT, first on sys.path.
+    code = f"PARENT_START = {start_wall!r}\n" + PHASES
     start = time.perf_counter()
     env = _env(variant)
     env['IMPORT_TORCH'] = '0'  # the phases import it themselves, to time it

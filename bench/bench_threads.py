@@ -61,7 +61,7 @@ def child(args):
     """Time one setting; print {'threads': n, 'ms': [...]} as JSON."""
     import torch
 
-    from bench.bench_inference import default_weights
+    from bench.common import default_weights
     from utils.cli import set_threads
     from utils.inference import load_detector, read_image
     from utils.memory import keep_freed_memory

@@ -26,34 +26,14 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.common import IMAGES, _median_ms  # noqa: E402
 from data import cfg_mnet, cfg_re50  # noqa: E402
 from models.retinaface import RetinaFace  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.datapaths import shared_path  # noqa: E402
 from utils.inference import Detector, load_detector, read_image  # noqa: E402
 
-IMAGES = ['test', 'kids_group', 'street_crowd', 'largest_selfie']
-
-
-def _sync(device):
-    if device.type == 'cuda':
-        torch.cuda.synchronize(device)
-
-
-def _median_ms(fn, device, repeats=20, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t) * 1000)
-    return statistics.median(times)
-
-
-def compare_detections(device):
+def check_detections(device):
     weights = shared_path('weights', 'mobilenet0.25_Final.pth')
     cpu = load_detector('mobile0.25', weights, device='cpu')
     dev = load_detector('mobile0.25', weights, device=device)
@@ -138,7 +118,7 @@ def main(args):
           + (f" ({torch.cuda.get_device_name(device)})" if device.type == 'cuda' else ''))
     skip = set(filter(None, args.skip.split(',')))
     if 'detect' not in skip:
-        compare_detections(device)
+        check_detections(device)
     if 'speed' not in skip:
         speed(device)
     if 'train' not in skip:

@@ -25,11 +25,10 @@ import numpy as np
 import torch
 import torch.utils.data as data
 
+from .label_file import TRAIN_LINE_VALUES, read_label_file
+
 logger = logging.getLogger(__name__)
 
-# Values per face line of the two label formats.
-TRAIN_LINE_VALUES = 20
-BOXES_ONLY_LINE_VALUES = 4
 # Positions of the five landmarks' x, y in a 20-value line (the flags at 6, 9, ... and
 # the score at 19 are not used), in the target's order: left eye, right eye, nose,
 # left mouth corner, right mouth corner.
@@ -48,62 +47,6 @@ _EXIF_TRANSPOSED = (5, 6, 7, 8)
 # boxes training drops: degenerate ones (no width or no height) and those wholly outside
 # the image.
 LabelSummary = namedtuple('LabelSummary', 'images images_with_faces boxes usable degenerate outside')
-
-
-def read_label_file(txt_path):
-    """Parse a RetinaFace label.txt without touching the images.
-
-    Args:
-        txt_path (str): path of label.txt.
-    Returns:
-        list of (relative_image_path, ndarray[N, 20 or 4] float64): the images in file
-        order with their face lines as written. A boxes-only file gives [N, 4] arrays; an
-        image without faces gives an empty [0, 20] array.
-    Raises:
-        FileNotFoundError: txt_path does not exist.
-        ValueError: a malformed line, naming the file and the 1-based line number.
-    """
-    txt_path = os.fspath(txt_path)
-    if not os.path.isfile(txt_path):
-        raise FileNotFoundError(f"label file not found: {txt_path}")
-    entries = []
-    current = None
-    with open(txt_path, 'r') as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue  # tolerate blank lines (the reference would crash on them)
-            if line.startswith('#'):
-                rel = line[1:].strip()
-                if not rel:
-                    raise ValueError(f"{txt_path}:{lineno}: '#' line without an image path")
-                current = (rel, [])
-                entries.append(current)
-                continue
-            if current is None:
-                raise ValueError(f"{txt_path}:{lineno}: face line before the first '# image' line: {line[:80]!r}")
-            fields = line.split()
-            if len(fields) not in (TRAIN_LINE_VALUES, BOXES_ONLY_LINE_VALUES):
-                raise ValueError(
-                    f"{txt_path}:{lineno}: expected {TRAIN_LINE_VALUES} values (x y w h, 5 x (lx ly flag), score) "
-                    f"or {BOXES_ONLY_LINE_VALUES} (x y w h), got {len(fields)}: {line[:80]!r}")
-            try:
-                values = [float(x) for x in fields]
-            except ValueError:
-                raise ValueError(f"{txt_path}:{lineno}: non-numeric value in face line: {line[:80]!r}") from None
-            if not all(np.isfinite(values)):
-                raise ValueError(f"{txt_path}:{lineno}: non-finite value in face line: {line[:80]!r}")
-            current[1].append(values)
-
-    parsed = []
-    for rel, faces in entries:
-        widths = {len(v) for v in faces}
-        if len(widths) > 1:
-            # Mixed widths in one image: pad the 4-value lines to 20 with 'no landmarks'.
-            faces = [v if len(v) == TRAIN_LINE_VALUES else v + [-1.0] * (TRAIN_LINE_VALUES - len(v)) for v in faces]
-        width = widths.pop() if len(widths) == 1 else TRAIN_LINE_VALUES
-        parsed.append((rel, np.asarray(faces, dtype=np.float64).reshape(-1, width)))
-    return parsed
 
 
 def labels_to_target(labels):

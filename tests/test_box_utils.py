@@ -2,6 +2,7 @@
 import numpy as np
 import torch
 
+from tests.conftest import need_shared
 from utils.box_utils import (center_size, decode, decode_landm, encode, encode_landm, intersect, jaccard,
                              log_sum_exp, match, matrix_iof, matrix_iou, point_form)
 
@@ -30,6 +31,32 @@ def test_intersect_and_jaccard_hand_computed():
     torch.testing.assert_close(intersect(a, b), torch.tensor([[1., 0.], [0., 0.]]))
     # [0,0,2,2] vs [1,1,3,3]: intersection 1, union 4 + 4 - 1 = 7.
     torch.testing.assert_close(jaccard(a, b), torch.tensor([[1 / 7, 0.], [0., 0.]]))
+
+
+def test_point_form_and_jaccard_are_the_reference_to_the_bit():
+    # point_form and jaccard wrap torchvision's box_convert and box_iou; the matches that
+    # training makes depend on every bit of the overlaps, so compare them with the
+    # reference's own arithmetic on the golden priors of every size and random faces.
+    def ref_point_form(boxes):
+        return torch.cat((boxes[:, :2] - boxes[:, 2:] / 2, boxes[:, :2] + boxes[:, 2:] / 2), 1)
+
+    def ref_jaccard(box_a, box_b):
+        inter = intersect(box_a, box_b)
+        area_a = ((box_a[:, 2] - box_a[:, 0]) * (box_a[:, 3] - box_a[:, 1]))[:, None]
+        area_b = ((box_b[:, 2] - box_b[:, 0]) * (box_b[:, 3] - box_b[:, 1]))[None, :]
+        return inter / (area_a + area_b - inter)
+
+    golden = np.load(need_shared('golden', 'priors.npz'))
+    torch.manual_seed(0)
+    for size in golden.files:
+        priors = torch.from_numpy(golden[size])
+        corners = point_form(priors)
+        assert torch.equal(corners, ref_point_form(priors)), size
+        centre, half = torch.rand(50, 2), torch.rand(50, 2) * 0.25
+        faces = torch.cat([centre - half, centre + half], 1)
+        faces[:3] = corners[:3]  # exact copies of priors: IoU 1
+        for a, b in ((faces, corners), (faces.double(), corners.double())):
+            assert torch.equal(jaccard(a, b), ref_jaccard(a, b)), size
 
 
 def test_matrix_iou_hand_computed():

@@ -1,5 +1,6 @@
 """WIDER FACE evaluation: the kernel, the parser, and the reference's AP to 1e-12."""
 import json
+import re
 import sys
 
 import numpy as np
@@ -98,6 +99,27 @@ def test_names_ending_in_j_p_g_are_kept(tmp_path, name):
 def test_name_line_with_jpg_extension_is_stripped(tmp_path):
     write_pred(tmp_path / "ev" / "a.txt", "ev/party_1.jpg", [])
     assert list(ev.load_predictions(tmp_path)) == ["ev/party_1"]
+
+
+def test_label_names_lose_every_image_extension_the_scripts_read(tmp_path):
+    # test_widerface.py names a prediction file after the image without its extension,
+    # whatever it is; the label names must match for .tif and .webp images too.
+    label = tmp_path / "label.txt"
+    label.write_text("# ev/a.TIF\n0 0 10 10\n# ev/b.webp\n0 0 10 10\n# ev/c.tiff\n# ev/d.gif\n")
+    assert ev.load_label_gt(label).names == ["ev/a", "ev/b", "ev/c", "ev/d.gif"]
+
+
+def test_label_mode_reads_label_txt_as_training_does(tmp_path):
+    # One parser for label.txt: the training line's first four values are the box, and a
+    # line training would refuse (here a non-finite width) is refused here too, by line.
+    from data.label_file import read_label_file
+    label = tmp_path / "label.txt"
+    label.write_text("# ev/a.jpg\n" + " ".join(["1"] * 4 + ["-1"] * 15 + ["0.5"]) + "\n")
+    assert ev.load_label_gt(label).boxes.tolist() == [[1, 1, 1, 1]]
+    label.write_text("# ev/a.jpg\n0 0 inf 10\n")
+    for parse in (read_label_file, ev.load_label_gt):
+        with pytest.raises(ValueError, match=re.escape(f"{label}:2: non-finite")):
+            parse(label)
 
 
 @pytest.fixture

@@ -10,6 +10,7 @@ All torch functions are device-agnostic: outputs follow the inputs' device and d
 """
 import numpy as np
 import torch
+from torchvision.ops import box_convert, box_iou
 
 
 def point_form(boxes):
@@ -20,8 +21,9 @@ def point_form(boxes):
     Returns:
         Tensor[N, 4]: (x1, y1, x2, y2), in the same units.
     """
-    return torch.cat((boxes[:, :2] - boxes[:, 2:] / 2,
-                      boxes[:, :2] + boxes[:, 2:] / 2), 1)
+    # torchvision's conversion computes c -/+ 0.5 * size, which is the reference's
+    # c -/+ size / 2 to the bit (halving is exact in binary floating point).
+    return box_convert(boxes, 'cxcywh', 'xyxy')
 
 
 def center_size(boxes):
@@ -60,11 +62,11 @@ def jaccard(box_a, box_b):
     Returns:
         Tensor[A, B]: IoU of each pair.
     """
-    inter = intersect(box_a, box_b)
-    area_a = ((box_a[:, 2] - box_a[:, 0]) * (box_a[:, 3] - box_a[:, 1]))[:, None]  # [A, 1]
-    area_b = ((box_b[:, 2] - box_b[:, 0]) * (box_b[:, 3] - box_b[:, 1]))[None, :]  # [1, B]
-    union = area_a + area_b - inter
-    return inter / union
+    # torchvision's box_iou performs the reference's operations in the reference's order
+    # (intersect, the two areas, area_a + area_b - inter, then the division), so float32
+    # and float64 results are the reference's to the bit; half-precision inputs are
+    # computed in float32 there.
+    return box_iou(box_a, box_b)
 
 
 def matrix_iou(a, b):

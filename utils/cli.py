@@ -13,8 +13,6 @@ logger = logging.getLogger(__name__)
 
 _TRUE = ('true', '1', 'yes', 'y', 'on')
 _FALSE = ('false', '0', 'no', 'n', 'off')
-# Extensions a folder or glob of images is filtered by (case-insensitive).
-IMAGE_EXTENSIONS = ('.jpg', '.jpeg', '.png', '.bmp', '.tif', '.tiff', '.webp')
 
 
 def str2bool(value):

@@ -39,13 +39,15 @@ if __package__ in (None, ""):
     # Run as a script (python evaluation.py): make the package importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from data.label_file import read_label_file  # noqa: E402
+from utils.image import IMAGE_EXTENSIONS  # noqa: E402
+
 logger = logging.getLogger(__name__)
 
 IOU_THRESH = 0.5  # a detection matches a face when their overlap is at least this
 THRESH_NUM = 1000  # score thresholds 0.999, 0.998, ..., 0.0 of the PR curve
 SETTINGS = ("easy", "medium", "hard")
 LABEL_SETTING = "all"  # the single setting of --label mode: every face counts
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
 KERNEL_DIR = Path(__file__).resolve().parent
 BUILD_COMMAND = f"cd {KERNEL_DIR} && python setup.py build_ext --inplace"
 
@@ -148,36 +150,17 @@ def load_wider_gt(gt_dir):
 def load_label_gt(label_path):
     """Loads a RetinaFace ``label.txt`` as ground truth where every face counts.
 
-    The file has ``# path/name.jpg`` lines, each followed by one line per face starting
-    with ``x y w h`` (further columns, such as landmarks, are ignored).
+    The file has ``# path/name.jpg`` lines, each followed by one line per face: ``x y w h``
+    or the 20-value training line (its landmarks and score are ignored). It is read by
+    data.label_file.read_label_file, the parser training uses.
 
     Returns:
         GroundTruth with the single setting ``all``; image keys are the paths without
         their extension, matching the prediction files ``<pred_dir>/<path>.txt``.
     """
-    label_path = Path(label_path)
-    if not label_path.is_file():
-        raise FileNotFoundError(f"label file not found: {label_path}")
-    names, box_list = [], []
-    with open(label_path) as f:
-        for lineno, line in enumerate(f, start=1):
-            line = line.strip()
-            if not line:
-                continue
-            if line.startswith("#"):
-                names.append(strip_image_ext(line[1:].strip()))
-                box_list.append([])
-                continue
-            if not names:
-                raise ValueError(f"{label_path}:{lineno}: box line before the first '# image' line")
-            try:
-                box = [float(v) for v in line.split()[:4]]
-            except ValueError:
-                box = []
-            if len(box) != 4:
-                raise ValueError(f"{label_path}:{lineno}: expected 'x y w h ...', got {line!r}")
-            box_list[-1].append(box)
-    boxes, start, count = _concat_boxes([np.array(b, dtype=np.float64).reshape(-1, 4) for b in box_list])
+    entries = read_label_file(label_path)
+    names = [strip_image_ext(rel) for rel, _ in entries]
+    boxes, start, count = _concat_boxes([faces[:, :4] for _, faces in entries])
     return GroundTruth(names, boxes, start, count,
                        keep={LABEL_SETTING: np.ones(len(boxes), dtype=bool)},
                        keep_count={LABEL_SETTING: count.copy()})
