@@ -47,7 +47,7 @@ from utils.atomic import atomic_save, check_writable
 from utils.checkpoint import load_model
 from utils.cli import (non_negative_float, non_negative_int, number_in, positive_float,
                        positive_int, run_cli, set_threads)
-from utils.distributed import init_from_torchrun, torchrun_world
+from utils.distributed import World, destroy, init_from_torchrun, quiet_other_ranks, torchrun_world
 from utils.inference import BGR_MEAN
 from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
@@ -158,12 +158,6 @@ def get_args_parser():
 
 # --------------------------------------------------------------------------- setup helpers
 
-def _init_distributed(device_arg):
-    """(rank, world_size, local_rank) from torchrun's environment; initialises the process group."""
-    if not torchrun_world().distributed:
-        return 0, 1, 0
-    world = init_from_torchrun(use_cuda=_wants_cuda(device_arg))
-    return world.rank, world.world_size, world.local_rank
 
 
 def _wants_cuda(device_arg, cfg=None):
@@ -268,8 +262,7 @@ class Run:
     args: argparse.Namespace
     cfg: dict
     device: torch.device
-    rank: int
-    world_size: int
+    world: World  # this process's rank among torchrun's processes
     stop: StopSignal
     amp: bool = False
     seed: int = 0
@@ -293,14 +286,6 @@ class Run:
     result: TrainResult = None
     warned_no_face: bool = False
 
-    @property
-    def distributed(self):
-        return self.world_size > 1
-
-    @property
-    def is_main(self):
-        return self.rank == 0
-
     def path(self, suffix):
         """The file <save_folder>/<name><suffix>."""
         return os.path.join(self.args.save_folder, self.cfg['name'] + suffix)
@@ -308,13 +293,10 @@ class Run:
 
 def main(args):
     """Train as args say; returns a TrainResult. Raises NonFiniteLossError on a NaN/inf loss."""
-    rank, world_size, local_rank = _init_distributed(args.device)
-    distributed = world_size > 1
-    if distributed and rank != 0:
-        # Only rank 0 logs progress; the others report warnings and errors.
-        logging.getLogger().setLevel(logging.WARNING)
-        logger.setLevel(logging.WARNING)
-    elif logger.getEffectiveLevel() > logging.INFO:
+    # torchrun's process group, when there is one; only rank 0 logs progress.
+    world = init_from_torchrun(use_cuda=_wants_cuda(args.device)) if torchrun_world().distributed else World()
+    quiet_other_ranks(world, logger)
+    if world.is_main and logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
 
     stop = StopSignal().install()
@@ -324,7 +306,7 @@ def main(args):
         # Training needs autograd whatever the caller's global mode (a script that called
         # torch.set_grad_enabled(False) before, as inference scripts do).
         with torch.enable_grad():
-            run = _prepare(args, rank, world_size, local_rank, stop)
+            run = _prepare(args, world, stop)
             if run.start_iter >= run.max_iter:  # finished already: _prepare said so
                 return TrainResult(iteration=run.start_iter, max_iter=run.max_iter, epoch_size=run.epoch_size,
                                    state_path=args.resume)
@@ -333,8 +315,7 @@ def main(args):
         stop.restore()
         set_threads(threads)
         _close_log_file()
-        if distributed and dist.is_initialized():
-            dist.destroy_process_group()
+        destroy(world)
 
 
 def check_save_folder(folder):
@@ -388,11 +369,11 @@ def _check_labels(dataset, args):
     return summary
 
 
-def _prepare(args, rank, world_size, local_rank, stop):
+def _prepare(args, world, stop):
     """Check the settings and build what the run needs, in the order the RNG draws depend
     on. Returns the Run; its start_iter >= max_iter when a resumed run has nothing left."""
     cfg = build_config(args)
-    run = Run(args, cfg, resolve_device(args.device, cfg, local_rank, world_size > 1), rank, world_size, stop)
+    run = Run(args, cfg, resolve_device(args.device, cfg, world.local_rank, world.distributed), world, stop)
     device = run.device
     run.amp = bool(args.amp)
     if run.amp and device.type != 'cuda':
@@ -400,7 +381,7 @@ def _prepare(args, rank, world_size, local_rank, stop):
         run.amp = False
     if args.resume and args.resume_net:
         raise ValueError("give either --resume (a training state) or --resume_net (plain weights), not both")
-    if run.is_main:
+    if run.world.is_main:
         check_save_folder(args.save_folder)
         _open_log_file(run.path('_train.log'))
         logger.info("train.py %s", ' '.join(f"--{k} {v}" for k, v in vars(args).items() if v is not None))
@@ -408,11 +389,11 @@ def _prepare(args, rank, world_size, local_rank, stop):
     state = load_training_state(args.resume) if args.resume else None
     run.resumed = state is not None
     run.seed = _choose_seed(run, state)
-    run.model = build_model(args, cfg, state, run.seed, rank).to(device)
+    run.model = build_model(args, cfg, state, run.seed, world.rank).to(device)
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     run.net = run.model
-    if run.distributed:
+    if run.world.distributed:
         run.net = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == 'cuda' else None)
     run.optimizer = optim.SGD(run.net.parameters(), lr=args.lr, momentum=args.momentum,
                               weight_decay=args.weight_decay)
@@ -427,8 +408,8 @@ def _prepare(args, rank, world_size, local_rank, stop):
     if len(dataset) == 0:
         raise ValueError(f"{args.training_dataset} lists no images")
     _check_labels(dataset, args)
-    run.validator = _make_validator(args, cfg, device)  # None without --val_dataset; checked before training
-    run.sampler = ResumableDistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+    run.validator = _make_validator(args, cfg, device, world)  # None without --val_dataset; checked before training
+    run.sampler = ResumableDistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
                                               seed=run.seed)
     run.epoch_size = math.ceil(len(run.sampler) / cfg['batch_size'])
     run.max_iter = cfg['epoch'] * run.epoch_size
@@ -439,7 +420,7 @@ def _prepare(args, rank, world_size, local_rank, stop):
     run.loader = _make_loader(run, dataset)
     logger.info("%s: %d images, batch %d x %d process(es) = %d, %d iterations per epoch, %d epochs, "
                 "LR %g stepped x%g at epochs %d and %d, image %d, device %s%s, seed %d",
-                cfg['name'], len(dataset), cfg['batch_size'], world_size, cfg['batch_size'] * world_size,
+                cfg['name'], len(dataset), cfg['batch_size'], world.world_size, cfg['batch_size'] * world.world_size,
                 run.epoch_size, cfg['epoch'], args.lr, args.gamma, cfg['decay1'], cfg['decay2'], img_dim, device,
                 ', AMP' if run.amp else '', run.seed)
     run.result = TrainResult(iteration=run.start_iter, max_iter=run.max_iter, epoch_size=run.epoch_size)
@@ -462,12 +443,12 @@ def _choose_seed(run, state):
         seed = int(state['seed'])
         if args.seed is not None and args.seed != seed:
             logger.warning("--seed %d ignored: resuming with the state's seed %d", args.seed, seed)
-        _warn_changed_settings(state, cfg, args, run.world_size)
+        _warn_changed_settings(state, cfg, args, run.world.world_size)
         return seed
     if args.seed is not None:
         return args.seed
     seed = int.from_bytes(os.urandom(4), 'little')
-    if run.distributed:  # every rank must shuffle with the same seed
+    if run.world.distributed:  # every rank must shuffle with the same seed
         t = torch.tensor([seed], dtype=torch.int64, device=run.device if run.device.type == 'cuda' else 'cpu')
         dist.broadcast(t, src=0)
         seed = int(t.item())
@@ -524,17 +505,17 @@ def _resume_position(run, state):
                        args.resume, start_iter, run.max_iter, start_iter // epoch_size, run.cfg['epoch'])
         return
     rng = state['rng']
-    if int(state.get('world_size', 1)) == run.world_size and run.rank < len(rng):
-        set_rng_state(rng[run.rank], run.device)
+    if int(state.get('world_size', 1)) == run.world.world_size and run.world.rank < len(rng):
+        set_rng_state(rng[run.world.rank], run.device)
     else:
-        seed_everything(run.seed + run.rank + 7919 * start_iter)
+        seed_everything(run.seed + run.world.rank + 7919 * start_iter)
 
 
 def _make_loader(run, dataset):
     """One DataLoader for the whole run (the sampler reshuffles it each epoch)."""
     # Worker seeds come from this generator: different per rank, and fresh after a resume.
     loader_generator = torch.Generator()
-    loader_generator.manual_seed((run.seed + 1000003 * run.rank + 7919 * run.start_iter) % 2 ** 63)
+    loader_generator.manual_seed((run.seed + 1000003 * run.world.rank + 7919 * run.start_iter) % 2 ** 63)
     workers = run.args.num_workers
     return data.DataLoader(
         dataset, run.cfg['batch_size'], sampler=run.sampler, num_workers=workers, collate_fn=detection_collate,
@@ -544,13 +525,13 @@ def _make_loader(run, dataset):
 
 def _train(run):
     """The epochs from run.start_iter on; returns the TrainResult."""
-    if run.is_main:
+    if run.world.is_main:
         run.history.write()
     if run.validator is not None and not run.resumed:
         start_epoch = run.start_iter // run.epoch_size
         run.history.add_record({'epoch': start_epoch, **validate_epoch(
-            run.validator, run.model, run.history, start_epoch, run.path('_best.pth'), run.is_main)})
-        if run.is_main:
+            run.validator, run.model, run.history, start_epoch, run.path('_best.pth'), run.world.is_main)})
+        if run.world.is_main:
             run.history.write()
     run.net.train()
     run.meters = MetricLogger(window_size=20)
@@ -561,12 +542,12 @@ def _train(run):
         if stopped:
             signum = int(run.stop.signum or signal.SIGTERM)  # a rank that got no signal itself says SIGTERM
             state_path = _save_state(run, iteration)
-            if run.is_main:
+            if run.world.is_main:
                 logger.warning("stopped by signal %d after iteration %d: resumable state saved in %s "
                                "(continue with --resume %s)", signum, iteration, state_path, state_path)
             run.result.exit_code = 128 + signum
             return run.result
-    if run.is_main:
+    if run.world.is_main:
         final = run.path('_Final.pth')
         atomic_save(run.model.state_dict(), final)
         run.last_saved = final
@@ -582,7 +563,7 @@ def _begin_epoch(run, iteration):
     Returns the batch iterator."""
     completed = iteration // run.epoch_size
     if iteration % run.epoch_size == 0:
-        if run.is_main and _is_checkpoint_epoch(completed, run.cfg):
+        if run.world.is_main and _is_checkpoint_epoch(completed, run.cfg):
             path = run.path('_epoch_' + str(completed) + '.pth')
             atomic_save(run.model.state_dict(), path)
             run.last_saved = path
@@ -595,7 +576,7 @@ def _begin_epoch(run, iteration):
     run.sampler.set_start_index((iteration % run.epoch_size) * run.cfg['batch_size'])
     batches = iter(run.loader)
     run.meters.reset()
-    if iteration == run.start_iter and run.history.restore_partial(run.meters, iteration) and run.is_main:
+    if iteration == run.start_iter and run.history.restore_partial(run.meters, iteration) and run.world.is_main:
         logger.info("the record of epoch %d continues the sums saved in the state", completed + 1)
     return batches
 
@@ -614,7 +595,7 @@ def train_one_epoch(run, batches, first):
         run.result.iterations.append({'iteration': iteration, 'lr': lr, 'loc': loc_v, 'cla': cla_v,
                                       'landm': landm_v, 'step_time': batch_time, 'data_time': data_time})
         run.result.iteration = iteration + 1
-        if run.is_main and (iteration % run.args.log_interval == 0 or iteration + 1 == run.max_iter):
+        if run.world.is_main and (iteration % run.args.log_interval == 0 or iteration + 1 == run.max_iter):
             eta = int(run.meters['step_time'].median * (run.max_iter - iteration))
             logger.info('Epoch:{}/{} || Epochiter: {}/{} || Iter: {}/{} || Loc: {:.4f} Cla: {:.4f} Landm: {:.4f} '
                         '|| LR: {:.8f} || Batchtime: {:.4f} s || ETA: {}'
@@ -649,9 +630,9 @@ def _train_step(run, batches, iteration, epoch):
     # rank was asked to stop, so that every rank stops at the same iteration.
     stats = torch.stack([loss_l.detach(), loss_c.detach(), loss_landm.detach(),
                          torch.tensor(1.0 if run.stop.signum else 0.0, device=run.device)]).float()
-    if run.distributed:
+    if run.world.distributed:
         dist.all_reduce(stats)
-        stats[:3] /= run.world_size
+        stats[:3] /= run.world.world_size
     loc_v, cla_v, landm_v, stop_v = stats.tolist()
     if not all(math.isfinite(v) for v in (loc_v, cla_v, landm_v)):
         msg = (f"non-finite loss at iteration {iteration + 1} (epoch {epoch}): Loc {loc_v} Cla {cla_v} "
@@ -672,7 +653,7 @@ def _end_epoch(run, epoch, lr, had_face):
     """The epoch's record: mean losses, median times, validation when due; logged and
     appended to the metrics file."""
     meters = run.meters
-    if not had_face and not run.warned_no_face and run.is_main:
+    if not had_face and not run.warned_no_face and run.world.is_main:
         run.warned_no_face = True
         logger.warning("epoch %d: no face matched a prior in any step, so nothing was learnt (loss 0); the "
                        "faces may be too small for the priors at --image_size %d", epoch, run.cfg['image_size'])
@@ -683,34 +664,34 @@ def _end_epoch(run, epoch, lr, had_face):
     if summary['iterations'] < run.epoch_size:  # resumed from a state without the epoch's sums
         summary['partial'] = True
     run.result.epochs.append(summary)
-    if run.is_main:
+    if run.world.is_main:
         logger.info("epoch %d/%d: mean Loc %.4f Cla %.4f Landm %.4f loss %.4f | median step %.4f s, "
                     "data %.4f s", epoch, run.cfg['epoch'], summary['loc'], summary['cla'], summary['landm'],
                     summary['loss'], summary['step_time'], summary['data_time'])
     if run.validator is not None and (epoch % run.args.eval_every == 0 or epoch == run.cfg['epoch']):
         summary.update(validate_epoch(run.validator, run.model, run.history, epoch, run.path('_best.pth'),
-                                      run.is_main))
+                                      run.world.is_main))
     run.history.add_record(summary)
-    if run.is_main:
+    if run.world.is_main:
         run.history.write()
 
 
 def _save_state(run, next_iteration):
     """All ranks call this together (it gathers their RNG states); rank 0 writes
     <name>_last_state.pth. Returns its path."""
-    rng = gather_rng_states(run.device, run.world_size)
+    rng = gather_rng_states(run.device, run.world.world_size)
     path = run.path('_last_state.pth')
-    if run.is_main:
+    if run.world.is_main:
         # the epoch in progress too, when stopped mid-epoch
         partial = run.meters if next_iteration % run.epoch_size else None
         save_training_state(path, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
                             next_iteration=next_iteration, epoch_size=run.epoch_size, max_iter=run.max_iter,
-                            seed=run.seed, world_size=run.world_size, rng=rng, cfg=run.cfg, args=run.args,
+                            seed=run.seed, world_size=run.world.world_size, rng=rng, cfg=run.cfg, args=run.args,
                             history=run.history.state_dict(partial, next_iteration))
         run.result.state_path = path
     return path
 
-def _make_validator(args, cfg, device):
+def _make_validator(args, cfg, device, world):
     """The Validator of --val_dataset / --val_gt (its files checked now), or None."""
     if args.eval_every < 1:
         raise ValueError(f"--eval_every must be >= 1, got {args.eval_every}")
@@ -722,7 +703,7 @@ def _make_validator(args, cfg, device):
     vset = load_validation_set(args.val_dataset, args.val_gt)
     logger.info("validating on %s: %d images, every %d epoch(s); best checkpoint by %s AP",
                 args.val_dataset, len(vset.keys), args.eval_every, vset.best_setting)
-    return Validator(vset, cfg, device)
+    return Validator(vset, cfg, device, world=world)
 
 
 def validate_epoch(validator, model, history, epoch, best_path, is_main):

@@ -26,8 +26,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.distributed as dist
 
+from utils.distributed import World, broadcast_from_rank0, gather_to_rank0, shard
 from utils.inference import Detector, read_image
 from widerface_evaluate.evaluation import (LABEL_SETTING, evaluate, load_label_gt, load_wider_gt,
                                            strip_image_ext)
@@ -145,62 +145,51 @@ def inference_phase(model):
         model.train(was_training)
 
 
-def _distributed():
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-
-
 class Validator:
     """validator(model) -> {'ap': {setting: AP}, 'key': setting, 'images': n, 'time': s}.
 
-    Every rank calls it together under torchrun (collective calls); each detects the
-    images i with i % world_size == rank, rank 0 computes the AP and shares the result.
+    Under torchrun every rank of world calls it together (collective calls); each detects
+    its share of the images (utils.distributed.shard), rank 0 computes the AP and shares
+    the result.
     """
 
     def __init__(self, vset, cfg, device, confidence_threshold=CONFIDENCE_THRESHOLD,
-                 nms_threshold=NMS_THRESHOLD):
+                 nms_threshold=NMS_THRESHOLD, world=World()):
         self.vset = vset
         self.cfg = cfg
         self.device = device
         self.confidence_threshold = confidence_threshold
         self.nms_threshold = nms_threshold
+        self.world = world
 
-    def detect_share(self, model, rank=0, world_size=1):
+    def detect_share(self, model):
         """{key: [N, 5] x y w h score} for this rank's share of the images."""
         with preserved_rng(), inference_phase(model):
             detector = Detector(model, self.cfg, device=self.device, confidence_threshold=self.confidence_threshold,
                                 nms_threshold=self.nms_threshold, origin_size=True)
-            preds = {}
-            for i in range(rank, len(self.vset.keys), world_size):
-                preds[self.vset.keys[i]] = wider_boxes(detector.detect(read_image(self.vset.paths[i])))
-        return preds
+            return {key: wider_boxes(detector.detect(read_image(path)))
+                    for key, path in shard(zip(self.vset.keys, self.vset.paths), self.world)}
 
     def __call__(self, model):
         start = time.perf_counter()
-        distributed = _distributed()
-        rank, world_size = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
-        if distributed:
+        world = self.world
+        if world.distributed:
             # Each rank's BatchNorm statistics come from its own batches; DDP copies rank 0's over
             # them at the start of every forward pass. Do the same now, so that every share is
             # detected by the model rank 0 saves (training is unchanged: the next forward pass
             # would have copied them anyway).
+            import torch.distributed as dist
             with torch.no_grad():
                 for buffer in model.buffers():
                     dist.broadcast(buffer, src=0)
-        preds = self.detect_share(model, rank, world_size)
-        if distributed:
-            shares = [None] * world_size if rank == 0 else None
-            dist.gather_object(preds, shares, dst=0)
-            if rank == 0:
-                preds = {k: v for share in shares for k, v in share.items()}
+        shares = gather_to_rank0(self.detect_share(model), world)
         result = None
-        if rank == 0:
+        if world.is_main:
+            preds = {k: v for share in shares for k, v in share.items()}
             # only_predicted: the listed images (every one has an entry, maybe empty) are the set.
             aps = {s: r['ap'] for s, r in evaluate(preds, self.vset.gt, only_predicted=True).items()}
             result = {'ap': aps, 'key': self.vset.best_setting, 'images': len(preds)}
-        if distributed:
-            box = [result]
-            dist.broadcast_object_list(box, src=0)
-            result = box[0]
+        result = broadcast_from_rank0(result, world)
         result['time'] = time.perf_counter() - start
         return result
 
