@@ -15,8 +15,8 @@ import torch
 from data import NETWORKS
 from utils.atomic import check_writable
 from utils.cli import add_threads_argument, non_negative_float, positive_int, run_cli, set_threads
-from utils.inference import load_detector
-from utils.onnx_export import (DEFAULT_LONG_SIDE, DEFAULT_OPSET, VERIFY_ATOL, export_onnx, verification_inputs,
+from models.detector import load_detector
+from models.onnx_export import (DEFAULT_LONG_SIDE, DEFAULT_OPSET, VERIFY_ATOL, export_onnx, verification_inputs,
                                verify_onnx)
 
 

@@ -14,20 +14,19 @@ import glob
 import json
 import logging
 import os
-import time
 from contextlib import closing
 
 import cv2
 
 from data import NETWORKS
+from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
-from utils.cli import (add_backend_arguments, detector_from_args,
-                       optional_top_k, probability, report_skipped, run_cli)
+from utils.cli import optional_top_k, probability, report_skipped, run_cli
 from utils.datapaths import shared_path
 from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
-from utils.folder_run import BackgroundWriter, prefetch
-from utils.image import IMAGE_EXTENSIONS
-from utils.inference import draw_detections, read_image
+from utils.folder_run import BackgroundWriter, detect_images
+from utils.image import IMAGE_EXTENSIONS, draw_detections
+from utils.memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +61,7 @@ def get_args_parser():
     parser.add_argument('--output', default='./results/', type=str, help='folder for the annotated images')
     parser.add_argument('--json', default=None, type=str,
                         help='write every detection (box, score, five landmarks) of every image to this JSON file')
-    add_backend_arguments(parser)
+    add_detector_arguments(parser)
     return parser
 
 
@@ -156,33 +155,19 @@ def _detect_all(args, files, out_paths, world):
     """Under torchrun each rank detects every world_size-th image and writes its annotated
     copies; rank 0 writes the JSON, images in list order."""
     detector = detector_from_args(args, **({'device': world.device} if world.device else {}))
-    jobs = shard(enumerate(zip(files, out_paths)), world)
+    if detector.device.type == 'cpu':
+        keep_freed_memory()  # a process-wide malloc setting: this script owns its process
+    jobs = [(index, path, out_path) for index, (path, out_path) in shard(enumerate(zip(files, out_paths)), world)]
 
     def draw(img_raw, dets, out_path):
         os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
         if not cv2.imwrite(out_path, draw_detections(img_raw, dets, args.vis_thres)):
             raise ValueError(f"could not write {out_path} (unsupported extension or unwritable folder)")
 
-    def load(job):
-        # Read and preprocessed in a reading thread, while the network runs on an earlier image.
-        img_raw = read_image(job[1][0])
-        tic = time.perf_counter()
-        prepared = detector.preprocess([img_raw])
-        return img_raw, prepared, time.perf_counter() - tic
-
     results, skipped = [], []
     try:
-        with closing(prefetch(jobs, load)) as images, BackgroundWriter() as writer:
-            for (index, (path, out_path)), loaded, error in images:
-                if error is not None:
-                    logger.warning("skipping %s: %s", path, error)
-                    skipped.append((index, (path, str(error))))
-                    continue
-                img_raw, prepared, preprocess_seconds = loaded
-                tic = time.perf_counter()
-                dets = detector.detect_preprocessed(*prepared)[0]
-                # The detection time as before: preprocessing (done ahead) included.
-                ms = 1000 * (time.perf_counter() - tic + preprocess_seconds)
+        with closing(detect_images(detector, jobs, skipped)) as detected, BackgroundWriter() as writer:
+            for (index, path, out_path), img_raw, dets, ms in detected:
                 faces = int((dets[:, 4] >= args.vis_thres).sum())
                 line = (f"{path}: {faces} faces >= {args.vis_thres} ({len(dets)} detections > "
                         f"{args.confidence_threshold}), {img_raw.shape[1]}x{img_raw.shape[0]}, {ms:.1f} ms")

@@ -16,20 +16,18 @@ interrupted run never leaves half a file.
 import argparse
 import logging
 import os
-import time
 from contextlib import closing
 
 import cv2
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data import NETWORKS
+from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
-from utils.cli import (add_backend_arguments, detector_from_args, optional_top_k, probability,
-                       report_skipped, run_cli, str2bool)
+from utils.cli import optional_top_k, probability, report_skipped, run_cli, str2bool
 from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
-from utils.folder_run import BackgroundWriter, prefetch
-from utils.inference import draw_detections, read_image
+from utils.folder_run import BackgroundWriter, detect_images
+from utils.image import draw_detections
+from utils.memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ def get_args_parser():
     parser.add_argument('--vis_thres', default=0.5, type=probability, help='visualization_threshold')
     parser.add_argument('--vis_folder', default='./results/', type=str,
                         help='where --save_image writes the annotated images (<index>.jpg)')
-    add_backend_arguments(parser)
+    add_detector_arguments(parser)
     return parser
 
 
@@ -119,32 +117,20 @@ def main(args):
 def _detect_all(args, names, images_folder, out_path, world):
     """Under torchrun each rank detects every world_size-th image; rank 0 writes the blocks in list order."""
     detector = detector_from_args(args, **({'device': world.device} if world.device else {}))
-    jobs = shard(enumerate(names), world)
-
-    def load(job):
-        # Read and preprocessed in a reading thread, while the network runs on an earlier image.
-        img_raw = read_image(os.path.join(images_folder, job[1] + '.jpg'))
-        return img_raw, detector.preprocess([img_raw])
+    if detector.device.type == 'cpu':
+        keep_freed_memory()  # a process-wide malloc setting: this script owns its process
+    jobs = [(index, os.path.join(images_folder, name + '.jpg'), name)
+            for index, name in shard(enumerate(names), world)]
 
     def draw(index, img_raw, dets):
         os.makedirs(args.vis_folder, exist_ok=True)
         cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"), draw_detections(img_raw, dets, args.vis_thres))
 
     blocks, skipped = [], []
-    start = time.perf_counter()
-    with logging_redirect_tqdm(), closing(prefetch(jobs, load)) as images, BackgroundWriter() as writer, \
-            tqdm(total=len(jobs), desc='im_detect', unit='img', dynamic_ncols=True, disable=not world.is_main) as bar:
-        for (index, name), loaded, error in images:
-            bar.update()
-            if error is not None:
-                image_path = os.path.join(images_folder, name + '.jpg')
-                logger.warning("skipping %s: %s", image_path, error)
-                skipped.append((index, (image_path, str(error))))
-                continue
-            img_raw, prepared = loaded
-            dets = detector.detect_preprocessed(*prepared)[0]
+    with closing(detect_images(detector, jobs, skipped, progress=world.is_main)) as results, \
+            BackgroundWriter() as writer:
+        for (index, _, name), img_raw, dets, _ in results:
             blocks.append((index, fddb_block(name, dets)))
-            bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / len(blocks):.0f}", refresh=False)
             if args.save_image:
                 writer.submit(draw, index, img_raw, dets)
     # Rank 0 gets every rank's blocks and skipped images, and puts them back in list order.

@@ -17,22 +17,20 @@ when the same model and settings made it: save_folder/retinaface_run.json record
 import argparse
 import logging
 import os
-import time
 from contextlib import closing
 
 import cv2
-from tqdm import tqdm
-from tqdm.contrib.logging import logging_redirect_tqdm
 
 from data import NETWORKS
+from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
-from utils.cli import (add_backend_arguments, detector_from_args, optional_top_k, probability,
-                       report_skipped, run_cli, str2bool)
+from utils.cli import optional_top_k, probability, report_skipped, run_cli, str2bool
 from utils.distributed import (all_gather, destroy, init_from_torchrun, merge_in_order, on_rank0,
                                quiet_other_ranks, shard)
-from utils.folder_run import BackgroundWriter, prefetch
-from utils.inference import draw_detections, read_image
-from utils.run_manifest import detector_settings, prepare_results_folder
+from utils.folder_run import BackgroundWriter, detect_images
+from utils.image import draw_detections
+from utils.memory import keep_freed_memory
+from utils.run_manifest import prepare_results_folder, run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +68,7 @@ def get_args_parser():
                         help='skip images whose result file is already complete and made by the same model '
                              'and settings (default); --no-resume recomputes every image, first removing '
                              'the result files of another run from --save_folder')
-    add_backend_arguments(parser)
+    add_detector_arguments(parser)
     return parser
 
 
@@ -168,11 +166,13 @@ def main(args):
 def _detect_all(args, names, world):
     # Built before anything is skipped: the model and settings decide which files are resumable.
     detector = detector_from_args(args, **({'device': world.device} if world.device else {}))
+    if detector.device.type == 'cpu':
+        keep_freed_memory()  # a process-wide malloc setting: this script owns its process
     model_path = args.onnx_model or args.trained_model
     # Rank 0 alone prepares the folder (it may remove another run's files) before any rank
     # looks for files to resume or writes one.
     on_rank0(lambda: prepare_results_folder(
-        args.save_folder, detector_settings(detector, model_path), prediction_files(args.save_folder), model_path,
+        args.save_folder, run_settings(model_path, detector.settings()), prediction_files(args.save_folder), model_path,
         script='test_widerface.py', recompute=not args.resume, recompute_flag='--no-resume'), world)
 
     todo, resumed = [], 0
@@ -182,16 +182,11 @@ def _detect_all(args, names, world):
         if args.resume and is_complete(save_name, os.path.basename(stem)):
             resumed += 1
             continue
-        todo.append((index, name, stem, save_name))
+        todo.append((index, os.path.join(args.dataset_folder, name), stem, save_name))
     resumed = sum(all_gather(resumed, world))
     if resumed and world.is_main:
         logger.info("resuming: %d of %d images already have complete results in %s (--no-resume recomputes them)",
                     resumed, len(names), args.save_folder)
-
-    def load(job):
-        # Read and preprocessed in a reading thread, while the network runs on an earlier image.
-        img_raw = read_image(os.path.join(args.dataset_folder, job[1]))
-        return img_raw, detector.preprocess([img_raw])
 
     def write(job, img_raw, dets):
         index, _, stem, save_name = job
@@ -201,23 +196,11 @@ def _detect_all(args, names, world):
             cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"), draw_detections(img_raw, dets, args.vis_thres))
 
     skipped, written = [], 0
-    if todo:
-        start = time.perf_counter()
-        with logging_redirect_tqdm(), closing(prefetch(todo, load)) as images, BackgroundWriter() as writer, \
-                tqdm(total=len(todo), desc='im_detect', unit='img', dynamic_ncols=True,
-                     disable=not world.is_main) as bar:
-            for job, loaded, error in images:
-                bar.update()
-                if error is not None:
-                    image_path = os.path.join(args.dataset_folder, job[1])
-                    logger.warning("skipping %s: %s", image_path, error)
-                    skipped.append((job[0], (image_path, str(error))))
-                    continue
-                img_raw, prepared = loaded
-                dets = detector.detect_preprocessed(*prepared)[0]
-                writer.submit(write, job, img_raw, dets)
-                written += 1
-                bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / written:.0f}", refresh=False)
+    with closing(detect_images(detector, todo, skipped, progress=world.is_main)) as results, \
+            BackgroundWriter() as writer:
+        for job, img_raw, dets, _ in results:
+            writer.submit(write, job, img_raw, dets)
+            written += 1
 
     # One summary for the whole run, on rank 0: every rank's counts, skipped images in list order.
     parts = all_gather((written, len(todo), skipped), world)

@@ -38,7 +38,7 @@ import torch.optim as optim
 import torch.utils.data as data
 from torch.nn.parallel import DistributedDataParallel
 
-from data import WiderFaceDetection, cfg_for_network, detection_collate, preproc
+from data import BGR_MEAN, WiderFaceDetection, cfg_for_network, detection_collate, preproc
 from data.wider_face import label_summary
 from layers.functions.prior_box import cached_priors
 from layers.modules import MultiBoxLoss
@@ -48,7 +48,6 @@ from utils.checkpoint import load_model
 from utils.cli import (non_negative_float, non_negative_int, number_in, positive_float,
                        positive_int, run_cli, set_threads)
 from utils.distributed import World, destroy, init_from_torchrun, quiet_other_ranks, torchrun_world
-from utils.inference import BGR_MEAN
 from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
 from utils.train_state import (ResumableDistributedSampler, StopSignal, gather_rng_states, load_training_state,
@@ -274,7 +273,7 @@ class Run:
     priors: torch.Tensor = None
     sampler: ResumableDistributedSampler = None
     loader: data.DataLoader = None
-    validator: object = None  # a utils.validation.Validator, or None without --val_dataset
+    validator: object = None  # a widerface_evaluate.validation.Validator, or None without --val_dataset
     epoch_size: int = 0
     max_iter: int = 0
     stepvalues: tuple = ()
@@ -699,7 +698,7 @@ def _make_validator(args, cfg, device, world):
         if args.val_gt is not None:
             raise ValueError("--val_gt needs --val_dataset (the WIDER val folder with images/ and wider_val.txt)")
         return None
-    from utils.validation import Validator, load_validation_set
+    from widerface_evaluate.validation import Validator, load_validation_set
     vset = load_validation_set(args.val_dataset, args.val_gt)
     logger.info("validating on %s: %d images, every %d epoch(s); best checkpoint by %s AP",
                 args.val_dataset, len(vset.keys), args.eval_every, vset.best_setting)
@@ -709,7 +708,7 @@ def _make_validator(args, cfg, device, world):
 def validate_epoch(validator, model, history, epoch, best_path, is_main):
     """Validate (every rank together), note the AP, keep the best weights; the fields for the
     epoch's record."""
-    from utils.validation import format_aps
+    from widerface_evaluate.validation import format_aps
     res = validator(model)
     new_best = history.add_validation(epoch, res)
     if is_main:

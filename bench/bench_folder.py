@@ -44,7 +44,7 @@ from bench.common import default_weights  # noqa: E402
 from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import set_threads, setup_logging  # noqa: E402
 from utils.datapaths import shared_path  # noqa: E402
-from utils.inference import read_image  # noqa: E402
+from utils.image import read_image  # noqa: E402
 
 GOAL = 0.85
 SCALES = {'origin': 'True', '1600': 'False'}

@@ -29,7 +29,9 @@ if ROOT not in sys.path:
 
 from bench.common import IMAGES, _timed, compare_detections, default_weights  # noqa: E402
 from utils.datapaths import shared_path  # noqa: E402
-from utils.inference import BACKENDS, load_detector, read_image  # noqa: E402
+from models.detector import load_detector  # noqa: E402
+from utils.device import BACKENDS  # noqa: E402
+from utils.image import read_image  # noqa: E402
 from utils.memory import keep_freed_memory  # noqa: E402
 
 # The reference pipeline on the same 2-core machine (../shared/README.md), ms:
@@ -93,7 +95,7 @@ def main(args):
     paths = args.images or [str(shared_path('images', f'{n}.jpg')) for n in IMAGES]
     images = {os.path.splitext(os.path.basename(p))[0]: read_image(p) for p in paths}
     torch.set_grad_enabled(False)
-    # As the scripts do (utils.cli.detector_from_args).
+    # As the scripts do (detect.py, test_widerface.py, test_fddb.py).
     kept = not args.default_malloc and keep_freed_memory()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, "
           f"{args.network} ({weights}), malloc keeps freed memory: {'yes' if kept else 'no'}, "

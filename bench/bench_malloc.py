@@ -46,7 +46,8 @@ def child(args):
     import torch
 
     from bench.common import default_weights
-    from utils.inference import load_detector, read_image
+    from models.detector import load_detector
+    from utils.image import read_image
     from utils.memory import keep_freed_memory
 
     applied = keep_freed_memory() if args.child == 'keep' else False

@@ -66,7 +66,8 @@ if variant != 'ort file, no torch':
     t['import torch'] = time.perf_counter() - s
 s = time.perf_counter()
 import detect  # the script's imports: the project's modules, numpy, OpenCV
-from utils.inference import read_image, load_detector, Detector
+from utils.image import read_image
+from models.detector import load_detector, Detector
 from data import cfg_mnet
 if variant in ('torch', 'ort+export'):  # what load_detector imports to build the network
     from models.retinaface import RetinaFace
@@ -79,7 +80,7 @@ if variant in ('torch', 'ort+export'):
     if variant == 'torch':
         det = Detector(net, cfg_mnet)
     else:
-        from utils.onnx_export import export_onnx_bytes
+        from models.onnx_export import export_onnx_bytes
         s = time.perf_counter()
         with torch.inference_mode(False):
             data = export_onnx_bytes(net, cfg=cfg_mnet)

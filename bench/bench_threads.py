@@ -63,7 +63,8 @@ def child(args):
 
     from bench.common import default_weights
     from utils.cli import set_threads
-    from utils.inference import load_detector, read_image
+    from models.detector import load_detector
+    from utils.image import read_image
     from utils.memory import keep_freed_memory
 
     backend, threads, _, spinning = SETTINGS[args.child]

@@ -6,7 +6,7 @@ ImageNet backbone, then the AP of the result on the minitrain labels.
 
 It trains with train.py's main() (default workers), prints the loss curve (per-epoch mean
 losses), the median step time and data-loading time, then detects faces on the 160
-minitrain photos with utils.inference.Detector (at original size, score > 0.02, NMS 0.4)
+minitrain photos with models.detector.Detector (at original size, score > 0.02, NMS 0.4)
 and scores them with widerface_evaluate.evaluation against minitrain/train/label.txt
 (every face counts, IoU 0.5). For comparison it scores the same backbone with untrained
 (randomly initialised) heads, and the published mobilenet0.25_Final.pth whose detections
@@ -60,7 +60,7 @@ def get_args_parser():
 
 def detect_and_evaluate(net, label_path):
     """AP of net (phase 'test') on the images of label_path, every face counting."""
-    from utils.inference import Detector
+    from models.detector import Detector
     from widerface_evaluate.evaluation import evaluate, load_label_gt
     import cv2
 

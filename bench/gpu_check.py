@@ -31,7 +31,8 @@ from data import cfg_mnet, cfg_re50  # noqa: E402
 from models.retinaface import RetinaFace  # noqa: E402
 from utils.checkpoint import load_model  # noqa: E402
 from utils.datapaths import shared_path  # noqa: E402
-from utils.inference import Detector, load_detector, read_image  # noqa: E402
+from models.detector import Detector, load_detector  # noqa: E402
+from utils.image import read_image  # noqa: E402
 
 def check_detections(device):
     weights = shared_path('weights', 'mobilenet0.25_Final.pth')

@@ -47,6 +47,15 @@ cfg_re50 = {
     'out_channel': 256
 }
 
+# The mean BGR pixel subtracted from every input, in training and in detection (the
+# reference calls it rgb_mean, but OpenCV's images are BGR and so are these values).
+BGR_MEAN = (104, 117, 123)
+# The reference's test scale (test_widerface.py without --origin_size): the short side
+# becomes TARGET_SIZE unless the long side would then exceed MAX_SIZE, in which case the
+# long side becomes MAX_SIZE.
+TARGET_SIZE = 1600
+MAX_SIZE = 2150
+
 # The --network names the scripts accept, mapped to their configs.
 NETWORKS = {'mobile0.25': cfg_mnet, 'resnet50': cfg_re50}
 

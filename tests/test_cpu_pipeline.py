@@ -7,12 +7,15 @@ import numpy as np
 import pytest
 import torch
 
-import utils.inference as inference
+import layers.functions.detection as detection
 import utils.kernels as kernels
-from data import cfg_mnet
-from layers.functions.prior_box import cached_priors
+from data import BGR_MEAN, cfg_mnet
+from layers.functions.detection import Detect, candidates_on_device
+from layers.functions.prior_box import cached_priors, prior_boxes
+from models.detector import load_detector
 from tests.conftest import GOLDEN_IMAGES, golden_image_path, need_shared
-from utils.inference import BGR_MEAN, read_image
+from utils.image import read_image
+from utils.nms import fast_nms
 
 VARIANCE = cfg_mnet['variance']
 
@@ -51,7 +54,7 @@ def test_to_input_equals_the_reference_subtraction(name):
     """uint8 photos: `np.float32(img) - (104, 117, 123)` as CHW, bit for bit."""
     img = read_image(need_shared('images', f'{name}.jpg'))
     dst = np.full((3,) + img.shape[:2], np.nan, dtype=np.float32)
-    inference.to_input(img, dst)
+    detection.to_input(img, dst)
     reference = (np.float32(img) - BGR_MEAN).astype(np.float32).transpose(2, 0, 1)  # [H, W, 3] -> [3, H, W]
     assert _same_bits(dst, np.ascontiguousarray(reference))
 
@@ -65,7 +68,7 @@ def test_to_input_of_a_resized_float_image_into_a_padded_batch():
 
     def write():
         batch = np.full((2, 3, h + 9, w + 17), -7.0, dtype=np.float32)
-        inference.to_input(resized, batch[1])
+        detection.to_input(resized, batch[1])
         return batch
 
     compiled, numpy = _compiled_and_numpy(write)
@@ -78,7 +81,7 @@ def test_to_input_takes_non_contiguous_images():
     img = np.random.default_rng(0).integers(0, 256, (40, 60, 3), dtype=np.uint8)
     flipped = img[:, ::-1]  # a view with a negative stride
     dst = np.empty((3, 40, 60), dtype=np.float32)
-    inference.to_input(flipped, dst)
+    detection.to_input(flipped, dst)
     np.testing.assert_array_equal(dst, (np.float32(flipped) - np.float32(BGR_MEAN)).transpose(2, 0, 1))
 
 
@@ -100,7 +103,7 @@ def test_select_scores_equals_numpy(threshold):
     conf = conf.copy()
     conf[:5, 1] = np.float32(threshold)
     conf[5, 1] = np.nan  # never selected, as with numpy
-    (inds_c, scores_c), (inds_n, scores_n) = _compiled_and_numpy(inference.select_scores, conf, threshold)
+    (inds_c, scores_c), (inds_n, scores_n) = _compiled_and_numpy(detection.select_scores, conf, threshold)
     assert _same_bits(inds_c, inds_n) and _same_bits(scores_c, scores_n)
     assert inds_n.dtype == np.int64 and not np.isin(np.arange(6), inds_n).any()
 
@@ -112,15 +115,15 @@ def test_decode_and_assemble_equal_numpy_on_the_golden_outputs(name):
     loc, conf, landms = _raw(name)
     h, w = read_image(golden_image_path(name)).shape[:2]
     priors = cached_priors(cfg_mnet, (h, w), device='cpu').numpy()
-    inds, scores = inference.select_scores(conf, 0.02)
+    inds, scores = detection.select_scores(conf, 0.02)
     for order in (scores.argsort()[::-1], scores.argsort()[::-1][:50]):  # all, and a top_k of 50
-        for resize in (1, inference.test_scale(h, w, False), 0.7, 4 / 3):
-            dets_c, dets_n = _compiled_and_numpy(inference.decode_dets, loc, priors, inds, scores, order, VARIANCE,
+        for resize in (1, detection.resize_factor(h, w, False), 0.7, 4 / 3):
+            dets_c, dets_n = _compiled_and_numpy(detection.decode_dets, loc, priors, inds, scores, order, VARIANCE,
                                                  (h, w), resize)
             assert _same_bits(dets_c, dets_n), resize
             assert len(dets_c) == len(order)
-            keep = inference.fast_nms(dets_c, 0.4)
-            out_c, out_n = _compiled_and_numpy(inference.assemble, dets_c, keep, landms, priors, inds, order,
+            keep = fast_nms(dets_c, 0.4)
+            out_c, out_n = _compiled_and_numpy(detection.assemble, dets_c, keep, landms, priors, inds, order,
                                                VARIANCE, (h, w), resize)
             assert _same_bits(out_c, out_n), resize
             assert out_c.shape == (len(keep), 15)
@@ -140,11 +143,11 @@ def test_decode_dets_of_extreme_values_equals_numpy():
     scores = rng.uniform(0, 1, len(inds)).astype(np.float32)
     order = rng.permutation(len(inds))
     with np.errstate(invalid='ignore', over='ignore'):  # inf - inf and overflow, as intended
-        dets_c, dets_n = _compiled_and_numpy(inference.decode_dets, loc, priors, inds, scores, order, VARIANCE,
+        dets_c, dets_n = _compiled_and_numpy(detection.decode_dets, loc, priors, inds, scores, order, VARIANCE,
                                              (777, 1001), 1.37)
     assert _same_bits(dets_c, dets_n)
     keep = np.arange(0, len(order), 3)
-    out_c, out_n = _compiled_and_numpy(inference.assemble, dets_c, keep, landms, priors, inds, order, VARIANCE,
+    out_c, out_n = _compiled_and_numpy(detection.assemble, dets_c, keep, landms, priors, inds, order, VARIANCE,
                                        (777, 1001), 1.37)
     assert _same_bits(out_c, out_n)
 
@@ -183,18 +186,19 @@ def test_torch_exp_rejects_arrays_it_cannot_change_in_place():
 def test_filtering_on_the_device_gives_the_host_path_s_detections(name):
     """On a GPU the candidates are filtered on the device and only they are copied to the
     host; that path, run here on CPU tensors, gives exactly the CPU path's detections."""
-    detector = inference.load_detector('mobile0.25', need_shared('weights', 'mobilenet0.25_Final.pth'))
-    loc, conf, landms = (torch.from_numpy(x) for x in _raw(name))
+    loc, conf, landms = _raw(name)
     size = read_image(golden_image_path(name)).shape[:2]
-    with torch.inference_mode():
-        on_host = detector._postprocess(loc, conf, landms, size, 1)
-        on_device = detector._postprocess(loc, conf, landms, size, 1, on_device=True)
+    priors = prior_boxes(cfg_mnet, size)
+    detect = Detect(VARIANCE, confidence_threshold=0.02, nms_threshold=0.4)
+    on_host = detect(loc, conf, landms, priors, size, 1)
+    tensors = (torch.from_numpy(x) for x in (loc, conf, landms))
+    on_device = detect.from_candidates(*candidates_on_device(*tensors, priors, 0.02), size, 1)
     assert len(on_host) > 100 and _same_bits(on_device, on_host)
 
 
 def test_pipeline_falls_back_to_numpy_with_the_same_detections(monkeypatch, caplog):
     weights = need_shared('weights', 'mobilenet0.25_Final.pth')
-    detector = inference.load_detector('mobile0.25', weights)
+    detector = load_detector('mobile0.25', weights)
     img = read_image(need_shared('images', 'street_crowd.jpg'))
     compiled = detector.detect(img)
     monkeypatch.setattr(kernels, 'compiled', None)

@@ -1,5 +1,6 @@
-"""The detection pipeline (utils/inference.py): reference numerics, batching, backends,
-image reading and errors."""
+"""The detection pipeline (models/detector.py, layers/functions/detection.py, utils/image.py):
+reference numerics, batching, backends, image reading and errors."""
+import ast
 import logging
 from pathlib import Path
 
@@ -8,12 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import utils.inference as inference
-from data import cfg_mnet
+import layers.functions.detection as detection
+from data import BGR_MEAN, cfg_mnet
 from layers.functions.prior_box import cached_priors
+from models.detector import Detector, load_detector
 from tests.conftest import GOLDEN_IMAGES, golden_image_path, need_shared
 from tests.detection_match import DETECTION_TOLERANCES, assert_detections_match
-from utils.inference import Detector, load_detector, read_image
+from utils.image import draw_detections, read_image
 
 ROOT = Path(__file__).resolve().parent.parent
 # Post-processing the golden raw outputs is compared row by row to this many pixels: numpy's
@@ -50,12 +52,12 @@ def _assert_close_dets(a, b, coord_atol=COORD_ATOL, score_atol=SCORE_ATOL):
 
 # -- the test scale --------------------------------------------------------------------------
 
-def test_test_scale_rule():
-    assert inference.test_scale(624, 1024, origin_size=True) == 1
+def test_resize_factor_is_the_reference_test_scale():
+    assert detection.resize_factor(624, 1024, origin_size=True) == 1
     # test.jpg: short side 624 -> 1600 keeps the long side at 2626 > 2150, so the long side rules.
-    assert inference.test_scale(624, 1024, origin_size=False) == 2150 / 1024 == 2.099609375
-    assert inference.test_scale(1000, 1200, origin_size=False) == 1.6  # 1920 <= 2150
-    assert inference.test_scale(416, 416, origin_size=False) == 1600 / 416
+    assert detection.resize_factor(624, 1024, origin_size=False) == 2150 / 1024 == 2.099609375
+    assert detection.resize_factor(1000, 1200, origin_size=False) == 1.6  # 1920 <= 2150
+    assert detection.resize_factor(416, 416, origin_size=False) == 1600 / 416
     summary = need_shared('golden', 'mnet', 'summary.json').read_text()
     assert '"resize": 2.099609375' in summary
 
@@ -106,12 +108,12 @@ def test_host_decoding_equals_the_reference_torch_decoding_bit_for_bit(images, n
     variance = cfg_mnet['variance']
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)  # the reference's `scale` and `scale1`
     scale1 = torch.tensor([w, h] * 5, dtype=torch.float32)
-    for resize in (1, inference.test_scale(h, w, False), 0.7, 4 / 3):
+    for resize in (1, detection.resize_factor(h, w, False), 0.7, 4 / 3):
         boxes = decode(torch.from_numpy(loc), priors, variance) * scale / resize
         points = decode_landm(torch.from_numpy(landms), priors, variance) * scale1 / resize
-        assert np.array_equal(inference.decode_boxes(loc, priors.numpy(), variance, (h, w), resize),
+        assert np.array_equal(detection.decode_boxes(loc, priors.numpy(), variance, (h, w), resize),
                               boxes.numpy()), resize
-        assert np.array_equal(inference.decode_landmarks(landms, priors.numpy(), variance, (h, w), resize),
+        assert np.array_equal(detection.decode_landmarks(landms, priors.numpy(), variance, (h, w), resize),
                               points.numpy()), resize
 
 
@@ -171,7 +173,7 @@ def test_padded_batch_is_close_to_one_by_one(detector, images):
 
 def test_grid_crop_index_picks_the_images_own_priors():
     size, padded = (417, 301), (448, 320)
-    rows = inference._grid_crop_index(tuple(cfg_mnet['steps']), (2, 2, 2), size, padded)
+    rows = detection.grid_crop_rows(tuple(cfg_mnet['steps']), (2, 2, 2), size, padded)
     own = cached_priors(cfg_mnet, size)
     pad = cached_priors(cfg_mnet, padded)
     assert rows.shape[0] == own.shape[0]
@@ -180,8 +182,8 @@ def test_grid_crop_index_picks_the_images_own_priors():
     ph, pw = padded
     np.testing.assert_allclose((pad[rows] * torch.tensor([pw, ph, pw, ph])).numpy(),
                                (own * torch.tensor([w, h, w, h], dtype=torch.float32)).numpy(), rtol=0, atol=1e-3)
-    same = inference._grid_crop_index(tuple(cfg_mnet['steps']), (2, 2, 2), size, size)
-    assert torch.equal(same, torch.arange(own.shape[0]))
+    same = detection.grid_crop_rows(tuple(cfg_mnet['steps']), (2, 2, 2), size, size)
+    assert np.array_equal(same, np.arange(own.shape[0]))
 
 
 def test_preprocess_layout_and_padding(detector, images):
@@ -189,7 +191,7 @@ def test_preprocess_layout_and_padding(detector, images):
     batch, sizes, resizes = detector.preprocess([img_a, img_b])
     assert sizes == [(624, 1024), (416, 416)] and resizes == [1, 1]
     assert batch.shape == (2, 3, 640, 1024) and batch.dtype == np.float32  # rounded up to PAD_MULTIPLE
-    expected = img_b.astype(np.float32) - np.float32(inference.BGR_MEAN)
+    expected = img_b.astype(np.float32) - np.float32(BGR_MEAN)
     np.testing.assert_array_equal(batch[1, :, :416, :416], expected.transpose(2, 0, 1))
     assert not batch[1, :, 416:, :].any() and not batch[1, :, :, 416:].any()  # padding = the mean colour
 
@@ -227,7 +229,7 @@ def test_onnxruntime_backend_batches_equal_one_by_one(ort_detector, images):
 
 def test_onnxruntime_backend_from_a_file_needs_no_weights(tmp_path, weights, images):
     pytest.importorskip('onnxruntime')
-    from utils.onnx_export import export_onnx
+    from models.onnx_export import export_onnx
     net = load_detector('mobile0.25', weights).net
     export_onnx(net, str(tmp_path / 'm.onnx'))
     det = load_detector('mobile0.25', tmp_path / 'missing.pth', backend='onnxruntime', onnx_model=tmp_path / 'm.onnx')
@@ -245,9 +247,16 @@ def test_forward_runs_in_inference_mode_and_priors_do_not(detector, images):
 
 
 def test_library_code_never_calls_cuda():
-    for path in ['utils/inference.py', 'utils/onnx_export.py', 'utils/cli.py', 'detect.py', 'test_widerface.py',
-                 'test_fddb.py', 'convert_to_onnx.py', 'bench/bench_inference.py']:
-        assert '.cuda()' not in (ROOT / path).read_text(), path
+    paths = [p for d in ('data', 'layers', 'models', 'utils', 'widerface_evaluate') for p in (ROOT / d).rglob('*.py')]
+    paths += list(ROOT.glob('*.py')) + list((ROOT / 'bench').glob('*.py'))
+    assert len(paths) > 40
+    for path in paths:
+        calls = [n for n in ast.walk(ast.parse(path.read_text())) if isinstance(n, ast.Call)
+                 and isinstance(n.func, ast.Attribute) and n.func.attr == 'cuda']
+        assert not calls, f"{path}:{calls[0].lineno} calls .cuda()" if calls else ''
+    # The check sees a call (and not the word in a comment or a string).
+    assert [n.func.attr for n in ast.walk(ast.parse("x = net.cuda()  # not '.cuda()'")) if isinstance(n, ast.Call)] \
+        == ['cuda']
 
 
 def test_bad_settings_are_clear_errors(detector):
@@ -335,7 +344,7 @@ def test_read_image_converts_like_imread_color_and_says_so(tmp_path, caplog, kin
             'u16.png': img.astype(np.uint16) * 257}[kind]
     path = tmp_path / kind
     assert cv2.imwrite(str(path), data)
-    with caplog.at_level(logging.WARNING, logger='utils.inference'):
+    with caplog.at_level(logging.WARNING, logger='utils.image'):
         out = read_image(path)
     assert out.shape == img.shape and out.dtype == np.uint8
     np.testing.assert_array_equal(out, cv2.imread(str(path), cv2.IMREAD_COLOR))
@@ -360,7 +369,7 @@ def test_a_grayscale_image_is_detected_on(detector, tmp_path):
 def test_draw_detections_as_the_reference(detector, images):
     img = images['kids_group']
     dets = detector.detect(img)
-    drawn = inference.draw_detections(img.copy(), dets, 0.6)
+    drawn = draw_detections(img.copy(), dets, 0.6)
     expected = img.copy()
     for b in dets:  # the reference's drawing code, verbatim
         if b[4] < 0.6:

@@ -30,7 +30,8 @@ RUN = r'''
 import json, sys
 import numpy as np
 import test_widerface
-from utils.inference import load_detector, read_image
+from models.detector import load_detector
+from utils.image import read_image
 images, out, weights = sys.argv[1:4]
 names = [l.strip() for l in open(images + '/../wider_val.txt') if l.strip()]
 det = load_detector('mobile0.25', weights)

@@ -18,7 +18,8 @@ import test_fddb as fddb_script
 import test_widerface as wider_script
 from tests.conftest import golden_image_path, need_shared
 from utils.atomic import check_writable
-from utils.cli import detector_from_args, number_in, probability, run_cli
+from models.detector import detector_from_args
+from utils.cli import number_in, probability, run_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS = ['val416_0_Parade_Parade_0_102', 'val416_0_Parade_Parade_0_125', 'val416_0_Parade_Parade_0_137']
@@ -89,7 +90,7 @@ def test_number_in_bounds():
 def test_detector_rejects_a_confidence_threshold_outside_0_1():
     from data import cfg_mnet
     from models.retinaface import RetinaFace
-    from utils.inference import Detector
+    from models.detector import Detector
     net = RetinaFace(cfg_mnet, phase='test')
     for bad in (-0.5, 1.5, float('nan')):
         with pytest.raises(ValueError, match='confidence_threshold must be in'):

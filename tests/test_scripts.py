@@ -18,7 +18,8 @@ import test_widerface as wider_script
 from tests.conftest import GOLDEN_IMAGES, VAL416_PREFIX, golden_image_path, need_shared
 from tests.detection_match import DETECTION_TOLERANCES, assert_detections_match, assert_wider_files_match
 from utils.cli import run_cli
-from utils.inference import Detector, load_detector, read_image
+from models.detector import Detector, load_detector
+from utils.image import read_image
 
 ROOT = Path(__file__).resolve().parent.parent
 PHOTOS_EVENT = 'photos'
@@ -325,7 +326,7 @@ def test_detect_json_annotated_image_and_summary(weights, detector, tmp_path, ca
         assert np.allclose(np.array(d['landmarks']).ravel(), e[5:], atol=1e-3)
     assert np.float32(entry['detections'][0]['score']) == expected[0, 4]  # float32 round trip
 
-    from utils.inference import draw_detections
+    from utils.image import draw_detections
     written = cv2.imread(str(tmp_path / 'out' / 'kids_group.jpg'))
     cv2.imwrite(str(tmp_path / 'expected.jpg'), draw_detections(img.copy(), expected, 0.6))
     np.testing.assert_array_equal(written, cv2.imread(str(tmp_path / 'expected.jpg')))
@@ -396,7 +397,7 @@ def test_convert_to_onnx_fails_loudly_when_outputs_differ(weights, tmp_path, cap
 def test_verify_onnx_catches_a_model_of_other_weights(detector, tmp_path):
     pytest.importorskip('onnxruntime')
     import copy
-    from utils.onnx_export import export_onnx, verification_inputs, verify_onnx
+    from models.onnx_export import export_onnx, verification_inputs, verify_onnx
     other = copy.deepcopy(detector.net)
     with torch.no_grad():
         other.ClassHead[0].conv1x1.bias[1] += 0.5  # the face logit of one anchor (a shift of both would cancel in softmax)

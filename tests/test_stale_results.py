@@ -16,9 +16,10 @@ import torch
 import detect
 import test_widerface as wider_script
 from tests.conftest import golden_image_path, need_shared
+from utils import folder_run
 from utils.cli import run_cli
-from utils.inference import load_detector
-from utils.onnx_export import NETWORK_KEY, export_onnx, onnx_network
+from models.detector import load_detector
+from models.onnx_export import NETWORK_KEY, export_onnx, onnx_network
 from utils.run_manifest import MANIFEST_NAME
 
 EVENT = '0--Parade'
@@ -177,7 +178,7 @@ def test_manifest_is_written_before_the_first_image(weights, dataset, tmp_path, 
     """A run killed at its first image has already said which model the folder is for."""
     def interrupted(*_):
         raise KeyboardInterrupt
-    monkeypatch.setattr(wider_script, 'read_image', interrupted)
+    monkeypatch.setattr(folder_run, 'read_image', interrupted)  # the scripts' reading loop
     with pytest.raises(KeyboardInterrupt):
         _run(*_argv(weights, dataset, tmp_path / 'out'))
     assert json.loads((tmp_path / 'out' / MANIFEST_NAME).read_text())['settings']['network'] == 'mobile0.25'

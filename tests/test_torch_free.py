@@ -167,7 +167,8 @@ def _with_props(onnx_file, path, **changes):
 
 def test_the_files_config_and_mean_run_it(onnx_file, tmp_path):
     """The file's values win over the network's config dict (here: edited ones)."""
-    from utils.inference import load_detector, read_image
+    from models.detector import load_detector
+    from utils.image import read_image
 
     path = _with_props(onnx_file, tmp_path / 'edited.onnx', variance='[0.1, 0.4]', bgr_mean='[0, 0, 0]')
     det = load_detector('resnet50', 'missing.pth', onnx_model=path)
@@ -181,7 +182,8 @@ def test_the_files_config_and_mean_run_it(onnx_file, tmp_path):
 
 def test_a_file_without_the_config_runs_with_the_networks_config(onnx_file, tmp_path):
     """Older exports (network only, or nothing at all) give the detections of a full one."""
-    from utils.inference import load_detector, read_image
+    from models.detector import load_detector
+    from utils.image import read_image
 
     img = read_image(golden_image_path('kids_group'))
     full = load_detector('mobile0.25', 'missing.pth', onnx_model=onnx_file).detect(img)
@@ -205,7 +207,8 @@ def test_malformed_metadata_is_a_clear_error(onnx_file, tmp_path, capsys):
 
 def test_in_memory_export_and_file_give_the_same_detections(onnx_file):
     """Both run onnxruntime with the same torch-free host stages (exp included)."""
-    from utils.inference import load_detector, read_image
+    from models.detector import load_detector
+    from utils.image import read_image
 
     weights = need_shared('weights', 'mobilenet0.25_Final.pth')
     img = read_image(golden_image_path('street_crowd'))
@@ -245,7 +248,7 @@ def test_float_exp_is_exp_in_float64_rounded_once():
 
 @pytest.mark.skipif(kernels.compiled is None, reason="the compiled kernels are not built")
 def test_compiled_decode_uses_the_exp_it_is_given():
-    from utils.inference import decode_dets
+    from layers.functions.detection import decode_dets
 
     rng = np.random.default_rng(0)
     p = 500
@@ -271,7 +274,7 @@ def test_an_onnxruntime_detectors_device_works_as_a_torch_device(onnx_file):
     """Without torch the device is a HostDevice string; code written for torch.device still works."""
     import torch
 
-    from utils.inference import load_detector
+    from models.detector import load_detector
 
     det = load_detector('mobile0.25', 'missing.pth', onnx_model=onnx_file, device='cpu')
     assert (det.device, det.device.type, det.device.index) == ('cpu', 'cpu', None)

@@ -20,7 +20,7 @@ from models.retinaface import RetinaFace
 from tests.conftest import ROOT, need_shared
 from utils.checkpoint import load_model
 from utils.run_history import RunHistory
-from utils.validation import Validator, load_validation_set
+from widerface_evaluate.validation import Validator, load_validation_set
 
 NAME = cfg_mnet['name']
 # Training: the first 8 minitrain images (5 without faces) at batch 4, 2 iterations per epoch.
@@ -146,14 +146,14 @@ def test_validation_ap_equals_test_widerface_then_evaluation(split, tmp_path, mo
 
 def test_validator_restores_rng_and_training_mode(split, monkeypatch):
     """Even a pipeline that drew random numbers would leave every RNG stream as it was."""
-    from utils import inference
-    real_detect = inference.Detector.detect
+    from models.detector import Detector
+    real_detect = Detector.detect
 
     def detect_drawing(self, img):
         random.random(), np.random.rand(), torch.rand(1)
         return real_detect(self, img)
 
-    monkeypatch.setattr(inference.Detector, 'detect', detect_drawing)
+    monkeypatch.setattr(Detector, 'detect', detect_drawing)
     model = _published_model()
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
     Validator(load_validation_set(split[1]), cfg_mnet, 'cpu')(model)

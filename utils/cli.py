@@ -1,13 +1,12 @@
-"""What the command-line scripts share: flag parsing, device choice, building the
-detector from flags, atomic text files, and turning errors into clear exit messages."""
+"""What the command-line scripts share: flag types and ranges, threads, logging, and
+turning errors into clear exit messages. (The detector's flags live with the detector,
+in models/detector.py.)"""
 import argparse
 import logging
 import math
 import os
 import sys
 
-from utils.inference import BACKENDS, load_detector
-from utils.memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
 
@@ -98,20 +97,6 @@ non_negative_float = number_in(float, 0, name='non_negative_float')             
 non_negative_int = number_in(int, 0, name='non_negative_int')                         # workers, epochs
 
 
-def add_backend_arguments(parser):
-    """--backend, --onnx_model and --threads, the same in every script."""
-    parser.add_argument('--backend', default=None, choices=BACKENDS,
-                        help="'torch' (eager PyTorch, the reference's exact numbers; the default) or "
-                             "'onnxruntime' (the same network in onnxruntime: about 2x faster on CPU, "
-                             "detections equal to ~1e-5; the default with --onnx_model)")
-    parser.add_argument('--onnx_model', default=None, type=str,
-                        help="run this exported model (convert_to_onnx.py) in onnxruntime instead of "
-                             "--trained_model; its network comes from the file. Without it, "
-                             "--backend onnxruntime exports the weights in memory at start-up")
-    add_threads_argument(parser)
-    return parser
-
-
 def add_threads_argument(parser):
     """--threads: CPU threads for inference (see set_threads)."""
     parser.add_argument('--threads', default=None, type=positive_int,
@@ -152,78 +137,6 @@ def warn_if_cpus_busy(threads):
     if load >= 1:
         logger.warning("the CPUs are busy (load average %.1f): eager PyTorch's %d threads can run many times "
                        "slower next to other busy processes; --threads 1 avoids it", load, threads)
-
-
-def select_device(cpu):
-    """'cpu' when --cpu is given or no CUDA device exists (logged), else 'cuda'.
-
-    The reference used CUDA unless --cpu was given and crashed on machines without a GPU.
-    """
-    import torch
-
-    if cpu:
-        return torch.device('cpu')
-    if not torch.cuda.is_available():
-        logger.info("no CUDA device found: running on the CPU")
-        return torch.device('cpu')
-    return torch.device('cuda')
-
-
-def select_onnxruntime_device(cpu):
-    """select_device for an ONNX model file, without importing torch (that path runs
-    without it): 'cuda' unless --cpu is given or onnxruntime has no CUDA provider (logged)."""
-    if cpu:
-        return 'cpu'
-    import onnxruntime
-
-    if 'CUDAExecutionProvider' in onnxruntime.get_available_providers():
-        return 'cuda'
-    logger.info("onnxruntime has no CUDA provider: running on the CPU")
-    return 'cpu'
-
-
-def detector_from_args(args, **overrides):
-    """A Detector built from the standard flags (network, weights, device, thresholds, backend).
-
-    On the CPU it also makes malloc keep freed memory (utils.memory.keep_freed_memory),
-    applies --threads, and stops onnxruntime's idle threads from spinning (see
-    bench/bench_threads.py: spinning threads take the cores that other processes, and the
-    working threads, need on a shared machine). args.backend and args.network are set to
-    what runs, so that logs and result files name it: --onnx_model selects onnxruntime, and
-    the ONNX file's network wins over --network.
-    """
-    if getattr(args, 'onnx_model', None) is None:
-        # Eager PyTorch, or onnxruntime on an in-memory export: both need torch, and torch
-        # must be loaded for --threads to reach it.
-        import torch  # noqa: F401
-    threads = set_threads(getattr(args, 'threads', None))
-    kwargs = dict(
-        device=(select_device(getattr(args, 'cpu', False)) if getattr(args, 'onnx_model', None) is None
-                else select_onnxruntime_device(getattr(args, 'cpu', False))),
-        confidence_threshold=args.confidence_threshold,
-        nms_threshold=args.nms_threshold,
-        top_k=getattr(args, 'top_k', None),
-        keep_top_k=getattr(args, 'keep_top_k', None),
-        origin_size=getattr(args, 'origin_size', True),
-        backend=getattr(args, 'backend', None),
-        onnx_model=getattr(args, 'onnx_model', None),
-        num_threads=threads,
-        allow_spinning=False,
-    )
-    kwargs.update(overrides)
-    if str(kwargs['device']).partition(':')[0] == 'cpu':
-        # Eager PyTorch's forward pass is ~1.5x faster when malloc keeps freed memory
-        # (see utils/memory.py); a script owns its process, so it may change that.
-        keep_freed_memory()
-    if (kwargs['backend'] == 'torch' and str(kwargs['device']).partition(':')[0] == 'cpu' and threads > 1
-            and getattr(args, 'threads', None) is None):
-        warn_if_cpus_busy(threads)
-    detector = load_detector(args.network, args.trained_model, **kwargs)
-    args.backend = detector.backend
-    args.network = getattr(detector, 'network', None) or args.network
-    logger.info("%s (%s) on %s with the %s backend", args.network, kwargs['onnx_model'] or args.trained_model,
-                detector.device, detector.backend)
-    return detector
 
 
 def report_skipped(skipped, what='images'):

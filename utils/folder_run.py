@@ -1,4 +1,4 @@
-"""Keep the network busy during a folder run: read ahead, write behind.
+"""Folder runs: detect on a list of image files, keeping the network busy: read ahead, write behind.
 
 A folder run reads an image, detects, writes the result, and again. Reading (file I/O and
 JPEG decoding) and writing (formatting, an fsync'ed atomic write, JPEG encoding of an
@@ -18,10 +18,20 @@ GIL, so they overlap with the forward pass (which releases it too).
 Both keep the order of the items: prefetch yields them in the order given, and the
 writer runs its jobs one at a time in the order submitted. Both are bounded, so memory
 does not grow with the folder. Neither imports torch.
+
+detect_images is the loop the inference scripts share (detect.py, test_widerface.py,
+test_fddb.py): read and preprocess ahead, detect, report unreadable images.
 """
 import logging
+import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing, nullcontext
+
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from utils.image import read_image
 
 logger = logging.getLogger(__name__)
 
@@ -133,3 +143,41 @@ class BackgroundWriter:
         self._pending.clear()
         self._pool.shutdown(wait=True)
         return False
+
+
+def detect_images(detector, jobs, skipped, progress=False):
+    """Detect faces in each job's image, reading and preprocessing the next images in
+    threads while the network runs.
+
+    Args:
+        detector: a models.detector.Detector (anything with preprocess and detect_preprocessed).
+        jobs (list[tuple]): (index, image path, anything else the caller needs), in order.
+        skipped (list): an unreadable image is logged ("skipping <path>: <reason>") and
+            appended here as (index, (path, reason)), in job order.
+        progress (bool): show a tqdm bar (log messages then go around it).
+    Yields:
+        (job, img ndarray[H, W, 3] uint8, dets ndarray[N, 15] float32, ms float): each
+        readable image in job order; ms is its detection time, preprocessing included.
+    Use it in a `with closing(...)` block, so that an interrupted loop stops the readers.
+    """
+    def load(job):
+        img = read_image(job[1])
+        tic = time.perf_counter()
+        return img, detector.preprocess([img]), time.perf_counter() - tic
+
+    done, start = 0, time.perf_counter()
+    with (logging_redirect_tqdm() if progress else nullcontext()), closing(prefetch(jobs, load)) as images, \
+            tqdm(total=len(jobs), desc='im_detect', unit='img', dynamic_ncols=True, disable=not (progress and jobs)) as bar:
+        for job, loaded, error in images:
+            bar.update()
+            if error is not None:
+                logger.warning("skipping %s: %s", job[1], error)
+                skipped.append((job[0], (job[1], str(error))))
+                continue
+            img, prepared, preprocess_seconds = loaded
+            tic = time.perf_counter()
+            dets = detector.detect_preprocessed(*prepared)[0]
+            ms = 1000 * (time.perf_counter() - tic + preprocess_seconds)
+            done += 1
+            bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / done:.0f}", refresh=False)
+            yield job, img, dets, ms

@@ -6,7 +6,7 @@ other weights or settings would otherwise skip the complete files of the first r
 leave a folder whose evaluation reports the first model's numbers.
 
     model_path = args.onnx_model or args.trained_model
-    prepare_results_folder(args.save_folder, detector_settings(detector, model_path), existing_result_files,
+    prepare_results_folder(args.save_folder, run_settings(model_path, detector.settings()), existing_result_files,
                            model_path, script='test_widerface.py', recompute=not args.resume,
                            recompute_flag='--no-resume')
 """
@@ -16,7 +16,6 @@ import logging
 import os
 
 from utils.atomic import atomic_write_text
-from utils.inference import MAX_SIZE, TARGET_SIZE
 
 logger = logging.getLogger(__name__)
 
@@ -35,26 +34,16 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def detector_settings(detector, model_path):
-    """Everything about a Detector that changes its detections, as JSON-ready values.
+def run_settings(model_path, detector_settings):
+    """What a run's results depend on, as JSON-ready values: the model file's sha256 and
+    the detector's settings (models.detector.Detector.settings()).
 
     Args:
-        detector (utils.inference.Detector): the detector that makes the results.
-        model_path (str | PathLike): the file its network came from (the .pth, or the
+        model_path (str | PathLike): the file the network came from (the .pth, or the
             ONNX file it runs); identified by content, so a renamed copy is the same model.
+        detector_settings (dict): every setting that changes a detection.
     """
-    return {
-        'model_sha256': file_sha256(model_path),
-        'network': detector.network,
-        'backend': detector.backend,
-        'device': detector.device.type,  # CUDA kernels round differently from the CPU's
-        'test_scale': ('original size' if detector.origin_size
-                       else f'short side {TARGET_SIZE}, long side at most {MAX_SIZE}'),
-        'confidence_threshold': detector.confidence_threshold,
-        'nms_threshold': detector.nms_threshold,
-        'top_k': detector.top_k,
-        'keep_top_k': detector.keep_top_k,
-    }
+    return {'model_sha256': file_sha256(model_path), **detector_settings}
 
 
 def read_manifest(folder):
@@ -116,7 +105,7 @@ def prepare_results_folder(folder, settings, result_files, model_path, script, r
 
     Args:
         folder (str): the output folder.
-        settings (dict): detector_settings() of this run.
+        settings (dict): run_settings() of this run.
         result_files (list[str]): the result files already in folder.
         model_path (str): the model file (recorded for people reading the manifest).
         script (str): the script's name, recorded.

@@ -1,6 +1,6 @@
 """Export RetinaFace to ONNX and check the export against PyTorch.
 
-Used by convert_to_onnx.py and by the 'onnxruntime' backend of utils.inference, which
+Used by convert_to_onnx.py and by the 'onnxruntime' backend of models.detector, which
 exports on the fly when it is not given a model file.
 
 The exported graph takes 'input0' [B, 3, H, W] (float32, BGR minus BGR_MEAN, as the
@@ -27,6 +27,8 @@ import sys
 import warnings
 
 import numpy as np
+
+from data.config import BGR_MEAN, NETWORKS
 
 logger = logging.getLogger(__name__)
 
@@ -61,8 +63,6 @@ _DYNAMIC_AXES = {
 
 def _network_of_width(width):
     """The --network name whose FPN width (cfg['out_channel']) is width, or None."""
-    from data import NETWORKS
-
     names = [n for n, cfg in NETWORKS.items() if cfg['out_channel'] == width]
     return names[0] if len(names) == 1 else None
 
@@ -73,8 +73,6 @@ def pipeline_metadata_props(network, cfg):
     Args:
         network (str | None): the --network name; cfg (dict | None): its config.
     """
-    from utils.inference import BGR_MEAN  # late import: utils.inference imports this module
-
     props = {}
     if network is not None:
         props[NETWORK_KEY] = network
@@ -101,8 +99,6 @@ def export_onnx(net, f, opset=DEFAULT_OPSET, long_side=DEFAULT_LONG_SIDE, cfg=No
     """
     import onnx  # the exporter needs it anyway
     import torch
-
-    from data import NETWORKS
 
     net.eval()
     device = next(net.parameters()).device
@@ -144,8 +140,6 @@ def onnx_network(model):
     """
     import onnx
 
-    from data import NETWORKS
-
     try:
         if isinstance(model, (bytes, bytearray)):
             proto = onnx.load_from_string(bytes(model))
@@ -180,8 +174,6 @@ def pipeline_metadata(session, name='the ONNX model'):
     Raises:
         ValueError: a value is there but malformed; the message names the file and key.
     """
-    from data import NETWORKS
-
     props = session.get_modelmeta().custom_metadata_map
     network = props.get(NETWORK_KEY)
     if network is not None and network not in NETWORKS:
@@ -235,7 +227,7 @@ def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
     Args:
         model (str | PathLike | bytes): the ONNX model.
         num_threads (int | None): intra-op threads; None: default_num_threads().
-        device (str | torch.device | utils.inference.HostDevice): 'cpu', or 'cuda' when
+        device (str | torch.device | utils.device.HostDevice): 'cpu', or 'cuda' when
             onnxruntime has the CUDA provider.
         allow_spinning (bool): whether idle intra-op threads busy-wait for the next piece of
             work (onnxruntime's default) instead of sleeping. Spinning saves a wake-up per
@@ -284,8 +276,6 @@ def verification_inputs(long_side=DEFAULT_LONG_SIDE, seed=0):
         list[ndarray[1, 3, H, W]] float32: random BGR uint8 images minus BGR_MEAN, at
         long_side x long_side and VERIFY_ODD_SIZE.
     """
-    from utils.inference import BGR_MEAN  # late import: utils.inference imports this module
-
     rng = np.random.default_rng(seed)
     mean = np.asarray(BGR_MEAN, dtype=np.float32).reshape(1, 3, 1, 1)
     sizes = [(long_side, long_side), VERIFY_ODD_SIZE]

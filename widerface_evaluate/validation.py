@@ -1,4 +1,4 @@
-"""Validation AP during training: the project's detection pipeline (utils.inference.Detector)
+"""Validation AP during training: the project's detection pipeline (models.detector.Detector)
 on the current weights, scored by the project's WIDER evaluation (widerface_evaluate.evaluation).
 
 Two kinds of validation set:
@@ -27,8 +27,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models.detector import Detector
 from utils.distributed import World, broadcast_from_rank0, gather_to_rank0, shard
-from utils.inference import Detector, read_image
+from utils.image import read_image
 from widerface_evaluate.evaluation import (LABEL_SETTING, evaluate, load_label_gt, load_wider_gt,
                                            strip_image_ext)
 

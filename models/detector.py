@@ -1,0 +1,488 @@
+"""The one RetinaFace detection pipeline, used by every script, benchmark and validation.
+
+    detector = load_detector('mobile0.25', 'weights/mobilenet0.25_Final.pth')
+    dets = detector.detect(read_image('photo.jpg'))   # utils.image.read_image
+
+A Detector preprocesses images (layers.functions.detection.to_input), runs the network
+with one of two backends, and turns its outputs into detections (Detect): ndarray[N, 15]
+float32, x1 y1 x2 y2 score and five landmark (x, y) pairs in original-image pixels.
+
+- 'torch' runs the RetinaFace module in eager PyTorch. On the CPU its numbers are bit for
+  bit those of the reference's test_widerface.py / test_fddb.py (the same float32
+  operations in the same order), so the result files are byte-identical.
+- 'onnxruntime' runs an exported file (convert_to_onnx.py), or the network exported in
+  memory. With a file, torch is never imported: the network, config and mean come from
+  the file's metadata, so a deployment can leave torch out.
+
+This module also holds the flags the inference scripts share (add_detector_arguments)
+and the Detector they build from them (detector_from_args).
+"""
+import logging
+import os
+from contextlib import nullcontext
+
+import cv2
+import numpy as np
+
+from data.config import BGR_MEAN, MAX_SIZE, NETWORKS, TARGET_SIZE, cfg_for_network
+from layers.functions.detection import (PAD_MULTIPLE, Detect, candidates_on_device, grid_crop_rows,
+                                        resize_factor, to_input)
+from layers.functions.prior_box import cached_priors, prior_boxes
+from models.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network, pipeline_metadata
+from utils import kernels
+from utils.cli import add_threads_argument, set_threads, warn_if_cpus_busy
+from utils.device import BACKENDS, resolve_device
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_backend(backend, onnx_model):
+    """The backend to run: an ONNX model file selects 'onnxruntime', otherwise 'torch' is the default.
+
+    Raises:
+        ValueError: backend is 'torch' and an ONNX model is given (eager PyTorch cannot run it).
+    """
+    if backend is None:
+        return 'onnxruntime' if onnx_model is not None else 'torch'
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}: expected one of {list(BACKENDS)}")
+    if backend == 'torch' and onnx_model is not None:
+        raise ValueError(f"the ONNX model {os.fspath(onnx_model)} runs in onnxruntime, not in the torch backend: "
+                         f"use --backend onnxruntime (or leave --backend out), or drop --onnx_model")
+    return backend
+
+
+def _check_image(img, index=None):
+    where = '' if index is None else f" (image {index} of the batch)"
+    if not isinstance(img, np.ndarray):
+        raise ValueError(f"expected an image as ndarray[H, W, 3] uint8 BGR{where}, got {type(img).__name__}")
+    if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8 or min(img.shape[:2]) < 1:
+        raise ValueError(f"expected an image as ndarray[H, W, 3] uint8 BGR{where}, got shape {img.shape} "
+                         f"dtype {img.dtype} (use read_image, which converts grayscale and 4-channel images)")
+
+
+# ---------------------------------------------------------------------------------------
+# One runner per backend: how to run the network, and where its outputs are.
+
+class TorchRunner:
+    """Eager PyTorch: the RetinaFace module on a torch.device."""
+
+    exp_ = staticmethod(kernels.torch_exp_)  # torch's exp: the reference's numbers
+
+    def __init__(self, net, device):
+        self.net = net
+        self.device = device
+
+    def context(self):
+        import torch
+
+        return torch.inference_mode()
+
+    def run(self, batch, one_by_one):
+        """(loc [B, P, 4], conf [B, P, 2], landms [B, P, 10]) Tensors on the device."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(batch).to(self.device)  # [B, 3, H, W]
+            if not one_by_one:
+                return self.net(x)
+            outputs = [self.net(x[i:i + 1]) for i in range(x.shape[0])]
+            return tuple(torch.cat(parts) for parts in zip(*outputs))
+
+    @staticmethod
+    def take_rows(outputs, rows):
+        """Rows (ndarray[P'] int64) of each of one image's outputs ([P, ...] Tensors)."""
+        import torch
+
+        rows = torch.from_numpy(rows).to(outputs[0].device)
+        return tuple(o.index_select(0, rows) for o in outputs)
+
+    def detect(self, detect, loc, conf, landms, priors, size, resize):
+        if loc.device.type == 'cpu':
+            return detect(loc.numpy(), conf.numpy(), landms.numpy(), priors, size, resize)
+        # Filter on the device and copy only the candidates to the host.
+        return detect.from_candidates(*candidates_on_device(loc, conf, landms, priors, detect.confidence_threshold),
+                                      size, resize)
+
+
+class OnnxRunner:
+    """onnxruntime: an exported model's session; outputs are host ndarrays, no torch."""
+
+    exp_ = staticmethod(kernels.float_exp_)  # exp without torch
+
+    def __init__(self, session):
+        self.session = session
+
+    def context(self):
+        return nullcontext()
+
+    def run(self, batch, one_by_one):
+        """(loc [B, P, 4], conf [B, P, 2], landms [B, P, 10]) float32 ndarrays."""
+        slices = [batch[i:i + 1] for i in range(batch.shape[0])] if one_by_one else [batch]
+        runs = [self.session.run(None, {INPUT_NAME: x}) for x in slices]
+        # numpy joins the images: a torch.cat would wake torch's threads, which then
+        # spin on the cores the next forward pass needs (see utils.kernels.EXP_CHUNK).
+        return tuple(np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*runs))
+
+    @staticmethod
+    def take_rows(outputs, rows):
+        return tuple(o[rows] for o in outputs)
+
+    @staticmethod
+    def detect(detect, loc, conf, landms, priors, size, resize):
+        return detect(loc, conf, landms, priors, size, resize)
+
+
+class Detector:
+    """RetinaFace face detection on BGR images, one or a batch at a time.
+
+    Args:
+        net (RetinaFace | None): the model in phase 'test' with its weights loaded; it
+            is moved to device and put in eval mode. May be None for the 'onnxruntime'
+            backend when onnx_model is given.
+        cfg (dict): the network's config (cfg_mnet or cfg_re50). An ONNX file that carries
+            the config in its metadata (convert_to_onnx.py) runs with the file's values.
+        device (str | torch.device): where the network runs ('cpu', 'cuda', 'cuda:1', 'auto').
+        confidence_threshold (float): keep priors whose face score is > this.
+        nms_threshold (float): IoU above which NMS suppresses a box.
+        top_k (int | None): keep at most this many candidates before NMS (None or <= 0: all).
+        keep_top_k (int | None): keep at most this many detections after NMS (None or <= 0: all).
+        origin_size (bool): detect at the original size (True) or at the reference's
+            test scale (short side TARGET_SIZE, long side at most MAX_SIZE).
+        backend (str): 'torch' (eager PyTorch: the reference's exact numbers) or
+            'onnxruntime' (the same network exported to ONNX: faster on CPU, numbers
+            equal to ~1e-5). None: 'onnxruntime' when onnx_model is given, else 'torch'.
+        onnx_model (str | PathLike | onnxruntime.InferenceSession | None): for 'onnxruntime',
+            an exported model file (convert_to_onnx.py) or a session of one; None exports
+            net in memory. With a file, torch is never imported.
+        num_threads (int | None): onnxruntime intra-op threads (None:
+            models.onnx_export.default_num_threads()).
+        allow_spinning (bool): whether onnxruntime's idle threads busy-wait (see
+            models.onnx_export.make_session).
+
+    Attributes:
+        network (str | None): the --network name of cfg ('mobile0.25', 'resnet50'), or the
+            one the ONNX file names.
+        device (torch.device | utils.device.HostDevice): where the network runs.
+        mean (tuple): the BGR pixel subtracted from the input.
+        net, session: the PyTorch module and the onnxruntime session (None when unused).
+    """
+
+    def __init__(self, net, cfg, device='cpu', confidence_threshold=0.02, nms_threshold=0.4, top_k=None,
+                 keep_top_k=None, origin_size=True, backend=None, onnx_model=None, num_threads=None,
+                 allow_spinning=True):
+        backend = resolve_backend(backend, onnx_model)
+        if not 0 <= nms_threshold <= 1:
+            raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
+        if not 0 <= confidence_threshold <= 1:  # nan fails too
+            raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
+        self.network = next((name for name, c in NETWORKS.items() if c == cfg), None)
+        self.mean = BGR_MEAN
+        self.device = resolve_device(device, backend)
+        self.origin_size = bool(origin_size)
+        self.backend = backend
+        self.net = None
+        self.session = None
+        if net is not None:
+            self.net = net.to(str(self.device)).eval()
+        if backend == 'torch':
+            if net is None:
+                raise ValueError("the torch backend needs a network (net is None)")
+            self._runner = TorchRunner(self.net, self.device)
+        else:
+            self.session, cfg = self._open_session(cfg, onnx_model, num_threads, allow_spinning)
+            self._runner = OnnxRunner(self.session)
+        self.cfg = cfg
+        self._anchors = tuple(len(s) for s in cfg['min_sizes'])
+        self._detect = Detect(cfg['variance'], float(confidence_threshold), float(nms_threshold),
+                              top_k if top_k and top_k > 0 else None,
+                              keep_top_k if keep_top_k and keep_top_k > 0 else None, self._runner.exp_)
+
+    def _open_session(self, cfg, onnx_model, num_threads, allow_spinning):
+        """The onnxruntime session, and the config to run it with (the file's, where it says)."""
+        if onnx_model is None:
+            if self.net is None:
+                raise ValueError("the onnxruntime backend needs a network to export or an onnx_model file")
+            import torch
+
+            with torch.inference_mode(False):
+                onnx_model = export_onnx_bytes(self.net, cfg=cfg)
+            logger.info("exported the network to ONNX in memory for onnxruntime")
+        if hasattr(onnx_model, 'get_modelmeta'):  # already a session (load_detector makes one)
+            session = onnx_model
+        else:
+            session = make_session(onnx_model, num_threads=num_threads, device=self.device,
+                                   allow_spinning=allow_spinning)
+        name = 'the exported model' if isinstance(onnx_model, (bytes, bytearray)) else str(onnx_model)
+        network, file_cfg, mean = pipeline_metadata(session, name)
+        if file_cfg is not None:
+            # The file's values run it, whatever cfg says: they are what it was made with.
+            cfg = {**cfg, **file_cfg}
+        if network is not None:
+            self.network = network
+        if mean is not None:
+            self.mean = mean
+        return session, cfg
+
+    @property
+    def confidence_threshold(self):
+        return self._detect.confidence_threshold
+
+    @property
+    def nms_threshold(self):
+        return self._detect.nms_threshold
+
+    @property
+    def top_k(self):
+        return self._detect.top_k
+
+    @property
+    def keep_top_k(self):
+        return self._detect.keep_top_k
+
+    def settings(self):
+        """Everything about this detector that changes its detections, as JSON-ready values
+        (a results folder's manifest records them; see utils.run_manifest)."""
+        return {
+            'network': self.network,
+            'backend': self.backend,
+            'device': self.device.type,  # CUDA kernels round differently from the CPU's
+            'test_scale': ('original size' if self.origin_size
+                           else f'short side {TARGET_SIZE}, long side at most {MAX_SIZE}'),
+            'confidence_threshold': self.confidence_threshold,
+            'nms_threshold': self.nms_threshold,
+            'top_k': self.top_k,
+            'keep_top_k': self.keep_top_k,
+        }
+
+    # -- stages, public so that benchmarks can time them one by one ----------------------
+
+    def preprocess(self, images):
+        """Stack images into one network input.
+
+        Each image is converted to float32, resized by resize_factor (cv2.INTER_LINEAR),
+        made BGR minus the mean and laid out as CHW, in the reference's order of operations.
+        Images of one size are stacked as they are; mixed sizes are padded at the bottom
+        and right with zeros (the mean colour) to a common size rounded up to PAD_MULTIPLE.
+
+        Args:
+            images (list[ndarray[H, W, 3] uint8]): BGR images.
+        Returns:
+            (batch ndarray[B, 3, H', W'] float32 on the host,
+             sizes list[(h, w)] of each image after resizing,
+             resizes list[float] of the resize factors).
+        """
+        if not images:
+            raise ValueError("no images to detect on (empty list)")
+        sources, sizes, resizes = [], [], []
+        for i, img in enumerate(images):
+            _check_image(img, i if len(images) > 1 else None)
+            resize = resize_factor(img.shape[0], img.shape[1], self.origin_size)
+            if resize != 1:
+                # The reference resizes the float32 image before subtracting the mean.
+                img = cv2.resize(np.float32(img), None, None, fx=resize, fy=resize, interpolation=cv2.INTER_LINEAR)
+            sources.append(img)
+            sizes.append(img.shape[:2])
+            resizes.append(resize)
+        if len(set(sizes)) == 1:
+            height, width = sizes[0]
+            batch = np.empty((len(images), 3, height, width), dtype=np.float32)
+        else:
+            height = -(-max(h for h, _ in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
+            width = -(-max(w for _, w in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
+            batch = np.zeros((len(images), 3, height, width), dtype=np.float32)
+        for i, src in enumerate(sources):
+            to_input(src, batch[i], self.mean)
+        return batch, sizes, resizes
+
+    def forward(self, batch):
+        """Run the network on a preprocessed batch.
+
+        Args:
+            batch (ndarray[B, 3, H, W] float32): from preprocess.
+        Returns:
+            (loc [B, P, 4], conf [B, P, 2], landms [B, P, 10]): Tensors on self.device for
+            'torch', float32 ndarrays for 'onnxruntime'.
+        """
+        # On the CPU both backends run an NCHW batch slower per image than single images
+        # (eager PyTorch's oneDNN then picks other kernels, which also round differently),
+        # so image by image is faster there and gives exactly the single-image numbers.
+        one_by_one = batch.shape[0] > 1 and self.device.type == 'cpu'
+        return self._runner.run(batch, one_by_one)
+
+    def priors(self, size, device=None):
+        """The priors (Tensor[P, 4], (cx, cy, w, h) relative to the image) of an input of size (h, w), cached."""
+        import torch
+
+        # Made outside inference mode: the cache is shared with training code, which cannot
+        # use inference tensors in autograd.
+        with torch.inference_mode(False):
+            return cached_priors(self.cfg, size, device=device or self.device)
+
+    def postprocess(self, loc, conf, landms, size, resize):
+        """Turn one image's network outputs into detections.
+
+        Args:
+            loc [P, 4], conf [P, 2], landms [P, 10] (Tensors or float32 ndarrays, as forward
+                gives them): the outputs for the priors of an input of size (h, w).
+            size (tuple[int, int]): (h, w) of the network input (the resized image).
+            resize (float): the resize factor from the original image to size.
+        Returns:
+            ndarray[N, 15] float32: x1 y1 x2 y2 score and five landmark (x, y) pairs in
+            original-image pixels, highest score first.
+        """
+        with self._runner.context():
+            return self._runner.detect(self._detect, loc, conf, landms, prior_boxes(self.cfg, size), size, resize)
+
+    # -- the whole pipeline ----------------------------------------------------------------
+
+    def detect(self, img):
+        """Detect faces in one image.
+
+        Args:
+            img (ndarray[H, W, 3] uint8): a BGR image (see utils.image.read_image).
+        Returns:
+            ndarray[N, 15] float32: x1 y1 x2 y2 score, then five landmark (x, y) pairs,
+            in pixels of img, highest score first.
+        """
+        return self.detect_batch([img])[0]
+
+    def detect_batch(self, images):
+        """Detect faces in several images with one forward pass.
+
+        Images of one size give exactly the detections of detect() on each. Images of
+        different sizes are padded (see preprocess); each image's detections then come
+        from its own part of the padded feature maps, and differ slightly from detect()'s
+        because the network sees the padding near the bottom and right edges.
+
+        Args:
+            images (list[ndarray[H, W, 3] uint8]): BGR images.
+        Returns:
+            list[ndarray[N_i, 15] float32]: per image, as detect() returns.
+        """
+        return self.detect_preprocessed(*self.preprocess(images))
+
+    def detect_preprocessed(self, batch, sizes, resizes):
+        """detect_batch(images) given preprocess(images): the forward pass and what follows.
+
+        Folder runs preprocess the next images in reading threads while the network runs.
+        """
+        outputs = self.forward(batch)
+        padded = tuple(batch.shape[2:])
+        results = []
+        with self._runner.context():
+            for i, (size, resize) in enumerate(zip(sizes, resizes)):
+                image_outputs = tuple(o[i] for o in outputs)  # [P_padded, ...] each
+                if tuple(size) != padded:
+                    rows = grid_crop_rows(tuple(self.cfg['steps']), self._anchors, tuple(size), padded)
+                    image_outputs = self._runner.take_rows(image_outputs, rows)  # [P, ...] each
+                results.append(self._runner.detect(self._detect, *image_outputs, prior_boxes(self.cfg, size),
+                                                   size, resize))
+        return results
+
+
+def load_detector(network, trained_model, device='cpu', backend=None, onnx_model=None, **detector_kwargs):
+    """Build RetinaFace for network, load trained_model into it and wrap it in a Detector.
+
+    Args:
+        network (str): 'mobile0.25' or 'resnet50'. An ONNX model file that holds the other
+            network runs as that network (with a warning): the file, not the flag, says
+            what runs, and detector.network names it.
+        trained_model (str | PathLike): the weights (.pth), loaded with utils.checkpoint.load_model.
+            Not read when onnx_model is given.
+        device, backend, onnx_model, **detector_kwargs: as for Detector (an onnx_model
+            selects the 'onnxruntime' backend). With an onnx_model torch is not imported:
+            the network, config and mean come from the file's metadata (older files
+            without it: the network from the graph, read with the onnx package, and the
+            config of that network).
+    Raises:
+        FileNotFoundError: the weights file is missing; the message says where to put it.
+        ValueError: the file is not a checkpoint for this network.
+    """
+    backend = resolve_backend(backend, onnx_model)
+    cfg_for_network(network)  # an unknown name is an error even when the file names another
+    if onnx_model is not None:
+        # The session is made here (once) to read the file's metadata; the Detector runs it.
+        device = resolve_device(device, backend)
+        session = make_session(onnx_model, num_threads=detector_kwargs.get('num_threads'), device=device)
+        found = pipeline_metadata(session, os.fspath(onnx_model))[0]
+        if found is None:  # an older export: the network from its graph
+            found = onnx_network(onnx_model)
+        if found is not None and found != network:
+            logger.warning("%s holds a %s network: running it as %s, not as --network %s",
+                           os.fspath(onnx_model), found, found, network)
+            network = found
+        onnx_model = session
+    cfg = cfg_for_network(network)
+    net = None
+    if onnx_model is None:
+        from models.retinaface import RetinaFace
+        from utils.checkpoint import load_model
+
+        path = os.fspath(trained_model)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"weights not found: {path}. Download the published {os.path.basename(path)} (see README) "
+                f"and put it in ./weights/, or pass its path with --trained_model")
+        net = RetinaFace(cfg, phase='test')
+        load_model(net, path)
+        net.eval()
+    return Detector(net, cfg, device=device, backend=backend, onnx_model=onnx_model, **detector_kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# The inference scripts' shared flags
+
+def add_detector_arguments(parser):
+    """--backend, --onnx_model and --threads, the same in every inference script."""
+    parser.add_argument('--backend', default=None, choices=BACKENDS,
+                        help="'torch' (eager PyTorch, the reference's exact numbers; the default) or "
+                             "'onnxruntime' (the same network in onnxruntime: faster on CPU, "
+                             "detections equal to ~1e-5; the default with --onnx_model)")
+    parser.add_argument('--onnx_model', default=None, type=str,
+                        help="run this exported model (convert_to_onnx.py) in onnxruntime instead of "
+                             "--trained_model; its network comes from the file. Without it, "
+                             "--backend onnxruntime exports the weights in memory at start-up")
+    add_threads_argument(parser)
+    return parser
+
+
+def detector_from_args(args, **overrides):
+    """A Detector built from the standard flags (network, weights, --cpu, thresholds, backend).
+
+    It applies --threads and stops onnxruntime's idle threads from spinning (spinning
+    threads take the cores that other processes, and the working threads, need on a
+    shared machine; see bench/bench_threads.py). args.backend and args.network are set to
+    what runs, so that logs and result files name it: --onnx_model selects onnxruntime, and
+    the ONNX file's network wins over --network.
+    """
+    onnx_model = getattr(args, 'onnx_model', None)
+    if onnx_model is None:
+        # Eager PyTorch, or onnxruntime on an in-memory export: both need torch, and torch
+        # must be loaded for --threads to reach it.
+        import torch  # noqa: F401
+    threads = set_threads(getattr(args, 'threads', None))
+    kwargs = dict(
+        # Without a file the network is built in torch, so torch says whether there is CUDA.
+        device=resolve_device('cpu' if getattr(args, 'cpu', False) else 'auto',
+                              'torch' if onnx_model is None else 'onnxruntime'),
+        confidence_threshold=args.confidence_threshold,
+        nms_threshold=args.nms_threshold,
+        top_k=getattr(args, 'top_k', None),
+        keep_top_k=getattr(args, 'keep_top_k', None),
+        origin_size=getattr(args, 'origin_size', True),
+        backend=getattr(args, 'backend', None),
+        onnx_model=onnx_model,
+        num_threads=threads,
+        allow_spinning=False,
+    )
+    kwargs.update(overrides)
+    if (kwargs['backend'] == 'torch' and str(kwargs['device']).partition(':')[0] == 'cpu' and threads > 1
+            and getattr(args, 'threads', None) is None):
+        warn_if_cpus_busy(threads)
+    detector = load_detector(args.network, args.trained_model, **kwargs)
+    args.backend = detector.backend
+    args.network = detector.network or args.network
+    logger.info("%s (%s) on %s with the %s backend", args.network, kwargs['onnx_model'] or args.trained_model,
+                detector.device, detector.backend)
+    return detector
