@@ -10,14 +10,13 @@ if any output differs from PyTorch's by more than --tolerance, the script fails 
 import argparse
 import os
 
-import torch
-
 from data import NETWORKS
-from utils.atomic import check_writable
-from utils.cli import add_threads_argument, non_negative_float, positive_int, run_cli, set_threads
 from models.detector import load_detector
 from models.onnx_export import (DEFAULT_LONG_SIDE, DEFAULT_OPSET, VERIFY_ATOL, export_onnx, verification_inputs,
-                               verify_onnx)
+                                verify_onnx)
+from utils.atomic import check_writable
+from utils.cli import add_threads_argument, non_negative_float, positive_int, run_cli, set_threads
+from utils.device import resolve_device
 
 
 def get_args_parser():
@@ -46,9 +45,9 @@ def main(args):
     if args.long_side < 1:
         raise ValueError(f"--long_side must be a positive number of pixels, got {args.long_side}")
     check_writable(args.output, '--output')
-    set_threads(args.threads)
-    device = 'cpu' if args.cpu or not torch.cuda.is_available() else 'cuda'
+    device = resolve_device('cpu' if args.cpu else 'auto')
     net = load_detector(args.network, args.trained_model, device=device).net
+    set_threads(args.threads)  # torch is loaded now
     print(f"==> Exporting model to ONNX format at '{args.output}' (opset {args.opset})")
     out_dir = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(out_dir, exist_ok=True)

@@ -38,6 +38,7 @@ import torch.optim as optim
 import torch.utils.data as data
 from torch.nn.parallel import DistributedDataParallel
 
+from curve.plot_metrics import plot_records
 from data import BGR_MEAN, WiderFaceDetection, cfg_for_network, detection_collate, preproc
 from data.wider_face import label_summary
 from layers.functions.prior_box import cached_priors
@@ -47,6 +48,7 @@ from utils.atomic import atomic_save, check_writable
 from utils.checkpoint import load_model
 from utils.cli import (non_negative_float, non_negative_int, number_in, positive_float,
                        positive_int, run_cli, set_threads)
+from utils.device import resolve_device
 from utils.distributed import World, destroy, init_from_torchrun, quiet_other_ranks, torchrun_world
 from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
@@ -159,24 +161,13 @@ def get_args_parser():
 
 
 
-def _wants_cuda(device_arg, cfg=None):
-    if device_arg == 'auto':
-        return torch.cuda.is_available() and (cfg is None or cfg.get('gpu_train', True))
-    return torch.device(device_arg).type == 'cuda'
-
-
-def resolve_device(device_arg, cfg, local_rank=0, distributed=False):
-    """The torch.device to train on. 'auto' is CUDA when available and cfg['gpu_train'],
-    else the CPU. Under torchrun each process takes the GPU of its LOCAL_RANK."""
-    if _wants_cuda(device_arg, cfg):
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {device_arg}: CUDA is not available on this machine (use --device cpu)")
-        if distributed:
-            return torch.device('cuda', local_rank)
-        return torch.device(device_arg if device_arg not in ('auto', 'cuda') else 'cuda')
-    if device_arg == 'auto':
-        return torch.device('cpu')
-    return torch.device(device_arg)
+def train_device(args):
+    """--device as a torch.device (utils.device.resolve_device): 'auto' is CUDA when there is
+    one and the network's config trains on GPUs (cfg['gpu_train'], as in the reference)."""
+    device = args.device
+    if device == 'auto' and not cfg_for_network(args.network).get('gpu_train', True):
+        device = 'cpu'
+    return resolve_device(device)
 
 
 def resolve_pretrained(arg, cfg):
@@ -293,7 +284,9 @@ class Run:
 def main(args):
     """Train as args say; returns a TrainResult. Raises NonFiniteLossError on a NaN/inf loss."""
     # torchrun's process group, when there is one; only rank 0 logs progress.
-    world = init_from_torchrun(use_cuda=_wants_cuda(args.device)) if torchrun_world().distributed else World()
+    device = train_device(args)  # checked before any process group exists
+    # Under torchrun with CUDA each process takes the GPU of its LOCAL_RANK (world.device).
+    world = init_from_torchrun(use_cuda=device.type == 'cuda') if torchrun_world().distributed else World()
     quiet_other_ranks(world, logger)
     if world.is_main and logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
@@ -305,7 +298,7 @@ def main(args):
         # Training needs autograd whatever the caller's global mode (a script that called
         # torch.set_grad_enabled(False) before, as inference scripts do).
         with torch.enable_grad():
-            run = _prepare(args, world, stop)
+            run = _prepare(args, world, stop, torch.device(world.device) if world.device else device)
             if run.start_iter >= run.max_iter:  # finished already: _prepare said so
                 return TrainResult(iteration=run.start_iter, max_iter=run.max_iter, epoch_size=run.epoch_size,
                                    state_path=args.resume)
@@ -368,12 +361,11 @@ def _check_labels(dataset, args):
     return summary
 
 
-def _prepare(args, world, stop):
+def _prepare(args, world, stop, device):
     """Check the settings and build what the run needs, in the order the RNG draws depend
     on. Returns the Run; its start_iter >= max_iter when a resumed run has nothing left."""
     cfg = build_config(args)
-    run = Run(args, cfg, resolve_device(args.device, cfg, world.local_rank, world.distributed), world, stop)
-    device = run.device
+    run = Run(args, cfg, device, world, stop)
     run.amp = bool(args.amp)
     if run.amp and device.type != 'cuda':
         logger.warning("--amp needs CUDA; training in float32 on %s", device)
@@ -525,13 +517,13 @@ def _make_loader(run, dataset):
 def _train(run):
     """The epochs from run.start_iter on; returns the TrainResult."""
     if run.world.is_main:
-        run.history.write()
+        run.history.write(plot_records)
     if run.validator is not None and not run.resumed:
         start_epoch = run.start_iter // run.epoch_size
         run.history.add_record({'epoch': start_epoch, **validate_epoch(
             run.validator, run.model, run.history, start_epoch, run.path('_best.pth'), run.world.is_main)})
         if run.world.is_main:
-            run.history.write()
+            run.history.write(plot_records)
     run.net.train()
     run.meters = MetricLogger(window_size=20)
     iteration = run.start_iter
@@ -672,7 +664,7 @@ def _end_epoch(run, epoch, lr, had_face):
                                       run.world.is_main))
     run.history.add_record(summary)
     if run.world.is_main:
-        run.history.write()
+        run.history.write(plot_records)
 
 
 def _save_state(run, next_iteration):

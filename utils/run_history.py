@@ -56,10 +56,15 @@ class RunHistory:
         root, _ = os.path.splitext(self.metrics_path)
         return root + '.png'
 
-    def write(self, plot=True):
-        """Rewrite the metrics file from the records (atomically), and its PNG beside it."""
+    def write(self, plot=None):
+        """Rewrite the metrics file from the records (atomically), and its PNG beside it.
+
+        Args:
+            plot (callable | None): plot(records, png_path, title=...) draws the PNG
+                (train.py passes curve.plot_metrics.plot_records); None draws nothing.
+        """
         atomic_write_text(self.metrics_path, ''.join(json.dumps(r) + '\n' for r in self.records))
-        if not plot:
+        if plot is None:
             return
         if not self.records:
             # A fresh run: no picture of another run's curve beside this run's files.
@@ -67,8 +72,7 @@ class RunHistory:
                 os.unlink(self.plot_path)
             return
         try:
-            from curve.plot_metrics import plot_records
-            plot_records(self.records, self.plot_path, title=os.path.basename(self.metrics_path))
+            plot(self.records, self.plot_path, title=os.path.basename(self.metrics_path))
         except Exception as e:  # a picture must never stop a training run
             logger.warning("could not plot %s: %s: %s", self.plot_path, type(e).__name__, e)
 
