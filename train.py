@@ -390,7 +390,7 @@ def _prepare(args, world, stop, device):
                               weight_decay=args.weight_decay)
     run.scaler = torch.amp.GradScaler('cuda', enabled=run.amp)
     run.criterion = MultiBoxLoss(NUM_CLASSES, MATCH_THRESHOLD, True, 0, True, NEG_POS_RATIO, MATCH_THRESHOLD, False,
-                                 faceless_negatives=args.faceless_negatives)
+                                 faceless_negatives=args.faceless_negatives, variance=cfg['variance'])
     img_dim = cfg['image_size']
     run.priors = cached_priors(cfg, (img_dim, img_dim), device=device)  # [P, 4], computed once
 

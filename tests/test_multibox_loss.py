@@ -89,3 +89,17 @@ def test_golden_losses_on_cuda(golden):
     out = _criterion()(*_inputs(golden, device='cuda'))
     assert all(o.device.type == 'cuda' for o in out)
     _assert_golden_losses(out, golden, rtol=1e-4)
+
+
+def test_variance_is_the_config_s(golden):
+    """The encoding variances come from cfg['variance'] (the reference's values by default)."""
+    from data import cfg_re50
+    _assert_golden_losses(MultiBoxLoss(2, 0.35, True, 0, True, 7, 0.35, False, variance=cfg_re50['variance'])(
+        *_inputs(golden)), golden)
+    # Half the centre variance doubles every encoded centre offset: the box and landmark
+    # losses change, while matching (and so the class loss) does not depend on it.
+    loss_l, loss_c, loss_landm = MultiBoxLoss(2, 0.35, True, 0, True, 7, 0.35, False, variance=[0.05, 0.2])(
+        *_inputs(golden))
+    assert abs(loss_l.item() - float(golden['loss_l'])) > 0.01
+    assert abs(loss_landm.item() - float(golden['loss_landm'])) > 0.01
+    np.testing.assert_allclose(loss_c.item(), float(golden['loss_c']), rtol=1e-5)

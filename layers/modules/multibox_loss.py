@@ -4,10 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from data.config import cfg_mnet
 from utils.box_utils import log_sum_exp, match
-
-# The box / landmark encoding variances (centre, size), as in cfg['variance'].
-VARIANCES = [0.1, 0.2]
 
 
 class MultiBoxLoss(nn.Module):
@@ -28,17 +26,18 @@ class MultiBoxLoss(nn.Module):
     Box and class losses are divided by the number of positives N, the landmark loss by
     the number of landmark positives N1 (both floored at 1).
 
-    Only num_classes, overlap_thresh, neg_pos and faceless_negatives change the result; the
-    other arguments are kept for the reference's signature. Call with the reference's
-    MultiBoxLoss(2, 0.35, True, 0, True, 7, 0.35, False); faceless_negatives=0 (the
-    default) is the reference's loss.
+    Only num_classes, overlap_thresh, neg_pos, variance and faceless_negatives change the
+    result; the other arguments are kept for the reference's signature. Call with the
+    reference's MultiBoxLoss(2, 0.35, True, 0, True, 7, 0.35, False); variance is the
+    config's cfg['variance'] (the reference's value, in both configs, by default) and
+    faceless_negatives=0 (the default) is the reference's loss.
 
     The loss runs on the device of the predictions (the reference hard-codes .cuda()) and
     in at least float32, also for float16 predictions under autocast.
     """
 
     def __init__(self, num_classes, overlap_thresh, prior_for_matching, bkg_label, neg_mining, neg_pos, neg_overlap,
-                 encode_target, faceless_negatives=0):
+                 encode_target, faceless_negatives=0, variance=None):
         super().__init__()
         self.num_classes = num_classes
         self.threshold = overlap_thresh
@@ -48,7 +47,8 @@ class MultiBoxLoss(nn.Module):
         self.do_neg_mining = neg_mining
         self.negpos_ratio = neg_pos
         self.neg_overlap = neg_overlap
-        self.variance = VARIANCES
+        # The box / landmark encoding variances (centre, size), as the detector decodes them.
+        self.variance = list(cfg_mnet['variance'] if variance is None else variance)
         self.faceless_negatives = int(faceless_negatives)
 
     def forward(self, predictions, priors, targets):
