@@ -18,10 +18,9 @@ from contextlib import closing
 
 import cv2
 
-from data import NETWORKS
 from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
-from utils.cli import optional_top_k, probability, report_skipped, run_cli
+from utils.cli import probability, report_skipped, run_cli
 from utils.datapaths import shared_path
 from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
 from utils.folder_run import BackgroundWriter, detect_images
@@ -43,15 +42,8 @@ def default_image():
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description='Retinaface: detect faces in images')
-    parser.add_argument('-m', '--trained_model', default='./weights/mobilenet0.25_Final.pth', type=str,
-                        help='Trained state_dict file path to open')
-    parser.add_argument('--network', default='mobile0.25', choices=sorted(NETWORKS),
-                        help='Backbone network mobile0.25 or resnet50')
-    parser.add_argument('--cpu', action="store_true", default=False, help='Use cpu inference')
-    parser.add_argument('--confidence_threshold', default=0.02, type=probability, help='confidence_threshold')
-    parser.add_argument('--top_k', default=5000, type=optional_top_k, help='top_k (0: all)')
-    parser.add_argument('--nms_threshold', default=0.4, type=probability, help='nms_threshold')
-    parser.add_argument('--keep_top_k', default=750, type=optional_top_k, help='keep_top_k (0: all)')
+    add_detector_arguments(parser, trained_model='./weights/mobilenet0.25_Final.pth', network='mobile0.25',
+                           top_k=5000, keep_top_k=750)
     parser.add_argument('-s', '--save_image', default=True, action=argparse.BooleanOptionalAction,
                         help='write annotated images to --output (default; --no-save_image turns it off)')
     parser.add_argument('--vis_thres', default=0.6, type=probability, help='visualization_threshold')
@@ -61,7 +53,6 @@ def get_args_parser():
     parser.add_argument('--output', default='./results/', type=str, help='folder for the annotated images')
     parser.add_argument('--json', default=None, type=str,
                         help='write every detection (box, score, five landmarks) of every image to this JSON file')
-    add_detector_arguments(parser)
     return parser
 
 

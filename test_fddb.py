@@ -20,10 +20,9 @@ from contextlib import closing
 
 import cv2
 
-from data import NETWORKS
 from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
-from utils.cli import optional_top_k, probability, report_skipped, run_cli, str2bool
+from utils.cli import probability, report_skipped, run_cli, str2bool
 from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
 from utils.folder_run import BackgroundWriter, detect_images
 from utils.image import draw_detections
@@ -34,33 +33,22 @@ logger = logging.getLogger(__name__)
 
 def get_args_parser():
     parser = argparse.ArgumentParser(description='Retinaface: FDDB detections')
-    parser.add_argument('-m', '--trained_model', default='./weights/Resnet50_Final.pth', type=str,
-                        help='Trained state_dict file path to open')
-    parser.add_argument('--network', default='resnet50', choices=sorted(NETWORKS),
-                        help='Backbone network mobile0.25 or resnet50')
+    # top_k and keep_top_k: all, as the reference's outputs were made (it declares 5000 and 750 but
+    # never applies them).
+    add_detector_arguments(parser, trained_model='./weights/Resnet50_Final.pth', network='resnet50')
     parser.add_argument('--origin_size', default=True, type=str2bool,
                         help='Whether use origin image size to evaluate: true (default, as the reference, '
                              'which always does) or false (short side 1600, long side at most 2150)')
     parser.add_argument('--save_folder', default='eval/', type=str, help='Dir to save results')
-    parser.add_argument('--cpu', action="store_true", default=False, help='Use cpu inference')
     parser.add_argument('--dataset', default='FDDB', type=str, choices=['FDDB'], help='dataset')
     parser.add_argument('--image_list', default=None, type=str,
                         help='the list of image names (default: data/<dataset>/img_list.txt)')
     parser.add_argument('--images_folder', default=None, type=str,
                         help='the folder holding <name>.jpg (default: data/<dataset>/images/)')
-    parser.add_argument('--confidence_threshold', default=0.02, type=probability, help='confidence_threshold')
-    parser.add_argument('--top_k', default=None, type=optional_top_k,
-                        help='keep the top_k candidates before NMS (default: all, as the reference '
-                             'outputs in ../shared/golden were made; 5000 is the reference\'s declared value)')
-    parser.add_argument('--nms_threshold', default=0.4, type=probability, help='nms_threshold')
-    parser.add_argument('--keep_top_k', default=None, type=optional_top_k,
-                        help='keep the keep_top_k detections after NMS (default: all, as the reference '
-                             'outputs were made; 750 is the reference\'s declared value)')
     parser.add_argument('-s', '--save_image', action="store_true", default=False, help='show detection results')
     parser.add_argument('--vis_thres', default=0.5, type=probability, help='visualization_threshold')
     parser.add_argument('--vis_folder', default='./results/', type=str,
                         help='where --save_image writes the annotated images (<index>.jpg)')
-    add_detector_arguments(parser)
     return parser
 
 

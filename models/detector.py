@@ -30,7 +30,7 @@ from layers.functions.detection import (PAD_MULTIPLE, Detect, candidates_on_devi
 from layers.functions.prior_box import cached_priors, prior_boxes
 from models.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network, pipeline_metadata
 from utils import kernels
-from utils.cli import add_threads_argument, set_threads, warn_if_cpus_busy
+from utils.cli import add_threads_argument, optional_top_k, probability, set_threads, warn_if_cpus_busy
 from utils.device import BACKENDS, resolve_device
 
 logger = logging.getLogger(__name__)
@@ -433,8 +433,22 @@ def load_detector(network, trained_model, device='cpu', backend=None, onnx_model
 # ---------------------------------------------------------------------------------------
 # The inference scripts' shared flags
 
-def add_detector_arguments(parser):
-    """--backend, --onnx_model and --threads, the same in every inference script."""
+def add_detector_arguments(parser, trained_model, network, top_k=None, keep_top_k=None):
+    """The flags every inference script shares, with that script's reference defaults:
+    -m/--trained_model, --network, --cpu, --confidence_threshold, --top_k, --nms_threshold,
+    --keep_top_k, --backend, --onnx_model and --threads."""
+    parser.add_argument('-m', '--trained_model', default=trained_model, type=str,
+                        help='Trained state_dict file path to open')
+    parser.add_argument('--network', default=network, choices=sorted(NETWORKS),
+                        help='Backbone network mobile0.25 or resnet50')
+    parser.add_argument('--cpu', action="store_true", default=False,
+                        help='Use cpu inference (default: CUDA when there is one)')
+    parser.add_argument('--confidence_threshold', default=0.02, type=probability, help='confidence_threshold')
+    parser.add_argument('--top_k', default=top_k, type=optional_top_k,
+                        help="keep the top_k highest-scoring candidates before NMS (0 or 'none': all)")
+    parser.add_argument('--nms_threshold', default=0.4, type=probability, help='nms_threshold')
+    parser.add_argument('--keep_top_k', default=keep_top_k, type=optional_top_k,
+                        help="keep the keep_top_k highest-scoring detections after NMS (0 or 'none': all)")
     parser.add_argument('--backend', default=None, choices=BACKENDS,
                         help="'torch' (eager PyTorch, the reference's exact numbers; the default) or "
                              "'onnxruntime' (the same network in onnxruntime: faster on CPU, "

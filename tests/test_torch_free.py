@@ -94,7 +94,7 @@ def wider(tmp_path_factory):
 def test_the_prelude_blocks_torch():
     """The block works: a script importing torch fails under it (so the tests below can fail)."""
     env = dict(os.environ, BLOCK_TORCH='1')
-    proc = subprocess.run([sys.executable, '-c', PRELUDE, str(ROOT / 'convert_to_onnx.py'), '--help'], cwd=ROOT,
+    proc = subprocess.run([sys.executable, '-c', PRELUDE, str(ROOT / 'train.py'), '--help'], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode != 0 and 'torch is blocked in this test' in proc.stderr
 

@@ -40,6 +40,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.label_file import read_label_file  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
 from utils.image import IMAGE_EXTENSIONS  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -494,26 +495,5 @@ def main(args):
     return results
 
 
-def run(argv=None):
-    """The command line: main() with expected failures (a missing or malformed file, the wrong
-    folder) as one 'error: ...' line and exit status 1 instead of a traceback; Ctrl-C gives 130.
-
-    utils.cli.run_cli does the same for the other scripts; it is not used here because
-    importing it loads the detection pipeline (OpenCV, onnxruntime), which this evaluation
-    does not need.
-    """
-    args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    try:
-        main(args)
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(run())
+    raise SystemExit(run_cli(main, get_args_parser()))
