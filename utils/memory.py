@@ -3,12 +3,11 @@
 Eager PyTorch on the CPU allocates every intermediate tensor of a forward pass with
 malloc and frees it soon after. glibc's malloc serves large blocks with fresh mmap'd pages
 or returns the freed top of the heap to the kernel, so every forward pass page-faults its
-activations in again: on the 2-core VM here that was about 40% of the forward pass
-(largest_selfie.jpg: ~100 ms against ~60 ms with the memory kept; bench/bench_malloc.py).
+activations in again, a large part of the forward pass (bench/bench_malloc.py measures it).
 keep_freed_memory() makes malloc keep freed memory for reuse instead.
 
 It changes the whole process (the heap stays at its peak size, as a GPU caching allocator
-does), so library code never calls it: the scripts do (see utils.cli.detector_from_args),
+does), so library code never calls it: the inference scripts do when the network runs on the CPU,
 and so can a program that runs the detector on the CPU.
 """
 import ctypes

@@ -1,8 +1,7 @@
 """WIDER FACE validation AP (easy / medium / hard), as the reference computes it.
 
 This is the WiderFace-Evaluation algorithm the reference ships (wondervictor), giving the
-same AP to the last bit, reorganised so the full val set takes about a second instead of
-about 30 s:
+same AP to the last bit, reorganised to be many times faster (bench/bench_evaluation.py):
 
 * every prediction file is parsed with one numpy conversion, and the ``.mat`` files once;
 * the best overlap of every detection is computed once by the Cython kernel and shared by
