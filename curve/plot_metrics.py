@@ -1,6 +1,6 @@
 """Plot a training run's metrics file (``<name>_metrics.jsonl`` written by train.py) as one PNG.
 
-    python curve/plot_metrics.py weights/mobilenet0.25_metrics.jsonl -o curve/run.png
+    python -m curve.plot_metrics weights/mobilenet0.25_metrics.jsonl -o curve/run.png
 
 Three panels over the epochs: the loss components (log scale), the learning rate (log
 scale), and the validation AP of every setting with the best epoch marked (the epoch
@@ -10,15 +10,11 @@ train.py refreshes ``<name>_metrics.png`` beside the checkpoints after every epo
 import argparse
 import json
 import math
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script (python curve/plot_metrics.py): make the project importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.atomic import atomic_write  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from utils.atomic import atomic_write
+from utils.cli import run_cli
 
 LOSSES = (('loss', 'total (weighted sum)'), ('loc', 'box (Loc)'), ('cla', 'class (Cla)'), ('landm', 'landmarks (Landm)'))
 SETTING_COLOURS = {'easy': 'tab:green', 'medium': 'tab:orange', 'hard': 'tab:red', 'all': 'tab:blue'}

@@ -1,6 +1,6 @@
 """Split a RetinaFace label.txt into a train part and a held-out part, without copying images.
 
-    python data/split_labels.py ../shared/minitrain/train/label.txt --out /tmp/minisplit --every 5
+    python -m data.split_labels ../shared/minitrain/train/label.txt --out /tmp/minisplit --every 5
 
 writes ``/tmp/minisplit/train/label.txt`` and ``/tmp/minisplit/val/label.txt``, each with an
 ``images`` link to the images folder beside the source label.txt (where the dataset reads
@@ -10,16 +10,12 @@ folder must be outside the repository's tracked files: nothing is copied, only l
 """
 import argparse
 import os
-import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    # Run as a script (python data/split_labels.py): make the project importable.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data.wider_face import read_label_file  # noqa: E402
-from utils.atomic import atomic_write_text  # noqa: E402
-from utils.cli import run_cli  # noqa: E402
+from data.wider_face import read_label_file
+from utils.atomic import atomic_write_text
+from utils.cli import run_cli
 
 
 def get_args_parser():

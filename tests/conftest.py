@@ -1,13 +1,10 @@
-import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
-from utils.datapaths import shared_path  # noqa: E402
+from utils.datapaths import shared_path
 
 
 def need_shared(*parts):

@@ -1,6 +1,6 @@
 """Validation during training (train.py --val_dataset): the AP is the scripts' AP, training
 is unchanged by it, the best checkpoint, the metrics records across a resume, and the
-plotting entry point (curve/plot_metrics.py)."""
+plotting entry point (python -m curve.plot_metrics)."""
 import json
 import math
 import os
@@ -317,7 +317,7 @@ def test_plot_entry_point_on_a_handmade_metrics_file(tmp_path):
     best epoch: hard AP 0.45 at epochs 4 and 6, the first one counts."""
     metrics = _handmade_metrics(tmp_path / 'run_metrics.jsonl')
     png = tmp_path / 'out' / 'run.png'
-    proc = subprocess.run([sys.executable, 'curve/plot_metrics.py', str(metrics), '-o', str(png)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, '-m', 'curve.plot_metrics', str(metrics), '-o', str(png)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert 'best epoch 4' in proc.stdout
@@ -342,7 +342,7 @@ def test_plot_of_a_first_epoch_warns_nothing(tmp_path):
 def test_plot_entry_point_names_a_bad_line(tmp_path):
     metrics = tmp_path / 'bad.jsonl'
     metrics.write_text('{"epoch": 1, "loss": 2.0}\nnot json\n')
-    proc = subprocess.run([sys.executable, 'curve/plot_metrics.py', str(metrics)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, '-m', 'curve.plot_metrics', str(metrics)], cwd=ROOT,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and proc.stderr.startswith('error:') and 'bad.jsonl:2' in proc.stderr
 
