@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from curve.plot_metrics import plot_records
 from data import BGR_MEAN, WiderFaceDetection, cfg_for_network, detection_collate, preproc
-from data.wider_face import label_summary
+from data.wider_face import check_labels
 from layers.functions.prior_box import cached_priors
 from layers.modules import MultiBoxLoss
 from models.retinaface import RetinaFace, load_pretrained_backbone
@@ -51,9 +51,10 @@ from utils.cli import (non_negative_float, non_negative_int, number_in, positive
 from utils.device import resolve_device
 from utils.distributed import World, destroy, init_from_torchrun, quiet_other_ranks, torchrun_world
 from utils.metric_logger import MetricLogger
+from widerface_evaluate.validation import validate_epoch, validator_from_args
 from utils.run_history import RunHistory
 from utils.train_state import (ResumableDistributedSampler, StopSignal, gather_rng_states, load_training_state,
-                               save_training_state, seed_everything, set_rng_state)
+                               save_training_state, seed_everything, set_rng_state, warn_changed_settings)
 
 logger = logging.getLogger('train')
 
@@ -70,7 +71,6 @@ DEFAULT_PRETRAINED = {
 }
 EXIT_NONFINITE_LOSS = 3
 # Warn when training drops more than this fraction of the label file's boxes.
-DROPPED_BOXES_WARNING = 0.1
 LOG_FORMAT = '%(asctime)s %(message)s'
 
 # TrainResult keeps the records of at most this many recent iterations.
@@ -336,31 +336,6 @@ def _close_log_file():
         _log_file_handler = None
 
 
-def _check_labels(dataset, args):
-    """Stop if the label file has no face training can use; warn when many boxes are
-    dropped, and say what faceless images contribute. Returns the LabelSummary."""
-    summary = label_summary(dataset)
-    dropped = summary.degenerate + summary.outside
-    if summary.boxes == 0:
-        raise ValueError(f"{args.training_dataset}: none of its {summary.images} images has a face line; "
-                         f"training needs faces (without any the loss is 0 and nothing is learnt)")
-    if summary.usable == 0:
-        raise ValueError(f"{args.training_dataset}: none of its {summary.boxes} boxes is usable "
-                         f"({summary.degenerate} degenerate (no width or height), {summary.outside} outside the "
-                         f"image); training needs faces (without any the loss is 0 and nothing is learnt)")
-    if dropped > DROPPED_BOXES_WARNING * summary.boxes:
-        logger.warning("%s: dropped %d of %d boxes (%d degenerate, %d outside the image)", args.training_dataset,
-                       dropped, summary.boxes, summary.degenerate, summary.outside)
-    elif dropped:
-        logger.info("dropped %d of %d boxes (%d degenerate, %d outside the image)", dropped, summary.boxes,
-                    summary.degenerate, summary.outside)
-    faceless = summary.images - summary.images_with_faces
-    if faceless and args.faceless_negatives == 0:
-        logger.info("%d of %d images have no usable face: as in the reference they add nothing to the loss "
-                    "(--faceless_negatives N mines N background priors in each)", faceless, summary.images)
-    return summary
-
-
 def _prepare(args, world, stop, device):
     """Check the settings and build what the run needs, in the order the RNG draws depend
     on. Returns the Run; its start_iter >= max_iter when a resumed run has nothing left."""
@@ -398,8 +373,8 @@ def _prepare(args, world, stop, device):
     dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, BGR_MEAN))
     if len(dataset) == 0:
         raise ValueError(f"{args.training_dataset} lists no images")
-    _check_labels(dataset, args)
-    run.validator = _make_validator(args, cfg, device, world)  # None without --val_dataset; checked before training
+    check_labels(dataset, args.training_dataset, args.faceless_negatives, log=logger)
+    run.validator = validator_from_args(args, cfg, device, world, log=logger)  # None without --val_dataset; checked before training
     run.sampler = ResumableDistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
                                               seed=run.seed)
     run.epoch_size = math.ceil(len(run.sampler) / cfg['batch_size'])
@@ -434,7 +409,7 @@ def _choose_seed(run, state):
         seed = int(state['seed'])
         if args.seed is not None and args.seed != seed:
             logger.warning("--seed %d ignored: resuming with the state's seed %d", args.seed, seed)
-        _warn_changed_settings(state, cfg, args, run.world.world_size)
+        warn_changed_settings(state, cfg, args, run.world.world_size, logger)
         return seed
     if args.seed is not None:
         return args.seed
@@ -521,7 +496,7 @@ def _train(run):
     if run.validator is not None and not run.resumed:
         start_epoch = run.start_iter // run.epoch_size
         run.history.add_record({'epoch': start_epoch, **validate_epoch(
-            run.validator, run.model, run.history, start_epoch, run.path('_best.pth'), run.world.is_main)})
+            run.validator, run.model, run.history, start_epoch, run.path('_best.pth'), run.world.is_main, logger)})
         if run.world.is_main:
             run.history.write(plot_records)
     run.net.train()
@@ -661,7 +636,7 @@ def _end_epoch(run, epoch, lr, had_face):
                     summary['loss'], summary['step_time'], summary['data_time'])
     if run.validator is not None and (epoch % run.args.eval_every == 0 or epoch == run.cfg['epoch']):
         summary.update(validate_epoch(run.validator, run.model, run.history, epoch, run.path('_best.pth'),
-                                      run.world.is_main))
+                                      run.world.is_main, logger))
     run.history.add_record(summary)
     if run.world.is_main:
         run.history.write(plot_records)
@@ -681,49 +656,6 @@ def _save_state(run, next_iteration):
                             history=run.history.state_dict(partial, next_iteration))
         run.result.state_path = path
     return path
-
-def _make_validator(args, cfg, device, world):
-    """The Validator of --val_dataset / --val_gt (its files checked now), or None."""
-    if args.eval_every < 1:
-        raise ValueError(f"--eval_every must be >= 1, got {args.eval_every}")
-    if args.val_dataset is None:
-        if args.val_gt is not None:
-            raise ValueError("--val_gt needs --val_dataset (the WIDER val folder with images/ and wider_val.txt)")
-        return None
-    from widerface_evaluate.validation import Validator, load_validation_set
-    vset = load_validation_set(args.val_dataset, args.val_gt)
-    logger.info("validating on %s: %d images, every %d epoch(s); best checkpoint by %s AP",
-                args.val_dataset, len(vset.keys), args.eval_every, vset.best_setting)
-    return Validator(vset, cfg, device, world=world)
-
-
-def validate_epoch(validator, model, history, epoch, best_path, is_main):
-    """Validate (every rank together), note the AP, keep the best weights; the fields for the
-    epoch's record."""
-    from widerface_evaluate.validation import format_aps
-    res = validator(model)
-    new_best = history.add_validation(epoch, res)
-    if is_main:
-        logger.info("validation after epoch %d: AP %s | %d images in %.2f s%s", epoch, format_aps(res['ap']),
-                    res['images'], res['time'], ' | new best' if new_best else '')
-        if new_best:
-            atomic_save(model.state_dict(), best_path)
-            logger.info("saved %s (epoch %d, %s AP %.4f)", best_path, epoch, res['key'], res['ap'][res['key']])
-    return {'val': res['ap'], 'val_key': res['key'], 'val_images': res['images'], 'val_time': res['time']}
-
-
-def _warn_changed_settings(state, cfg, args, world_size):
-    """Resuming with different hyper-parameters is allowed, but say so."""
-    saved_cfg, saved_args = state['cfg'], state.get('args', {})
-    changes = [f"{k} {saved_cfg.get(k)} -> {cfg[k]}" for k in ('batch_size', 'image_size', 'epoch', 'decay1', 'decay2')
-               if saved_cfg.get(k) != cfg[k]]
-    changes += [f"{k} {saved_args.get(k)} -> {getattr(args, k)}" for k in ('lr', 'gamma', 'momentum', 'weight_decay')
-                if k in saved_args and saved_args.get(k) != getattr(args, k)]
-    if int(state.get('world_size', 1)) != world_size:
-        changes.append(f"processes {state.get('world_size', 1)} -> {world_size}")
-    if changes:
-        logger.warning("resuming with changed settings: %s", '; '.join(changes))
-
 
 def _command_line(args):
     """train.py run as a script, under utils.cli.run_cli: expected errors (a bad label

@@ -29,6 +29,9 @@ from .label_file import TRAIN_LINE_VALUES, read_label_file
 
 logger = logging.getLogger(__name__)
 
+# Above this fraction of unusable boxes (no area, or outside the image) check_labels warns.
+DROPPED_BOXES_WARNING = 0.1
+
 # Positions of the five landmarks' x, y in a 20-value line (the flags at 6, 9, ... and
 # the score at 19 are not used), in the target's order: left eye, right eye, nose,
 # left mouth corner, right mouth corner.
@@ -117,6 +120,33 @@ def label_summary(dataset):
         usable += int(inside.sum())
         with_faces += bool(inside.any())
     return LabelSummary(len(dataset.imgs_path), with_faces, boxes, usable, degenerate, outside)
+
+
+def check_labels(dataset, label_path, faceless_negatives=0, log=logger):
+    """Stop (ValueError naming label_path) if the labels hold no face training can use; warn
+    when many boxes are dropped, and say what faceless images contribute (they add nothing
+    to the loss unless faceless_negatives > 0), on log (train.py passes its own logger).
+    Returns the LabelSummary."""
+    summary = label_summary(dataset)
+    dropped = summary.degenerate + summary.outside
+    if summary.boxes == 0:
+        raise ValueError(f"{label_path}: none of its {summary.images} images has a face line; "
+                         f"training needs faces (without any the loss is 0 and nothing is learnt)")
+    if summary.usable == 0:
+        raise ValueError(f"{label_path}: none of its {summary.boxes} boxes is usable "
+                         f"({summary.degenerate} degenerate (no width or height), {summary.outside} outside the "
+                         f"image); training needs faces (without any the loss is 0 and nothing is learnt)")
+    if dropped > DROPPED_BOXES_WARNING * summary.boxes:
+        log.warning("%s: dropped %d of %d boxes (%d degenerate, %d outside the image)", label_path,
+                       dropped, summary.boxes, summary.degenerate, summary.outside)
+    elif dropped:
+        log.info("dropped %d of %d boxes (%d degenerate, %d outside the image)", dropped, summary.boxes,
+                    summary.degenerate, summary.outside)
+    faceless = summary.images - summary.images_with_faces
+    if faceless and faceless_negatives == 0:
+        log.info("%d of %d images have no usable face: as in the reference they add nothing to the loss "
+                    "(--faceless_negatives N mines N background priors in each)", faceless, summary.images)
+    return summary
 
 
 class WiderFaceDetection(data.Dataset):

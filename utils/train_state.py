@@ -5,6 +5,7 @@ the SIGINT/SIGTERM flag that asks the loop to save and stop.
 The state file is loaded with weights_only=True, so it holds only tensors and plain Python
 values: the NumPy RNG state is stored as a tensor and the arguments as plain types.
 """
+import logging
 import os
 import random
 import signal
@@ -15,6 +16,8 @@ import torch
 import torch.utils.data as data
 
 from utils.atomic import atomic_save
+
+logger = logging.getLogger(__name__)
 
 STATE_FORMAT = 1
 
@@ -163,3 +166,17 @@ class StopSignal:
         # A second Ctrl-C / SIGTERM stops at once.
         signal.signal(signal.SIGINT, signal.default_int_handler)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def warn_changed_settings(state, cfg, args, world_size, log=logger):
+    """Resuming with different hyper-parameters is allowed, but say so (on log): the
+    state's config and arguments against this run's cfg and args."""
+    saved_cfg, saved_args = state['cfg'], state.get('args', {})
+    changes = [f"{k} {saved_cfg.get(k)} -> {cfg[k]}" for k in ('batch_size', 'image_size', 'epoch', 'decay1', 'decay2')
+               if saved_cfg.get(k) != cfg[k]]
+    changes += [f"{k} {saved_args.get(k)} -> {getattr(args, k)}" for k in ('lr', 'gamma', 'momentum', 'weight_decay')
+                if k in saved_args and saved_args.get(k) != getattr(args, k)]
+    if int(state.get('world_size', 1)) != world_size:
+        changes.append(f"processes {state.get('world_size', 1)} -> {world_size}")
+    if changes:
+        log.warning("resuming with changed settings: %s", '; '.join(changes))

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from models.detector import Detector
+from utils.atomic import atomic_save
 from utils.distributed import World, broadcast_from_rank0, gather_to_rank0, shard
 from utils.image import read_image
 from widerface_evaluate.evaluation import (LABEL_SETTING, evaluate, load_label_gt, load_wider_gt,
@@ -197,3 +198,32 @@ class Validator:
 
 def format_aps(aps):
     return ' '.join(f"{s} {ap:.4f}" for s, ap in aps.items())
+
+
+def validator_from_args(args, cfg, device, world, log=logger):
+    """The Validator of train.py's --val_dataset / --val_gt / --eval_every (its files checked now), or None.
+    Messages go to log (train.py passes its own logger)."""
+    if args.eval_every < 1:
+        raise ValueError(f"--eval_every must be >= 1, got {args.eval_every}")
+    if args.val_dataset is None:
+        if args.val_gt is not None:
+            raise ValueError("--val_gt needs --val_dataset (the WIDER val folder with images/ and wider_val.txt)")
+        return None
+    vset = load_validation_set(args.val_dataset, args.val_gt)
+    log.info("validating on %s: %d images, every %d epoch(s); best checkpoint by %s AP",
+                args.val_dataset, len(vset.keys), args.eval_every, vset.best_setting)
+    return Validator(vset, cfg, device, world=world)
+
+
+def validate_epoch(validator, model, history, epoch, best_path, is_main, log=logger):
+    """Validate (every rank together), note the AP in history, keep the best weights in
+    best_path (rank 0 logs on log and saves); returns the fields for the epoch's record."""
+    res = validator(model)
+    new_best = history.add_validation(epoch, res)
+    if is_main:
+        log.info("validation after epoch %d: AP %s | %d images in %.2f s%s", epoch, format_aps(res['ap']),
+                    res['images'], res['time'], ' | new best' if new_best else '')
+        if new_best:
+            atomic_save(model.state_dict(), best_path)
+            log.info("saved %s (epoch %d, %s AP %.4f)", best_path, epoch, res['key'], res['ap'][res['key']])
+    return {'val': res['ap'], 'val_key': res['key'], 'val_images': res['images'], 'val_time': res['time']}
