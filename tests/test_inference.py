@@ -158,7 +158,7 @@ def test_batching_leaves_the_network_unchanged(detector, images):
 
 
 def test_padded_batch_is_close_to_one_by_one(detector, images):
-    """Mixed sizes are padded; faces keep their place and differ by little (measured in the README)."""
+    """Mixed sizes are padded; faces keep their place and differ by little (measured in bench/README.md)."""
     names = ['test', 'val416_0_Parade_Parade_0_102']
     batch = detector.detect_batch([images[n] for n in names])
     for n, dets in zip(names, batch):
