@@ -1,7 +1,7 @@
 """Benchmark a folder run against the forward pass alone, and 1 against 2 processes.
 
-    .venv/bin/python bench/bench_folder.py                    # 40 minitrain photos, both backends and scales
-    .venv/bin/python bench/bench_folder.py --images 160 --rounds 5 --threads 2
+    .venv/bin/python -m bench.bench_folder                    # 40 minitrain photos, both backends and scales
+    .venv/bin/python -m bench.bench_folder --images 160 --rounds 5 --threads 2
 
 1. Folder run vs forward pass. For each backend (torch, onnxruntime) and test scale
    (original size; --origin_size False: short side 1600), in one process:
@@ -36,15 +36,13 @@ from pathlib import Path
 from unittest import mock
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-import test_widerface  # noqa: E402
-from bench.common import default_weights  # noqa: E402
-from utils.atomic import atomic_write_text  # noqa: E402
-from utils.cli import set_threads, setup_logging  # noqa: E402
-from utils.datapaths import shared_path  # noqa: E402
-from utils.image import read_image  # noqa: E402
+import test_widerface
+from bench.common import default_weights
+from utils.atomic import atomic_write_text
+from utils.cli import set_threads, setup_logging
+from utils.datapaths import shared_path
+from utils.image import read_image
 
 GOAL = 0.85
 SCALES = {'origin': 'True', '1600': 'False'}

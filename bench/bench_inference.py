@@ -1,7 +1,7 @@
 """Benchmark the detection pipeline, stage by stage, for each backend, side by side.
 
-    .venv/bin/python bench/bench_inference.py                 # the four ../shared/images photos
-    .venv/bin/python bench/bench_inference.py --repeats 30 --backends torch onnxruntime
+    .venv/bin/python -m bench.bench_inference                 # the four ../shared/images photos
+    .venv/bin/python -m bench.bench_inference --repeats 30 --backends torch onnxruntime
 
 For every image and backend it prints the median milliseconds of each stage
 (preprocess, forward, priors, decode+NMS), of the whole pipeline from a decoded BGR image
@@ -19,20 +19,15 @@ and the reference timings in ../shared/README.md leave it out too.
 import argparse
 import os
 import statistics
-import sys
 
 import torch
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
-
-from bench.common import IMAGES, _timed, compare_detections, default_weights  # noqa: E402
-from utils.datapaths import shared_path  # noqa: E402
-from models.detector import load_detector  # noqa: E402
-from utils.device import BACKENDS  # noqa: E402
-from utils.image import read_image  # noqa: E402
-from utils.memory import keep_freed_memory  # noqa: E402
+from bench.common import IMAGES, _timed, compare_detections, default_weights
+from models.detector import load_detector
+from utils.datapaths import shared_path
+from utils.device import BACKENDS
+from utils.image import read_image
+from utils.memory import keep_freed_memory
 
 # The reference pipeline on the same 2-core machine (../shared/README.md), ms:
 # preprocess, forward, PriorBox, decode+NMS.

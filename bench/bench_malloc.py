@@ -1,7 +1,7 @@
 """Benchmark utils.memory.keep_freed_memory: glibc's default malloc against kept memory.
 
-    .venv/bin/python bench/bench_malloc.py                # the four ../shared/images photos
-    .venv/bin/python bench/bench_malloc.py --rounds 4 --repeats 9
+    .venv/bin/python -m bench.bench_malloc                # the four ../shared/images photos
+    .venv/bin/python -m bench.bench_malloc --rounds 4 --repeats 9
 
 The malloc setting is per process and cannot be undone, so each measurement runs in a
 child process: the two settings alternate, round after round, so that load on the
@@ -19,10 +19,8 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from bench.common import IMAGES  # noqa: E402
+from bench.common import IMAGES
 
 POLICIES = ('default', 'keep')
 
@@ -83,7 +81,7 @@ def main(args):
     print(f"{args.rounds} rounds x {len(POLICIES)} child processes, {args.repeats} timed runs each, ms")
     for r in range(args.rounds):
         for policy in POLICIES:
-            cmd = [sys.executable, os.path.abspath(__file__), '--child', policy, '--repeats', str(args.repeats),
+            cmd = [sys.executable, '-m', 'bench.bench_malloc', '--child', policy, '--repeats', str(args.repeats),
                    '--backends', *args.backends, '--images', *images]
             if args.trained_model:
                 cmd += ['--trained_model', args.trained_model]

@@ -1,7 +1,7 @@
 """Wall time of detect.py on one photo, as a user runs it, for each way of running the network.
 
-    .venv/bin/python bench/bench_startup.py                  # ../shared/images/test.jpg, 5 rounds
-    .venv/bin/python bench/bench_startup.py --rounds 9 --image photo.jpg
+    .venv/bin/python -m bench.bench_startup                  # ../shared/images/test.jpg, 5 rounds
+    .venv/bin/python -m bench.bench_startup --rounds 9 --image photo.jpg
 
 Variants (each a fresh `python detect.py ... --cpu` process writing the annotated photo):
 
@@ -28,10 +28,8 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
-from utils.datapaths import shared_path  # noqa: E402
+from utils.datapaths import shared_path
 
 # Run before a script or a phase measurement: IMPORT_TORCH=1 imports torch first,
 # BLOCK_TORCH=1 makes `import torch` / `import torchvision` fail.

@@ -1,7 +1,7 @@
 """Benchmark CPU thread settings on an idle and on an oversubscribed machine.
 
-    .venv/bin/python bench/bench_threads.py                  # test.jpg, both backends, < 1 min
-    .venv/bin/python bench/bench_threads.py --busy 2 --repeats 9
+    .venv/bin/python -m bench.bench_threads                  # test.jpg, both backends, < 1 min
+    .venv/bin/python -m bench.bench_threads --busy 2 --repeats 9
 
 Each setting runs in its own child process (thread counts and OpenMP's wait policy are
 fixed when the libraries start): it loads the detector as the scripts do, warms up, and
@@ -27,8 +27,6 @@ import sys
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:
-    sys.path.insert(0, ROOT)
 
 # name -> (backend, --threads value or None for the default, environment, onnxruntime spinning)
 SETTINGS = {
@@ -86,11 +84,11 @@ def child(args):
 
 def run_child(args, name):
     env = dict(os.environ, **SETTINGS[name][2])
-    cmd = [sys.executable, os.path.abspath(__file__), '--child', name, '--image', args.image,
+    cmd = [sys.executable, '-m', 'bench.bench_threads', '--child', name, '--image', args.image,
            '--repeats', str(args.repeats), '--max_seconds', str(args.max_seconds)]
     if args.trained_model:
         cmd += ['-m', args.trained_model]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"child {name!r} failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])

@@ -1,8 +1,8 @@
 """A real short training run on this CPU: MobileNet0.25 on ../shared/minitrain from the
 ImageNet backbone, then the AP of the result on the minitrain labels.
 
-    python bench/bench_train.py                     # 20 epochs, 640x640, batch 8: ~400 steps
-    python bench/bench_train.py --epochs 2 --image_size 320   # a quick look
+    python -m bench.bench_train                     # 20 epochs, 640x640, batch 8: ~400 steps
+    python -m bench.bench_train --epochs 2 --image_size 320   # a quick look
 
 It trains with train.py's main() (default workers), prints the loss curve (per-epoch mean
 losses), the median step time and data-loading time, then detects faces on the 160
@@ -26,16 +26,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import train  # noqa: E402
-from data import cfg_mnet  # noqa: E402
-from data.wider_face import read_label_file  # noqa: E402
-from models.retinaface import RetinaFace, load_pretrained_backbone  # noqa: E402
-from utils.checkpoint import load_model  # noqa: E402
-from utils.datapaths import shared_path  # noqa: E402
+import train
+from data import cfg_mnet
+from data.wider_face import read_label_file
+from models.retinaface import RetinaFace, load_pretrained_backbone
+from utils.checkpoint import load_model
+from utils.datapaths import shared_path
 
 REFERENCE_STEP_S = 0.92
 REFERENCE_DATA_S = 0.007

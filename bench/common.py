@@ -1,10 +1,9 @@
 """Helpers that more than one benchmark uses: the default weights, the four shared photos,
 device synchronisation for timing, and the comparison of two detection arrays.
 
-The scripts under bench/ run as `python bench/<name>.py` from the repository root and
-are imported as `bench.<name>` by the tests; both ways reach this module as `bench.common`
-once the repository root is on sys.path. It loads no torch at import: some benchmarks time
-start-up, and a CPU-only `_sync` needs none.
+The scripts under bench/ run as `python -m bench.<name>` from the repository root and are
+imported as `bench.<name>` by the tests. This module loads no torch at import: some
+benchmarks time start-up, and a CPU-only `_sync` needs none.
 """
 import os
 import statistics

@@ -1,6 +1,6 @@
 """GPU check: the same code on a CUDA device, side by side with the CPU.
 
-    python bench/gpu_check.py [--device cuda] [--train_epochs 3]
+    python -m bench.gpu_check [--device cuda] [--train_epochs 3]
 
 Prints, for a CUDA machine (falls back to whatever --device says, for a dry run):
 1. detections on CUDA against the CPU's on the four ../shared/images photos (counts,
@@ -24,15 +24,14 @@ import numpy as np
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
-from bench.common import IMAGES, _median_ms  # noqa: E402
-from data import cfg_mnet, cfg_re50  # noqa: E402
-from models.retinaface import RetinaFace  # noqa: E402
-from utils.checkpoint import load_model  # noqa: E402
-from utils.datapaths import shared_path  # noqa: E402
-from models.detector import Detector, load_detector  # noqa: E402
-from utils.image import read_image  # noqa: E402
+from bench.common import IMAGES, _median_ms
+from data import cfg_mnet, cfg_re50
+from models.retinaface import RetinaFace
+from utils.checkpoint import load_model
+from utils.datapaths import shared_path
+from models.detector import Detector, load_detector
+from utils.image import read_image
 
 def check_detections(device):
     weights = shared_path('weights', 'mobilenet0.25_Final.pth')
