@@ -1,7 +1,8 @@
-"""Builds the Cython box-overlap kernel in place.
+"""Builds the Cython box-overlap kernel in place, as the reference documents:
 
     cd widerface_evaluate && python setup.py build_ext --inplace
 
+(`python setup.py build_ext --inplace` at the repository root builds it with the other kernels.)
 Uses setuptools (Python 3.12 has no distutils) and numpy's headers; works with numpy 1 and 2.
 """
 import numpy as np
