@@ -1,12 +1,14 @@
 """The compiled pipeline stages (utils/kernels/cpu_pipeline.pyx) give exactly the numpy
 stages' bits, and the pipeline falls back to numpy when they are not built."""
 import logging
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
+import utils.compiled
 import utils.inference as inference
 import utils.kernels as kernels
 from data import cfg_mnet
@@ -153,9 +155,11 @@ def test_stages_reject_indices_out_of_range():
     """The compiled stages check every index before reading memory with it."""
     loc, scores = np.zeros((10, 4), np.float32), np.zeros(2, np.float32)
     with pytest.raises(ValueError, match='candidate 10 out of range'):
-        kernels.compiled.decode_dets(loc, loc, np.array([3, 10]), scores, np.array([0, 1]), VARIANCE, (8, 8), 1)
+        kernels.compiled.decode_dets(loc, loc, np.array([3, 10]), scores, np.array([0, 1]), VARIANCE, (8, 8), 1,
+                                     kernels.torch_exp_)
     with pytest.raises(ValueError, match='order entry 2 out of range'):
-        kernels.compiled.decode_dets(loc, loc, np.array([3, 4]), scores, np.array([2]), VARIANCE, (8, 8), 1)
+        kernels.compiled.decode_dets(loc, loc, np.array([3, 4]), scores, np.array([2]), VARIANCE, (8, 8), 1,
+                                     kernels.torch_exp_)
     dets, landms = np.zeros((2, 5), np.float32), np.zeros((10, 10), np.float32)
     with pytest.raises(ValueError, match='kept row 2 out of range'):
         kernels.compiled.assemble(dets, np.array([2]), landms, loc, np.array([0, 1]), np.array([0, 1]), VARIANCE,
@@ -198,9 +202,48 @@ def test_pipeline_falls_back_to_numpy_with_the_same_detections(monkeypatch, capl
     img = read_image(need_shared('images', 'street_crowd.jpg'))
     compiled = detector.detect(img)
     monkeypatch.setattr(kernels, 'compiled', None)
-    kernels.warn_not_built.cache_clear()
-    with caplog.at_level(logging.WARNING, logger='utils.kernels'):
+    utils.compiled.warn_not_built.cache_clear()
+    with caplog.at_level(logging.WARNING, logger='utils.compiled'):
         assert _same_bits(detector.detect(img), compiled)
         assert _same_bits(detector.detect(img), compiled)
-    assert sum('not built' in r.message for r in caplog.records) == 1  # warned once, with the command
-    assert kernels.BUILD_COMMAND in caplog.text
+    utils.compiled.warn_not_built.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records if 'not built' in r.getMessage()]
+    assert len(warnings) == 1 and 'cpu_pipeline.pyx' in warnings[0]  # warned once, with the root command
+    assert f'`{utils.compiled.BUILD_COMMAND}` at the repository root' in warnings[0]
+
+
+@pytest.mark.parametrize('stage', ['to_input', 'decode_dets', 'assemble'])
+def test_one_stage_switched_off_runs_its_numpy_version_silently(monkeypatch, caplog, stage):
+    """The pipeline looks each stage up in kernels.compiled when it runs (how
+    bench/bench_kernels.py times one stage without its kernel): a stage that is missing
+    there runs in numpy, with the same detections and no warning (the kernels are built)."""
+    detector = inference.load_detector('mobile0.25', need_shared('weights', 'mobilenet0.25_Final.pth'))
+    img = read_image(need_shared('images', 'test.jpg'))
+    compiled = detector.detect(img)
+    calls = []
+    others = {name: getattr(kernels.compiled, name) for name in ('to_input', 'decode_dets', 'assemble') if name != stage}
+    monkeypatch.setattr(kernels, 'compiled', SimpleNamespace(
+        **{name: lambda *a, fn=fn, name=name: calls.append(name) or fn(*a) for name, fn in others.items()}))
+    with caplog.at_level(logging.WARNING):
+        assert _same_bits(detector.detect(img), compiled)
+    assert sorted(set(calls)) == sorted(others) and not caplog.records
+
+
+def test_decode_dets_needs_an_exp():
+    """The kernel takes the caller's exp (torch's or the torch-free one), never picks one itself."""
+    loc, scores = np.zeros((4, 4), np.float32), np.zeros(2, np.float32)
+    args = (loc, loc, np.array([0, 1]), scores, np.array([0, 1]), VARIANCE, (8, 8), 1)
+    assert kernels.compiled.decode_dets(*args, kernels.torch_exp_).shape == (2, 5)
+    with pytest.raises(TypeError, match='exactly 9 positional arguments'):
+        kernels.compiled.decode_dets(*args)
+
+
+def test_a_build_from_an_older_pyx_counts_as_not_built():
+    """A build whose API_VERSION is not this package's (or a build from before API_VERSION,
+    whose decode_dets had an optional exp_) is treated as not built."""
+    def older_decode_dets():
+        """exp_ (callable | None): replaces a C-contiguous float32 ndarray by its exp in place"""
+
+    assert not kernels.up_to_date(SimpleNamespace(decode_dets=older_decode_dets))
+    assert not kernels.up_to_date(SimpleNamespace(decode_dets=older_decode_dets, API_VERSION=kernels.API_VERSION - 1))
+    assert kernels.up_to_date(kernels.compiled) and kernels.compiled.API_VERSION == kernels.API_VERSION

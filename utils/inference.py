@@ -351,9 +351,11 @@ def to_input(img, dst, mean=BGR_MEAN):
         img (ndarray[H, W, 3] uint8 | float32): a BGR image (float32 once resized).
         dst (ndarray[3, >=H, >=W] float32): one image of the network input; dst[:, :H, :W] is written.
     """
-    if kernels.compiled is not None:
-        return kernels.compiled.to_input(np.ascontiguousarray(img), dst, mean)
-    kernels.warn_not_built()
+    kernel = getattr(kernels.compiled, 'to_input', None)
+    if kernel is not None:
+        return kernel(np.ascontiguousarray(img), dst, mean)
+    if kernels.compiled is None:
+        kernels.warn_not_built()
     h, w = img.shape[:2]
     # One plane at a time, subtracted straight into place in float32 arithmetic.
     for c, plane in enumerate(cv2.split(img)):
@@ -370,9 +372,11 @@ def select_scores(conf, threshold):
     Returns:
         (inds ndarray[K] int64, scores ndarray[K] float32).
     """
-    if kernels.compiled is not None:
-        return kernels.compiled.select_scores(_f32(conf), threshold)
-    kernels.warn_not_built()
+    kernel = getattr(kernels.compiled, 'select_scores', None)
+    if kernel is not None:
+        return kernel(_f32(conf), threshold)
+    if kernels.compiled is None:
+        kernels.warn_not_built()
     scores = conf[:, 1]
     inds = np.flatnonzero(scores > threshold)
     return inds, scores[inds]
@@ -392,10 +396,11 @@ def decode_dets(loc, priors, inds, scores, order, variance, size, resize, exp_=k
     Returns:
         ndarray[K', 5] float32: x1 y1 x2 y2 score.
     """
-    if kernels.compiled is not None:
-        return kernels.compiled.decode_dets(_f32(loc), _f32(priors), _i64(inds), _f32(scores), _i64(order),
-                                            variance, size, resize, exp_)
-    kernels.warn_not_built()
+    kernel = getattr(kernels.compiled, 'decode_dets', None)
+    if kernel is not None:
+        return kernel(_f32(loc), _f32(priors), _i64(inds), _f32(scores), _i64(order), variance, size, resize, exp_)
+    if kernels.compiled is None:
+        kernels.warn_not_built()
     rows = inds[order]
     boxes = decode_boxes(loc[rows], priors[rows], variance, size, resize, exp_)
     return np.hstack((boxes, scores[order, np.newaxis])).astype(np.float32, copy=False)
@@ -415,10 +420,12 @@ def assemble(dets, keep, landms, priors, inds, order, variance, size, resize):
     Returns:
         ndarray[N, 15] float32: x1 y1 x2 y2 score, then five landmark (x, y) pairs.
     """
-    if kernels.compiled is not None:
-        return kernels.compiled.assemble(_f32(dets), _i64(keep), _f32(landms), _f32(priors), _i64(inds),
-                                         _i64(order), variance, size, resize)
-    kernels.warn_not_built()
+    kernel = getattr(kernels.compiled, 'assemble', None)
+    if kernel is not None:
+        return kernel(_f32(dets), _i64(keep), _f32(landms), _f32(priors), _i64(inds), _i64(order), variance, size,
+                      resize)
+    if kernels.compiled is None:
+        kernels.warn_not_built()
     kept = inds[order[keep]]
     points = decode_landmarks(landms[kept], priors[kept], variance, size, resize)
     return np.concatenate((dets[keep], points), axis=1)

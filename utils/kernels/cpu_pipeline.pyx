@@ -3,7 +3,7 @@
 
 utils/inference.py describes each stage with numpy (the specification, and the fallback
 when this module is not built). These kernels do the same IEEE float32 operations in the
-same order (C float, no fast-math, no FMA contraction; see setup.py), so they give the
+same order (C float, no fast-math, no FMA contraction; see the root setup.py), so they give the
 same bits, in one pass each instead of a dozen numpy calls and temporaries:
 
 - to_input: BGR HWC image minus the mean, into one CHW plane set of the network input;
@@ -11,14 +11,17 @@ same bits, in one pass each instead of a dozen numpy calls and temporaries:
 - decode_dets: boxes of the chosen candidates with their scores, [K, 5];
 - assemble: the kept detections with their decoded landmarks, [N, 15].
 
-exp is torch's (numpy's may round differently): utils.kernels.torch_exp_, or the caller's
-exp_ (the torch-free path passes utils.kernels.float_exp_).
+exp is the caller's exp_ (numpy's may round differently from torch's): the torch backend
+passes utils.kernels.torch_exp_, the torch-free path utils.kernels.float_exp_.
 """
 import numpy as np
 
-from utils.kernels import torch_exp_
-
 from libc.stdint cimport int64_t
+
+# The interface of these kernels that utils/kernels/__init__.py expects (a build whose
+# version differs, or that has none, counts as not built): raise it whenever a function's
+# arguments or results change.
+API_VERSION = 2
 
 cdef extern from *:
     void __builtin_prefetch(const void* address) nogil
@@ -99,7 +102,7 @@ def select_scores(const float[:, ::1] conf, threshold):
 
 
 def decode_dets(const float[:, ::1] loc, const float[:, ::1] priors, const int64_t[::1] inds,
-                const float[::1] scores, const int64_t[::1] order, variance, size, resize, exp_=None):
+                const float[::1] scores, const int64_t[::1] order, variance, size, resize, exp_):
     """Boxes and scores of the candidates, in score order, in original-image pixels.
 
     Row k is, for r = inds[order[k]], `decode(loc[r], priors[r], variance) * scale / resize`
@@ -117,8 +120,8 @@ def decode_dets(const float[:, ::1] loc, const float[:, ::1] priors, const int64
         order (ndarray[K'] int64): positions in inds, in output order (K' <= K).
         variance (sequence of 2 floats): cfg['variance'].
         size (tuple[int, int]): (h, w) of the network input; resize (float): its scale factor.
-        exp_ (callable | None): replaces a C-contiguous float32 ndarray by its exp in place;
-            None: torch_exp_.
+        exp_ (callable): replaces a C-contiguous float32 ndarray by its exp in place
+            (utils.kernels.torch_exp_ or utils.kernels.float_exp_).
     Returns:
         ndarray[K', 5] float32: x1 y1 x2 y2 score.
     """
@@ -149,7 +152,7 @@ def decode_dets(const float[:, ::1] loc, const float[:, ::1] priors, const int64
         for k in range(n):
             e[k, 0] = cand[order[k], 2] * v1
             e[k, 1] = cand[order[k], 3] * v1
-    (torch_exp_ if exp_ is None else exp_)(exp_a)
+    exp_(exp_a)
     dets_a = np.empty((n, 5), dtype=np.float32)
     cdef float[:, ::1] d = dets_a
     cdef const float* q
