@@ -49,8 +49,9 @@ from utils.inference import BACKENDS, load_detector, read_image  # noqa: E402
 from utils.memory import keep_freed_memory  # noqa: E402
 from widerface_evaluate import evaluation  # noqa: E402
 
-# The compiled stages of utils/kernels/cpu_pipeline.pyx the pipeline looks up, and the NMS.
-PIPELINE_STAGES = ('to_input', 'select_scores', 'decode_dets', 'assemble')
+# The compiled stages of utils/kernels/cpu_pipeline.pyx the pipeline looks up (select_scores,
+# decode_dets and assemble were removed after this bench: see bench/README.md), and the NMS.
+PIPELINE_STAGES = ('to_input',)
 NMS = 'cpu_nms'
 ALL = 'all-compiled'
 # The prediction sets the evaluation is timed on (in ../shared; tests/test_evaluation.py
@@ -117,20 +118,15 @@ def stage_calls(detector, img):
     """{stage: a call of that stage alone on the data detector.detect(img) gives it}, the
     stages as Detector._postprocess runs them on the CPU."""
     batch, sizes, resizes = detector.preprocess([img])
-    loc, conf, landms = (x[0] if isinstance(x, np.ndarray) else x[0].numpy() for x in detector.forward(batch))
+    loc, conf = (x[0] if isinstance(x, np.ndarray) else x[0].numpy() for x in detector.forward(batch)[:2])
     size, resize, variance = sizes[0], resizes[0], detector.cfg['variance']
     priors = prior_boxes(detector.cfg, size)
     inds, scores = inference.select_scores(conf, detector.confidence_threshold)
     order = scores.argsort()[::-1]
     dets = inference.decode_dets(loc, priors, inds, scores, order, variance, size, resize, detector._exp)
-    keep = utils.nms.fast_nms(dets, detector.nms_threshold)
     dst = np.empty_like(batch[0])
     return {
         'to_input': lambda: inference.to_input(img, dst, detector.mean),
-        'select_scores': lambda: inference.select_scores(conf, detector.confidence_threshold),
-        'decode_dets': lambda: inference.decode_dets(loc, priors, inds, scores, order, variance, size, resize,
-                                                     detector._exp),
-        'assemble': lambda: inference.assemble(dets, keep, landms, priors, inds, order, variance, size, resize),
         NMS: lambda: utils.nms.fast_nms(dets, detector.nms_threshold),
     }
 

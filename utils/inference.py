@@ -372,11 +372,6 @@ def select_scores(conf, threshold):
     Returns:
         (inds ndarray[K] int64, scores ndarray[K] float32).
     """
-    kernel = getattr(kernels.compiled, 'select_scores', None)
-    if kernel is not None:
-        return kernel(_f32(conf), threshold)
-    if kernels.compiled is None:
-        kernels.warn_not_built()
     scores = conf[:, 1]
     inds = np.flatnonzero(scores > threshold)
     return inds, scores[inds]

@@ -48,13 +48,13 @@ def float_exp_(x):
 
 
 # cpu_pipeline.pyx's API_VERSION: the interface of the stages this package's callers use.
-API_VERSION = 2
+API_VERSION = 3
 
 
 def up_to_date(module):
     """Whether a built cpu_pipeline is from the current cpu_pipeline.pyx (its API_VERSION):
-    an older build may lack an argument the callers pass (exp_ of decode_dets, which the
-    torch-free path needs) or hold stages that are gone."""
+    an older build may hold stages that were removed (they saved too little to keep, see
+    bench/README.md) or take other arguments."""
     return getattr(module, 'API_VERSION', None) == API_VERSION
 
 
