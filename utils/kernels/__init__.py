@@ -65,4 +65,4 @@ if compiled is not None and not up_to_date(compiled):  # treated as not built un
 
 def warn_not_built():
     """Say once that the pipeline runs its numpy stages, and how to build the kernels."""
-    _warn_not_built('pipeline stages (utils/kernels/cpu_pipeline.pyx)', 'their numpy versions')
+    _warn_not_built('pipeline kernel (utils/kernels/cpu_pipeline.pyx)', 'its numpy version')
