@@ -2,6 +2,8 @@
 gives the detections and APs of the all-compiled one."""
 import re
 
+import torch
+
 import utils.kernels
 import utils.nms
 from tests.conftest import golden_image_path, need_shared
@@ -18,6 +20,7 @@ def test_kernels_benchmark_runs_every_configuration_with_identical_results(capsy
     compiled = utils.kernels.compiled, utils.nms.compiled, evaluation.compiled
     assert bench_kernels.main(args) == 0
     assert (utils.kernels.compiled, utils.nms.compiled, evaluation.compiled) == compiled  # restored
+    assert torch.is_grad_enabled()  # no process-wide setting left behind for the tests that follow
     out = capsys.readouterr().out
     stages = [m.group(1) for m in re.finditer(r'^(\w+)\s+0_Parade_Parade_0_102\s', out, re.MULTILINE)]
     assert stages == [s for s in bench_kernels.PIPELINE_STAGES if hasattr(compiled[0], s)] + ['cpu_nms']
