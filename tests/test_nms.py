@@ -44,16 +44,6 @@ def unbuilt(monkeypatch, caplog):
     utils.compiled.warn_not_built.cache_clear()
 
 
-def _keep_lists(dets, thresh, unbuilt_nms):
-    """py_cpu_nms's keep list, the compiled kernel's and the fallback's, as lists of ints."""
-    from utils.nms.cpu_nms import cpu_nms
-    compiled = list(cpu_nms(dets, thresh))
-    with unbuilt_nms():
-        fallback = fast_nms(dets, thresh)
-    assert fallback.dtype == np.int64
-    return [int(i) for i in py_cpu_nms(dets, thresh)], compiled, list(fallback)
-
-
 @pytest.fixture
 def unbuilt_nms(monkeypatch):
     """A context manager that runs fast_nms as if the compiled NMS were not built."""
@@ -66,6 +56,16 @@ def unbuilt_nms(monkeypatch):
             yield
 
     return run
+
+
+def _keep_lists(dets, thresh, unbuilt_nms):
+    """py_cpu_nms's keep list, the compiled kernel's and the fallback's, as lists of ints."""
+    from utils.nms.cpu_nms import cpu_nms
+    compiled = list(cpu_nms(dets, thresh))
+    with unbuilt_nms():
+        fallback = fast_nms(dets, thresh)
+    assert fallback.dtype == np.int64
+    return [int(i) for i in py_cpu_nms(dets, thresh)], compiled, list(fallback)
 
 
 def test_fallback_warns_once_naming_the_root_build_command(unbuilt):
@@ -96,7 +96,7 @@ def test_plus_one_convention_hand_computed(unbuilt_nms):
     # union 100+100-50=150, IoU 1/3; without +1 it would be 4*9/(81+81-36) = 0.286.
     dets = np.array([[0, 0, 9, 9, 0.9], [5, 0, 14, 9, 0.8]], dtype=np.float32)
     for thresh, expected in ((0.3, [0]), (0.34, [0, 1])):
-        assert _keep_lists(dets, thresh, unbuilt_nms) == ([*expected], [*expected], [*expected])
+        assert _keep_lists(dets, thresh, unbuilt_nms) == (expected, expected, expected)
 
 
 def test_iou_exactly_at_the_threshold_keeps_the_box(unbuilt_nms):
