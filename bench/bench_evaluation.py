@@ -6,23 +6,17 @@ changed: no ``np.float``, whitespace splitting of box lines, and a missing predi
 counted as an image without detections (the reference raised KeyError). Both run in this
 process on the same data and must print the same APs.
 
-    python bench/bench_evaluation.py            # full val set, official MobileNet0.25 predictions
-    python bench/bench_evaluation.py -p ../shared/golden/eval_perturbed_predictions
+    python -m bench.bench_evaluation            # full val set, official MobileNet0.25 predictions
+    python -m bench.bench_evaluation -p ../shared/golden/eval_perturbed_predictions
 """
 import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from utils.datapaths import shared_path  # noqa: E402
-from widerface_evaluate import evaluation as fast  # noqa: E402
+from utils.datapaths import shared_path
+from widerface_evaluate import evaluation as fast
 
 
 # ---- the straightforward (reference-style) implementation ----

@@ -1,6 +1,7 @@
 """The compiled pipeline stages (utils/kernels/cpu_pipeline.pyx) give exactly the numpy
 stages' bits, and the pipeline falls back to numpy when they are not built."""
 import logging
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
@@ -8,16 +9,14 @@ import pytest
 import torch
 
 import layers.functions.detection as detection
+import utils.compiled
 import utils.kernels as kernels
 from data import BGR_MEAN, cfg_mnet
 from layers.functions.detection import Detect, candidates_on_device
-from layers.functions.prior_box import cached_priors, prior_boxes
+from layers.functions.prior_box import prior_boxes
 from models.detector import load_detector
-from tests.conftest import GOLDEN_IMAGES, golden_image_path, need_shared
+from tests.conftest import golden_image_path, need_shared
 from utils.image import read_image
-from utils.nms import fast_nms
-
-VARIANCE = cfg_mnet['variance']
 
 
 def _compiled_and_numpy(fn, *args):
@@ -93,79 +92,19 @@ def test_to_input_rejects_a_destination_that_does_not_fit():
         kernels.compiled.to_input(img, np.empty((3, 40, 120), dtype=np.float32)[:, :, ::2], BGR_MEAN)
 
 
-# -- selection, decoding, assembly --------------------------------------------------------------
+# -- selection (numpy: its kernel saved too little to keep, see bench/README.md) ----------------
 
-@pytest.mark.parametrize('threshold', [0.02, 0.1, 0.5, 0.999, 1.0])
-def test_select_scores_equals_numpy(threshold):
-    """Including 0.1, where float32(0.1) > 0.1: numpy compares a float32 array with a Python
-    float in float32, so a score of exactly float32(0.1) is not above 0.1."""
-    _, conf, _ = _raw('largest_selfie')
-    conf = conf.copy()
-    conf[:5, 1] = np.float32(threshold)
-    conf[5, 1] = np.nan  # never selected, as with numpy
-    (inds_c, scores_c), (inds_n, scores_n) = _compiled_and_numpy(detection.select_scores, conf, threshold)
-    assert _same_bits(inds_c, inds_n) and _same_bits(scores_c, scores_n)
-    assert inds_n.dtype == np.int64 and not np.isin(np.arange(6), inds_n).any()
-
-
-@pytest.mark.parametrize('name', GOLDEN_IMAGES)
-def test_decode_and_assemble_equal_numpy_on_the_golden_outputs(name):
-    """Every stage after the forward pass, at the original size and at other resize
-    factors, on the reference's own network outputs: the same bits."""
-    loc, conf, landms = _raw(name)
-    h, w = read_image(golden_image_path(name)).shape[:2]
-    priors = cached_priors(cfg_mnet, (h, w), device='cpu').numpy()
-    inds, scores = detection.select_scores(conf, 0.02)
-    for order in (scores.argsort()[::-1], scores.argsort()[::-1][:50]):  # all, and a top_k of 50
-        for resize in (1, detection.resize_factor(h, w, False), 0.7, 4 / 3):
-            dets_c, dets_n = _compiled_and_numpy(detection.decode_dets, loc, priors, inds, scores, order, VARIANCE,
-                                                 (h, w), resize)
-            assert _same_bits(dets_c, dets_n), resize
-            assert len(dets_c) == len(order)
-            keep = fast_nms(dets_c, 0.4)
-            out_c, out_n = _compiled_and_numpy(detection.assemble, dets_c, keep, landms, priors, inds, order,
-                                               VARIANCE, (h, w), resize)
-            assert _same_bits(out_c, out_n), resize
-            assert out_c.shape == (len(keep), 15)
-
-
-def test_decode_dets_of_extreme_values_equals_numpy():
-    """Huge, tiny, negative, infinite and NaN predictions round and propagate the same way."""
-    rng = np.random.default_rng(1)
-    p = 4096
-    loc = rng.normal(0, 30, (p, 4)).astype(np.float32)
-    loc[:8, 2:] = [[1e3, -1e3], [np.inf, -np.inf], [np.nan, 0], [88, 89], [-104, -110], [0, 0], [1e-30, -1e-30],
-                   [60, 70]]
-    landms = rng.normal(0, 1e4, (p, 10)).astype(np.float32)
-    priors = rng.uniform(0, 1, (p, 4)).astype(np.float32)
-    inds = np.sort(rng.choice(np.arange(8, p), 3000, replace=False))
-    inds[:8] = np.arange(8)
-    scores = rng.uniform(0, 1, len(inds)).astype(np.float32)
-    order = rng.permutation(len(inds))
-    with np.errstate(invalid='ignore', over='ignore'):  # inf - inf and overflow, as intended
-        dets_c, dets_n = _compiled_and_numpy(detection.decode_dets, loc, priors, inds, scores, order, VARIANCE,
-                                             (777, 1001), 1.37)
-    assert _same_bits(dets_c, dets_n)
-    keep = np.arange(0, len(order), 3)
-    out_c, out_n = _compiled_and_numpy(detection.assemble, dets_c, keep, landms, priors, inds, order, VARIANCE,
-                                       (777, 1001), 1.37)
-    assert _same_bits(out_c, out_n)
-
-
-def test_stages_reject_indices_out_of_range():
-    """The compiled stages check every index before reading memory with it."""
-    loc, scores = np.zeros((10, 4), np.float32), np.zeros(2, np.float32)
-    with pytest.raises(ValueError, match='candidate 10 out of range'):
-        kernels.compiled.decode_dets(loc, loc, np.array([3, 10]), scores, np.array([0, 1]), VARIANCE, (8, 8), 1)
-    with pytest.raises(ValueError, match='order entry 2 out of range'):
-        kernels.compiled.decode_dets(loc, loc, np.array([3, 4]), scores, np.array([2]), VARIANCE, (8, 8), 1)
-    dets, landms = np.zeros((2, 5), np.float32), np.zeros((10, 10), np.float32)
-    with pytest.raises(ValueError, match='kept row 2 out of range'):
-        kernels.compiled.assemble(dets, np.array([2]), landms, loc, np.array([0, 1]), np.array([0, 1]), VARIANCE,
-                                  (8, 8), 1)
-    with pytest.raises(ValueError, match='kept row 1 out of range'):
-        kernels.compiled.assemble(dets, np.array([1]), landms, loc, np.array([0, 11]), np.array([0, 1]), VARIANCE,
-                                  (8, 8), 1)
+@pytest.mark.parametrize('threshold', [0.02, 0.1, 0.5, 0.999])
+def test_select_scores_compares_in_float32(threshold):
+    """numpy compares a float32 array with a Python float in float32, as the reference's
+    `np.where(scores > threshold)`: a score of exactly float32(threshold) is not above the
+    threshold (for 0.1, float32(0.1) > 0.1 in float64), the next float32 up is; NaN never is."""
+    t = np.float32(threshold)
+    face = np.array([t, np.nextafter(t, np.float32(2)), np.nan, np.nextafter(t, np.float32(-1)), 1.0], np.float32)
+    conf = np.stack([1 - face, face], axis=1)
+    inds, scores = detection.select_scores(conf, threshold)
+    assert inds.dtype == np.int64 and inds.tolist() == [1, 4]
+    assert _same_bits(scores, face[[1, 4]])
 
 
 def test_torch_exp_in_chunks_equals_one_call():
@@ -189,7 +128,7 @@ def test_filtering_on_the_device_gives_the_host_path_s_detections(name):
     loc, conf, landms = _raw(name)
     size = read_image(golden_image_path(name)).shape[:2]
     priors = prior_boxes(cfg_mnet, size)
-    detect = Detect(VARIANCE, confidence_threshold=0.02, nms_threshold=0.4)
+    detect = Detect(cfg_mnet['variance'], confidence_threshold=0.02, nms_threshold=0.4)
     on_host = detect(loc, conf, landms, priors, size, 1)
     tensors = (torch.from_numpy(x) for x in (loc, conf, landms))
     on_device = detect.from_candidates(*candidates_on_device(*tensors, priors, 0.02), size, 1)
@@ -202,9 +141,44 @@ def test_pipeline_falls_back_to_numpy_with_the_same_detections(monkeypatch, capl
     img = read_image(need_shared('images', 'street_crowd.jpg'))
     compiled = detector.detect(img)
     monkeypatch.setattr(kernels, 'compiled', None)
-    kernels.warn_not_built.cache_clear()
-    with caplog.at_level(logging.WARNING, logger='utils.kernels'):
+    utils.compiled.warn_not_built.cache_clear()
+    with caplog.at_level(logging.WARNING, logger='utils.compiled'):
         assert _same_bits(detector.detect(img), compiled)
         assert _same_bits(detector.detect(img), compiled)
-    assert sum('not built' in r.message for r in caplog.records) == 1  # warned once, with the command
-    assert kernels.BUILD_COMMAND in caplog.text
+    utils.compiled.warn_not_built.cache_clear()
+    warnings = [r.getMessage() for r in caplog.records if 'not built' in r.getMessage()]
+    assert len(warnings) == 1 and 'cpu_pipeline.pyx' in warnings[0]  # warned once, with the root command
+    assert f'`{utils.compiled.BUILD_COMMAND}` at the repository root' in warnings[0]
+
+
+@pytest.mark.parametrize('stage', ['to_input'])
+def test_one_stage_switched_off_runs_its_numpy_version_silently(monkeypatch, caplog, stage):
+    """The pipeline looks each stage up in kernels.compiled when it runs (how
+    bench/bench_kernels.py times one stage without its kernel): a stage that is missing
+    there runs in numpy, with the same detections and no warning (the kernels are built)."""
+    detector = load_detector('mobile0.25', need_shared('weights', 'mobilenet0.25_Final.pth'))
+    img = read_image(need_shared('images', 'test.jpg'))
+    compiled = detector.detect(img)
+    calls = []
+    others = {name: getattr(kernels.compiled, name) for name in ('to_input',) if name != stage}
+    monkeypatch.setattr(kernels, 'compiled', SimpleNamespace(
+        **{name: lambda *a, fn=fn, name=name: calls.append(name) or fn(*a) for name, fn in others.items()}))
+    with caplog.at_level(logging.WARNING):
+        assert _same_bits(detector.detect(img), compiled)
+    assert sorted(set(calls)) == sorted(others) and not caplog.records
+
+
+def test_a_build_from_an_older_pyx_counts_as_not_built():
+    """A build whose API_VERSION is not this package's (or a build from before API_VERSION,
+    with the stages that were removed since) is treated as not built."""
+    def decode_dets():
+        """exp_ (callable | None): replaces a C-contiguous float32 ndarray by its exp in place"""
+
+    def select_scores():
+        pass
+
+    before = SimpleNamespace(to_input=kernels.compiled.to_input, select_scores=select_scores, decode_dets=decode_dets)
+    assert not kernels.up_to_date(before)
+    assert not kernels.up_to_date(SimpleNamespace(**vars(before), API_VERSION=kernels.API_VERSION - 1))
+    assert kernels.up_to_date(kernels.compiled) and kernels.compiled.API_VERSION == kernels.API_VERSION
+    assert not any(hasattr(kernels.compiled, name) for name in ('select_scores', 'decode_dets', 'assemble'))

@@ -1,7 +1,7 @@
-"""WIDER FACE evaluation: the kernel, the parser, and the reference's AP to 1e-12."""
+"""WIDER FACE evaluation: the kernel and its numpy fallback, the parser, and the reference's AP to 1e-12."""
 import json
+import logging
 import re
-import sys
 
 import numpy as np
 import pytest
@@ -56,17 +56,116 @@ def test_segmented_max_matches_pairwise_kernel():
     query[5] = query[4]  # a tie: the first maximum must win
     image = np.repeat([0, 1, 2], [15, 15, 10])
     start, count = np.array([0, 4, 9]), np.array([4, 5, 3])
-    best, arg = ev._kernel.max_overlaps_segmented(boxes, query, image, start, count)
+    best, arg = ev.compiled.max_overlaps_segmented(boxes, query, image, start, count)
     for n in range(len(boxes)):
         i = image[n]
         o = ev.bbox_overlaps(boxes[n:n + 1], query[start[i]:start[i] + count[i]])[0]
         assert best[n] == o.max() and arg[n] == o.argmax()
 
 
-def test_missing_kernel_says_how_to_build(monkeypatch):
-    monkeypatch.setitem(sys.modules, "widerface_evaluate.box_overlaps", None)
-    with pytest.raises(ImportError, match=r"python setup\.py build_ext --inplace"):
-        ev._import_kernel()
+@pytest.fixture
+def unbuilt(monkeypatch, caplog):
+    """The evaluation as in a checkout whose box-overlap kernel is not built; caplog
+    records its warnings."""
+    import utils.compiled
+    monkeypatch.setattr(ev, "compiled", None)
+    utils.compiled.warn_not_built.cache_clear()
+    caplog.set_level(logging.WARNING, logger="utils.compiled")
+    yield caplog
+    utils.compiled.warn_not_built.cache_clear()
+
+
+def _same_bits(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype and a.tobytes() == b.tobytes()
+
+
+def _xyxy(xywh):
+    return np.hstack([xywh[:, :2], xywh[:, :2] + xywh[:, 2:4]])
+
+
+def _edge_case_boxes():
+    """Boxes touching by a pixel (+1 width 0 or 1), nested, identical, inverted, with signed
+    zeros and with NaN or infinite coordinates."""
+    return np.array([[0, 0, 9, 9], [10, 0, 19, 9], [9, 0, 18, 9], [2, 2, 5, 5], [0, 0, 9, 9], [9, 9, 0, 0],
+                     [-0.0, 0, 9, 9], [0.0, -0.0, 9, 9], [np.nan, 0, 9, 9], [0, 0, np.inf, 9],
+                     [-np.inf, 0, np.inf, 9], [0.5, 0.25, 9.75, 9.125]], dtype=np.float64)
+
+
+def test_fallback_overlaps_equal_the_kernel_bit_for_bit(wider_gt):
+    """The WIDER ground truth against random boxes, real detections and edge cases."""
+    rng = np.random.default_rng(0)
+    gt = _xyxy(wider_gt.boxes)
+    xy = rng.uniform(-20, 1000, (300, 2))
+    random = np.hstack([xy, xy + rng.uniform(0, 300, (300, 2))])
+    real = _xyxy(ev.load_predictions(need_shared(*list(REFERENCE_AP)[0]))[wider_gt.names[0]][:, :4])
+    edge = _edge_case_boxes()
+    with np.errstate(invalid="ignore"):
+        for boxes, query in ((random, gt[::7]), (real, gt[wider_gt.box_start[0]:][:wider_gt.box_count[0]]),
+                             (edge, edge), (edge, gt[:500]), (gt[:500], edge), (random[:0], gt[:3]),
+                             (random[:3], gt[:0])):
+            assert _same_bits(ev._bbox_overlaps_numpy(boxes, query), ev.compiled.bbox_overlaps(boxes, query))
+
+
+def test_fallback_segmented_max_equals_the_kernel_bit_for_bit(wider_gt):
+    """Every official detection against its image's faces, plus NaN, tied and empty cases."""
+    preds = ev.load_predictions(need_shared(*list(REFERENCE_AP)[0]))
+    have = [i for i, name in enumerate(wider_gt.names) if name in preds]
+    det = np.concatenate([_xyxy(preds[wider_gt.names[i]][:, :4]) for i in have])
+    det_image = np.repeat(have, [len(preds[wider_gt.names[i]]) for i in have])
+    args = (det, _xyxy(wider_gt.boxes), det_image, wider_gt.box_start, wider_gt.box_count)
+    compiled, fallback = ev.compiled.max_overlaps_segmented(*args), ev._max_overlaps_segmented_numpy(*args)
+    assert len(det) > 100000 and all(_same_bits(c, f) for c, f in zip(compiled, fallback))
+    edge = _edge_case_boxes()
+    query = np.vstack([edge, edge[4:5], edge[::-1]])  # a repeated box: ties
+    image = np.array([0, 2, 1, 0, 2, 2, 1, 0, 0, 1, 2, 0, 3, 3])
+    start, count = np.array([0, 12, 13, 25]), np.array([12, 1, 12, 0])  # image 3 has no query boxes
+    boxes = np.vstack([edge, edge[:2]])
+    with np.errstate(invalid="ignore"):
+        compiled = ev.compiled.max_overlaps_segmented(boxes, query, image, start, count)
+        fallback = ev._max_overlaps_segmented_numpy(boxes, query, image, start, count)
+    assert all(_same_bits(c, f) for c, f in zip(compiled, fallback))
+    assert list(fallback[1][-2:]) == [-1, -1]
+
+
+def _value_error(fn, *args):
+    with pytest.raises(ValueError) as e:
+        fn(*args)
+    return str(e.value)
+
+
+def test_fallback_rejects_what_the_kernel_rejects():
+    boxes = np.zeros((2, 4))
+    # An image index out of range, a query range past the end, one image index for two boxes.
+    for args in ((boxes, boxes, [0, 2], [0], [2]), (boxes, boxes, [0, 0], [1], [2]), (boxes, boxes, [0], [0], [2])):
+        assert _value_error(ev._max_overlaps_segmented_numpy, *args) == \
+            _value_error(ev.compiled.max_overlaps_segmented, *args)
+    assert _value_error(ev._bbox_overlaps_numpy, boxes, np.zeros((2, 5))) == \
+        _value_error(ev.compiled.bbox_overlaps, boxes, np.zeros((2, 5))) == "boxes must have 4 columns, got 4 and 5"
+
+
+@pytest.mark.parametrize("pred_parts", list(REFERENCE_AP), ids=["official", "perturbed"])
+def test_unbuilt_kernel_gives_the_same_results_with_one_warning(wider_gt, pred_parts, unbuilt):
+    preds = ev.load_predictions(need_shared(*pred_parts))
+    unbuilt.clear()
+    results = ev.evaluate(preds, wider_gt)
+    for setting, expected in REFERENCE_AP[pred_parts].items():
+        assert abs(results[setting]["ap"] - expected) <= AP_TOL, setting
+    ev.bbox_overlaps(np.zeros((1, 4)), np.zeros((1, 4)))
+    warnings = [r.getMessage() for r in unbuilt.records if "not built" in r.getMessage()]
+    assert len(warnings) == 1 and "box_overlaps.pyx" in warnings[0]
+    assert "`python setup.py build_ext --inplace` at the repository root" in warnings[0]
+
+
+def test_unbuilt_kernel_gives_the_compiled_curves_bit_for_bit(wider_gt, monkeypatch):
+    preds = ev.load_predictions(need_shared("golden", "eval_perturbed_predictions"))
+    compiled = ev.evaluate(preds, wider_gt)
+    monkeypatch.setattr(ev, "compiled", None)
+    monkeypatch.setattr(ev, "_warn_not_built", lambda: None)
+    fallback = ev.evaluate(preds, wider_gt)
+    for setting, r in compiled.items():
+        assert fallback[setting]["ap"] == r["ap"]
+        assert _same_bits(fallback[setting]["precision"], r["precision"])
+        assert _same_bits(fallback[setting]["recall"], r["recall"])
 
 
 def test_malformed_line_names_file_and_line(tmp_path):

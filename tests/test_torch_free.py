@@ -246,8 +246,7 @@ def test_float_exp_is_exp_in_float64_rounded_once():
         kernels.float_exp_(np.zeros((4, 4), np.float32)[:, ::2])
 
 
-@pytest.mark.skipif(kernels.compiled is None, reason="the compiled kernels are not built")
-def test_compiled_decode_uses_the_exp_it_is_given():
+def test_decode_uses_the_exp_it_is_given():
     from layers.functions.detection import decode_dets
 
     rng = np.random.default_rng(0)
@@ -258,13 +257,6 @@ def test_compiled_decode_uses_the_exp_it_is_given():
     scores = rng.random(len(inds)).astype(np.float32)
     order = np.argsort(scores)[::-1].copy()
     args = (loc, priors, inds, scores, order, [0.1, 0.2], (64, 80), 1.5)
-    compiled = decode_dets(*args, exp_=kernels.float_exp_)
-    kernels.compiled, saved = None, kernels.compiled
-    try:
-        numpy_stages = decode_dets(*args, exp_=kernels.float_exp_)
-    finally:
-        kernels.compiled = saved
-    assert compiled.tobytes() == numpy_stages.tobytes()
     calls = []
     decode_dets(*args, exp_=lambda a: calls.append(a.shape) or kernels.float_exp_(a))
     assert calls == [(len(order), 2)]

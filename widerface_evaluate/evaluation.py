@@ -4,8 +4,9 @@ This is the WiderFace-Evaluation algorithm the reference ships (wondervictor), g
 same AP to the last bit, reorganised to be many times faster (bench/bench_evaluation.py):
 
 * every prediction file is parsed with one numpy conversion, and the ``.mat`` files once;
-* the best overlap of every detection is computed once by the Cython kernel and shared by
-  the three settings (only the set of counted faces differs between them);
+* the best overlap of every detection is computed once by the Cython kernel (or, when it
+  is not built, by its numpy twin, which gives the same bits) and shared by the three
+  settings (only the set of counted faces differs between them);
 * the reference's per-image, per-threshold loop (1000 thresholds) becomes one histogram:
   a detection contributes to every threshold from the first one its image's score prefix
   reaches, so the counts of all thresholds are a cumulative sum.
@@ -22,7 +23,6 @@ or from the repository root as ``python -m widerface_evaluate.evaluation``.
 """
 import argparse
 import csv
-import importlib
 import json
 import logging
 import math
@@ -40,6 +40,7 @@ if __package__ in (None, ""):
 
 from data.label_file import read_label_file  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
+from utils.compiled import load_kernel, warn_not_built  # noqa: E402
 from utils.image import IMAGE_EXTENSIONS  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -48,22 +49,94 @@ IOU_THRESH = 0.5  # a detection matches a face when their overlap is at least th
 THRESH_NUM = 1000  # score thresholds 0.999, 0.998, ..., 0.0 of the PR curve
 SETTINGS = ("easy", "medium", "hard")
 LABEL_SETTING = "all"  # the single setting of --label mode: every face counts
-KERNEL_DIR = Path(__file__).resolve().parent
-BUILD_COMMAND = f"cd {KERNEL_DIR} && python setup.py build_ext --inplace"
+# The built box_overlaps module, or None: the numpy versions below then give the same bits.
+compiled = load_kernel("widerface_evaluate.box_overlaps")
 
 
-def _import_kernel():
-    """The compiled box-overlap kernel, or an ImportError saying how to build it."""
-    try:
-        return importlib.import_module("widerface_evaluate.box_overlaps")
-    except ImportError as e:
-        raise ImportError(
-            f"the Cython box-overlap kernel is not built ({e}); build it with:\n"
-            f"    {BUILD_COMMAND}") from e
+def _warn_not_built():
+    warn_not_built("box-overlap kernel (widerface_evaluate/box_overlaps.pyx)", "its numpy version")
 
 
-_kernel = _import_kernel()
-bbox_overlaps = _kernel.bbox_overlaps
+def bbox_overlaps(boxes, query_boxes):
+    """Pairwise IoU with the reference's +1 areas (box_overlaps.pyx's bbox_overlaps).
+
+    Args:
+        boxes: (N, 4) ``[x1, y1, x2, y2]``; query_boxes: (K, 4) likewise (as float64).
+    Returns:
+        (N, K) float64 overlaps, 0 where the boxes do not intersect.
+    """
+    if compiled is not None:
+        return compiled.bbox_overlaps(boxes, query_boxes)
+    _warn_not_built()
+    return _bbox_overlaps_numpy(boxes, query_boxes)
+
+
+def max_overlaps_segmented(boxes, query_boxes, box_image, query_start, query_count):
+    """For every box, its best overlap among the query boxes of its image, and where that
+    is (box_overlaps.pyx's max_overlaps_segmented, which documents the arguments)."""
+    if compiled is not None:
+        return compiled.max_overlaps_segmented(boxes, query_boxes, box_image, query_start, query_count)
+    _warn_not_built()
+    return _max_overlaps_segmented_numpy(boxes, query_boxes, box_image, query_start, query_count)
+
+
+def _as_boxes(boxes, query_boxes):
+    b = np.ascontiguousarray(boxes, dtype=np.float64)
+    q = np.ascontiguousarray(query_boxes, dtype=np.float64)
+    if b.ndim != 2 or q.ndim != 2:
+        raise ValueError(f"boxes must be 2-D, got {b.ndim}-D and {q.ndim}-D")
+    if b.shape[1] != 4 or q.shape[1] != 4:
+        raise ValueError(f"boxes must have 4 columns, got {b.shape[1]} and {q.shape[1]}")
+    return b, q
+
+
+def _bbox_overlaps_numpy(boxes, query_boxes):
+    """box_overlaps.pyx's bbox_overlaps in numpy: its float64 operations in its order, so
+    the same bits. Cython's min(a, b) is ``b if b < a else a`` and max(a, b) ``b if b > a
+    else a`` (which also settles NaNs and signed zeros); the overlap is 0 unless both the
+    intersection's width and height are > 0."""
+    b, q = _as_boxes(boxes, query_boxes)
+    bx1, by1, bx2, by2 = (b[:, c, np.newaxis] for c in range(4))  # [N, 1]
+    qx1, qy1, qx2, qy2 = (q[np.newaxis, :, c] for c in range(4))  # [1, K]
+    iw = (np.where(qx2 < bx2, qx2, bx2) - np.where(qx1 > bx1, qx1, bx1)) + 1
+    ih = (np.where(qy2 < by2, qy2, by2) - np.where(qy1 > by1, qy1, by1)) + 1
+    box_area = ((bx2 - bx1) + 1) * ((by2 - by1) + 1)
+    query_area = ((qx2 - qx1) + 1) * ((qy2 - qy1) + 1)
+    with np.errstate(all="ignore"):  # only where the overlap is 0 anyway, or as in C
+        overlap = (iw * ih) / ((box_area + query_area) - iw * ih)
+    return np.where((iw > 0) & (ih > 0), overlap, 0.0)
+
+
+def _max_overlaps_segmented_numpy(boxes, query_boxes, box_image, query_start, query_count):
+    """box_overlaps.pyx's max_overlaps_segmented in numpy, image by image: the kernel's
+    overlaps, and its choice among them (the first maximum; a NaN first overlap stays, a
+    later NaN never wins)."""
+    b, q = _as_boxes(boxes, query_boxes)
+    img = np.ascontiguousarray(box_image, dtype=np.int64)
+    qs = np.ascontiguousarray(query_start, dtype=np.int64)
+    qc = np.ascontiguousarray(query_count, dtype=np.int64)
+    if img.shape[0] != b.shape[0] or qs.shape[0] != qc.shape[0]:
+        raise ValueError("box_image must have one entry per box, query_start/query_count one per image")
+    bad = (img < 0) | (img >= len(qs))
+    inside = np.flatnonzero(~bad)
+    bad[inside] = (qs[img[inside]] < 0) | (qs[img[inside]] + qc[img[inside]] > len(q))
+    if bad.any():
+        n = int(np.argmax(bad))
+        raise ValueError(f"box {n}: image index {img[n]} or its query range is out of bounds")
+    best = np.zeros(len(b))
+    arg = np.full(len(b), -1, dtype=np.int64)
+    order = np.argsort(img, kind="stable")
+    images, starts = np.unique(img[order], return_index=True)
+    for i, rows in zip(images, np.split(order, starts[1:])):
+        first, last = qs[i], qs[i] + qc[i]
+        if last <= first:
+            continue
+        o = _bbox_overlaps_numpy(b[rows], q[first:last])
+        a = np.argmax(np.where(np.isnan(o), -np.inf, o), axis=1)
+        a[np.isnan(o[:, 0])] = 0
+        arg[rows] = a
+        best[rows] = o[np.arange(len(rows)), a]
+    return best, arg
 
 
 @dataclass
@@ -375,7 +448,7 @@ def evaluate(preds, gt, iou_thresh=IOU_THRESH, thresh_num=THRESH_NUM, only_predi
     # kernel does), and the first maximum wins ties.
     det_xyxy = np.hstack([det[:, :2], det[:, :2] + det[:, 2:4]])
     gt_xyxy = np.hstack([gt.boxes[:, :2], gt.boxes[:, :2] + gt.boxes[:, 2:4]])
-    best, arg = _kernel.max_overlaps_segmented(det_xyxy, gt_xyxy, det_image, gt.box_start, gt.box_count)
+    best, arg = max_overlaps_segmented(det_xyxy, gt_xyxy, det_image, gt.box_start, gt.box_count)
     matched = best >= iou_thresh
     face = gt.box_start[det_image] + arg  # global face index of the best face
 

@@ -10,12 +10,14 @@ from the network's outputs (ssd.pytorch's Detect layer, for RetinaFace).
          x1 y1 x2 y2 score, then the five landmarks (x, y): left eye, right eye, nose,
          left mouth corner, right mouth corner.
 
-Each stage is written with numpy, as the specification and the fallback, and runs as the
-compiled kernel of utils/kernels/cpu_pipeline.pyx when that is built: the same IEEE
-float32 operations in the same order, so the same bits (tested), in one pass instead of a
-dozen numpy calls and temporaries. Only the candidates above the score threshold are
-decoded, and their landmarks only if NMS keeps them: decoding is elementwise, so each row
-gets exactly the value it would get from decoding every prior, as the reference does.
+Every stage is written with numpy and OpenCV. Two run as compiled kernels when those are
+built, because bench/bench_kernels.py shows they pay for themselves end to end: to_input
+(utils/kernels/cpu_pipeline.pyx) and NMS (utils/nms/cpu_nms.pyx). Each does its Python
+version's arithmetic in the same order, so it gives the same bits (tested), and an
+unbuilt one says so once and the Python version runs. Only the candidates above the score
+threshold are decoded, and their landmarks only if NMS keeps them: decoding is
+elementwise, so each row gets exactly the value it would get from decoding every prior,
+as the reference does.
 
 The decoding functions mirror utils.box_utils.decode / decode_landm followed by the
 reference's `* scale / resize`. numpy and torch's exp may round differently, so exp is
@@ -93,24 +95,6 @@ def grid_crop_rows(steps, anchors, size, padded):
     return np.concatenate(parts)
 
 
-def _f32(x):
-    """x as a C-contiguous float32 ndarray, the layout the compiled kernels take (no copy if it is one)."""
-    return np.ascontiguousarray(x, dtype=np.float32)
-
-
-def _i64(x):
-    """x as a C-contiguous int64 ndarray (no copy if it is one)."""
-    return np.ascontiguousarray(x, dtype=np.int64)
-
-
-def _compiled(stage):
-    """The compiled version of a stage, or None to run the numpy one (said once when unbuilt)."""
-    if kernels.compiled is None:
-        kernels.warn_not_built()
-        return None
-    return getattr(kernels.compiled, stage, None)
-
-
 def to_input(img, dst, mean=BGR_MEAN):
     """Write img minus mean into dst as CHW float32 (the reference's
     `np.float32(img) - (104, 117, 123)`, then HWC -> CHW).
@@ -120,9 +104,12 @@ def to_input(img, dst, mean=BGR_MEAN):
         dst (ndarray[3, >=H, >=W] float32): one image of the network input; dst[:, :H, :W] is written.
         mean (tuple): the BGR pixel to subtract (an ONNX file may name another).
     """
-    compiled = _compiled('to_input')
-    if compiled is not None:
-        return compiled(np.ascontiguousarray(img), dst, mean)
+    # Looked up at each call, so that a benchmark can switch the kernel off.
+    kernel = getattr(kernels.compiled, 'to_input', None)
+    if kernel is not None:
+        return kernel(np.ascontiguousarray(img), dst, mean)
+    if kernels.compiled is None:
+        kernels.warn_not_built()
     h, w = img.shape[:2]
     # One plane at a time, subtracted straight into place in float32 arithmetic.
     for c, plane in enumerate(cv2.split(img)):
@@ -177,9 +164,6 @@ def select_scores(conf, threshold):
     Returns:
         (inds ndarray[K] int64, scores ndarray[K] float32).
     """
-    compiled = _compiled('select_scores')
-    if compiled is not None:
-        return compiled(_f32(conf), threshold)
     scores = conf[:, 1]
     inds = np.flatnonzero(scores > threshold)
     return inds, scores[inds]
@@ -199,9 +183,6 @@ def decode_dets(loc, priors, inds, scores, order, variance, size, resize, exp_=k
     Returns:
         ndarray[K', 5] float32: x1 y1 x2 y2 score.
     """
-    compiled = _compiled('decode_dets')
-    if compiled is not None:
-        return compiled(_f32(loc), _f32(priors), _i64(inds), _f32(scores), _i64(order), variance, size, resize, exp_)
     rows = inds[order]
     boxes = decode_boxes(loc[rows], priors[rows], variance, size, resize, exp_)
     return np.hstack((boxes, scores[order, np.newaxis])).astype(np.float32, copy=False)
@@ -218,10 +199,6 @@ def assemble(dets, keep, landms, priors, inds, order, variance, size, resize):
     Returns:
         ndarray[N, 15] float32: x1 y1 x2 y2 score, then five landmark (x, y) pairs.
     """
-    compiled = _compiled('assemble')
-    if compiled is not None:
-        return compiled(_f32(dets), _i64(keep), _f32(landms), _f32(priors), _i64(inds), _i64(order),
-                        variance, size, resize)
     kept = inds[order[keep]]
     points = decode_landmarks(landms[kept], priors[kept], variance, size, resize)
     return np.concatenate((dets[keep], points), axis=1)

@@ -1,13 +1,15 @@
 """Compiled host-side stages of the detection pipeline (cpu_pipeline.pyx).
 
-`compiled` is the built module, or None when it is not built; utils/inference.py then
-runs the numpy versions of the same stages, which give the same bits, more slowly.
-Build it with BUILD_COMMAND (.ci/setup does).
+`compiled` is the built module, or None when it is not built (or built from an older
+cpu_pipeline.pyx); the pipeline then runs the numpy versions of the same stages, which
+give the same bits, more slowly, and warn_not_built says so once. The pipeline looks each
+stage up in `compiled` when it runs, so a benchmark can switch one off. Build the kernels
+with utils.compiled.BUILD_COMMAND (.ci/setup does).
 """
-import logging
-from functools import lru_cache
-
 import numpy as np
+
+from utils.compiled import load_kernel
+from utils.compiled import warn_not_built as _warn_not_built
 
 # Elements per torch.exp call. torch computes exp through its vectorised math library,
 # which splits more than 2048 elements across its OpenMP threads; those threads then
@@ -45,27 +47,22 @@ def float_exp_(x):
     return x
 
 
+# cpu_pipeline.pyx's API_VERSION: the interface of the stages this package's callers use.
+API_VERSION = 3
+
+
 def up_to_date(module):
-    """Whether a built cpu_pipeline is from the current cpu_pipeline.pyx: an older build has
-    no exp_ argument in decode_dets, so it cannot run the torch-free path."""
-    return 'exp_ (callable' in (getattr(module.decode_dets, '__doc__', None) or '')
+    """Whether a built cpu_pipeline is from the current cpu_pipeline.pyx (its API_VERSION):
+    an older build may hold stages that were removed (they saved too little to keep, see
+    bench/README.md) or take other arguments."""
+    return getattr(module, 'API_VERSION', None) == API_VERSION
 
 
-# After torch_exp_: the compiled module uses it.
-try:
-    from utils.kernels import cpu_pipeline as compiled
-except ImportError:  # not built: see warn_not_built
-    compiled = None
+compiled = load_kernel('utils.kernels.cpu_pipeline')
 if compiled is not None and not up_to_date(compiled):  # treated as not built until rebuilt
     compiled = None
 
-logger = logging.getLogger(__name__)
-BUILD_COMMAND = "cd utils/kernels && python setup.py build_ext --inplace"
 
-
-@lru_cache(maxsize=None)
 def warn_not_built():
-    """Say once that the pipeline runs its slower numpy stages, and how to build the kernels."""
-    logger.warning("the compiled pipeline stages (utils/kernels/cpu_pipeline.pyx) are not built (or built from "
-                   "an older cpu_pipeline.pyx), using numpy, "
-                   "which gives the same detections but adds 1-2 ms per photo; build them with: %s", BUILD_COMMAND)
+    """Say once that the pipeline runs its numpy stages, and how to build the kernels."""
+    _warn_not_built('pipeline kernel (utils/kernels/cpu_pipeline.pyx)', 'its numpy version')

@@ -4,7 +4,7 @@
 A box is kept by greedy NMS exactly when no earlier KEPT box (in py_cpu_nms's order,
 scores.argsort()[::-1]) overlaps it by more than the threshold. The IoU is computed with
 py_cpu_nms's operations in the same order and precision (C float for float32 dets, no
-fast-math, no FMA contraction; see setup.py), so every comparison gives numpy's answer:
+fast-math, no FMA contraction; see the root setup.py), so every comparison gives numpy's answer:
 
     xx1 = max(x1[i], x1[j]) ...  w = max(0, xx2 - xx1 + 1)  h = max(0, yy2 - yy1 + 1)
     inter = w * h   ovr = inter / (areas[i] + areas[j] - inter)   suppressed unless ovr <= thresh
@@ -278,16 +278,11 @@ def cpu_nms(dets, thresh):
     Raises:
         TypeError: dets is not float32 or float64.
     """
-    return _nms(dets, thresh)[0]
-
-
-def _nms(dets, thresh):
-    """cpu_nms(dets, thresh), and whether the grid pruned the comparisons (for the tests)."""
     if dets.dtype != np.float32 and dets.dtype != np.float64:
         raise TypeError(f"cpu_nms needs float32 or float64 dets, got {dets.dtype}")
     n = dets.shape[0]
     if n == 0:
-        return np.zeros((0,), dtype=np.int64), False
+        return np.zeros((0,), dtype=np.int64)
     order = dets[:, 4].argsort()[::-1]  # py_cpu_nms's processing order (ties included)
     boxes = np.empty((n, NCOL), dtype=dets.dtype)
     sizes = np.empty((n + SIZE_SAMPLE_STRIDE - 1) // SIZE_SAMPLE_STRIDE, dtype=np.float64)
@@ -299,8 +294,8 @@ def _nms(dets, thresh):
     cell = CELL_PER_MEDIAN_SIZE * float(np.partition(sizes, sizes.size // 2)[sizes.size // 2])
     if not 1.0 <= cell <= MAX_COORDINATE:
         cell = 1.0
-    nk, pruned = _run(boxes, thr, cell, keep)
-    return order[keep[:nk]], pruned
+    nk = _run(boxes, thr, cell, keep)
+    return order[keep[:nk]]
 
 
 def _gather(const floating[:, :] dets, const int64_t[:] order, floating[:, ::1] boxes, double[::1] sizes):
@@ -327,7 +322,7 @@ def _run(const floating[:, ::1] boxes, double thresh, double cell, int64_t[::1] 
     more than MAX_CELLS_PER_BOX cells or entries per box).
 
     Returns:
-        (int, bool): the number kept (their rows in keep[:k]), and whether the grid was used.
+        int: the number kept (their rows in keep[:k]).
     """
     cdef floating thr = <floating>thresh  # exact: thresh was rounded to the dtype already
     cdef Py_ssize_t n = boxes.shape[0], nk, width = 0, height = 0, n_entries = -1
@@ -343,7 +338,7 @@ def _run(const floating[:, ::1] boxes, double thresh, double cell, int64_t[::1] 
     if n_entries < 0 or width * height > MAX_CELLS_PER_BOX * n or n_entries > INT32_MAX or width * height > INT32_MAX:
         with nogil:
             nk = _plain(&boxes[0, 0], n, thr, &keep[0])
-        return nk, False
+        return nk
     head, tail = np.full(width * height, -1, dtype=np.int32), np.full(width * height, -1, dtype=np.int32)
     # Only kept boxes make entries, at most n_entries of them.
     if floating is float:
@@ -354,4 +349,4 @@ def _run(const floating[:, ::1] boxes, double thresh, double cell, int64_t[::1] 
     with nogil:
         nk = _gridded(&boxes[0, 0], n, thr, &g[0, 0], width, &head[0], &tail[0], &entry_box[0, 0],
                       &entry_meta[0, 0], &keep[0])
-    return nk, True
+    return nk

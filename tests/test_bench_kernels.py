@@ -1,0 +1,29 @@
+"""bench/bench_kernels.py switches one compiled kernel off at a time, and every configuration
+gives the detections and APs of the all-compiled one."""
+import re
+
+import torch
+
+import utils.kernels
+import utils.nms
+from tests.conftest import golden_image_path, need_shared
+from widerface_evaluate import evaluation
+
+
+def test_kernels_benchmark_runs_every_configuration_with_identical_results(capsys):
+    from bench import bench_kernels
+    need_shared('weights', 'mobilenet0.25_Final.pth')
+    args = bench_kernels.get_args_parser().parse_args(
+        ['--images', str(golden_image_path('val416_0_Parade_Parade_0_102')), '--repeats', '1', '--warmup', '0',
+         '--stage_repeats', '2', '--predictions', str(need_shared('golden', 'eval_perturbed_predictions')),
+         '--eval_repeats', '1'])
+    compiled = utils.kernels.compiled, utils.nms.compiled, evaluation.compiled
+    assert bench_kernels.main(args) == 0
+    assert (utils.kernels.compiled, utils.nms.compiled, evaluation.compiled) == compiled  # restored
+    assert torch.is_grad_enabled()  # no process-wide setting left behind for the tests that follow
+    out = capsys.readouterr().out
+    stages = [m.group(1) for m in re.finditer(r'^(\w+)\s+0_Parade_Parade_0_102\s', out, re.MULTILINE)]
+    assert stages == [s for s in bench_kernels.PIPELINE_STAGES if hasattr(compiled[0], s)] + ['cpu_nms']
+    assert 'identical (bit for bit) in every configuration' in out
+    assert re.search(r'^box_overlaps\s+eval_perturbed_predictions\s', out, re.MULTILINE)
+    assert 'APs: equal with and without the kernel' in out
