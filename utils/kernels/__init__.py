@@ -13,9 +13,9 @@ from utils.compiled import warn_not_built as _warn_not_built
 
 # Elements per torch.exp call. torch computes exp through its vectorised math library,
 # which splits more than 2048 elements across its OpenMP threads; those threads then
-# spin, waiting for more work, on the cores the next forward pass needs (onnxruntime's
-# test.jpg forward took 20 instead of 14 ms after one such call). Chunks stay on the
-# calling thread; exp is elementwise, so the chunking changes no value.
+# spin, waiting for more work, on the cores the next forward pass needs (an onnxruntime
+# forward pass right after one such call is markedly slower; bench/README.md). Chunks stay
+# on the calling thread; exp is elementwise, so the chunking changes no value.
 EXP_CHUNK = 2048
 
 
