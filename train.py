@@ -29,7 +29,6 @@ import os
 import signal
 import sys
 import time
-from collections import deque
 from dataclasses import dataclass, field
 
 import torch
@@ -70,11 +69,8 @@ DEFAULT_PRETRAINED = {
     'Resnet50': './weights/resnet50-0676ba61.pth',
 }
 EXIT_NONFINITE_LOSS = 3
-# Warn when training drops more than this fraction of the label file's boxes.
 LOG_FORMAT = '%(asctime)s %(message)s'
 
-# TrainResult keeps the records of at most this many recent iterations.
-ITERATION_RECORDS = 10000
 
 # The <name>_train.log handler rank 0 adds to the root logger; main() removes it.
 _log_file_handler = None
@@ -87,14 +83,12 @@ class NonFiniteLossError(FloatingPointError):
 @dataclass
 class TrainResult:
     """What main() returns: exit_code (see the module docstring), the next iteration to
-    run, per-epoch means and per-iteration records, and the files written."""
+    run, the per-epoch records, and the files written."""
     exit_code: int = 0
     iteration: int = 0
     max_iter: int = 0
     epoch_size: int = 0
     epochs: list = field(default_factory=list)  # {'epoch', 'loc', 'cla', 'landm', 'loss', 'step_time', 'data_time'}
-    # the last ITERATION_RECORDS iterations: {'iteration', 'lr', 'loc', 'cla', 'landm', 'step_time', 'data_time'}
-    iterations: deque = field(default_factory=lambda: deque(maxlen=ITERATION_RECORDS))
     final_checkpoint: str = None
     state_path: str = None
     history: RunHistory = None  # the per-epoch records and the best validation AP
@@ -558,8 +552,6 @@ def train_one_epoch(run, batches, first):
         (loc_v, cla_v, landm_v), stop, batch_time, data_time = _train_step(run, batches, iteration, epoch)
         run.meters.update(loc=loc_v, cla=cla_v, landm=landm_v, loss=run.cfg['loc_weight'] * loc_v + cla_v + landm_v,
                           step_time=batch_time, data_time=data_time)
-        run.result.iterations.append({'iteration': iteration, 'lr': lr, 'loc': loc_v, 'cla': cla_v,
-                                      'landm': landm_v, 'step_time': batch_time, 'data_time': data_time})
         run.result.iteration = iteration + 1
         if run.world.is_main and (iteration % run.args.log_interval == 0 or iteration + 1 == run.max_iter):
             eta = int(run.meters['step_time'].median * (run.max_iter - iteration))

@@ -1,3 +1,4 @@
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -31,3 +32,25 @@ def golden_image_path(name):
         stem = name[len(VAL416_PREFIX):]
         return need_shared('minitrain', 'train', 'images', '0--Parade', f'{stem}.jpg')
     return need_shared('images', f'{name}.jpg')
+
+
+@contextlib.contextmanager
+def recorded_steps():
+    """Record train.py's training steps as they run, by wrapping train._train_step for the
+    duration: yields a list that fills with {'iteration', 'lr', 'loc', 'cla', 'landm',
+    'step_time', 'data_time'} per step (the learning rate the step trained with)."""
+    import train
+
+    records = []
+    real = train._train_step
+
+    def recording(run, batches, iteration, epoch):
+        lr = run.optimizer.param_groups[0]['lr']
+        (loc, cla, landm), stop, step_time, data_time = real(run, batches, iteration, epoch)
+        records.append({'iteration': iteration, 'lr': lr, 'loc': loc, 'cla': cla, 'landm': landm,
+                        'step_time': step_time, 'data_time': data_time})
+        return (loc, cla, landm), stop, step_time, data_time
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, '_train_step', recording)
+        yield records

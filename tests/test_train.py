@@ -13,7 +13,7 @@ import torch
 import train
 from data import cfg_mnet
 from models.retinaface import RetinaFace
-from tests.conftest import ROOT, need_shared
+from tests.conftest import ROOT, need_shared, recorded_steps
 from utils.checkpoint import load_model
 
 NAME = cfg_mnet['name']
@@ -84,16 +84,17 @@ def _assert_same_weights(a, b):
 def full_run(subset, backbone, tmp_path_factory):
     """An uninterrupted 4-epoch run (8 iterations, LR steps at iterations 2 and 6)."""
     out = tmp_path_factory.mktemp('full')
-    result = train.main(_args(subset, out, backbone, '--max_epoch', '4'))
-    return out, result
+    with recorded_steps() as steps:
+        result = train.main(_args(subset, out, backbone, '--max_epoch', '4'))
+    return out, result, steps
 
 
 def test_run_writes_loadable_checkpoints(full_run):
-    out, result = full_run
+    out, result, steps = full_run
     assert result.exit_code == 0 and result.iteration == result.max_iter == 8 and result.epoch_size == EPOCH_SIZE
-    assert [r['iteration'] for r in result.iterations] == list(range(8))
-    assert [r['lr'] for r in result.iterations] == pytest.approx([_expected_lr(i) for i in range(8)])
-    assert all(r['data_time'] <= r['step_time'] for r in result.iterations)
+    assert [r['iteration'] for r in steps] == list(range(8))
+    assert [r['lr'] for r in steps] == pytest.approx([_expected_lr(i) for i in range(8)])
+    assert all(r['data_time'] <= r['step_time'] for r in steps)
     # The reference's names; plain state_dicts without 'module.', loadable by our loader ...
     files = sorted(p.name for p in out.iterdir())
     assert files == [f'{NAME}_Final.pth', f'{NAME}_last_state.pth', f'{NAME}_metrics.jsonl', f'{NAME}_metrics.png',
@@ -124,24 +125,25 @@ def test_epoch_checkpoint_cadence(subset, backbone, tmp_path):
 def test_resume_is_exact_across_an_lr_step(subset, backbone, full_run, tmp_path):
     """Stop after 2 epochs (past the first LR step), resume to 4: the same iterations, the
     same learning rates and, on CPU with in-process loading, the very same weights."""
-    full_out, full = full_run
+    full_out, _, full = full_run
     first = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '2'))
     assert first.iteration == 4
     state = torch.load(tmp_path / f'{NAME}_last_state.pth', map_location='cpu', weights_only=True)
     assert state['iteration'] == 4 and state['epoch'] == 2
-    resumed = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4',
-                               '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
-    assert [r['iteration'] for r in resumed.iterations] == [4, 5, 6, 7]
+    with recorded_steps() as resumed:
+        train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4',
+                         '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
+    assert [r['iteration'] for r in resumed] == [4, 5, 6, 7]
     # The reference restarts its LR steps at zero here and would train at 1e-3.
-    assert [r['lr'] for r in resumed.iterations] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
-    assert [r['loc'] for r in resumed.iterations] == [r['loc'] for r in list(full.iterations)[4:]]
+    assert [r['lr'] for r in resumed] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
+    assert [r['loc'] for r in resumed] == [r['loc'] for r in full[4:]]
     _assert_same_weights(_weights(tmp_path / f'{NAME}_Final.pth'), _weights(full_out / f'{NAME}_Final.pth'))
 
 
 def test_signal_mid_epoch_saves_state_and_resumes_exactly(subset, backbone, full_run, tmp_path, monkeypatch):
     """SIGTERM during iteration 3 (the first of epoch 2): the step finishes, a state is
     saved, main returns 128 + SIGTERM; resuming continues mid-epoch, as if never stopped."""
-    full_out, full = full_run
+    full_out, _, full = full_run
     real_adjust = train.adjust_learning_rate
 
     def adjust_and_signal(optimizer, initial_lr, gamma, iteration, stepvalues):
@@ -156,12 +158,13 @@ def test_signal_mid_epoch_saves_state_and_resumes_exactly(subset, backbone, full
     assert stopped.iteration == 3 and not (tmp_path / f'{NAME}_Final.pth').exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 
-    resumed = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4',
-                               '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
+    with recorded_steps() as steps:
+        resumed = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4',
+                                   '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
     assert resumed.exit_code == 0
-    assert [r['iteration'] for r in resumed.iterations] == list(range(3, 8))
-    assert [r['lr'] for r in resumed.iterations] == pytest.approx([_expected_lr(i) for i in range(3, 8)])
-    assert [r['loc'] for r in resumed.iterations] == [r['loc'] for r in list(full.iterations)[3:]]
+    assert [r['iteration'] for r in steps] == list(range(3, 8))
+    assert [r['lr'] for r in steps] == pytest.approx([_expected_lr(i) for i in range(3, 8)])
+    assert [r['loc'] for r in steps] == [r['loc'] for r in full[3:]]
     _assert_same_weights(_weights(tmp_path / f'{NAME}_Final.pth'), _weights(full_out / f'{NAME}_Final.pth'))
 
 
@@ -174,11 +177,12 @@ def test_trains_when_the_caller_disabled_autograd(subset, backbone, tmp_path):
 def test_resume_net_and_resume_epoch_use_that_epochs_lr(subset, backbone, full_run, tmp_path):
     """The reference's --resume_net/--resume_epoch: plain weights, a fresh optimizer, and
     (fixed) the learning rate of the epoch it resumes at."""
-    full_out, _ = full_run
-    result = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4', '--resume_net',
-                              str(full_out / f'{NAME}_Final.pth'), '--resume_epoch', '3'))
-    assert [r['iteration'] for r in result.iterations] == [6, 7]
-    assert [r['lr'] for r in result.iterations] == pytest.approx([1e-5, 1e-5])
+    full_out, _, _ = full_run
+    with recorded_steps() as steps:
+        train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4', '--resume_net',
+                         str(full_out / f'{NAME}_Final.pth'), '--resume_epoch', '3'))
+    assert [r['iteration'] for r in steps] == [6, 7]
+    assert [r['lr'] for r in steps] == pytest.approx([1e-5, 1e-5])
 
 
 def test_nonfinite_loss_stops_naming_iteration_and_checkpoint(subset, backbone, tmp_path, monkeypatch):
@@ -201,7 +205,7 @@ def test_missing_pretrained_backbone_is_named(subset, tmp_path):
 
 
 def test_resume_rejects_plain_weights(subset, backbone, full_run, tmp_path):
-    full_out, _ = full_run
+    full_out, _, _ = full_run
     with pytest.raises(ValueError, match=r'not a training state .*--resume_net'):
         train.main(_args(subset, tmp_path, backbone, '--resume', str(full_out / f'{NAME}_Final.pth')))
 
@@ -267,10 +271,10 @@ def test_cuda_amp_run_and_exact_resume(subset, backbone, tmp_path):
     assert first.exit_code == 0 and first.iteration == 4
     state = torch.load(tmp_path / f'{NAME}_last_state.pth', map_location='cpu', weights_only=True)
     assert state['scaler'] and 'cuda' in state['rng'][0]
-    resumed = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4', '--device', 'cuda', '--amp',
-                               '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
-    assert [r['iteration'] for r in resumed.iterations] == [4, 5, 6, 7]
-    assert [r['lr'] for r in resumed.iterations] == pytest.approx([_expected_lr(i) for i in range(4, 8)])
-    assert all(all(map(torch.isfinite, map(torch.tensor, (r['loc'], r['cla'], r['landm']))))
-               for r in resumed.iterations)
+    with recorded_steps() as resumed:
+        train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4', '--device', 'cuda', '--amp',
+                         '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
+    assert [r['iteration'] for r in resumed] == [4, 5, 6, 7]
+    assert [r['lr'] for r in resumed] == pytest.approx([_expected_lr(i) for i in range(4, 8)])
+    assert all(all(map(torch.isfinite, map(torch.tensor, (r['loc'], r['cla'], r['landm'])))) for r in resumed)
     _weights(tmp_path / f'{NAME}_Final.pth')

@@ -15,7 +15,7 @@ import torch
 import train
 from data import cfg_mnet
 from layers.modules import MultiBoxLoss
-from tests.conftest import ROOT, need_shared
+from tests.conftest import ROOT, need_shared, recorded_steps
 from tests.test_train import _args, _subprocess_env, backbone, one_thread, subset  # noqa: F401 (fixtures)
 
 NAME = cfg_mnet['name']
@@ -152,9 +152,9 @@ def test_epoch_where_no_face_matches_a_prior_warns(tmp_path, backbone, caplog):
     """A face of 2 px is a usable box, but at 64 px no prior overlaps it enough: the loss
     is 0 throughout, and the run says so once."""
     label = _label_file(tmp_path, [(FACE_IMAGE, [f'200 200 2 2 {NO_LANDMARKS}'])])
-    with caplog.at_level(logging.INFO, logger='train'):
-        result = train.main(_args(label, tmp_path / 'out', backbone, '--max_epoch', '2', '--image_size', '64'))
-    assert [r['loc'] for r in result.iterations] == [0.0, 0.0]
+    with caplog.at_level(logging.INFO, logger='train'), recorded_steps() as steps:
+        train.main(_args(label, tmp_path / 'out', backbone, '--max_epoch', '2', '--image_size', '64'))
+    assert [r['loc'] for r in steps] == [0.0, 0.0]
     warnings = [r.getMessage() for r in caplog.records if 'no face matched a prior' in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith('epoch 1:'), warnings
 
@@ -186,10 +186,11 @@ def test_faceless_negatives_flag_trains_faceless_images(tmp_path, backbone):
     """Batch 1 over one face image and two faceless ones: with the flag the faceless steps
     (no positive, Loc 0) have a classification loss."""
     label = _label_file(tmp_path, [(BIG_FACES_IMAGE, _real_faces(BIG_FACES_IMAGE))] + [(i, []) for i in FACELESS_IMAGES])
-    result = train.main(_args(label, tmp_path / 'out', backbone, '--max_epoch', '1', '--batch_size', '1',
-                              '--faceless_negatives', '16'))
-    faceless_steps = [r for r in result.iterations if r['loc'] == 0]
-    assert len(faceless_steps) == 2 and all(r['cla'] > 0 for r in faceless_steps), list(result.iterations)
+    with recorded_steps() as steps:
+        train.main(_args(label, tmp_path / 'out', backbone, '--max_epoch', '1', '--batch_size', '1',
+                         '--faceless_negatives', '16'))
+    faceless_steps = [r for r in steps if r['loc'] == 0]
+    assert len(faceless_steps) == 2 and all(r['cla'] > 0 for r in faceless_steps), steps
 
 
 # --------------------------------------------------------------------------- the save folder

@@ -17,7 +17,7 @@ import train
 from curve import plot_metrics
 from data import cfg_mnet
 from models.retinaface import RetinaFace
-from tests.conftest import ROOT, need_shared
+from tests.conftest import ROOT, need_shared, recorded_steps
 from utils.checkpoint import load_model
 from utils.run_history import RunHistory
 from widerface_evaluate.validation import Validator, load_validation_set
@@ -92,7 +92,9 @@ def _records(folder):
 def val_run(split, backbone, tmp_path_factory):
     """An uninterrupted 3-epoch run validating after every epoch."""
     out = tmp_path_factory.mktemp('val_run')
-    return out, train.main(_args(split, out, backbone, '--max_epoch', '3'))
+    with recorded_steps() as steps:
+        result = train.main(_args(split, out, backbone, '--max_epoch', '3'))
+    return out, result, steps
 
 
 # --------------------------------------------------------------------------- the AP itself
@@ -167,15 +169,17 @@ def test_validator_restores_rng_and_training_mode(split, monkeypatch):
 
 def test_validation_does_not_change_training(split, backbone, val_run, tmp_path):
     """The same run with and without validation: the same losses and bit-identical weights."""
-    out, with_val = val_run
-    without = train.main(_args(split, tmp_path, backbone, '--max_epoch', '3', val=False))
-    assert [r['loc'] for r in with_val.iterations] == [r['loc'] for r in without.iterations]
+    out, _, with_val = val_run
+    with recorded_steps() as without:
+        train.main(_args(split, tmp_path, backbone, '--max_epoch', '3', val=False))
+    assert len(without) == 3 * EPOCH_SIZE
+    assert [r['loc'] for r in with_val] == [r['loc'] for r in without]
     _assert_same_weights(_weights(out / f'{NAME}_Final.pth'), _weights(tmp_path / f'{NAME}_Final.pth'))
     assert not (tmp_path / f'{NAME}_best.pth').exists()
 
 
 def test_validation_records_ap_and_time_apart_from_steps(val_run):
-    out, result = val_run
+    out, result, _ = val_run
     records = _records(out)
     assert [r['epoch'] for r in records] == [0, 1, 2, 3]  # epoch 0: the starting weights
     assert len({r['run_id'] for r in records}) == 1
@@ -229,7 +233,7 @@ def test_best_checkpoint_holds_the_weights_of_the_best_epoch(split, backbone, tm
 def test_resume_continues_the_validation_history(split, backbone, val_run, tmp_path):
     """Stop after epoch 2, resume to 3: the same records as the uninterrupted run (epochs 0-3
     once each, one run id), even with a stray record in the file (written after the state)."""
-    out, full_result = val_run
+    out, full_result, _ = val_run
     train.main(_args(split, tmp_path, backbone, '--max_epoch', '2'))
     metrics = tmp_path / f'{NAME}_metrics.jsonl'
     with open(metrics, 'a') as f:
@@ -246,7 +250,7 @@ def test_resume_continues_the_validation_history(split, backbone, val_run, tmp_p
 def test_resumed_epoch_record_covers_the_whole_epoch(split, backbone, val_run, tmp_path, monkeypatch):
     """SIGTERM in the first step of epoch 2, then --resume: epoch 2's record has both steps,
     and its means are the uninterrupted run's to the bit."""
-    out, _ = val_run
+    out, _, _ = val_run
     real_adjust = train.adjust_learning_rate
 
     def adjust_and_signal(optimizer, initial_lr, gamma, iteration, stepvalues):
