@@ -141,8 +141,10 @@ def main(args):
     if utils.kernels.compiled is None or utils.nms.compiled is None or evaluation.compiled is None:
         raise SystemExit("error: the compiled kernels are not built (or are out of date): "
                          "run `python setup.py build_ext --inplace` at the repository root")
-    # The bench switches kernels off on purpose: no "not built" warnings.
+    # The bench switches kernels off on purpose: no "not built" warnings; and it evaluates
+    # the same prediction sets again and again: their warnings once are enough (bench_evaluation).
     logging.getLogger('utils.compiled').setLevel(logging.ERROR)
+    logging.getLogger('widerface_evaluate.evaluation').setLevel(logging.ERROR)
     stages = [s for s in PIPELINE_STAGES if hasattr(utils.kernels.compiled, s)] + [NMS]
     configs = [ALL] + stages
     weights = default_weights()
