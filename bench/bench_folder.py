@@ -35,10 +35,8 @@ import time
 from pathlib import Path
 from unittest import mock
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
 import test_widerface
-from bench.common import default_weights
+from bench.common import ROOT, default_weights
 from utils.atomic import atomic_write_text
 from utils.cli import set_threads, setup_logging
 from utils.datapaths import shared_path

@@ -18,9 +18,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-from bench.common import IMAGES
+from bench.common import IMAGES, ROOT
 
 POLICIES = ('default', 'keep')
 

@@ -27,8 +27,7 @@ import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
+from bench.common import ROOT
 from utils.datapaths import shared_path
 
 # Run before a script or a phase measurement: IMPORT_TORCH=1 imports torch first,

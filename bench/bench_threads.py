@@ -26,7 +26,7 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from bench.common import ROOT
 
 # name -> (backend, --threads value or None for the default, environment, onnxruntime spinning)
 SETTINGS = {

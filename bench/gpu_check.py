@@ -18,19 +18,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
-
-from bench.common import IMAGES, _median_ms
+from bench.common import IMAGES, ROOT, _median_ms
 from data import cfg_mnet, cfg_re50
+from models.detector import Detector, load_detector
 from models.retinaface import RetinaFace
 from utils.checkpoint import load_model
 from utils.datapaths import shared_path
-from models.detector import Detector, load_detector
 from utils.image import read_image
 
 def check_detections(device):
@@ -83,7 +80,7 @@ def train(device, epochs, workers):
     pretrained = shared_path('weights', 'mobilenetV1X0.25_pretrain.tar')
     for amp in (False, True):
         with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, str(ROOT / 'train.py'), '--training_dataset', str(label), '--network', 'mobile0.25',
+            cmd = [sys.executable, os.path.join(ROOT, 'train.py'), '--training_dataset', str(label), '--network', 'mobile0.25',
                    '--device', str(device), '--batch_size', '8', '--image_size', '640', '--max_epoch', str(epochs),
                    '--num_workers', str(workers), '--pretrained', str(pretrained), '--seed', '0',
                    '--save_folder', out + '/', '--log_interval', '10'] + (['--amp'] if amp else [])
