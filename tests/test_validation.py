@@ -18,6 +18,7 @@ from curve import plot_metrics
 from data import cfg_mnet
 from models.retinaface import RetinaFace
 from tests.conftest import ROOT, need_shared, recorded_steps
+from tests.test_train import _assert_same_weights, _weights, backbone  # noqa: F401 (fixture)
 from utils.checkpoint import load_model
 from utils.run_history import RunHistory
 from widerface_evaluate.validation import Validator, load_validation_set
@@ -60,11 +61,6 @@ def split(tmp_path_factory):
             _write_part(root / 'val', blocks[N_TRAIN:N_TRAIN + N_VAL]))
 
 
-@pytest.fixture(scope='module')
-def backbone():
-    return need_shared('weights', 'mobilenetV1X0.25_pretrain.tar')
-
-
 def _args(split, save_folder, backbone, *extra, val=True):
     train_label, val_label = split
     return train.get_args_parser().parse_args([
@@ -72,16 +68,6 @@ def _args(split, save_folder, backbone, *extra, val=True):
         '--batch_size', str(BATCH), '--image_size', '160', '--num_workers', '0', '--seed', '0',
         '--pretrained', str(backbone), '--decay1', '1', '--decay2', '3',
         *(['--val_dataset', str(val_label)] if val else []), *extra])
-
-
-def _weights(path):
-    return load_model(RetinaFace(cfg_mnet, phase='test'), path).state_dict()
-
-
-def _assert_same_weights(a, b):
-    assert a.keys() == b.keys()
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], rtol=0, atol=0, msg=k)
 
 
 def _records(folder):
