@@ -376,8 +376,7 @@ class Detector:
                 if tuple(size) != padded:
                     rows = grid_crop_rows(tuple(self.cfg['steps']), self._anchors, tuple(size), padded)
                     image_outputs = self._runner.take_rows(image_outputs, rows)  # [P, ...] each
-                results.append(self._runner.detect(self._detect, *image_outputs, prior_boxes(self.cfg, size),
-                                                   size, resize))
+                results.append(self.postprocess(*image_outputs, size, resize))
         return results
 
 
