@@ -50,10 +50,10 @@ from utils.cli import (non_negative_float, non_negative_int, number_in, positive
 from utils.device import resolve_device
 from utils.distributed import World, destroy, init_from_torchrun, quiet_other_ranks, torchrun_world
 from utils.metric_logger import MetricLogger
-from widerface_evaluate.validation import validate_epoch, validator_from_args
 from utils.run_history import RunHistory
 from utils.train_state import (ResumableDistributedSampler, StopSignal, gather_rng_states, load_training_state,
                                save_training_state, seed_everything, set_rng_state, warn_changed_settings)
+from widerface_evaluate.validation import validate_epoch, validator_from_args
 
 logger = logging.getLogger('train')
 
@@ -70,7 +70,6 @@ DEFAULT_PRETRAINED = {
 }
 EXIT_NONFINITE_LOSS = 3
 LOG_FORMAT = '%(asctime)s %(message)s'
-
 
 # The <name>_train.log handler rank 0 adds to the root logger; main() removes it.
 _log_file_handler = None
@@ -152,7 +151,6 @@ def get_args_parser():
 
 
 # --------------------------------------------------------------------------- setup helpers
-
 
 
 def train_device(args):
@@ -368,7 +366,8 @@ def _prepare(args, world, stop, device):
     if len(dataset) == 0:
         raise ValueError(f"{args.training_dataset} lists no images")
     check_labels(dataset, args.training_dataset, args.faceless_negatives, log=logger)
-    run.validator = validator_from_args(args, cfg, device, world, log=logger)  # None without --val_dataset; checked before training
+    # None without --val_dataset; its files are checked now, before training.
+    run.validator = validator_from_args(args, cfg, device, world, log=logger)
     run.sampler = ResumableDistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
                                               seed=run.seed)
     run.epoch_size = math.ceil(len(run.sampler) / cfg['batch_size'])

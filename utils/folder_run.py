@@ -166,8 +166,8 @@ def detect_images(detector, jobs, skipped, progress=False):
         return img, detector.preprocess([img]), time.perf_counter() - tic
 
     done, start = 0, time.perf_counter()
-    with (logging_redirect_tqdm() if progress else nullcontext()), closing(prefetch(jobs, load)) as images, \
-            tqdm(total=len(jobs), desc='im_detect', unit='img', dynamic_ncols=True, disable=not (progress and jobs)) as bar:
+    bar = tqdm(total=len(jobs), desc='im_detect', unit='img', dynamic_ncols=True, disable=not (progress and jobs))
+    with (logging_redirect_tqdm() if progress else nullcontext()), closing(prefetch(jobs, load)) as images, bar:
         for job, loaded, error in images:
             bar.update()
             if error is not None:
