@@ -17,6 +17,7 @@ from models.onnx_export import (DEFAULT_LONG_SIDE, DEFAULT_OPSET, VERIFY_ATOL, e
 from utils.atomic import check_writable
 from utils.cli import add_threads_argument, non_negative_float, positive_int, run_cli, set_threads
 from utils.device import resolve_device
+from utils.errors import InputError
 
 
 def get_args_parser():
@@ -43,7 +44,7 @@ def get_args_parser():
 def main(args):
     """Export and verify; returns {'path', 'verification': [...]}. Raises ValueError if the check fails."""
     if args.long_side < 1:
-        raise ValueError(f"--long_side must be a positive number of pixels, got {args.long_side}")
+        raise InputError(f"--long_side must be a positive number of pixels, got {args.long_side}")
     check_writable(args.output, '--output')
     device = resolve_device('cpu' if args.cpu else 'auto')
     net = load_detector(args.network, args.trained_model, device=device).net

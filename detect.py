@@ -23,6 +23,7 @@ from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli
 from utils.datapaths import shared_path
 from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
+from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
 from utils.image import IMAGE_EXTENSIONS, draw_detections
 from utils.memory import keep_freed_memory
@@ -75,15 +76,15 @@ def list_images(spec, exclude=None):
             files += [os.path.join(folder, f) for f in names
                       if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))]
         if not files:
-            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {spec} or its sub-folders")
+            raise InputNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {spec} or its sub-folders")
         return sorted(files)
     if glob.has_magic(spec):
         files = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
         if not files:
-            raise FileNotFoundError(f"no files match {spec}")
+            raise InputNotFoundError(f"no files match {spec}")
         return files
     if not os.path.exists(spec):
-        raise FileNotFoundError(f"image not found: {spec}")
+        raise InputNotFoundError(f"image not found: {spec}")
     return [spec]
 
 
@@ -101,7 +102,7 @@ def output_paths(files, output, base=None):
     inputs = {os.path.realpath(f): f for f in files}
     for out in outs:
         if os.path.realpath(out) in inputs:
-            raise ValueError(f"--output {output} would overwrite the input {inputs[os.path.realpath(out)]} "
+            raise InputError(f"--output {output} would overwrite the input {inputs[os.path.realpath(out)]} "
                              f"with its annotated copy: choose another --output folder")
     return outs
 
@@ -153,7 +154,7 @@ def _detect_all(args, files, out_paths, world):
     def draw(img_raw, dets, out_path):
         os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
         if not cv2.imwrite(out_path, draw_detections(img_raw, dets, args.vis_thres)):
-            raise ValueError(f"could not write {out_path} (unsupported extension or unwritable folder)")
+            raise InputError(f"could not write {out_path} (unsupported extension or unwritable folder)")
 
     results, skipped = [], []
     try:
@@ -188,7 +189,7 @@ def _detect_all(args, files, out_paths, world):
     if len(files) > 1 or skipped:
         report_skipped(skipped)
     if not results:
-        raise ValueError(f"none of the {len(files)} images could be read")
+        raise InputError(f"none of the {len(files)} images could be read")
     return {'results': results, 'skipped': skipped}
 
 

@@ -24,6 +24,7 @@ from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli, str2bool
 from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
+from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
 from utils.image import draw_detections
 from utils.memory import keep_freed_memory
@@ -83,11 +84,11 @@ def main(args):
     list_path = args.image_list or os.path.join('data', args.dataset, 'img_list.txt')
     images_folder = args.images_folder or os.path.join('data', args.dataset, 'images')
     if not os.path.isfile(list_path):
-        raise FileNotFoundError(f"image list not found: {list_path} (pass --image_list)")
+        raise InputNotFoundError(f"image list not found: {list_path} (pass --image_list)")
     with open(list_path, 'r') as fr:
         names = fr.read().split()
     if not names:
-        raise ValueError(f"image list {list_path} is empty")
+        raise InputError(f"image list {list_path} is empty")
     out_path = os.path.join(args.save_folder, args.dataset + '_dets.txt')
     # Checked now: the file is written only at the end of the run.
     check_writable(out_path, '--save_folder')
@@ -129,7 +130,7 @@ def _detect_all(args, names, images_folder, out_path, world):
     skipped = merge_in_order(p[1] for p in parts)
     if not blocks:
         report_skipped(skipped)
-        raise ValueError(f"none of the {len(names)} images could be read (is --images_folder right?)")
+        raise InputError(f"none of the {len(names)} images could be read (is --images_folder right?)")
     # Skipped images get no block at all: an empty block would claim "no faces here".
     atomic_write_text(out_path, "".join(blocks))
     logger.info("wrote detections for %d images to %s", len(blocks), out_path)

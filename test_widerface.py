@@ -26,6 +26,7 @@ from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli, str2bool
 from utils.distributed import (all_gather, destroy, init_from_torchrun, merge_in_order, on_rank0,
                                quiet_other_ranks, shard)
+from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
 from utils.image import draw_detections
 from utils.memory import keep_freed_memory
@@ -68,12 +69,12 @@ def image_list_path(dataset_folder):
 def read_image_list(path):
     """The image paths of a WIDER list file, relative to the images folder (leading '/' removed)."""
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"image list not found: {path} (expected {IMAGE_LIST_NAME} beside the images "
-                                f"folder, or pass --image_list)")
+        raise InputNotFoundError(f"image list not found: {path} (expected {IMAGE_LIST_NAME} beside the images "
+                                 f"folder, or pass --image_list)")
     with open(path, 'r') as fr:
         names = [n.lstrip('/') for n in fr.read().split()]
     if not names:
-        raise ValueError(f"image list {path} is empty")
+        raise InputError(f"image list {path} is empty")
     return names
 
 
@@ -198,7 +199,7 @@ def _detect_all(args, names, world):
     if world.is_main:
         report_skipped(skipped)
     if skipped and not written and not resumed and world.is_main:
-        raise ValueError(f"none of the {attempted} images could be read (is --dataset_folder right?)")
+        raise InputError(f"none of the {attempted} images could be read (is --dataset_folder right?)")
     return {'written': written, 'resumed': resumed, 'skipped': skipped}
 
 

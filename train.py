@@ -49,6 +49,7 @@ from utils.cli import (non_negative_float, non_negative_int, number_in, positive
                        positive_int, run_cli, set_threads)
 from utils.device import resolve_device
 from utils.distributed import World, destroy, init_from_torchrun, quiet_other_ranks, torchrun_world
+from utils.errors import InputError, InputNotFoundError
 from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
 from utils.train_state import (ResumableDistributedSampler, StopSignal, gather_rng_states, load_training_state,
@@ -173,7 +174,7 @@ def resolve_pretrained(arg, cfg):
     else:
         path = arg
     if not os.path.isfile(path):
-        raise FileNotFoundError(
+        raise InputNotFoundError(
             f"pretrained backbone not found: {path} (pass --pretrained PATH to the ImageNet {cfg['name']} "
             f"weights, or --pretrained none to train from scratch)")
     return path
@@ -189,20 +190,20 @@ def build_config(args):
             cfg[key] = value
     for key in ('batch_size', 'epoch', 'image_size'):
         if cfg[key] <= 0:
-            raise ValueError(f"{key} must be positive, got {cfg[key]}")
+            raise InputError(f"{key} must be positive, got {cfg[key]}")
     if cfg['image_size'] <= max(cfg['steps']):
         # Smaller, the priors (16 px and up) dwarf every face, so no face matches one and
         # the loss is 0; at the largest stride itself the coarsest feature map is a single
         # cell, and batch norm fails on an image alone in its batch.
-        raise ValueError(f"--image_size {cfg['image_size']} is too small for {cfg['name']}: it must be larger than "
+        raise InputError(f"--image_size {cfg['image_size']} is too small for {cfg['name']}: it must be larger than "
                          f"its largest stride, {max(cfg['steps'])} (the reference trains at "
                          f"{cfg_for_network(args.network)['image_size']})")
     if args.lr <= 0:
-        raise ValueError(f"--lr must be positive, got {args.lr}")
+        raise InputError(f"--lr must be positive, got {args.lr}")
     if args.num_workers < 0:
-        raise ValueError(f"--num_workers must be >= 0, got {args.num_workers}")
+        raise InputError(f"--num_workers must be >= 0, got {args.num_workers}")
     if args.log_interval < 1:
-        raise ValueError(f"--log_interval must be >= 1, got {args.log_interval}")
+        raise InputError(f"--log_interval must be >= 1, got {args.log_interval}")
     return cfg
 
 
@@ -338,7 +339,7 @@ def _prepare(args, world, stop, device):
         logger.warning("--amp needs CUDA; training in float32 on %s", device)
         run.amp = False
     if args.resume and args.resume_net:
-        raise ValueError("give either --resume (a training state) or --resume_net (plain weights), not both")
+        raise InputError("give either --resume (a training state) or --resume_net (plain weights), not both")
     if run.world.is_main:
         check_save_folder(args.save_folder)
         _open_log_file(run.path('_train.log'))
@@ -364,7 +365,7 @@ def _prepare(args, world, stop, device):
     logger.info('Loading Dataset...')
     dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, BGR_MEAN))
     if len(dataset) == 0:
-        raise ValueError(f"{args.training_dataset} lists no images")
+        raise InputError(f"{args.training_dataset} lists no images")
     check_labels(dataset, args.training_dataset, args.faceless_negatives, log=logger)
     # None without --val_dataset; its files are checked now, before training.
     run.validator = validator_from_args(args, cfg, device, world, log=logger)
@@ -397,7 +398,7 @@ def _choose_seed(run, state):
     args, cfg = run.args, run.cfg
     if state is not None:
         if state['cfg'].get('name') != cfg['name']:
-            raise ValueError(f"{args.resume} was trained with {state['cfg'].get('name')}, not {cfg['name']} "
+            raise InputError(f"{args.resume} was trained with {state['cfg'].get('name')}, not {cfg['name']} "
                              f"(--network {args.network})")
         seed = int(state['seed'])
         if args.seed is not None and args.seed != seed:

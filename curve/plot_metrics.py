@@ -15,6 +15,7 @@ from pathlib import Path
 
 from utils.atomic import atomic_write
 from utils.cli import run_cli
+from utils.errors import InputError
 
 LOSSES = (('loss', 'total (weighted sum)'), ('loc', 'box (Loc)'), ('cla', 'class (Cla)'), ('landm', 'landmarks (Landm)'))
 SETTING_COLOURS = {'easy': 'tab:green', 'medium': 'tab:orange', 'hard': 'tab:red', 'all': 'tab:blue'}
@@ -31,9 +32,9 @@ def read_records(path):
             try:
                 record = json.loads(line)
             except ValueError:
-                raise ValueError(f"{path}:{lineno}: not a JSON record: {line[:80]!r}") from None
+                raise InputError(f"{path}:{lineno}: not a JSON record: {line[:80]!r}") from None
             if not isinstance(record, dict) or not isinstance(record.get('epoch'), int):
-                raise ValueError(f"{path}:{lineno}: a record without an integer 'epoch': {line[:80]!r}")
+                raise InputError(f"{path}:{lineno}: a record without an integer 'epoch': {line[:80]!r}")
             by_epoch[record['epoch']] = record
     return [by_epoch[e] for e in sorted(by_epoch)]
 
@@ -140,7 +141,7 @@ def get_args_parser():
 def main(args):
     records = read_records(args.metrics)
     if not records:
-        raise ValueError(f"{args.metrics} holds no records")
+        raise InputError(f"{args.metrics} holds no records")
     output = args.output or str(Path(args.metrics).with_suffix('.png'))
     result = plot_records(records, output, title=args.title or Path(args.metrics).name)
     best = result['best']

@@ -7,6 +7,8 @@
 # the model in DataParallel when ngpu > 1). Here the device comes from train.py's
 # --device flag and multi-GPU training uses torchrun; see README.md.
 
+from utils.errors import InputError
+
 cfg_mnet = {
     'name': 'mobilenet0.25',
     'min_sizes': [[16, 32], [64, 128], [256, 512]],
@@ -63,5 +65,5 @@ NETWORKS = {'mobile0.25': cfg_mnet, 'resnet50': cfg_re50}
 def cfg_for_network(network):
     """Return the config dict for a --network name ('mobile0.25' or 'resnet50')."""
     if network not in NETWORKS:
-        raise ValueError(f"unknown network {network!r}: expected one of {sorted(NETWORKS)}")
+        raise InputError(f"unknown network {network!r}: expected one of {sorted(NETWORKS)}")
     return NETWORKS[network]

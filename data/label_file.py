@@ -8,6 +8,8 @@ import os
 
 import numpy as np
 
+from utils.errors import InputError, InputNotFoundError
+
 # Values per face line of the two label formats.
 TRAIN_LINE_VALUES = 20
 BOXES_ONLY_LINE_VALUES = 4
@@ -28,7 +30,7 @@ def read_label_file(txt_path):
     """
     txt_path = os.fspath(txt_path)
     if not os.path.isfile(txt_path):
-        raise FileNotFoundError(f"label file not found: {txt_path}")
+        raise InputNotFoundError(f"label file not found: {txt_path}")
     entries = []
     current = None
     with open(txt_path, 'r') as f:
@@ -39,23 +41,23 @@ def read_label_file(txt_path):
             if line.startswith('#'):
                 rel = line[1:].strip()
                 if not rel:
-                    raise ValueError(f"{txt_path}:{lineno}: '#' line without an image path")
+                    raise InputError(f"{txt_path}:{lineno}: '#' line without an image path")
                 current = (rel, [])
                 entries.append(current)
                 continue
             if current is None:
-                raise ValueError(f"{txt_path}:{lineno}: face line before the first '# image' line: {line[:80]!r}")
+                raise InputError(f"{txt_path}:{lineno}: face line before the first '# image' line: {line[:80]!r}")
             fields = line.split()
             if len(fields) not in (TRAIN_LINE_VALUES, BOXES_ONLY_LINE_VALUES):
-                raise ValueError(
+                raise InputError(
                     f"{txt_path}:{lineno}: expected {TRAIN_LINE_VALUES} values (x y w h, 5 x (lx ly flag), score) "
                     f"or {BOXES_ONLY_LINE_VALUES} (x y w h), got {len(fields)}: {line[:80]!r}")
             try:
                 values = [float(x) for x in fields]
             except ValueError:
-                raise ValueError(f"{txt_path}:{lineno}: non-numeric value in face line: {line[:80]!r}") from None
+                raise InputError(f"{txt_path}:{lineno}: non-numeric value in face line: {line[:80]!r}") from None
             if not all(np.isfinite(values)):
-                raise ValueError(f"{txt_path}:{lineno}: non-finite value in face line: {line[:80]!r}")
+                raise InputError(f"{txt_path}:{lineno}: non-finite value in face line: {line[:80]!r}")
             current[1].append(values)
 
     parsed = []

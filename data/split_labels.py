@@ -16,6 +16,7 @@ from pathlib import Path
 from data.wider_face import read_label_file
 from utils.atomic import atomic_write_text
 from utils.cli import run_cli
+from utils.errors import InputError
 
 
 def get_args_parser():
@@ -31,7 +32,7 @@ def split_blocks(label_path, every, offset=0):
     """(train_blocks, val_blocks): the source file's image blocks ('# path' line and its
     face lines, verbatim) sorted into the two parts."""
     if every < 2:
-        raise ValueError(f"--every must be >= 2, got {every}")
+        raise InputError(f"--every must be >= 2, got {every}")
     read_label_file(label_path)  # validates the file (clear errors naming the line)
     blocks = []
     with open(label_path) as f:

@@ -27,6 +27,8 @@ import torch.utils.data as data
 
 from .label_file import TRAIN_LINE_VALUES, read_label_file
 
+from utils.errors import InputError, InputNotFoundError
+
 logger = logging.getLogger(__name__)
 
 # Above this fraction of unusable boxes (no area, or outside the image) check_labels warns.
@@ -93,7 +95,7 @@ def image_size(path):
     except Exception:
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
-            raise ValueError(f"cannot decode image {path}: not a readable image file") from None
+            raise InputError(f"cannot decode image {path}: not a readable image file") from None
         return img.shape[1], img.shape[0]
 
 
@@ -130,10 +132,10 @@ def check_labels(dataset, label_path, faceless_negatives=0, log=logger):
     summary = label_summary(dataset)
     dropped = summary.degenerate + summary.outside
     if summary.boxes == 0:
-        raise ValueError(f"{label_path}: none of its {summary.images} images has a face line; "
+        raise InputError(f"{label_path}: none of its {summary.images} images has a face line; "
                          f"training needs faces (without any the loss is 0 and nothing is learnt)")
     if summary.usable == 0:
-        raise ValueError(f"{label_path}: none of its {summary.boxes} boxes is usable "
+        raise InputError(f"{label_path}: none of its {summary.boxes} boxes is usable "
                          f"({summary.degenerate} degenerate (no width or height), {summary.outside} outside the "
                          f"image); training needs faces (without any the loss is 0 and nothing is learnt)")
     if dropped > DROPPED_BOXES_WARNING * summary.boxes:
@@ -177,7 +179,7 @@ class WiderFaceDetection(data.Dataset):
             self.words.append(faces)
         missing = [p for p in self.imgs_path if not os.path.isfile(p)]
         if missing:
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"{len(missing)} of the {len(self.imgs_path)} images listed in {self.txt_path} are missing, "
                 f"e.g. {missing[0]} (images are read from the 'images' folder beside label.txt)")
         n_faces = sum(len(w) for w in self.words)
@@ -192,10 +194,10 @@ class WiderFaceDetection(data.Dataset):
         """The image as an ndarray [H, W, 3] uint8 in BGR order."""
         path = self.imgs_path[index]
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"image not found: {path} (listed in {self.txt_path})")
+            raise InputNotFoundError(f"image not found: {path} (listed in {self.txt_path})")
         img = cv2.imread(path, cv2.IMREAD_COLOR)
         if img is None:
-            raise ValueError(f"cannot decode image {path} (listed in {self.txt_path}): not a readable image file")
+            raise InputError(f"cannot decode image {path} (listed in {self.txt_path}): not a readable image file")
         return img
 
     def __getitem__(self, index):

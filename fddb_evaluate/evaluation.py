@@ -37,6 +37,8 @@ from pathlib import Path
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
+from utils.errors import InputError, InputNotFoundError
+
 logger = logging.getLogger(__name__)
 
 MATCH_OVERLAP = 0.5  # a matched pair is a discrete true positive when its overlap is above this
@@ -59,18 +61,18 @@ def _blocks(path, values_per_line, what):
             continue
         name_lineno = i + 1
         if i + 1 >= len(lines):
-            raise ValueError(f"{path}:{i + 2}: missing the {what} count after image {name!r}")
+            raise InputError(f"{path}:{i + 2}: missing the {what} count after image {name!r}")
         try:
             count = float(lines[i + 1])  # test_fddb.py writes the count as a float ("3.0")
             if not count.is_integer() or count < 0:
                 raise ValueError
         except ValueError:
-            raise ValueError(f"{path}:{i + 2}: expected a {what} count, got {lines[i + 1]!r}") from None
+            raise InputError(f"{path}:{i + 2}: expected a {what} count, got {lines[i + 1]!r}") from None
         count = int(count)
         rows = []
         for j in range(i + 2, i + 2 + count):
             if j >= len(lines):
-                raise ValueError(f"{path}:{j + 1}: image {name!r} announces {count} {what}s "
+                raise InputError(f"{path}:{j + 1}: image {name!r} announces {count} {what}s "
                                  f"but the file ends after {len(rows)}")
             parts = lines[j].split()
             try:
@@ -78,7 +80,7 @@ def _blocks(path, values_per_line, what):
             except ValueError:
                 row = []
             if len(row) != values_per_line or not np.isfinite(row).all():
-                raise ValueError(f"{path}:{j + 1}: expected {values_per_line} numbers for a {what}, "
+                raise InputError(f"{path}:{j + 1}: expected {values_per_line} numbers for a {what}, "
                                  f"got {lines[j]!r}")
             rows.append(row)
         yield name, np.array(rows, dtype=np.float64).reshape(-1, values_per_line), name_lineno
@@ -89,7 +91,7 @@ def _collect(path, values_per_line, what):
     out, first_line = {}, {}
     for name, rows, lineno in _blocks(path, values_per_line, what):
         if name in out:
-            raise ValueError(f"{path}:{lineno}: image {name!r} appears a second time "
+            raise InputError(f"{path}:{lineno}: image {name!r} appears a second time "
                              f"(first at line {first_line[name]})")
         out[name], first_line[name] = rows, lineno
     return out
@@ -113,7 +115,7 @@ def load_detections(path):
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"FDDB detection file not found: {path}")
+        raise InputNotFoundError(f"FDDB detection file not found: {path}")
     return _collect(path, 5, "detection")
 
 
@@ -138,11 +140,11 @@ def read_fold_list(path, names):
                        "; ".join(f"{n} at lines {', '.join(map(str, ls))}" for n, ls in repeated.items()))
     unannotated = [n for n in seen if n not in names]
     if unannotated:
-        raise ValueError(f"{path}: {len(unannotated)} listed images have no ellipse annotation, "
+        raise InputError(f"{path}: {len(unannotated)} listed images have no ellipse annotation, "
                          f"e.g. {unannotated[0]!r}")
     unlisted = [n for n in names if n not in seen]
     if unlisted:
-        raise ValueError(f"{path}: {len(unlisted)} annotated images are not listed, e.g. {unlisted[0]!r}")
+        raise InputError(f"{path}: {len(unlisted)} annotated images are not listed, e.g. {unlisted[0]!r}")
     return list(seen)
 
 
@@ -162,12 +164,12 @@ def load_annotations(paths):
         if p.is_dir():
             found = sorted(p.glob(ELLIPSE_FILE_GLOB))
             if not found:
-                raise FileNotFoundError(f"no {ELLIPSE_FILE_GLOB} file in {p}")
+                raise InputNotFoundError(f"no {ELLIPSE_FILE_GLOB} file in {p}")
             files += found
         elif p.is_file():
             files.append(p)
         else:
-            raise FileNotFoundError(f"FDDB annotation file or folder not found: {p}")
+            raise InputNotFoundError(f"FDDB annotation file or folder not found: {p}")
     annotations = {}
     for f in files:
         faces = load_ellipse_list(f)
@@ -176,7 +178,7 @@ def load_annotations(paths):
             read_fold_list(fold_list, faces)
         for name in faces:
             if name in annotations:
-                raise ValueError(f"{f}: image {name!r} is annotated in another file too")
+                raise InputError(f"{f}: image {name!r} is annotated in another file too")
         annotations.update(faces)
     logger.info("read %d annotated images, %d faces", len(annotations), sum(map(len, annotations.values())))
     return annotations
@@ -317,7 +319,7 @@ def evaluate(annotations, detections):
         logger.info("%d images with detections are not annotated here and are ignored", extra)
     num_faces = sum(len(f) for f in annotations.values())
     if num_faces == 0:
-        raise ValueError("the annotations hold no face")
+        raise InputError("the annotations hold no face")
     # Each image adds step changes at its own scores; the dataset curve is their running sum.
     events = []
     for name, faces in annotations.items():

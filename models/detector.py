@@ -32,6 +32,7 @@ from models.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx
 from utils import kernels
 from utils.cli import add_threads_argument, optional_top_k, probability, set_threads, warn_if_cpus_busy
 from utils.device import BACKENDS, resolve_device
+from utils.errors import InputError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ def resolve_backend(backend, onnx_model):
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}: expected one of {list(BACKENDS)}")
     if backend == 'torch' and onnx_model is not None:
-        raise ValueError(f"the ONNX model {os.fspath(onnx_model)} runs in onnxruntime, not in the torch backend: "
+        raise InputError(f"the ONNX model {os.fspath(onnx_model)} runs in onnxruntime, not in the torch backend: "
                          f"use --backend onnxruntime (or leave --backend out), or drop --onnx_model")
     return backend
 
@@ -420,7 +421,7 @@ def load_detector(network, trained_model, device='cpu', backend=None, onnx_model
 
         path = os.fspath(trained_model)
         if not os.path.isfile(path):
-            raise FileNotFoundError(
+            raise InputNotFoundError(
                 f"weights not found: {path}. Download the published {os.path.basename(path)} (see README) "
                 f"and put it in ./weights/, or pass its path with --trained_model")
         net = RetinaFace(cfg, phase='test')

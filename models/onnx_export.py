@@ -30,6 +30,8 @@ import numpy as np
 
 from data.config import BGR_MEAN, NETWORKS
 
+from utils.errors import InputError, InputNotFoundError
+
 logger = logging.getLogger(__name__)
 
 INPUT_NAME = 'input0'  # the reference's input name, kept so existing consumers still work
@@ -177,13 +179,13 @@ def pipeline_metadata(session, name='the ONNX model'):
     props = session.get_modelmeta().custom_metadata_map
     network = props.get(NETWORK_KEY)
     if network is not None and network not in NETWORKS:
-        raise ValueError(f"{name}: metadata {NETWORK_KEY!r} is {network!r}, expected one of {sorted(NETWORKS)}")
+        raise InputError(f"{name}: metadata {NETWORK_KEY!r} is {network!r}, expected one of {sorted(NETWORKS)}")
 
     def value(key):
         try:
             return json.loads(props[key])
         except ValueError:
-            raise ValueError(f"{name}: metadata {key!r} is not JSON: {props[key]!r}") from None
+            raise InputError(f"{name}: metadata {key!r} is not JSON: {props[key]!r}") from None
 
     def numbers(x, n=None):
         return (isinstance(x, list) and (n is None or len(x) == n) and len(x) > 0
@@ -197,13 +199,13 @@ def pipeline_metadata(session, name='the ONNX model'):
                 and isinstance(min_sizes, list) and len(min_sizes) == len(steps)
                 and all(numbers(m) and min(m) > 0 for m in min_sizes)
                 and isinstance(cfg['clip'], bool) and numbers(cfg['variance'], 2)):
-            raise ValueError(f"{name}: metadata config is malformed: "
+            raise InputError(f"{name}: metadata config is malformed: "
                              + ", ".join(f"{k}={props[k]}" for k in CONFIG_KEYS))
     mean = None
     if MEAN_KEY in props:
         mean = value(MEAN_KEY)
         if not numbers(mean, 3):
-            raise ValueError(f"{name}: metadata {MEAN_KEY!r} must be 3 numbers (B, G, R), got {props[MEAN_KEY]!r}")
+            raise InputError(f"{name}: metadata {MEAN_KEY!r} must be 3 numbers (B, G, R), got {props[MEAN_KEY]!r}")
         mean = tuple(mean)
     return network, cfg, mean
 
@@ -243,12 +245,12 @@ def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
     if not isinstance(model, (bytes, bytearray)):
         model = os.fspath(model)
         if not os.path.isfile(model):
-            raise FileNotFoundError(f"ONNX model not found: {model} (make one with convert_to_onnx.py)")
+            raise InputNotFoundError(f"ONNX model not found: {model} (make one with convert_to_onnx.py)")
     device_type, _, index = str(device).partition(':')
     providers = ['CPUExecutionProvider']
     if device_type == 'cuda':
         if 'CUDAExecutionProvider' not in ort.get_available_providers():
-            raise ValueError("device is CUDA but this onnxruntime has no CUDAExecutionProvider "
+            raise InputError("device is CUDA but this onnxruntime has no CUDAExecutionProvider "
                              "(install onnxruntime-gpu, or use the torch backend on GPU)")
         providers = [('CUDAExecutionProvider', {'device_id': int(index or 0)}), 'CPUExecutionProvider']
     options = ort.SessionOptions()
@@ -260,11 +262,11 @@ def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
     try:
         session = ort.InferenceSession(model, options, providers=providers)
     except Exception as e:  # onnxruntime raises its own exception types for bad files
-        raise ValueError(f"{name} is not a loadable ONNX model: {type(e).__name__}: {e}") from e
+        raise InputError(f"{name} is not a loadable ONNX model: {type(e).__name__}: {e}") from e
     inputs = [i.name for i in session.get_inputs()]
     outputs = [o.name for o in session.get_outputs()]
     if inputs != [INPUT_NAME] or len(outputs) != len(OUTPUT_NAMES):
-        raise ValueError(f"{name} is not a RetinaFace export: inputs {inputs}, outputs {outputs} "
+        raise InputError(f"{name} is not a RetinaFace export: inputs {inputs}, outputs {outputs} "
                          f"(expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)})")
     return session
 
@@ -310,11 +312,11 @@ def verify_onnx(net, model, inputs, atol=VERIFY_ATOL):
         diffs = {}
         for name, a, b in zip(OUTPUT_NAMES, ort_outputs, torch_outputs):
             if a.shape != b.shape:
-                raise ValueError(f"ONNX output {name!r} has shape {a.shape} but PyTorch gives {b.shape} "
+                raise InputError(f"ONNX output {name!r} has shape {a.shape} but PyTorch gives {b.shape} "
                                  f"for a {size[0]}x{size[1]} input")
             diffs[name] = float(np.abs(a - b).max()) if a.size else 0.0
             if not diffs[name] <= atol:  # also catches NaN
-                raise ValueError(f"ONNX export does not match PyTorch: output {name!r} differs by "
+                raise InputError(f"ONNX export does not match PyTorch: output {name!r} differs by "
                                  f"{diffs[name]:.3g} (> {atol:g}) on a {size[0]}x{size[1]} input")
         logger.info("onnxruntime matches PyTorch on %dx%d: %s", size[0], size[1],
                     ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()))

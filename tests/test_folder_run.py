@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from utils.distributed import World, all_gather, gather_to_rank0, merge_in_order, on_rank0, shard
+from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, prefetch
 
 
@@ -25,14 +26,27 @@ def test_prefetch_yields_in_order_when_loads_finish_out_of_order():
 def test_prefetch_reports_unreadable_items_and_goes_on():
     def load(i):
         if i == 1:
-            raise ValueError('bad image')
+            raise InputError('bad image')
         if i == 2:
-            raise FileNotFoundError('no such image')
+            raise InputNotFoundError('no such image')
         return i
 
     out = list(prefetch(range(4), load))
     assert [(item, value) for item, value, _ in out] == [(0, 0), (1, None), (2, None), (3, 3)]
-    assert [type(e).__name__ if e else None for _, _, e in out] == [None, 'ValueError', 'FileNotFoundError', None]
+    assert [type(e).__name__ if e else None for _, _, e in out] == [None, 'InputError', 'InputNotFoundError', None]
+
+
+@pytest.mark.parametrize('bug', [ValueError('from inside numpy'), FileNotFoundError('a file the code made')])
+def test_prefetch_raises_a_plain_value_or_os_error_as_a_bug(bug):
+    """Only InputError means "this input is unusable": a ValueError from a bug in the load
+    function must not turn into a skipped image."""
+    def load(i):
+        if i == 1:
+            raise bug
+        return i
+
+    with pytest.raises(type(bug), match=str(bug)):
+        list(prefetch(range(3), load))
 
 
 def test_prefetch_raises_other_errors_at_their_item():

@@ -2,10 +2,26 @@
 
 A crash or Ctrl-C in the middle leaves the previous file (or none), never half a file.
 The file gets the permissions a plain open(path, 'w') would give it, not mkstemp's 0600.
+
+Results folders are also locked for the length of a run (lock_folder), so that two runs
+never write into one folder at once, and the temporary files a killed run left behind
+are removed when the next run takes the lock (remove_stale_temp_files).
 """
+import errno
+import fcntl
 import os
 import stat
 import tempfile
+
+from utils.errors import InputError
+
+
+# Every temporary file this project makes ends with this suffix (after a random part), so
+# that a later run can tell its own leftovers from the user's files and remove only those.
+TEMP_SUFFIX = '.retinaface.tmp'
+# The lock file a run holds in its results folder (hidden; left in place, since removing
+# it would let a third run lock a new file while the second still holds the old one).
+LOCK_NAME = '.retinaface.lock'
 
 
 def current_umask():
@@ -36,8 +52,11 @@ def atomic_write(path, write, binary=True):
     """Call write(f) on a temporary file beside path, then rename it to path."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix='.tmp')
+    try:
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise _write_error(path, e) from e
     try:
         # mkstemp makes the file private (0600); results and checkpoints are meant to be
         # read by colleagues and evaluation jobs like any other file the user writes.
@@ -47,10 +66,37 @@ def atomic_write(path, write, binary=True):
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(e, OSError):
+            # A full disk or a folder made read-only mid-run: the user's to fix, and the
+            # previous file (if any) is still there.
+            raise _write_error(path, e) from e
         raise
+
+
+def free_space(directory):
+    """Bytes free for this user on directory's file system, as a short text ('1.2 GB'), or
+    'unknown' where the system does not say."""
+    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)  # the folder would have been created
+    try:
+        st = os.statvfs(directory)
+    except (OSError, AttributeError):
+        return 'unknown'
+    free = st.f_bavail * st.f_frsize
+    for unit in ('bytes', 'kB', 'MB', 'GB'):
+        if free < 1000 or unit == 'GB':
+            return f"{free:.0f} {unit}" if unit == 'bytes' else f"{free:.1f} {unit}"
+        free /= 1000
+    return 'unknown'  # not reached
+
+
+def _write_error(path, e):
+    """An InputError naming the file that could not be written, why, and the free space."""
+    directory = os.path.dirname(os.path.abspath(path))
+    return InputError(f"cannot write {path}: {e.strerror or e} ({free_space(directory)} free in {directory})")
 
 
 def atomic_save(obj, path):
@@ -87,19 +133,108 @@ def check_writable(path, what=None, folder=False):
     target = os.path.abspath(path)
     if folder:
         if os.path.exists(target) and not os.path.isdir(target):
-            raise ValueError(f"cannot write {label}: it is a file, not a folder")
+            raise InputError(f"cannot write {label}: it is a file, not a folder")
         nearest = target
     else:
         if os.path.isdir(target):
-            raise ValueError(f"cannot write {label}: it is a folder, not a file")
+            raise InputError(f"cannot write {label}: it is a folder, not a file")
         nearest = os.path.dirname(target)
     while not os.path.lexists(nearest):
         nearest = os.path.dirname(nearest)
     if not os.path.isdir(nearest):
-        raise ValueError(f"cannot write {label}: {nearest} is a file, not a folder")
+        raise InputError(f"cannot write {label}: {nearest} is a file, not a folder")
     try:
-        fd, probe = tempfile.mkstemp(dir=nearest, prefix='.write_check.', suffix='.tmp')
+        fd, probe = tempfile.mkstemp(dir=nearest, prefix='.write_check.', suffix=TEMP_SUFFIX)
     except OSError as e:
-        raise ValueError(f"cannot write {label}: cannot create files in folder {nearest} ({e.strerror})") from None
+        raise InputError(f"cannot write {label}: cannot create files in folder {nearest} ({e.strerror})") from None
     os.close(fd)
     os.unlink(probe)
+
+
+def temp_path(path):
+    """A new, unique temporary file name beside path, ending with TEMP_SUFFIX (the file is
+    created empty, so no other writer can take the name); for writers that need a path
+    rather than a file object (e.g. an ONNX exporter). Rename it over path when done."""
+    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix=TEMP_SUFFIX)
+    except OSError as e:
+        raise _write_error(path, e) from e
+    os.close(fd)
+    return tmp
+
+
+def remove_stale_temp_files(folder, recursive=True):
+    """Remove the temporary files (.*TEMP_SUFFIX) that a killed run of this project left in
+    folder; other files are never touched. Call it only while holding the folder's lock, so
+    that no running writer's file is taken. Returns the paths removed."""
+    removed = []
+    for root, dirs, files in os.walk(folder):
+        for f in files:
+            if f.startswith('.') and f.endswith(TEMP_SUFFIX):
+                path = os.path.join(root, f)
+                try:
+                    os.unlink(path)
+                except FileNotFoundError:
+                    continue
+                removed.append(path)
+        if not recursive:
+            break
+    return removed
+
+
+class FolderLock:
+    """An exclusive lock on a results folder for the length of a run (fcntl.flock on
+    folder/LOCK_NAME, holding the owner's PID). The kernel releases it when the process
+    ends, however it ends, so a killed run never leaves the folder locked.
+
+        with lock_folder(args.save_folder, '--save_folder'):
+            ...  # the only run writing there
+
+    Raises:
+        InputError: another process holds the lock; the message names its PID.
+    """
+
+    def __init__(self, folder, what=None):
+        self.folder = os.fspath(folder)
+        self.what = what
+        self.path = os.path.join(self.folder, LOCK_NAME)
+        self._fd = None
+
+    def acquire(self):
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
+        except OSError as e:
+            raise _write_error(self.path, e) from e
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            owner = os.pread(fd, 64, 0).decode('ascii', 'replace').strip() or 'unknown'
+            os.close(fd)
+            if e.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                label = f"{self.what} {self.folder}" if self.what else self.folder
+                raise InputError(f"{label} is in use by another run (PID {owner}); wait for it to finish, "
+                                 f"or choose another folder") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self):
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def lock_folder(folder, what=None):
+    """FolderLock(folder, what), for a `with` block."""
+    return FolderLock(folder, what)

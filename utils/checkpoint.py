@@ -14,6 +14,8 @@ import os
 
 import torch
 
+from utils.errors import InputError, InputNotFoundError
+
 logger = logging.getLogger(__name__)
 
 # A key that only one of the two architectures has, to tell the user which network a
@@ -36,11 +38,11 @@ def load_state_dict_file(path):
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise InputNotFoundError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # unpickling arbitrary bytes can fail in many ways; all mean "not a checkpoint"
-        raise ValueError(
+        raise InputError(
             f"{path} is not a readable PyTorch checkpoint (truncated, corrupt or not a .pth file): "
             f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
 
@@ -51,7 +53,7 @@ def load_state_dict_file(path):
                 break
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
         desc = list(obj.keys())[:5] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(f"{path} does not hold a state_dict of tensors (found {desc})")
+        raise InputError(f"{path} does not hold a state_dict of tensors (found {desc})")
     return _strip_prefix(obj)
 
 
@@ -77,7 +79,7 @@ def load_model(model, path):
     if missing or unexpected or mismatched:
         guess = _guess_network(state_dict)
         hint = f" The file looks like weights for {guess}." if guess else ""
-        raise ValueError(
+        raise InputError(
             f"{path} does not fit this model: {len(missing)} missing keys (e.g. {missing[:3]}), "
             f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]}), "
             f"{len(mismatched)} shape mismatches (e.g. {mismatched[:2]}).{hint}")

@@ -7,6 +7,9 @@ import math
 import os
 import sys
 
+from utils.errors import InputError
+
+
 
 logger = logging.getLogger(__name__)
 
@@ -170,14 +173,15 @@ def setup_logging(level=logging.INFO):
 def run_cli(main, parser, argv=None):
     """Parse argv, run main(args) and return the process exit status.
 
-    Expected failures (a missing or unwritable file, bad input or settings) print one clear
-    line, 'error: ...', instead of a traceback, and give status 1; Ctrl-C gives 130.
+    Bad input (utils.errors.InputError: a missing or unwritable file, a malformed line, a
+    value out of range) prints one clear line, 'error: ...', instead of a traceback, and
+    gives status 1; Ctrl-C gives 130. Any other exception is a bug and keeps its traceback.
     """
     args = parser.parse_args(argv)
     setup_logging()
     try:
         main(args)
-    except (OSError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -7,6 +7,8 @@ resolves without importing torch, so that the torch-free deployment path stays f
 """
 import logging
 
+from utils.errors import InputError
+
 logger = logging.getLogger(__name__)
 
 BACKENDS = ('torch', 'onnxruntime')
@@ -46,7 +48,7 @@ def resolve_device(device='auto', backend='torch'):
         ValueError: device is not a device, or is CUDA while torch sees no CUDA device.
     """
     if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}: expected one of {list(BACKENDS)}")
+        raise InputError(f"unknown backend {backend!r}: expected one of {list(BACKENDS)}")
     if backend == 'onnxruntime':
         if str(device) == 'auto':
             if _onnxruntime_has_cuda():
@@ -55,7 +57,7 @@ def resolve_device(device='auto', backend='torch'):
             return HostDevice('cpu')
         device_type, _, index = str(device).partition(':')
         if device_type not in ('cpu', 'cuda') or not (index == '' or index.isdigit()):
-            raise ValueError(f"unknown device {str(device)!r}: expected 'cpu', 'cuda' or 'cuda:N'")
+            raise InputError(f"unknown device {str(device)!r}: expected 'cpu', 'cuda' or 'cuda:N'")
         return HostDevice(str(device))
     import torch
 
@@ -67,7 +69,7 @@ def resolve_device(device='auto', backend='torch'):
     try:
         device = torch.device(device)
     except RuntimeError as e:
-        raise ValueError(f"unknown device {str(device)!r}: {e}") from None
+        raise InputError(f"unknown device {str(device)!r}: {e}") from None
     if device.type == 'cuda' and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available (use the CPU)")
+        raise InputError(f"device {device} requested but CUDA is not available (use the CPU)")
     return device

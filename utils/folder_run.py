@@ -31,6 +31,7 @@ from contextlib import closing, nullcontext
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from utils.errors import InputError
 from utils.image import read_image
 
 logger = logging.getLogger(__name__)
@@ -43,9 +44,10 @@ PREFETCH_WORKERS = 2
 # Results waiting for the writer before submit() waits for it.
 MAX_PENDING_WRITES = 16
 
-# What a load function raises for an input that cannot be used (read_image's errors):
-# reported per item. Anything else is a bug or an interruption, raised in the caller.
-INPUT_ERRORS = (FileNotFoundError, ValueError)
+# What a load function raises for an input that cannot be used (read_image's errors, the
+# decoder's failure included): reported per item. Anything else is a bug or an
+# interruption, raised in the caller with its traceback.
+INPUT_ERRORS = (InputError,)
 
 
 def prefetch(items, load, depth=PREFETCH_DEPTH, workers=PREFETCH_WORKERS):

@@ -10,6 +10,8 @@ import os
 import cv2
 import numpy as np
 
+from utils.errors import InputError, InputNotFoundError
+
 logger = logging.getLogger(__name__)
 
 # Extensions a folder or glob of images is filtered by, and that a WIDER image name
@@ -61,24 +63,24 @@ def read_image(path):
     """
     path = os.fspath(path)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"image not found: {path}")
+        raise InputNotFoundError(f"image not found: {path}")
     if os.path.isdir(path):
-        raise ValueError(f"{path} is a directory, not an image file")
+        raise InputError(f"{path} is a directory, not an image file")
     try:
         with open(path, 'rb') as f:
             data = f.read()
     except OSError as e:
-        raise ValueError(f"cannot read image file {path}: {e}") from e
+        raise InputError(f"cannot read image file {path}: {e}") from e
     if not data:
-        raise ValueError(f"{path} is an empty file, not an image")
+        raise InputError(f"{path} is an empty file, not an image")
     # A JPEG cut short still decodes (the missing part grey) with only a libjpeg warning on
     # stderr; entropy-coded data can never contain FF D9, so a complete file has its
     # end-of-image marker after the last start-of-scan marker.
     if data.startswith(_JPEG_SOI) and data.rfind(_JPEG_EOI) < data.rfind(_JPEG_SOS):
-        raise ValueError(f"{path} is a truncated or corrupt JPEG (no end-of-image marker after the image data)")
+        raise InputError(f"{path} is a truncated or corrupt JPEG (no end-of-image marker after the image data)")
     img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
     if img is None or img.size == 0:
-        raise ValueError(f"{path} is not a readable image (unknown format, or corrupt)")
+        raise InputError(f"{path} is not a readable image (unknown format, or corrupt)")
     mode = _source_mode(data)
     if mode in _GREY_MODES:
         logger.warning("%s is a grayscale image: converted to 3-channel BGR (grey in every channel)", path)

@@ -16,6 +16,7 @@ import logging
 import os
 
 from utils.atomic import atomic_write_text
+from utils.errors import InputError
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +130,7 @@ def prepare_results_folder(folder, settings, result_files, model_path, script, r
             else:
                 why = (f"made by another run ({os.path.join(folder, MANIFEST_NAME)}): "
                        f"{describe_differences(manifest, settings, model_path)}")
-            raise ValueError(f"{folder} already holds {n} result file{'s' * (n != 1)} {why}. "
+            raise InputError(f"{folder} already holds {n} result file{'s' * (n != 1)} {why}. "
                              f"Pass {recompute_flag} to recompute every result here (the old files are "
                              f"removed first), or choose another {folder_flag}")
         for path in result_files:

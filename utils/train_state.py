@@ -16,6 +16,7 @@ import torch
 import torch.utils.data as data
 
 from utils.atomic import atomic_save
+from utils.errors import InputError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -103,14 +104,14 @@ def load_training_state(path):
     """Read a <name>_last_state.pth; a ValueError naming the file if it is not one."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"training state not found: {path}")
+        raise InputNotFoundError(f"training state not found: {path}")
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:
-        raise ValueError(f"{path} is not a readable training state: {type(e).__name__}: {e}") from e
+        raise InputError(f"{path} is not a readable training state: {type(e).__name__}: {e}") from e
     required = ('model', 'optimizer', 'iteration', 'epoch_size', 'cfg', 'seed', 'rng')
     if not isinstance(state, dict) or any(k not in state for k in required):
-        raise ValueError(f"{path} is not a training state written by train.py (it lacks "
+        raise InputError(f"{path} is not a training state written by train.py (it lacks "
                          f"{[k for k in required if not isinstance(state, dict) or k not in state]}); "
                          f"to start from plain weights use --resume_net")
     return state

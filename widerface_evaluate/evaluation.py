@@ -41,6 +41,7 @@ if __package__ in (None, ""):
 from data.label_file import read_label_file  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.compiled import load_kernel, warn_not_built  # noqa: E402
+from utils.errors import InputError, InputNotFoundError  # noqa: E402
 from utils.image import IMAGE_EXTENSIONS  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -191,11 +192,11 @@ def load_wider_gt(gt_dir):
     for key, fname in [("all", "wider_face_val.mat")] + [(s, f"wider_{s}_val.mat") for s in SETTINGS]:
         path = gt_dir / fname
         if not path.is_file():
-            raise FileNotFoundError(f"WIDER FACE ground truth file not found: {path}")
+            raise InputNotFoundError(f"WIDER FACE ground truth file not found: {path}")
         try:
             mats[key] = loadmat(str(path))
         except Exception as e:  # scipy raises its own types for files that are not .mat
-            raise ValueError(f"{path}: not a readable .mat file ({type(e).__name__}: {e})") from e
+            raise InputError(f"{path}: not a readable .mat file ({type(e).__name__}: {e})") from e
     gt_mat = mats["all"]
     names, box_list = [], []
     keep_lists = {s: [] for s in SETTINGS}
@@ -213,7 +214,7 @@ def load_wider_gt(gt_dir):
         mask = np.zeros(len(boxes), dtype=bool)
         for b0, n, idx in zip(start, count, keep_lists[s]):
             if len(idx) and (idx.min() < 1 or idx.max() > n):
-                raise ValueError(f"wider_{s}_val.mat: keep index out of range 1..{n}: {idx}")
+                raise InputError(f"wider_{s}_val.mat: keep index out of range 1..{n}: {idx}")
             mask[b0 + idx - 1] = True
         keep[s] = mask
         keep_count[s] = np.array([len(k) for k in keep_lists[s]], dtype=np.int64)
@@ -263,20 +264,20 @@ def read_pred_file(path):
         with open(path) as f:
             lines = f.read().splitlines()
     except UnicodeDecodeError:
-        raise ValueError(f"{path}: not a text file (a prediction file holds a name line, a count line "
+        raise InputError(f"{path}: not a text file (a prediction file holds a name line, a count line "
                          f"and 'x y w h score' lines)") from None
     if not lines or not lines[0].strip():
-        raise ValueError(f"{path}:1: missing the image name line")
+        raise InputError(f"{path}:1: missing the image name line")
     name = strip_image_ext(lines[0].strip().split("/")[-1])
     if len(lines) < 2:
-        raise ValueError(f"{path}:2: missing the box count line")
+        raise InputError(f"{path}:2: missing the box count line")
     try:
         count = float(lines[1])
         if not count.is_integer() or count < 0:
             raise ValueError
         count = int(count)
     except ValueError:
-        raise ValueError(f"{path}:2: expected a box count, got {lines[1]!r}") from None
+        raise InputError(f"{path}:2: expected a box count, got {lines[1]!r}") from None
     body = lines[2:]
     while body and not body[-1].strip():  # tolerate trailing blank lines
         body.pop()
@@ -291,7 +292,7 @@ def read_pred_file(path):
         _raise_bad_line(path, body)
     boxes = values.reshape(-1, 5)
     if count != len(boxes):
-        raise ValueError(f"{path}:2: the count line says {count} boxes but {len(boxes)} follow")
+        raise InputError(f"{path}:2: the count line says {count} boxes but {len(boxes)} follow")
     return name, boxes
 
 
@@ -304,8 +305,8 @@ def _raise_bad_line(path, body):
         except ValueError:
             ok = False
         if not ok:
-            raise ValueError(f"{path}:{lineno}: expected 5 finite numbers 'x y w h score', got {line!r}")
-    raise ValueError(f"{path}: malformed box lines")  # not reached: some line must be bad
+            raise InputError(f"{path}:{lineno}: expected 5 finite numbers 'x y w h score', got {line!r}")
+    raise InputError(f"{path}: malformed box lines")  # not reached: some line must be bad
 
 
 def load_predictions(pred_dir):
@@ -318,7 +319,7 @@ def load_predictions(pred_dir):
     """
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
-        raise FileNotFoundError(f"prediction folder not found: {pred_dir}")
+        raise InputNotFoundError(f"prediction folder not found: {pred_dir}")
     paths = sorted(Path(root) / f for root, _, files in os.walk(pred_dir) for f in files if f.endswith(".txt"))
     preds = {}
     for path in tqdm(paths, desc="Reading predictions", disable=None, leave=False):
@@ -326,7 +327,7 @@ def load_predictions(pred_dir):
         folder = path.parent.relative_to(pred_dir).as_posix()
         key = name if folder == "." else f"{folder}/{name}"
         if key in preds:
-            raise ValueError(f"{path}: a second prediction file for image {key!r}")
+            raise InputError(f"{path}: a second prediction file for image {key!r}")
         preds[key] = boxes
     logger.info("read %d prediction files from %s", len(preds), pred_dir)
     return preds
@@ -347,7 +348,7 @@ def check_predictions_match(preds, gt, pred_dir):
     message = (f"no prediction file in {pred_dir} matches the ground truth: expected <event>/<name>.txt "
                f"files for its images, such as {example}")
     if not preds:
-        raise ValueError(message + ", but the folder holds no .txt files")
+        raise InputError(message + ", but the folder holds no .txt files")
     found = next(iter(preds))
     message += f", but found e.g. {found}.txt"
     deeper = {key.split("/", 1)[0] for key in preds if "/" in key and key.split("/", 1)[1] in names}
@@ -356,7 +357,7 @@ def check_predictions_match(preds, gt, pred_dir):
         message += f" (one level too high? try -p {pred_dir / sorted(deeper)[0]})"
     elif any("/" not in key and key in by_basename for key in preds):
         message += f" (one level too low? -p is the folder that holds the event folders, e.g. {pred_dir.parent})"
-    raise ValueError(message)
+    raise InputError(message)
 
 
 def score_range(preds):
@@ -475,7 +476,7 @@ def evaluate(preds, gt, iou_thresh=IOU_THRESH, thresh_num=THRESH_NUM, only_predi
         ], axis=1)
         count_face = int(gt.keep_count[setting][evaluated].sum())
         if count_face == 0:
-            raise ValueError(f"setting {setting!r}: no ground-truth face among the evaluated images")
+            raise InputError(f"setting {setting!r}: no ground-truth face among the evaluated images")
         precision, recall = dataset_pr_info(pr_curve, count_face)
         results[setting] = dict(ap=float(voc_ap(recall, precision)), thresholds=thresholds,
                                 precision=precision, recall=recall, num_images=int(evaluated.sum()))

@@ -30,6 +30,7 @@ import torch
 from models.detector import Detector
 from utils.atomic import atomic_save
 from utils.distributed import World, broadcast_from_rank0, gather_to_rank0, shard
+from utils.errors import InputError, InputNotFoundError
 from utils.image import read_image
 from widerface_evaluate.evaluation import (LABEL_SETTING, evaluate, load_label_gt, load_wider_gt,
                                            strip_image_ext)
@@ -66,11 +67,11 @@ def load_validation_set(val_dataset, val_gt=None):
     val_dataset = os.fspath(val_dataset)
     if os.path.isdir(val_dataset):
         if val_gt is None:
-            raise ValueError(f"--val_dataset {val_dataset} is a WIDER val folder: give its ground truth "
+            raise InputError(f"--val_dataset {val_dataset} is a WIDER val folder: give its ground truth "
                              f"with --val_gt (the folder with wider_face_val.mat), or pass a label.txt")
         list_path = os.path.join(val_dataset, WIDER_IMAGE_LIST)
         if not os.path.isfile(list_path):
-            raise FileNotFoundError(f"--val_dataset {val_dataset}: {WIDER_IMAGE_LIST} not found in it")
+            raise InputNotFoundError(f"--val_dataset {val_dataset}: {WIDER_IMAGE_LIST} not found in it")
         with open(list_path) as f:
             names = [n.lstrip('/') for n in f.read().split()]
         image_root = os.path.join(val_dataset, 'images')
@@ -78,7 +79,7 @@ def load_validation_set(val_dataset, val_gt=None):
         best_setting = BEST_SETTING_WIDER
     elif os.path.isfile(val_dataset):
         if val_gt is not None:
-            raise ValueError(f"--val_gt is for a WIDER val folder; --val_dataset {val_dataset} is a label file "
+            raise InputError(f"--val_gt is for a WIDER val folder; --val_dataset {val_dataset} is a label file "
                              f"that holds its own boxes")
         gt = load_label_gt(val_dataset)
         with open(val_dataset) as f:
@@ -86,23 +87,23 @@ def load_validation_set(val_dataset, val_gt=None):
         image_root = os.path.join(os.path.dirname(os.path.abspath(val_dataset)), 'images')
         best_setting = LABEL_SETTING
     else:
-        raise FileNotFoundError(f"--val_dataset not found: {val_dataset}")
+        raise InputNotFoundError(f"--val_dataset not found: {val_dataset}")
     if not names:
-        raise ValueError(f"--val_dataset {val_dataset} lists no images")
+        raise InputError(f"--val_dataset {val_dataset} lists no images")
     paths = [os.path.join(image_root, n) for n in names]
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
-        raise FileNotFoundError(f"{len(missing)} of the {len(paths)} validation images are missing, e.g. "
+        raise InputNotFoundError(f"{len(missing)} of the {len(paths)} validation images are missing, e.g. "
                                 f"{missing[0]}")
     keys = [strip_image_ext(n) for n in names]
     known = set(gt.names)
     unknown = [k for k in keys if k not in known]
     if unknown:
-        raise ValueError(f"{len(unknown)} validation images have no ground truth, e.g. {unknown[0]!r}")
+        raise InputError(f"{len(unknown)} validation images have no ground truth, e.g. {unknown[0]!r}")
     listed = np.isin(np.array(gt.names, dtype=object), np.array(keys, dtype=object))
     for setting in gt.settings:
         if gt.keep_count[setting][listed].sum() == 0:
-            raise ValueError(f"--val_dataset {val_dataset}: no face of setting {setting!r} in its images, "
+            raise InputError(f"--val_dataset {val_dataset}: no face of setting {setting!r} in its images, "
                              f"so there is no AP to compute")
     return ValidationSet(keys, paths, gt, best_setting, val_dataset)
 
@@ -204,10 +205,10 @@ def validator_from_args(args, cfg, device, world, log=logger):
     """The Validator of train.py's --val_dataset / --val_gt / --eval_every (its files checked now), or None.
     Messages go to log (train.py passes its own logger)."""
     if args.eval_every < 1:
-        raise ValueError(f"--eval_every must be >= 1, got {args.eval_every}")
+        raise InputError(f"--eval_every must be >= 1, got {args.eval_every}")
     if args.val_dataset is None:
         if args.val_gt is not None:
-            raise ValueError("--val_gt needs --val_dataset (the WIDER val folder with images/ and wider_val.txt)")
+            raise InputError("--val_gt needs --val_dataset (the WIDER val folder with images/ and wider_val.txt)")
         return None
     vset = load_validation_set(args.val_dataset, args.val_gt)
     log.info("validating on %s: %d images, every %d epoch(s); best checkpoint by %s AP",

@@ -1,0 +1,77 @@
+"""Errors that are what they say: only utils.errors.InputError (bad input, named in one line)
+becomes an `error:` line or a skipped image; any other exception is a bug and keeps its
+traceback."""
+import argparse
+import shutil
+
+import numpy as np
+import pytest
+
+import detect
+from layers.functions import detection
+from tests.conftest import golden_image_path, need_shared
+from utils.cli import run_cli
+from utils.errors import InputError, InputNotFoundError
+
+PHOTO = 'val416_0_Parade_Parade_0_102'
+
+
+@pytest.fixture(scope='module')
+def weights():
+    return str(need_shared('weights', 'mobilenet0.25_Final.pth'))
+
+
+def _parser():
+    return argparse.ArgumentParser()
+
+
+def test_run_cli_turns_an_input_error_into_one_line_and_status_1(capsys):
+    def main(args):
+        raise InputError('labels.txt:3: expected 4 numbers')
+
+    assert run_cli(main, _parser(), []) == 1
+    assert capsys.readouterr().err.strip() == 'error: labels.txt:3: expected 4 numbers'
+
+
+def test_input_not_found_is_an_input_error_and_a_file_not_found_error():
+    e = InputNotFoundError('image not found: a.jpg')
+    assert isinstance(e, InputError) and isinstance(e, FileNotFoundError) and isinstance(e, ValueError)
+
+
+@pytest.mark.parametrize('bug', [ValueError('operands could not be broadcast'), OSError('a bug'),
+                                 FileNotFoundError('a file the code itself made')])
+def test_run_cli_lets_any_other_error_keep_its_traceback(bug, capsys):
+    def main(args):
+        raise bug
+
+    with pytest.raises(type(bug)):
+        run_cli(main, _parser(), [])
+    assert 'error:' not in capsys.readouterr().err
+
+
+def test_a_bug_while_preprocessing_is_raised_not_reported_as_an_unreadable_image(weights, tmp_path, monkeypatch,
+                                                                                 capsys):
+    """A ValueError injected inside numpy during preprocessing once gave "none of the 1
+    images could be read"; it must propagate with its traceback."""
+    def broken(*args, **kwargs):
+        raise ValueError('injected bug inside numpy')
+
+    monkeypatch.setattr(detection.np, 'ascontiguousarray', broken)
+    monkeypatch.setattr(detection.kernels, 'compiled', type('K', (), {'to_input': staticmethod(broken)})())
+    with pytest.raises(ValueError, match='injected bug inside numpy'):
+        run_cli(detect.main, detect.get_args_parser(),
+                ['-m', weights, '--image', str(golden_image_path(PHOTO)), '--output', str(tmp_path / 'out')])
+    assert 'could not be read' not in capsys.readouterr().err
+
+
+def test_an_unreadable_image_is_still_skipped_with_its_reason(weights, tmp_path, capsys):
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    shutil.copyfile(golden_image_path(PHOTO), folder / 'good.jpg')
+    (folder / 'bad.jpg').write_bytes(b'not a jpeg at all')
+    status = run_cli(detect.main, detect.get_args_parser(),
+                     ['-m', weights, '--image', str(folder), '--output', str(tmp_path / 'out')])
+    err = capsys.readouterr().err
+    assert status == 0
+    assert f"skipping {folder / 'bad.jpg'}: {folder / 'bad.jpg'} is not a readable image" in err
+    assert (tmp_path / 'out' / 'good.jpg').is_file()
