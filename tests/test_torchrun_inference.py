@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_shared
+from utils.atomic import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_NAME = '9--Broken/not_a_photo.jpg'
@@ -47,9 +48,11 @@ def _ok(proc):
 
 
 def _files(folder):
-    """{relative path: bytes} of every file below folder."""
+    """{relative path: bytes} of every file below folder (but the lock file a run leaves there,
+    which holds its PID)."""
     folder = Path(folder)
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*'))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 @pytest.fixture(scope='module')
