@@ -17,6 +17,7 @@ from tests.conftest import golden_image_path, need_shared
 from utils import atomic, folder_run
 from utils.atomic import TEMP_SUFFIX, lock_folder
 from utils.cli import run_cli
+from utils.errors import InputError
 from utils.run_manifest import MANIFEST_NAME
 
 EVENT = '0--Parade'
@@ -150,7 +151,7 @@ def test_wider_holds_the_lock_while_it_runs_and_removes_stale_temp_files(weights
     seen = []
 
     def check_locked(*args):
-        with pytest.raises(ValueError, match='in use by another run'):
+        with pytest.raises(InputError, match='in use by another run'):
             lock_folder(out).acquire()
         seen.append(stale.exists())
         return real_write(*args)
@@ -224,6 +225,32 @@ def test_wider_manifest_listing_a_file_outside_the_folder_is_ignored(weights, im
     listing = _write_list(tmp_path / 'list1.txt', [f'{EVENT}/{STEMS[0]}.jpg'])
     _wider(weights, images, listing, out, '--confidence_threshold', '0.5', '--no-resume')
     assert victim.read_text() == 'victim\n'
+
+
+def test_wider_manifest_of_an_older_version_is_resumed_and_completed(weights, images, wider_first_run, tmp_path):
+    """A format-1 manifest (no 'files') of the same run still resumes; it then lists the files."""
+    out = wider_first_run
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    del manifest['files']
+    manifest['format'] = 1
+    (out / MANIFEST_NAME).write_text(json.dumps(manifest))
+    result = _wider(weights, images, tmp_path / 'list2.txt', out)
+    assert (result['written'], result['resumed']) == (0, 2)
+    assert json.loads((out / MANIFEST_NAME).read_text())['files'] == [f'{EVENT}/{s}.txt' for s in STEMS[:2]]
+
+
+def test_wider_vis_folder_over_an_input_is_refused(weights, tmp_path, capsys, monkeypatch):
+    """--save_image names its copies <index>.jpg (as the reference): never over a listed photo."""
+    images = tmp_path / 'images'
+    images.mkdir()
+    shutil.copyfile(golden_image_path('val416_' + STEMS[0]), images / '1.jpg')
+    shutil.copyfile(golden_image_path('val416_' + STEMS[1]), images / '0.jpg')
+    before = _files(images)
+    listing = _write_list(tmp_path / 'list.txt', ['0.jpg', '1.jpg'])
+    _no_detector(monkeypatch, wider_script)
+    assert _wider_cli(weights, images, listing, tmp_path / 'out', '--save_image', '--vis_folder', images) == 1
+    assert f'--vis_folder {images} would overwrite the input {images / "0.jpg"}' in _error_line(capsys)
+    assert _files(images) == before
 
 
 def test_wider_disk_full_is_one_error_line_naming_the_file(weights, images, tmp_path, capsys, monkeypatch):
