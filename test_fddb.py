@@ -149,7 +149,9 @@ def remove_parts(parts_root, parts):
 
 
 def main(args):
-    """Write FDDB_dets.txt; returns {'path', 'written', 'skipped': [(path, reason)]}.
+    """Write FDDB_dets.txt; returns {'path', 'written' (images detected by this run), 'resumed'
+    (images whose block an earlier run of the same model and settings had written), 'skipped':
+    [(path, reason)]}.
 
     Under torchrun rank 0 writes the file and returns the totals; the other ranks return their share.
     """
