@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_shared
+from utils.atomic import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_NAME = '9--Broken/not_a_photo.jpg'
@@ -47,9 +48,11 @@ def _ok(proc):
 
 
 def _files(folder):
-    """{relative path: bytes} of every file below folder."""
+    """{relative path: bytes} of every file below folder (but the lock file a run leaves there,
+    which holds its PID)."""
     folder = Path(folder)
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*'))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 @pytest.fixture(scope='module')
@@ -185,3 +188,47 @@ def test_detect_two_processes_write_the_same_json_and_images(dataset, weights, t
     out = procs[2].stdout
     assert out.count(' faces >= ') == 160, out[-3000:]
     assert procs[2].stderr.count('skipped 1 unreadable images') == 1, procs[2].stderr[-3000:]
+
+
+def test_fddb_resume_under_torchrun(dataset, weights, tmp_path):
+    """A 2-process rerun of an interrupted run (the blocks of two images kept in the parts
+    folder) detects only the other images, and writes the bytes of an uninterrupted run."""
+    import test_fddb
+
+    images, names = dataset
+    listing = tmp_path / 'img_list.txt'
+    listing.write_text("\n".join(n[:-len('.jpg')] for n in names[:8]) + "\n")
+    args = _model_args(weights) + ['--image_list', listing, '--images_folder', images]
+    _ok(_run('test_fddb.py', args + ['--save_folder', tmp_path / 'whole'], 1))
+    whole = (tmp_path / 'whole' / 'FDDB_dets.txt').read_text()
+    out = tmp_path / 'interrupted'
+    shutil.copytree(tmp_path / 'whole', out)
+    (out / 'FDDB_dets.txt').unlink()
+    blocks = test_fddb.split_blocks(whole)
+    for name in [n[:-len('.jpg')] for n in names[:2]]:  # list indexes 0 and 1: ranks 0 and 1
+        part = Path(test_fddb.parts_folder(str(out / 'FDDB_dets.txt'))) / f'{name}.txt'
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_text(blocks[name])
+    proc = _ok(_run('test_fddb.py', args + ['--save_folder', out], 2))
+    assert proc.stderr.count('resuming: 2 of 8 images') == 1, proc.stderr[-3000:]
+    assert (out / 'FDDB_dets.txt').read_text() == whole
+    assert sorted(p.name for p in out.iterdir()) == ['.retinaface.lock', 'FDDB_dets.txt', 'retinaface_run.json']
+
+
+@pytest.mark.parametrize('script', ['test_widerface.py', 'test_fddb.py'])
+def test_locked_folder_stops_every_rank_with_one_error(dataset, weights, tmp_path, script):
+    """Rank 0 alone takes the results folder's lock; held by another run, every rank stops
+    at once and the error is printed once, naming the holder's PID."""
+    from utils.atomic import lock_folder
+
+    images, names = dataset
+    listing = tmp_path / 'list.txt'
+    listing.write_text(names[0] + "\n" if script == 'test_widerface.py' else names[0][:-len('.jpg')] + "\n")
+    args = _model_args(weights) + ['--image_list', listing, '--save_folder', tmp_path / 'out']
+    args += ['--dataset_folder', images] if script == 'test_widerface.py' else ['--images_folder', images]
+    with lock_folder(tmp_path / 'out'):
+        proc = _run(script, args, 2)
+    assert proc.returncode != 0
+    assert proc.stderr.count('error: ') == 1, proc.stderr[-3000:]
+    assert f'is in use by another run (PID {os.getpid()})' in proc.stderr
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['.retinaface.lock']
