@@ -205,3 +205,133 @@ def test_start_up_removes_only_this_projects_stale_temporary_files(subset, backb
     assert _train_cli(_train_argv(subset, folder, backbone, '--max_epoch', 1)) == 0
     assert not ours.exists()
     assert all(p.read_bytes() == b'half a checkpoint' for p in theirs)
+
+
+# --------------------------------------------------------------------------- B12: ONNX metadata vs. its graph
+
+@pytest.fixture(scope='module')
+def exports(tmp_path_factory):
+    """{network: an ONNX export with its metadata}: the published MobileNet0.25 weights, and a
+    Resnet50 with untrained weights (only its graph matters here), traced at a small size."""
+    from data import cfg_re50
+    from models.detector import load_detector
+    from models.onnx_export import export_onnx
+    from models.retinaface import RetinaFace
+
+    folder = tmp_path_factory.mktemp('exports')
+    nets = {'mobile0.25': load_detector('mobile0.25', need_shared('weights', 'mobilenet0.25_Final.pth')).net,
+            'resnet50': RetinaFace(cfg_re50, phase='test')}
+    return {name: export_onnx(net, str(folder / f'{name}.onnx'), long_side=64) for name, net in nets.items()}
+
+
+def _with_metadata(source, path, **changes):
+    """A copy of the ONNX file source at path with metadata_props keys changed."""
+    import onnx
+
+    model = onnx.load(str(source))
+    props = {p.key: p.value for p in model.metadata_props}
+    props.update(changes)
+    del model.metadata_props[:]
+    for key, value in props.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return path
+
+
+def _detect_cli(onnx_model, photo):
+    import detect
+
+    return run_cli(detect.main, detect.get_args_parser(),
+                   ['--onnx_model', str(onnx_model), '--cpu', '--no-save_image', '--image', str(photo)])
+
+
+@pytest.mark.parametrize('steps, min_sizes', [
+    ('[16, 32, 64]', None),  # fewer priors than outputs: IndexError in decode
+    ('[4, 8, 16]', None),  # more priors than outputs: silently wrong boxes
+    (None, '[[16, 32, 48], [64, 128, 192], [256, 512, 768]]'),  # 3 anchors per cell, the graph has 2
+])
+def test_metadata_priors_that_disagree_with_the_graphs_outputs_are_an_error(exports, tmp_path, capsys, steps,
+                                                                           min_sizes):
+    from models.detector import load_detector
+
+    changes = {k: v for k, v in (('steps', steps), ('min_sizes', min_sizes)) if v is not None}
+    path = _with_metadata(exports['mobile0.25'], tmp_path / 'edited.onnx', **changes)
+    with pytest.raises(InputError, match=rf'^{path}: its metadata \(steps .*, min_sizes .*\) gives \d+ priors '
+                                         rf'for a 65x97 input, but the graph outputs \d+'):
+        load_detector('mobile0.25', 'unused.pth', onnx_model=path)
+    photo = need_shared('images', 'test.jpg')
+    assert _detect_cli(path, photo) == 1
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert line.startswith(f'error: {path}: its metadata')
+
+
+@pytest.mark.parametrize('graph, claimed', [('mobile0.25', 'resnet50'), ('resnet50', 'mobile0.25')])
+def test_metadata_naming_another_network_than_the_graph_is_an_error(exports, tmp_path, graph, claimed):
+    """The file ran, labelled (in the log and every results manifest) as the other network."""
+    from models.detector import load_detector
+
+    path = _with_metadata(exports[graph], tmp_path / 'edited.onnx', network=claimed)
+    with pytest.raises(InputError, match=rf"^{path}: its metadata says network '{claimed}', but its graph is a "
+                                         rf"{graph} network"):
+        load_detector(claimed, 'unused.pth', onnx_model=path)
+
+
+def test_consistent_exports_load_as_their_network(exports):
+    from models.detector import load_detector
+
+    for network, path in exports.items():
+        assert load_detector('mobile0.25', 'unused.pth', onnx_model=path).network == network
+
+
+# --------------------------------------------------------------------------- B13, B14: convert_to_onnx.py
+
+def _convert(*argv):
+    import convert_to_onnx
+
+    return run_cli(convert_to_onnx.main, convert_to_onnx.get_args_parser(), list(map(str, argv)))
+
+
+@pytest.mark.parametrize('opset', ['99', '7', '8', '21'])
+def test_unsupported_opset_is_a_usage_error_naming_the_flag(opset, tmp_path, capsys):
+    """--opset 99 printed a 579-line graph dump and a traceback; --opset 7 another traceback."""
+    with pytest.raises(SystemExit) as e:
+        _convert('-m', need_shared('weights', 'mobilenet0.25_Final.pth'), '--output', tmp_path / 'x.onnx',
+                 '--opset', opset)
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1].endswith(f"error: argument --opset: expected an integer in [9, 20], got '{opset}'")
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize('opset', [9, 20])
+def test_the_accepted_opsets_export_and_verify(opset, tmp_path, one_thread):  # noqa: F811
+    result = _convert('-m', need_shared('weights', 'mobilenet0.25_Final.pth'), '--output', tmp_path / 'x.onnx',
+                      '--opset', opset, '--long_side', 160)
+    assert result == 0
+    import onnx
+
+    assert [(o.domain, o.version) for o in onnx.load(str(tmp_path / 'x.onnx')).opset_import] == [('', opset)]
+
+
+def test_a_users_file_named_like_the_old_temporary_file_is_left_alone(tmp_path, one_thread):  # noqa: F811
+    """The exporter wrote to <output>.tmp, then deleted it: the user's file of that name."""
+    theirs = tmp_path / 'model.onnx.tmp'
+    theirs.write_text('my notes\n')
+    assert _convert('-m', need_shared('weights', 'mobilenet0.25_Final.pth'), '--output', tmp_path / 'model.onnx',
+                    '--long_side', 160) == 0
+    assert theirs.read_text() == 'my notes\n'
+    assert sorted(os.listdir(tmp_path)) == ['model.onnx', 'model.onnx.tmp']
+
+
+def test_a_failed_export_check_leaves_no_file_behind(tmp_path, monkeypatch, capsys, one_thread):  # noqa: F811
+    import convert_to_onnx
+
+    def mismatch(*a, **k):
+        raise InputError("ONNX export does not match PyTorch")
+
+    monkeypatch.setattr(convert_to_onnx, 'verify_onnx', mismatch)
+    (tmp_path / 'model.onnx.tmp').write_text('my notes\n')
+    assert _convert('-m', need_shared('weights', 'mobilenet0.25_Final.pth'), '--output', tmp_path / 'model.onnx',
+                    '--long_side', 160) == 1
+    assert _error_lines(capsys.readouterr().err) == ['error: ONNX export does not match PyTorch']
+    assert os.listdir(tmp_path) == ['model.onnx.tmp']
