@@ -335,3 +335,237 @@ def test_a_failed_export_check_leaves_no_file_behind(tmp_path, monkeypatch, caps
                     '--long_side', 160) == 1
     assert _error_lines(capsys.readouterr().err) == ['error: ONNX export does not match PyTorch']
     assert os.listdir(tmp_path) == ['model.onnx.tmp']
+
+
+# --------------------------------------------------------------------------- B16: the FDDB evaluator's command line
+
+# A vertical ellipse inside the detection [40, 60] x [30, 70]: overlap pi / 4 (tests/test_fddb_eval.py).
+FDDB_ANNOTATIONS = 'img_a\n1\n20 10 1.5707963267948966 50 50 1\n'
+FDDB_DETS = 'img_a\n1.0\n40 30 20 40 0.9\n'
+
+
+def _fddb_cli(*argv):
+    """fddb_evaluate/evaluation.py as the README runs it."""
+    return subprocess.run([sys.executable, str(ROOT / 'fddb_evaluate' / 'evaluation.py'), *map(str, argv)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
+def _one_error_line(proc):
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert 'Traceback' not in proc.stderr, proc.stderr[-3000:]
+    (line,) = _error_lines(proc.stderr)
+    return line
+
+
+@pytest.fixture
+def fddb_files(tmp_path):
+    ann = tmp_path / 'FDDB-fold-01-ellipseList.txt'
+    ann.write_text(FDDB_ANNOTATIONS)
+    dets = tmp_path / 'FDDB_dets.txt'
+    dets.write_text(FDDB_DETS)
+    return ann, dets
+
+
+def test_fddb_evaluation_runs_as_the_readme_says(fddb_files, tmp_path):
+    ann, dets = fddb_files
+    proc = _fddb_cli('-d', dets, '-a', ann, '-o', tmp_path / 'out', '--plot', tmp_path / 'out' / 'roc.png')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'True positive rate at 1000 false positives: discrete 1.0000' in proc.stdout
+    assert (tmp_path / 'out' / 'DiscROC.txt').read_text() == '1 0 0.9\n'
+    assert (tmp_path / 'out' / 'roc.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert 'wrote ROC plot to' in proc.stderr  # logged like the other scripts: plain lines on stderr
+
+
+def test_fddb_missing_detections_file_is_one_error_line(fddb_files, tmp_path):
+    ann, _ = fddb_files
+    line = _one_error_line(_fddb_cli('-d', tmp_path / 'nowhere.txt', '-a', ann, '-o', tmp_path / 'out'))
+    assert line == f"error: FDDB detection file not found: {tmp_path / 'nowhere.txt'}"
+
+
+def test_fddb_output_folder_that_is_a_file_fails_before_reading(fddb_files, tmp_path):
+    ann, dets = fddb_files
+    (tmp_path / 'out').write_text('a file\n')
+    # The detections are missing too: the output is checked first, before any work.
+    line = _one_error_line(_fddb_cli('-d', tmp_path / 'nowhere.txt', '-a', ann, '-o', tmp_path / 'out'))
+    assert line == f"error: cannot write -o {tmp_path / 'out'}: it is a file, not a folder"
+
+
+def test_fddb_unsupported_plot_format_fails_before_reading(fddb_files, tmp_path):
+    ann, dets = fddb_files
+    line = _one_error_line(_fddb_cli('-d', tmp_path / 'nowhere.txt', '-a', ann, '-o', tmp_path / 'out',
+                                     '--plot', tmp_path / 'roc.xyz'))
+    assert line.startswith(f"error: --plot {tmp_path / 'roc.xyz'}: matplotlib cannot write '.xyz' images (")
+
+
+def test_fddb_duplicate_image_block_is_one_error_line(fddb_files, tmp_path):
+    ann, dets = fddb_files
+    dets.write_text(FDDB_DETS + FDDB_DETS)
+    line = _one_error_line(_fddb_cli('-d', dets, '-a', ann, '-o', tmp_path / 'out'))
+    assert line == f"error: {dets}:4: image 'img_a' appears a second time (first at line 1)"
+    assert not (tmp_path / 'out').exists()
+
+
+# --------------------------------------------------------------------------- B17: a .mat of the wrong kind
+
+@pytest.fixture
+def gt_folder(tmp_path):
+    """A copy (links) of the val416 ground truth, to swap files in."""
+    src = need_shared('widerface', 'val416', 'ground_truth')
+    gt = tmp_path / 'gt'
+    gt.mkdir()
+    for f in ('wider_face_val.mat', 'wider_easy_val.mat', 'wider_medium_val.mat', 'wider_hard_val.mat'):
+        (gt / f).symlink_to(src / f)
+    return gt
+
+
+def _wider_eval_cli(*argv):
+    from widerface_evaluate import evaluation as ev
+
+    return run_cli(ev.main, ev.get_args_parser(), list(map(str, argv)))
+
+
+def _val416_predictions(tmp_path):
+    """One prediction file for the first val416 image."""
+    from widerface_evaluate import evaluation as ev
+
+    gt = ev.load_wider_gt(need_shared('widerface', 'val416', 'ground_truth'))
+    event, name = gt.names[0].split('/')
+    pred = tmp_path / 'pred'
+    (pred / event).mkdir(parents=True)
+    (pred / event / f'{name}.txt').write_text(f'{name}\n1\n10 10 20 20 0.9\n')
+    return pred
+
+
+@pytest.mark.parametrize('copied, onto, holds', [
+    ('wider_face_val.mat', 'wider_hard_val.mat', 'event_list, face_bbx_list, file_list'),
+    ('wider_easy_val.mat', 'wider_face_val.mat', 'event_list, file_list, gt_list'),
+])
+def test_ground_truth_mat_of_the_wrong_kind_is_one_error_line(gt_folder, tmp_path, capsys, copied, onto, holds):
+    """wider_face_val.mat copied in as wider_hard_val.mat gave KeyError: 'gt_list'."""
+    (gt_folder / onto).unlink()
+    (gt_folder / onto).symlink_to(gt_folder / copied)
+    assert _wider_eval_cli('-p', _val416_predictions(tmp_path), '-g', gt_folder) == 1
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: {gt_folder / onto}: not a WIDER FACE ")
+    assert f"it holds {holds}" in line, line
+
+
+def test_ground_truth_mat_of_another_image_set_is_one_error_line(gt_folder, tmp_path, capsys):
+    """The full val set's hard list beside val416's annotations."""
+    (gt_folder / 'wider_hard_val.mat').unlink()
+    (gt_folder / 'wider_hard_val.mat').symlink_to(need_shared('widerface', 'ground_truth', 'wider_hard_val.mat'))
+    assert _wider_eval_cli('-p', _val416_predictions(tmp_path), '-g', gt_folder) == 1
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: {gt_folder / 'wider_hard_val.mat'} does not match "
+                           f"{gt_folder / 'wider_face_val.mat'}: "), line
+
+
+# --------------------------------------------------------------------------- the WIDER evaluator's inputs and outputs
+
+@pytest.fixture
+def label_set(tmp_path):
+    """Ground truth of one image (two faces) as a label.txt, and its prediction folder."""
+    label = tmp_path / 'label.txt'
+    label.write_text('# ev/a.jpg\n0 0 10 10\n40 40 10 10\n')
+    pred = tmp_path / 'pred'
+    (pred / 'ev').mkdir(parents=True)
+    (pred / 'ev' / 'a.txt').write_text('a\n2\n0 0 10 10 0.9\n100 100 10 10 0.3\n')
+    return label, pred
+
+
+def test_readme_and_hidden_files_in_the_prediction_folder_are_ignored(label_set, caplog):
+    from widerface_evaluate import evaluation as ev
+
+    label, pred = label_set
+    before = ev.evaluate(ev.load_predictions(pred), ev.load_label_gt(label))['all']['ap']
+    (pred / 'README.txt').write_text('Predictions of my model\nmade on 3 May with the default flags\n')
+    (pred / 'ev' / '.a.txt.swp.txt').write_text('editor junk')
+    (pred / '.cache').mkdir()
+    (pred / '.cache' / 'a.txt').write_text('a\nnot a count\n')
+    with caplog.at_level('WARNING'):
+        preds = ev.load_predictions(pred)
+    assert list(preds) == ['ev/a']
+    assert ev.evaluate(preds, ev.load_label_gt(label))['all']['ap'] == before
+    assert [r.getMessage() for r in caplog.records if r.levelname == 'WARNING'] == [
+        f"skipped 1 file(s) in {pred} that are not prediction files (not parseable, and their first line is "
+        f"not their image's name): README.txt"]
+
+
+def test_a_bad_prediction_file_that_names_its_image_is_still_an_error(label_set):
+    from widerface_evaluate import evaluation as ev
+
+    label, pred = label_set
+    (pred / 'ev' / 'a.txt').write_text('a\n2\n0 0 10 10 0.9\n')
+    with pytest.raises(InputError, match='the count line says 2 boxes but 1 follow'):
+        ev.load_predictions(pred)
+
+
+def test_scores_outside_0_1_and_negative_sizes_warn_once_naming_files(label_set, caplog):
+    from widerface_evaluate import evaluation as ev
+
+    label, pred = label_set
+    for i in range(5):
+        (pred / 'ev' / f's{i}.txt').write_text(f's{i}\n1\n0 0 10 10 {1.5 + i}\n')
+    (pred / 'ev' / 'w.txt').write_text('w\n2\n0 0 -10 10 0.5\n0 0 10 -3 0.5\n')
+    with caplog.at_level('WARNING'):
+        ev.load_predictions(pred)
+    messages = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+    assert messages == [
+        f"5 prediction files have scores outside [0, 1] (the scores are min-max normalised over the whole set, "
+        f"as the reference does), e.g. {pred}/ev/s0.txt, {pred}/ev/s1.txt, {pred}/ev/s2.txt, ...",
+        f"1 prediction files have boxes with a negative width or height (they match no face), "
+        f"e.g. {pred}/ev/w.txt"], messages
+
+
+@pytest.mark.parametrize('flag, value, message', [
+    ('--curve-data', 'file.txt/pr.json', "cannot write --curve-data {v}: {tmp}/file.txt is a file, not a folder"),
+    ('--curve-plot', 'plots', "cannot write --curve-plot {v}: it is a folder, not a file"),
+    ('--curve-plot', 'pr.xyz', "--curve-plot {v}: matplotlib cannot write '.xyz' images ("),
+])
+def test_unwritable_curve_outputs_fail_before_the_evaluation(label_set, tmp_path, capsys, monkeypatch, flag, value,
+                                                             message):
+    from widerface_evaluate import evaluation as ev
+
+    label, pred = label_set
+    (tmp_path / 'file.txt').write_text('x\n')
+    (tmp_path / 'plots').mkdir()
+    calls = []
+    monkeypatch.setattr(ev, 'load_predictions', lambda *a: calls.append(a))
+    value = tmp_path / value
+    assert _wider_eval_cli('-p', pred, '--label', label, flag, value) == 1
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert line.startswith('error: ' + message.format(v=value, tmp=tmp_path)), line
+    assert calls == []
+
+
+def test_curve_outputs_are_written_atomically(label_set, tmp_path):
+    from widerface_evaluate import evaluation as ev
+
+    label, pred = label_set
+    out = tmp_path / 'out'
+    assert _wider_eval_cli('-p', pred, '--label', label, '--curve-data', out / 'pr.csv',
+                           '--curve-plot', out / 'pr.svg') == 0
+    assert (out / 'pr.csv').read_text().splitlines()[0] == 'setting,threshold,precision,recall'
+    assert (out / 'pr.svg').read_text().lstrip().startswith('<?xml')
+    assert sorted(os.listdir(out)) == ['pr.csv', 'pr.svg']
+
+
+# --------------------------------------------------------------------------- B18: a metrics record with a bad value
+
+@pytest.mark.parametrize('record, key', [
+    ({'epoch': 1, 'loss': 'abc'}, 'loss'),
+    ({'epoch': 1, 'loss': 1.0, 'lr': [0.1]}, 'lr'),
+    ({'epoch': 1, 'loss': 1.0, 'val': {'hard': 'high'}}, 'val'),
+    ({'epoch': 1, 'loss': 1.0, 'val': [0.5]}, 'val'),
+    ({'epoch': 1, 'loss': 1.0, 'val': {'hard': 0.5}, 'val_key': 'easy'}, 'val_key'),
+])
+def test_metrics_record_with_a_value_that_is_not_a_number_is_one_error_line(tmp_path, capsys, record, key):
+    """"loss": "abc" gave a matplotlib traceback."""
+    from curve import plot_metrics
+
+    metrics = tmp_path / 'run_metrics.jsonl'
+    metrics.write_text(json.dumps({'epoch': 0, 'loss': 2.0}) + '\n' + json.dumps(record) + '\n')
+    assert run_cli(plot_metrics.main, plot_metrics.get_args_parser(), [str(metrics)]) == 1
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert line.startswith(f"error: {metrics}:2: {key!r} ") and ' must be ' in line, line
+    assert not (tmp_path / 'run_metrics.png').exists()
