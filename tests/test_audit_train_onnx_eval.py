@@ -321,6 +321,8 @@ def test_a_users_file_named_like_the_old_temporary_file_is_left_alone(tmp_path, 
                     '--long_side', 160) == 0
     assert theirs.read_text() == 'my notes\n'
     assert sorted(os.listdir(tmp_path)) == ['model.onnx', 'model.onnx.tmp']
+    # The unique temporary file is private when made; the model gets a plain file's permissions.
+    assert (tmp_path / 'model.onnx').stat().st_mode & 0o777 == 0o666 & ~atomic.current_umask()
 
 
 def test_a_failed_export_check_leaves_no_file_behind(tmp_path, monkeypatch, capsys, one_thread):  # noqa: F811

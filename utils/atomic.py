@@ -190,13 +190,17 @@ def check_writable(path, what=None, folder=False):
 def temp_path(path):
     """A new, unique temporary file name beside path, ending with TEMP_SUFFIX (the file is
     created empty, so no other writer can take the name); for writers that need a path
-    rather than a file object (e.g. an ONNX exporter). Rename it over path when done."""
+    rather than a file object (e.g. an ONNX exporter). Rename it over path when done: it
+    has the permissions open(path, 'w') would give, not mkstemp's private 0600."""
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix=TEMP_SUFFIX)
     except OSError as e:
         raise _write_error(path, e) from e
-    os.close(fd)
+    try:
+        os.fchmod(fd, _final_mode(path))
+    finally:
+        os.close(fd)
     return tmp
 
 
