@@ -14,7 +14,9 @@ the config values the pipeline uses ('steps', 'min_sizes', 'clip', 'variance') a
 mean BGR pixel the input is made with ('bgr_mean'). A run of the file then needs neither
 torch nor the config dicts, and names the right network whatever --network says. For
 files without the network (older exports, the reference's), onnx_network reads it from
-the head's width, and files without the config run with the network's config dict.
+the head's width, and files without the config run with the network's config dict. A
+file whose metadata names another network than its graph holds, or whose config's priors
+are not its outputs (edited, or copied from another file), is refused when it is loaded.
 
 torch is imported only by the functions that export or compare with PyTorch: running an
 exported file (make_session, pipeline_metadata) needs numpy and onnxruntime only.
@@ -255,7 +257,8 @@ def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
     Raises:
         FileNotFoundError: model is a path that does not exist.
         ValueError: the model is not a RetinaFace export (inputs / outputs do not match),
-            or device is CUDA and this onnxruntime has no CUDA provider.
+            its metadata disagrees with its graph (check_metadata_matches_graph), or
+            device is CUDA and this onnxruntime has no CUDA provider.
     """
     import onnxruntime as ort  # imported here: only the onnxruntime backend needs it
 
