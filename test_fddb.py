@@ -27,6 +27,7 @@ from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merg
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
 from utils.image import draw_detections
+from utils.input_files import open_text
 from utils.memory import keep_freed_memory
 
 logger = logging.getLogger(__name__)
@@ -83,9 +84,9 @@ def main(args):
     """
     list_path = args.image_list or os.path.join('data', args.dataset, 'img_list.txt')
     images_folder = args.images_folder or os.path.join('data', args.dataset, 'images')
-    if not os.path.isfile(list_path):
+    if not os.path.lexists(list_path):
         raise InputNotFoundError(f"image list not found: {list_path} (pass --image_list)")
-    with open(list_path, 'r') as fr:
+    with open_text(list_path, 'image list') as fr:
         names = fr.read().split()
     if not names:
         raise InputError(f"image list {list_path} is empty")

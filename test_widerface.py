@@ -29,6 +29,7 @@ from utils.distributed import (all_gather, destroy, init_from_torchrun, merge_in
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
 from utils.image import draw_detections
+from utils.input_files import open_text
 from utils.memory import keep_freed_memory
 from utils.run_manifest import prepare_results_folder, run_settings
 
@@ -68,10 +69,10 @@ def image_list_path(dataset_folder):
 
 def read_image_list(path):
     """The image paths of a WIDER list file, relative to the images folder (leading '/' removed)."""
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise InputNotFoundError(f"image list not found: {path} (expected {IMAGE_LIST_NAME} beside the images "
                                  f"folder, or pass --image_list)")
-    with open(path, 'r') as fr:
+    with open_text(path, 'image list') as fr:
         names = [n.lstrip('/') for n in fr.read().split()]
     if not names:
         raise InputError(f"image list {path} is empty")

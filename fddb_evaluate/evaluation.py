@@ -38,6 +38,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from utils.errors import InputError, InputNotFoundError
+from utils.input_files import open_text, read_text
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,7 @@ ELLIPSE_FILE_GLOB = "FDDB-fold-*-ellipseList.txt"
 def _blocks(path, values_per_line, what):
     """Yields ``(name, (k, values_per_line) float64 array, name_lineno)`` for each block of a
     name line, a count line and ``count`` number lines. Errors name the file and line."""
-    with open(path) as f:
-        lines = f.read().splitlines()
+    lines = read_text(path).splitlines()
     i = 0
     while i < len(lines):
         name = lines[i].strip()
@@ -130,7 +130,7 @@ def read_fold_list(path, names):
         The listed image names, without repeats, in list order.
     """
     seen = {}
-    with open(path) as f:
+    with open_text(path, 'fold list') as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
                 seen.setdefault(line.strip(), []).append(lineno)

@@ -266,7 +266,7 @@ def test_fddb_image_list_with_bom_and_binary(weights, tmp_path, capsys):
     blocks = []
     for i, listed in enumerate((plain, bom)):
         status = run_cli(fddb_script.main, fddb_script.get_args_parser(),
-                         ['-m', weights, '--cpu', '--image_list', str(listed), '--images_folder', str(tmp_path / 'images'),
+                         ['-m', weights, '--network', 'mobile0.25', '--cpu', '--image_list', str(listed), '--images_folder', str(tmp_path / 'images'),
                           '--save_folder', str(tmp_path / f'out{i}')])
         assert status == 0
         blocks.append((tmp_path / f'out{i}' / 'FDDB_dets.txt').read_text())
@@ -275,7 +275,7 @@ def test_fddb_image_list_with_bom_and_binary(weights, tmp_path, capsys):
     status = run_cli(fddb_script.main, fddb_script.get_args_parser(),
                      ['-m', weights, '--image_list', str(binary), '--save_folder', str(tmp_path / 'out2')])
     assert status == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: image list {binary}: not a UTF-8 text file")
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: image list {binary}:1: not a UTF-8 text file")
 
 
 def test_wider_prediction_file_with_bom_and_binary(tmp_path):
