@@ -348,7 +348,7 @@ def test_text_input_errors(tmp_path):
 
 def test_large_image_at_origin_size_logs_one_hint(weights, caplog):
     from models.detector import load_detector
-    detector = load_detector('mobile0.25', weights, large_image_hints=('--origin_size false',))
+    detector = load_detector('mobile0.25', weights, large_image_hints=('--origin_size false detects at the test scale instead',))
     detector.large_image_pixels = 100 * 100
     small = np.zeros((64, 64, 3), np.uint8)
     big = np.zeros((128, 128, 3), np.uint8)
@@ -372,13 +372,17 @@ def test_large_image_hint_not_given_at_the_test_scale(weights, caplog):
     assert not caplog.records
 
 
-def test_detect_names_origin_size_in_the_large_image_hint(weights, monkeypatch, caplog):
+def test_detect_names_origin_size_in_the_large_image_hint(weights, monkeypatch, tmp_path, capsys):
     import models.detector
     monkeypatch.setattr(models.detector, 'LARGE_IMAGE_PIXELS', 100 * 100)
-    with caplog.at_level(logging.WARNING, logger='models.detector'):
-        assert _run_detect(weights, '--image', golden_image_path(PHOTOS[0]), '--no-save_image') == 0
-    (record,) = [r for r in caplog.records if 'megapixels' in r.getMessage()]
-    assert '--origin_size false detects at the test scale' in record.getMessage()
+    folder = tmp_path / 'in'
+    folder.mkdir()
+    for name in PHOTOS[:2]:
+        shutil.copyfile(golden_image_path(name), folder / f'{name}.jpg')
+    assert _run_detect(weights, '--image', folder, '--no-save_image') == 0
+    hints = [line for line in capsys.readouterr().err.splitlines() if 'megapixels' in line]
+    assert hints == ["a 416x416 image goes into the network at its original size (0.17 megapixels): slow, and "
+                     "memory-hungry; --origin_size false detects at the test scale instead (this hint is shown once)"]
 
 
 def test_detect_origin_size_false_runs_at_the_test_scale(weights, tmp_path):
