@@ -449,6 +449,14 @@ def load_detector(network, trained_model, device='cpu', backend=None, onnx_model
         from utils.checkpoint import load_model
 
         path = os.fspath(trained_model)
+        if os.path.isdir(path):
+            try:
+                inside = sorted(f for f in os.listdir(path) if f.endswith(('.pth', '.pt', '.tar')))
+            except OSError:  # an unreadable folder: the message still says what is wrong
+                inside = []
+            holds = f" (it holds {', '.join(inside[:3])})" if inside else ''
+            raise InputError(f"weights {path} is a folder, not a weights file{holds}: "
+                             f"pass the file itself with -m/--trained_model")
         if not os.path.isfile(path):
             raise InputNotFoundError(
                 f"weights not found: {path}. Download the published {os.path.basename(path)} (see README) "

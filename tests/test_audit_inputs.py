@@ -406,6 +406,13 @@ def test_detect_weights_folder_says_it_is_a_folder(tmp_path, capsys):
         f"pass the file itself with -m/--trained_model")
 
 
+def test_onnx_model_folder_says_it_is_a_folder(tmp_path, capsys):
+    assert run_cli(detect.main, detect.get_args_parser(),
+                   ['--onnx_model', str(tmp_path), '--image', str(golden_image_path(PHOTOS[0])), '--no-save_image']) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: ONNX model {tmp_path} is a folder, not an .onnx file")
+
+
 def test_checkpoint_loader_says_a_folder_is_a_folder(tmp_path):
     from utils.checkpoint import load_state_dict_file
     with pytest.raises(InputError, match=rf"^checkpoint {tmp_path} is a folder, not a checkpoint file$"):
