@@ -68,7 +68,10 @@ def image_list_path(dataset_folder):
 
 
 def read_image_list(path):
-    """The image paths of a WIDER list file, relative to the images folder (leading '/' removed)."""
+    """The image paths of a WIDER list file, relative to the images folder (leading '/' removed).
+
+    Raises InputError for a list that is not UTF-8 text, empty, or names a path with '..'
+    leading out of the images folder (its result would land outside --save_folder)."""
     if not os.path.lexists(path):
         raise InputNotFoundError(f"image list not found: {path} (expected {IMAGE_LIST_NAME} beside the images "
                                  f"folder, or pass --image_list)")
@@ -76,6 +79,11 @@ def read_image_list(path):
         names = [n.lstrip('/') for n in fr.read().split()]
     if not names:
         raise InputError(f"image list {path} is empty")
+    for name in names:
+        # Each name becomes save_folder/<name>.txt: a '..' must not lead the write elsewhere.
+        if os.path.normpath(name).split(os.sep)[0] == os.pardir:
+            raise InputError(f"image list {path}: {name!r} leads outside the images folder "
+                             f"(its prediction file would be written outside --save_folder)")
     return names
 
 

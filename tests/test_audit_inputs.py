@@ -426,3 +426,14 @@ def test_wider_image_list_permission_or_folder_is_a_one_line_error(weights, tmp_
                      ['-m', weights, '--image_list', str(tmp_path), '--save_folder', str(tmp_path / 'out')])
     assert status == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: image list {tmp_path} is a folder, not a text file"
+
+
+def test_wider_list_entry_leading_outside_the_images_folder_is_refused(tmp_path):
+    listed = tmp_path / 'wider_val.txt'
+    listed.write_text("0--Parade/a.jpg\n../../elsewhere/b.jpg\n")
+    with pytest.raises(InputError) as info:
+        wider_script.read_image_list(listed)
+    assert str(info.value) == (f"image list {listed}: '../../elsewhere/b.jpg' leads outside the images folder "
+                               f"(its prediction file would be written outside --save_folder)")
+    listed.write_text("/0--Parade/a.jpg\n0--Parade/./c.jpg\n")  # a leading '/' is the reference's own format
+    assert wider_script.read_image_list(listed) == ['0--Parade/a.jpg', '0--Parade/./c.jpg']
