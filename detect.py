@@ -7,11 +7,13 @@
 exists is that file, even when its name holds glob characters ('photo[1].jpg'). Only regular
 files are read (a FIFO or a device is refused, not waited on). Annotated images go to
 --output/<path below the inputs' common folder> (never over an input); an input without an
-image extension is drawn to <name>.jpg. Each image gets a one-line summary.
+image extension is drawn to <name>.jpg. Each image gets a one-line summary. Ctrl-C writes the
+--json of the images done so far, marked partial.
 
 File names that are not valid UTF-8 (Linux allows any bytes) are shown with the undecodable
 bytes as \\xNN, in the summary and in the JSON's "image"; the JSON then also holds the name's
-exact bytes as hex in "image_path_hex", since JSON text cannot hold them. Ctrl-C writes the --json of the images done so far, marked partial.
+exact bytes as hex in "image_path_hex", since JSON text cannot hold them.
+
 Under torchrun (torchrun --nproc_per_node=N detect.py ...) each process takes every N-th
 image and rank 0 writes the --json, in the images' order.
 """

@@ -266,7 +266,8 @@ def test_fddb_image_list_with_bom_and_binary(weights, tmp_path, capsys):
     blocks = []
     for i, listed in enumerate((plain, bom)):
         status = run_cli(fddb_script.main, fddb_script.get_args_parser(),
-                         ['-m', weights, '--network', 'mobile0.25', '--cpu', '--image_list', str(listed), '--images_folder', str(tmp_path / 'images'),
+                         ['-m', weights, '--network', 'mobile0.25', '--cpu', '--image_list', str(listed),
+                          '--images_folder', str(tmp_path / 'images'),
                           '--save_folder', str(tmp_path / f'out{i}')])
         assert status == 0
         blocks.append((tmp_path / f'out{i}' / 'FDDB_dets.txt').read_text())
@@ -275,7 +276,8 @@ def test_fddb_image_list_with_bom_and_binary(weights, tmp_path, capsys):
     status = run_cli(fddb_script.main, fddb_script.get_args_parser(),
                      ['-m', weights, '--image_list', str(binary), '--save_folder', str(tmp_path / 'out2')])
     assert status == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"error: image list {binary}:1: not a UTF-8 text file")
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith(f"error: image list {binary}:1: not a UTF-8 text file")
 
 
 def test_wider_prediction_file_with_bom_and_binary(tmp_path):
@@ -348,7 +350,8 @@ def test_text_input_errors(tmp_path):
 
 def test_large_image_at_origin_size_logs_one_hint(weights, caplog):
     from models.detector import load_detector
-    detector = load_detector('mobile0.25', weights, large_image_hints=('--origin_size false detects at the test scale instead',))
+    detector = load_detector('mobile0.25', weights,
+                             large_image_hints=('--origin_size false detects at the test scale instead',))
     detector.large_image_pixels = 100 * 100
     small = np.zeros((64, 64, 3), np.uint8)
     big = np.zeros((128, 128, 3), np.uint8)
@@ -408,7 +411,8 @@ def test_detect_weights_folder_says_it_is_a_folder(tmp_path, capsys):
 
 def test_onnx_model_folder_says_it_is_a_folder(tmp_path, capsys):
     assert run_cli(detect.main, detect.get_args_parser(),
-                   ['--onnx_model', str(tmp_path), '--image', str(golden_image_path(PHOTOS[0])), '--no-save_image']) == 1
+                   ['--onnx_model', str(tmp_path), '--image', str(golden_image_path(PHOTOS[0])),
+                    '--no-save_image']) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         f"error: ONNX model {tmp_path} is a folder, not an .onnx file")
 
@@ -425,7 +429,8 @@ def test_wider_image_list_permission_or_folder_is_a_one_line_error(weights, tmp_
     status = run_cli(wider_script.main, wider_script.get_args_parser(),
                      ['-m', weights, '--image_list', str(tmp_path), '--save_folder', str(tmp_path / 'out')])
     assert status == 1
-    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: image list {tmp_path} is a folder, not a text file"
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == f"error: image list {tmp_path} is a folder, not a text file"
 
 
 def test_wider_list_entry_leading_outside_the_images_folder_is_refused(tmp_path):
