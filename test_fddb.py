@@ -34,6 +34,7 @@ from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
                               lock_results_folder)
 from utils.image import draw_detections
+from utils.input_files import open_text
 from utils.memory import keep_freed_memory
 from utils.run_manifest import prepare_results_folder, run_settings
 
@@ -112,6 +113,8 @@ def parts_folder(out_path):
 
 
 def _read_text(path):
+    if not os.path.isfile(path):  # a FIFO or device would block the read
+        return ''
     try:
         with open(path, 'r') as f:
             return f.read()
@@ -157,9 +160,9 @@ def main(args):
     """
     list_path = args.image_list or os.path.join('data', args.dataset, 'img_list.txt')
     images_folder = args.images_folder or os.path.join('data', args.dataset, 'images')
-    if not os.path.isfile(list_path):
+    if not os.path.lexists(list_path):
         raise InputNotFoundError(f"image list not found: {list_path} (pass --image_list)")
-    with open(list_path, 'r') as fr:
+    with open_text(list_path, 'image list') as fr:
         text = fr.read()
     # Whitespace-separated names, as the reference reads them, with their line numbers for the messages.
     entries = [(lineno, n, n) for lineno, line in enumerate(text.split('\n'), 1) for n in line.split()]

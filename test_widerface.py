@@ -32,6 +32,7 @@ from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
                               lock_results_folder)
 from utils.image import draw_detections
+from utils.input_files import open_text
 from utils.memory import keep_freed_memory
 from utils.run_manifest import prepare_results_folder, run_settings
 
@@ -73,10 +74,10 @@ def read_image_list(path):
     """The image paths of a WIDER list file, relative to the images folder (leading '/'
     removed, normalised), checked by utils.folder_run.check_list_entries: none outside the
     folder, no duplicate, no two with one result file."""
-    if not os.path.isfile(path):
+    if not os.path.lexists(path):
         raise InputNotFoundError(f"image list not found: {path} (expected {IMAGE_LIST_NAME} beside the images "
                                  f"folder, or pass --image_list)")
-    with open(path, 'r') as fr:
+    with open_text(path, 'image list') as fr:
         text = fr.read()
     # Whitespace-separated names, as the reference reads them, with their line numbers for the messages.
     entries = [(lineno, n, n.lstrip('/')) for lineno, line in enumerate(text.split('\n'), 1) for n in line.split()]
@@ -113,6 +114,8 @@ def wider_text(name, dets):
 
 def is_complete(path, name):
     """Whether path holds a whole prediction file for image name (header and every line)."""
+    if not os.path.isfile(path):  # a FIFO or device named like a result would block the read
+        return False
     try:
         with open(path, 'r') as f:
             lines = f.read().split('\n')
@@ -129,7 +132,7 @@ def looks_like_prediction(path):
     name. Asked only of files in the event folders of a results folder (see
     utils.run_manifest.prepare_results_folder), for results that no manifest lists."""
     f = os.path.basename(path)
-    if not f.endswith('.txt') or f.startswith('.'):
+    if not f.endswith('.txt') or f.startswith('.') or not os.path.isfile(path):  # a FIFO would block the read
         return False
     try:
         with open(path, 'r') as fh:

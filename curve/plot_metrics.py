@@ -16,6 +16,7 @@ from pathlib import Path
 from utils.atomic import atomic_write
 from utils.cli import run_cli
 from utils.errors import InputError
+from utils.input_files import open_text
 
 LOSSES = (('loss', 'total (weighted sum)'), ('loc', 'box (Loc)'), ('cla', 'class (Cla)'), ('landm', 'landmarks (Landm)'))
 SETTING_COLOURS = {'easy': 'tab:green', 'medium': 'tab:orange', 'hard': 'tab:red', 'all': 'tab:blue'}
@@ -27,7 +28,7 @@ def read_records(path):
     """The records of a metrics file, one per epoch (a later line for an epoch replaces an
     earlier one), sorted by epoch. Raises ValueError naming the file and line."""
     by_epoch = {}
-    with open(path) as f:
+    with open_text(path, 'metrics file') as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue

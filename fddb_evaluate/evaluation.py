@@ -46,6 +46,7 @@ if __package__ in (None, ""):
 from utils.atomic import atomic_write_text, check_writable  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import InputError, InputNotFoundError  # noqa: E402
+from utils.input_files import open_text, read_text  # noqa: E402
 from widerface_evaluate.evaluation import check_figure_path, save_figure  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -60,8 +61,7 @@ ELLIPSE_FILE_GLOB = "FDDB-fold-*-ellipseList.txt"
 def _blocks(path, values_per_line, what):
     """Yields ``(name, (k, values_per_line) float64 array, name_lineno)`` for each block of a
     name line, a count line and ``count`` number lines. Errors name the file and line."""
-    with open(path) as f:
-        lines = f.read().splitlines()
+    lines = read_text(path).splitlines()
     i = 0
     while i < len(lines):
         name = lines[i].strip()
@@ -139,7 +139,7 @@ def read_fold_list(path, names):
         The listed image names, without repeats, in list order.
     """
     seen = {}
-    with open(path) as f:
+    with open_text(path, 'fold list') as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
                 seen.setdefault(line.strip(), []).append(lineno)

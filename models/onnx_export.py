@@ -264,6 +264,8 @@ def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
 
     if not isinstance(model, (bytes, bytearray)):
         model = os.fspath(model)
+        if os.path.isdir(model):
+            raise InputError(f"ONNX model {model} is a folder, not an .onnx file")
         if not os.path.isfile(model):
             raise InputNotFoundError(f"ONNX model not found: {model} (make one with convert_to_onnx.py)")
     device_type, _, index = str(device).partition(':')

@@ -81,6 +81,8 @@ def load_state_dict_file(path):
     PyTorch checkpoint (a truncated or text file) or holds no state_dict.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise InputNotFoundError(f"checkpoint not found: {path}")
     identify_weights(path)

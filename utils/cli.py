@@ -100,9 +100,28 @@ non_negative_float = number_in(float, 0, name='non_negative_float')             
 non_negative_int = number_in(int, 0, name='non_negative_int')                         # workers, epochs
 
 
+# --threads is refused above the larger of these: a fixed floor, so that a command line that
+# works on one ordinary machine works on the next, and a few threads per core, for machines
+# with more cores than the floor. Beyond a few per core threads only wait for each other,
+# and thousands of them make a single image take many seconds (each is created and
+# synchronised on every operation).
+MIN_THREAD_LIMIT = 256
+THREADS_PER_CORE_LIMIT = 4
+
+
+def max_threads():
+    """The largest --threads accepted: MIN_THREAD_LIMIT, or THREADS_PER_CORE_LIMIT per core when that is more."""
+    return max(MIN_THREAD_LIMIT, THREADS_PER_CORE_LIMIT * (os.cpu_count() or 1))
+
+
+def thread_count(value):
+    """An argparse type= function for --threads: an integer in [1, max_threads()]."""
+    return number_in(int, 1, max_threads(), name='thread_count')(value)
+
+
 def add_threads_argument(parser):
-    """--threads: CPU threads for inference (see set_threads)."""
-    parser.add_argument('--threads', default=None, type=positive_int,
+    """--threads: CPU threads for inference (see set_threads), at most max_threads()."""
+    parser.add_argument('--threads', default=None, type=thread_count,
                         help="CPU threads for the network (torch and onnxruntime); default: torch's default, "
                              "one per core. On a machine shared with other busy processes, fewer threads "
                              "than cores (e.g. --threads 1) can be many times faster")

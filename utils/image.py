@@ -10,7 +10,8 @@ import os
 import cv2
 import numpy as np
 
-from utils.errors import InputError, InputNotFoundError
+from utils.errors import InputError
+from utils.input_files import open_input_file
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +58,18 @@ def read_image(path):
     Returns:
         ndarray[H, W, 3] uint8: the image in BGR order.
     Raises:
-        FileNotFoundError: path does not exist.
-        ValueError: path is a directory, empty, truncated (JPEG without its end marker),
-            or not an image OpenCV can decode. The message names the file.
+        InputNotFoundError: path does not exist.
+        InputError: path is not a regular file (a folder, a FIFO, a device), empty,
+            truncated (JPEG without its end marker), or not an image OpenCV can decode. The message names the file.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputNotFoundError(f"image not found: {path}")
-    if os.path.isdir(path):
-        raise InputError(f"{path} is a directory, not an image file")
-    try:
-        with open(path, 'rb') as f:
+    # Only a regular file is opened: /dev/zero would be read until memory runs out, and a
+    # FIFO would block the run until some writer opened it.
+    with open_input_file(path, expected='an image file', missing='image') as f:
+        try:
             data = f.read()
-    except OSError as e:
-        raise InputError(f"cannot read image file {path}: {e}") from e
+        except OSError as e:
+            raise InputError(f"cannot read image file {path}: {e.strerror or e}") from e
     if not data:
         raise InputError(f"{path} is an empty file, not an image")
     # A JPEG cut short still decodes (the missing part grey) with only a libjpeg warning on

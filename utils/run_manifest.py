@@ -56,7 +56,7 @@ def read_manifest(folder):
     if not os.path.exists(path):
         return None
     try:
-        with open(path, 'r') as f:
+        with open(path, 'r', encoding='utf-8-sig') as f:
             manifest = json.load(f)
     except (OSError, ValueError):
         return {}

@@ -44,6 +44,7 @@ from utils.cli import run_cli  # noqa: E402
 from utils.compiled import load_kernel, warn_not_built  # noqa: E402
 from utils.errors import InputError, InputNotFoundError  # noqa: E402
 from utils.image import IMAGE_EXTENSIONS  # noqa: E402
+from utils.input_files import read_text  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -299,12 +300,7 @@ def read_pred_file(path):
     Raises:
         ValueError naming the file and line of the first malformed line.
     """
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file (a prediction file holds a name line, a count line "
-                         f"and 'x y w h score' lines)") from None
+    lines = read_text(path).splitlines()
     if not lines or not lines[0].strip():
         raise InputError(f"{path}:1: missing the image name line")
     name = strip_image_ext(lines[0].strip().split("/")[-1])
