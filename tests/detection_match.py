@@ -28,10 +28,10 @@ detection that changed (a mismatch) when
      of box_atol) or overlap with IoU >= TWIN_IOU, or their landmarks agree within
      landmark_atol (the box moved without them), or box and landmarks moved by one common
      shift.
-Two different candidates whose scores tie within rounding and whose boxes lie that close
-are what a genuine swap would need, and the goldens' candidates hold no such pair: different
-priors decode to boxes and landmarks that differ by more, or their scores differ by far
-more than rounding moves them.
+Only a genuine swap of two different candidates this close would be misread, and it needs
+their scores to tie within rounding: among the candidates of the golden images, at the
+original size and at the test scale, pairs this close have scores several times further
+apart than rounding moves scores of their height.
 
 Anything else, such as a dropped detection, a box shifted by a fraction of a pixel, a box
 decoded with the wrong variance, landmarks swapped left/right or an NMS with a different
