@@ -77,7 +77,8 @@ def get_args_parser():
     parser.add_argument('--max_frames', default=None, type=positive_int,
                         help='with --video: stop after this many frames (a camera otherwise runs until Ctrl-C)')
     parser.add_argument('--video_codec', default=DEFAULT_CODEC, type=fourcc,
-                        help=f'with --video: the four-character code of the annotated .mp4\'s codec (default {DEFAULT_CODEC})')
+                        help='with --video: the four-character code of the annotated .mp4\'s codec '
+                             f'(default {DEFAULT_CODEC})')
     parser.add_argument('--save_crops', default=None, type=str,
                         help='write each face >= --vis_thres, aligned for face recognition (the ArcFace landmark '
                              'template), to this folder: <image>_<k>.jpg, or <video>_<frame>_<k>.jpg (k: the '

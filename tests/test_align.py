@@ -1,7 +1,10 @@
 """Aligned face crops (utils.image.align_faces): the similarity transform against
 scikit-image's Umeyama estimate, a synthetic face landing on the ArcFace template, and
 degenerate landmarks skipped with a warning."""
+import json
 import logging
+import os
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -166,3 +169,41 @@ def test_write_image_round_trips_and_refuses_unknown_extensions(tmp_path):
     with pytest.raises(ValueError, match=r"a\.xyz.*'\.xyz'"):
         write_image(tmp_path / 'a.xyz', img)
     assert sorted(p.name for p in tmp_path.iterdir()) == ['a.png']
+
+
+def test_detect_writes_aligned_crops_of_photos(tmp_path):
+    """detect.py --save_crops: <stem>_<k>.jpg for each face >= --vis_thres, below the inputs'
+    common folder as --output's images are; the JSON names each crop and its matrix."""
+    import detect
+    from utils.cli import run_cli
+
+    weights = str(need_shared('weights', 'mobilenet0.25_Final.pth'))
+    photo = need_shared('images', 'kids_group.jpg')
+    for sub in ('a', 'b'):
+        (tmp_path / 'in' / sub).mkdir(parents=True)
+        (tmp_path / 'in' / sub / 'kids.jpg').symlink_to(photo)
+    crops_dir = tmp_path / 'crops'
+    argv = ['-m', weights, '--image', str(tmp_path / 'in'), '--no-save_image', '--json', str(tmp_path / 'f.json'),
+            '--save_crops', str(crops_dir)]
+    assert run_cli(detect.main, detect.get_args_parser(), argv) == 0
+    img = cv2.imread(str(photo))
+    payload = json.loads((tmp_path / 'f.json').read_text())
+    written = []
+    for entry in payload['images']:
+        sub = Path(entry['image']).parent.name
+        dets = np.array([[*d['box'], d['score'], *np.ravel(d['landmarks'])] for d in entry['detections']],
+                        dtype=np.float32)
+        faces = dets[dets[:, 4] >= 0.6]
+        assert len(faces) == 8  # kids_group's faces
+        crops, matrices = align_faces(img, faces)
+        for k, d in enumerate(entry['detections']):
+            if k >= len(faces):
+                assert 'crop' not in d
+                continue
+            assert d['crop'] == str(crops_dir / sub / f'kids_{k}.jpg')
+            np.testing.assert_array_equal(np.array(d['crop_matrix']), matrices[k])
+            encoded = cv2.imdecode(cv2.imencode('.jpg', crops[k])[1], cv2.IMREAD_COLOR)
+            np.testing.assert_array_equal(cv2.imread(d['crop']), encoded)
+            written.append(os.path.relpath(d['crop'], crops_dir))
+    assert sorted(written) == sorted(f'{s}/kids_{k}.jpg' for s in 'ab' for k in range(8))
+    assert sorted(str(p.relative_to(crops_dir)) for p in crops_dir.rglob('*.jpg')) == sorted(written)

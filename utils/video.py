@@ -86,8 +86,8 @@ class Video:
         self._cap = cv2.VideoCapture(self.source)
         try:
             if not self._cap.isOpened():
-                raise InputError(f"cannot open {self.name}: OpenCV cannot read it as a video "
-                                 f"({'no such camera, or it is busy' if self.is_camera else 'unknown format, or corrupt'})")
+                why = 'no such camera, or it is busy' if self.is_camera else 'unknown format, or corrupt'
+                raise InputError(f"cannot open {self.name}: OpenCV cannot read it as a video ({why})")
             ok, first = self._cap.read()
             if not ok or first is None or first.size == 0:
                 raise InputError(f"{self.name} has no frame OpenCV can decode (empty, or corrupt)")
