@@ -351,15 +351,22 @@ def _refuse_overwriting(video, path, flag):
         raise InputError(f"{flag} {path} would overwrite the input video: choose another path")
 
 
-def _write_frame(frame, dets, record, crops, jsonl, writer, vis_thres):
-    """One processed frame's outputs, in the writer's thread: its crops, then its JSON line
-    (so that a line never names a crop not yet written), then the annotated frame."""
-    write_crops(crops)
+def _frame_outputs(args, video, index, frame, dets, jsonl, writer):
+    """One processed frame's outputs, in the writer's thread (formatting the JSON of a few
+    hundred detections takes longer than a small frame's forward pass): its crops, then its
+    JSON line (so that a line never names a crop not yet written), then the annotated frame
+    (drawn after the crops were cut from it)."""
+    if jsonl is not None or args.save_crops:
+        record = {'frame': index, 'time': round(index / video.fps, 6), 'detections': detections_to_json(dets)}
+    if args.save_crops:
+        write_crops(face_crops(frame, dets, args.vis_thres, args.crop_size,
+                               os.path.join(args.save_crops, f"{video.stem}_{index}"),
+                               f"{video.name} frame {index}", record['detections']))
     if jsonl is not None:
         jsonl.write(json.dumps(record) + "\n")
         jsonl.flush()
     if writer is not None:
-        writer.write(draw_detections(frame, dets, vis_thres))
+        writer.write(draw_detections(frame, dets, args.vis_thres))
 
 
 def _detect_frames(args, video, detector, writer):
@@ -396,14 +403,7 @@ def _detect_frames(args, video, detector, writer):
                         last = frame
                     continue
                 dets = detector.detect_preprocessed(*prepared)[0]
-                record = {'frame': index, 'time': round(index / video.fps, 6), 'detections': detections_to_json(dets)}
-                crops = []
-                if args.save_crops:
-                    # Cropped here, before the writer's thread draws on the frame.
-                    crops = face_crops(frame, dets, args.vis_thres, args.crop_size,
-                                       os.path.join(args.save_crops, f"{video.stem}_{index}"),
-                                       f"{video.name} frame {index}", record['detections'])
-                out.submit(_write_frame, frame, dets, record, crops, jsonl, writer, args.vis_thres)
+                out.submit(_frame_outputs, args, video, index, frame, dets, jsonl, writer)
                 last = frame
                 processed += 1
                 faces += int((dets[:, 4] >= args.vis_thres).sum())
