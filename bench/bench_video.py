@@ -8,6 +8,7 @@ size, so both sizes show the same crowd) and written as MJPG at --fps: decoding 
 part of the run, as with a real file. For each size and backend, in one process:
 - video: detect.py's main() on the clip with an annotated .mp4 and JSON Lines, start-up
   excluded (the detector is built once beforehand and handed to main());
+- no outputs: the same with --no-save_image and no --json (reading and detecting only);
 - detect only: Detector.detect on the same frames, decoded beforehand, one after another.
 Each is run --rounds times, alternating, and the fastest round of each is kept (other
 processes on a shared machine only ever slow a round down). 'real time' is the video
@@ -105,7 +106,7 @@ def main(opts):
           f"{opts.frames}-frame MJPG clips of {PHOTO}.jpg at {opts.fps:g} fps, fastest of {opts.rounds} rounds, "
           f"start-up excluded")
     header = (f"{'size':<10} {'backend':<12} {'faces/frame':>11} {'video fps':>10} {'real time':>10} "
-              f"{'detect-only fps':>16} {'video/detect':>13}")
+              f"{'no outputs fps':>15} {'detect-only fps':>16} {'video/detect':>13}")
     print(header)
     print('-' * len(header))
     with tempfile.TemporaryDirectory(prefix='bench_video_') as tmp:
@@ -117,17 +118,20 @@ def main(opts):
                 args = detect.get_args_parser().parse_args([
                     '-m', weights, '--cpu', '--backend', backend, '--video', str(clip), '--threads', str(opts.threads),
                     '--output', str(tmp / 'out'), '--json', str(tmp / 'out' / 'faces.jsonl')])
+                bare = argparse.Namespace(**{**vars(args), 'save_image': False, 'json': None})
                 detector = detect.detector_from_args(args)
                 detector.detect(frames[0])  # the first pass of a size sets up its kernels
-                videos, detects = [], []
+                videos, bares, detects = [], [], []
                 for _ in range(opts.rounds):
                     seconds, result = video_seconds(args, detector)
                     videos.append(seconds)
+                    bares.append(video_seconds(bare, detector)[0])
                     detects.append(detect_seconds(detector, frames))
                 assert result['frames'] == opts.frames, result
                 fps, detect_fps = opts.frames / min(videos), opts.frames / min(detects)
                 print(f"{f'{w}x{h}':<10} {backend:<12} {result['faces'] / opts.frames:>11.1f} {fps:>10.1f} "
-                      f"{fps / opts.fps:>9.2f}x {detect_fps:>16.1f} {fps / detect_fps:>13.2f}")
+                      f"{fps / opts.fps:>9.2f}x {opts.frames / min(bares):>15.1f} {detect_fps:>16.1f} "
+                      f"{fps / detect_fps:>13.2f}")
     return 0
 
 

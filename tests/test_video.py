@@ -293,3 +293,14 @@ def test_reader_every_and_early_close(clip):
     with open_video(clip) as video, closing(read_frames(video, depth=2)) as reader:
         assert next(reader)[0] == 0
     assert not [t for t in threading.enumerate() if t.name == 'video-reader']
+
+
+def test_video_benchmark_runs(weights, capsys):
+    from bench import bench_video
+
+    args = bench_video.get_args_parser().parse_args(['-m', weights, '--frames', '3', '--rounds', '1',
+                                                     '--sizes', '160x90'])
+    assert bench_video.main(args) == 0
+    rows = [line.split() for line in capsys.readouterr().out.splitlines() if line.startswith('160x90')]
+    assert [r[1] for r in rows] == ['torch', 'onnxruntime']
+    assert all(len(r) == 8 and r[4].endswith('x') for r in rows)
