@@ -97,13 +97,13 @@ def detect_seconds(detector, frames):
     return time.perf_counter() - tic
 
 
-def main(opts):
+def main(args):
     setup_logging(logging.WARNING)
-    set_threads(opts.threads)
-    weights = opts.trained_model or default_weights()
-    sizes = [tuple(int(v) for v in s.lower().split('x')) for s in opts.sizes]
-    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; mobile0.25, {opts.threads} thread(s), "
-          f"{opts.frames}-frame MJPG clips of {PHOTO}.jpg at {opts.fps:g} fps, fastest of {opts.rounds} rounds, "
+    set_threads(args.threads)
+    weights = args.trained_model or default_weights()
+    sizes = [tuple(int(v) for v in s.lower().split('x')) for s in args.sizes]
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; mobile0.25, {args.threads} thread(s), "
+          f"{args.frames}-frame MJPG clips of {PHOTO}.jpg at {args.fps:g} fps, fastest of {args.rounds} rounds, "
           f"start-up excluded")
     header = (f"{'size':<10} {'backend':<12} {'faces/frame':>11} {'video fps':>10} {'real time':>10} "
               f"{'no outputs fps':>15} {'detect-only fps':>16} {'video/detect':>13}")
@@ -113,24 +113,24 @@ def main(opts):
         tmp = Path(tmp)
         for w, h in sizes:
             clip = tmp / f'clip_{w}x{h}.avi'
-            frames = make_clip(clip, (w, h), opts.frames, opts.fps)
-            for backend in opts.backends:
-                args = detect.get_args_parser().parse_args([
-                    '-m', weights, '--cpu', '--backend', backend, '--video', str(clip), '--threads', str(opts.threads),
+            frames = make_clip(clip, (w, h), args.frames, args.fps)
+            for backend in args.backends:
+                run_args = detect.get_args_parser().parse_args([
+                    '-m', weights, '--cpu', '--backend', backend, '--video', str(clip), '--threads', str(args.threads),
                     '--output', str(tmp / 'out'), '--json', str(tmp / 'out' / 'faces.jsonl')])
-                bare = argparse.Namespace(**{**vars(args), 'save_image': False, 'json': None})
-                detector = detect.detector_from_args(args)
+                bare = argparse.Namespace(**{**vars(run_args), 'save_image': False, 'json': None})
+                detector = detect.detector_from_args(run_args)
                 detector.detect(frames[0])  # the first pass of a size sets up its kernels
                 videos, bares, detects = [], [], []
-                for _ in range(opts.rounds):
-                    seconds, result = video_seconds(args, detector)
+                for _ in range(args.rounds):
+                    seconds, result = video_seconds(run_args, detector)
                     videos.append(seconds)
                     bares.append(video_seconds(bare, detector)[0])
                     detects.append(detect_seconds(detector, frames))
-                assert result['frames'] == opts.frames, result
-                fps, detect_fps = opts.frames / min(videos), opts.frames / min(detects)
-                print(f"{f'{w}x{h}':<10} {backend:<12} {result['faces'] / opts.frames:>11.1f} {fps:>10.1f} "
-                      f"{fps / opts.fps:>9.2f}x {opts.frames / min(bares):>15.1f} {detect_fps:>16.1f} "
+                assert result['frames'] == args.frames, result
+                fps, detect_fps = args.frames / min(videos), args.frames / min(detects)
+                print(f"{f'{w}x{h}':<10} {backend:<12} {result['faces'] / args.frames:>11.1f} {fps:>10.1f} "
+                      f"{fps / args.fps:>9.2f}x {args.frames / min(bares):>15.1f} {detect_fps:>16.1f} "
                       f"{fps / detect_fps:>13.2f}")
     return 0
 
