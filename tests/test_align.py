@@ -9,12 +9,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import skimage.transform as skimage_transform  # requirements-test.txt
 
 from tests.conftest import need_shared
 from utils.image import (ARCFACE_TEMPLATE, align_faces, degenerate_reason, landmark_template,
                          similarity_transform, write_image)
-
-skimage_transform = pytest.importorskip('skimage.transform', reason='scikit-image (requirements-test.txt)')
 
 
 def _skimage_matrix(src, dst):

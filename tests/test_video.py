@@ -272,6 +272,12 @@ def test_bad_inputs_are_one_line_errors_before_any_work(clip, tmp_path, capsys):
     assert os.listdir(tmp_path / 'o3') == []  # the unused video was dropped
 
 
+def test_video_refuses_torchrun(clip, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    assert run_cli(detect.main, detect.get_args_parser(), ['-m', str(tmp_path / 'none.pth'), '--video', str(clip)]) == 1
+    assert _error_lines(capsys) == ["error: --video runs in one process: start it without torchrun"]
+
+
 def test_camera_sources_parse_as_indices():
     assert parse_source('0') == 0 and parse_source(' 2 ') == 2 and parse_source(1) == 1
     assert parse_source('clip.mp4') == 'clip.mp4' and parse_source(Path('0.mp4')) == '0.mp4'
