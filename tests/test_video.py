@@ -165,6 +165,17 @@ def test_every_nth_frame_and_aligned_crops(weights, detector, clip, tmp_path):
     assert sorted(os.listdir(crops_dir)) == sorted(names)
 
 
+def test_onnxruntime_backend_matches_its_detector(weights, clip, tmp_path):
+    detect.main(_args(weights, clip, '--backend', 'onnxruntime', '--max_frames', '4', '--no-save_image',
+                      '--json', str(tmp_path / 'f.jsonl')))
+    detector = load_detector('mobile0.25', weights, backend='onnxruntime', num_threads=1, top_k=5000, keep_top_k=750)
+    frames, _ = _decode(clip)
+    lines = _read_lines(tmp_path / 'f.jsonl')
+    assert [line['frame'] for line in lines] == [0, 1, 2, 3]
+    for line in lines:
+        np.testing.assert_array_equal(_as_array(line['detections']), detector.detect(frames[line['frame']]))
+
+
 def test_max_frames_and_no_video_output(weights, clip, tmp_path):
     result = detect.main(_args(weights, clip, '--max_frames', '4', '--no-save_image', '--output',
                                str(tmp_path / 'out'), '--json', str(tmp_path / 'f.jsonl')))
