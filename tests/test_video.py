@@ -289,6 +289,38 @@ def test_video_refuses_torchrun(clip, tmp_path, capsys, monkeypatch):
     assert _error_lines(capsys) == ["error: --video runs in one process: start it without torchrun"]
 
 
+class _FakeCamera:
+    """cv2.VideoCapture for camera 0 played from a file, as a camera reports itself: no
+    frame count, and (like some webcams) no frame rate."""
+
+    def __init__(self, clip):
+        self._cap = cv2.VideoCapture(str(clip))
+
+    def get(self, prop):
+        return -1.0 if prop == cv2.CAP_PROP_FRAME_COUNT else 0.0 if prop == cv2.CAP_PROP_FPS else self._cap.get(prop)
+
+    def __getattr__(self, name):
+        return getattr(self._cap, name)
+
+
+def test_a_camera_runs_the_file_code_until_max_frames(weights, clip, tmp_path, monkeypatch, caplog):
+    import utils.video
+
+    real = cv2.VideoCapture
+    monkeypatch.setattr(utils.video.cv2, 'VideoCapture',
+                        lambda source: _FakeCamera(clip) if source == 0 else real(source))
+    with caplog.at_level(logging.WARNING):
+        result = detect.main(_args(weights, '0', '--max_frames', '7', '--output', str(tmp_path / 'out'), '--json',
+                                   str(tmp_path / 'f.jsonl')))
+    assert "camera 0 does not give its frame rate: taking it as 25 fps" in caplog.text
+    lines = _read_lines(tmp_path / 'f.jsonl')
+    assert [line['frame'] for line in lines] == list(range(7))
+    assert [line['time'] for line in lines] == [i / 25 for i in range(7)]
+    written, (fps, width, height, count) = _decode(tmp_path / 'out' / 'camera0.mp4')
+    assert (fps, width, height, count, len(written)) == (25.0, *SIZE, 7, 7)
+    assert result['frames'] == 7 and result['output'] == str(tmp_path / 'out' / 'camera0.mp4')
+
+
 def test_camera_sources_parse_as_indices():
     assert parse_source('0') == 0 and parse_source(' 2 ') == 2 and parse_source(1) == 1
     assert parse_source('clip.mp4') == 'clip.mp4' and parse_source(Path('0.mp4')) == '0.mp4'
