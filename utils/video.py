@@ -123,7 +123,8 @@ class Video:
         first, self._first = self._first, None
         if max_frames is not None and max_frames < 1:
             return
-        yield 0, (first if decode is None or decode(0) else None), ('ok' if decode is None or decode(0) else 'skipped')
+        want = decode is None or decode(0)
+        yield 0, (first if want else None), ('ok' if want else 'skipped')
         index, failed = 1, []
         while max_frames is None or index < max_frames:
             want = decode is None or decode(index)
