@@ -16,27 +16,38 @@ exact bytes as hex in "image_path_hex", since JSON text cannot hold them.
 
 Under torchrun (torchrun --nproc_per_node=N detect.py ...) each process takes every N-th
 image and rank 0 writes the --json, in the images' order.
+
+    python detect.py --video clip.mp4 --output annotated/ --json faces.jsonl --every 2
+    python detect.py --video 0 --max_frames 300 --no-save_image --json faces.jsonl   # camera 0
+
+--video takes a video file or a camera index: --output/<name>.mp4 gets every frame, the
+processed ones annotated, and --json one JSON line per processed frame. --save_crops DIR
+writes each face above --vis_thres aligned for a face-recognition model (ArcFace's
+112x112 landmark template, or --crop_size), for photos and videos.
 """
 import argparse
 import glob
 import json
 import logging
 import os
+import time
 from contextlib import closing
 
-import cv2
 import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.detector import add_detector_arguments, detector_from_args
-from utils.atomic import atomic_write, atomic_write_text, check_writable
-from utils.cli import probability, report_skipped, run_cli, str2bool
+from utils.atomic import atomic_write_text, check_writable
+from utils.cli import positive_int, probability, report_skipped, run_cli, str2bool
 from utils.datapaths import shared_path
 from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
-from utils.image import IMAGE_EXTENSIONS, draw_detections
+from utils.image import ARCFACE_SIZE, IMAGE_EXTENSIONS, align_faces, draw_detections, write_image
 from utils.input_files import check_regular_file, printable
 from utils.memory import keep_freed_memory
+from utils.video import DEFAULT_CODEC, VideoWriter, fourcc, open_video, read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -70,7 +81,25 @@ def get_args_parser():
                              f'reference\'s {REFERENCE_DEMO_IMAGE}, else $RETINAFACE_DATA/images/test.jpg')
     parser.add_argument('--output', default='./results/', type=str, help='folder for the annotated images')
     parser.add_argument('--json', default=None, type=str,
-                        help='write every detection (box, score, five landmarks) of every image to this JSON file')
+                        help='write every detection (box, score, five landmarks) of every image to this JSON file '
+                             '(with --video: JSON Lines, one line per processed frame)')
+    parser.add_argument('--video', default=None, type=str,
+                        help='detect in a video file, or a camera (its index: 0, 1, ...), instead of --image; '
+                             '--output gets <name>.mp4 with the faces drawn')
+    parser.add_argument('--every', default=None, type=positive_int,
+                        help='with --video: detect in every N-th frame only (0, N, 2N, ...; the others are '
+                             'written to the video as they are); default 1')
+    parser.add_argument('--max_frames', default=None, type=positive_int,
+                        help='with --video: stop after this many frames (a camera otherwise runs until Ctrl-C)')
+    parser.add_argument('--video_codec', default=DEFAULT_CODEC, type=fourcc,
+                        help='with --video: the four-character code of the annotated .mp4\'s codec '
+                             f'(default {DEFAULT_CODEC})')
+    parser.add_argument('--save_crops', default=None, type=str,
+                        help='write each face >= --vis_thres, aligned for face recognition (the ArcFace landmark '
+                             'template), to this folder: <image>_<k>.jpg, or <video>_<frame>_<k>.jpg (k: the '
+                             'detection\'s index, highest score first); the JSON records each crop and its matrix')
+    parser.add_argument('--crop_size', default=ARCFACE_SIZE, type=positive_int,
+                        help=f'the aligned crops\' width and height (default {ARCFACE_SIZE}, the template\'s own size)')
     return parser
 
 
@@ -176,8 +205,15 @@ def main(args):
     """Detect, draw and summarise; returns {'results': [...], 'skipped': [(path, reason)]}.
 
     Ctrl-C still writes the JSON of the images done so far, marked "partial": true, then
-    raises KeyboardInterrupt.
+    raises KeyboardInterrupt. With --video, see detect_video.
     """
+    if args.video is not None:
+        if args.image is not None:
+            raise InputError(f"give --image or --video, not both (--image {args.image}, --video {args.video})")
+        return detect_video(args)
+    for flag in ('every', 'max_frames'):
+        if getattr(args, flag) is not None:
+            raise InputError(f"--{flag} applies to --video only")
     spec = args.image or default_image()
     files = list_images(spec, exclude=args.output if args.save_image else None)
     # Every output is checked before the first image, not found unwritable after the last.
@@ -188,15 +224,19 @@ def main(args):
     if args.json:
         check_json_path(args.json, files, out_paths)
         check_writable(args.json, '--json')
+    crop_stems = None
+    if args.save_crops:
+        check_writable(args.save_crops, '--save_crops', folder=True)
+        crop_stems = crop_stem_paths(files, args.save_crops, base=spec if os.path.isdir(spec) else None)
     world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
     try:
         quiet_other_ranks(world, logger)
-        return _detect_all(args, files, out_paths, world)
+        return _detect_all(args, files, out_paths, world, crop_stems)
     finally:
         destroy(world)
 
 
-def _detect_all(args, files, out_paths, world):
+def _detect_all(args, files, out_paths, world, crop_stems=None):
     """Under torchrun each rank detects every world_size-th image and writes its annotated
     copies; rank 0 writes the JSON, images in list order."""
     detector = detector_from_args(args, **({'device': world.device} if world.device else {}))
@@ -205,13 +245,10 @@ def _detect_all(args, files, out_paths, world):
     jobs = [(index, path, out_path) for index, (path, out_path) in shard(enumerate(zip(files, out_paths)), world)]
 
     def draw(img_raw, dets, out_path):
-        # Encoded here and written from Python, atomically: cv2.imwrite crashes the process
-        # on a file name that is not valid UTF-8, and leaves half a file when interrupted.
-        ok, data = cv2.imencode(os.path.splitext(out_path)[1], draw_detections(img_raw, dets, args.vis_thres))
-        if not ok:
-            raise InputError(f"could not encode the annotated copy {printable(out_path)} "
-                             f"({img_raw.shape[1]}x{img_raw.shape[0]} image)")
-        atomic_write(out_path, lambda f: f.write(np.asarray(data).tobytes()))
+        # Encoded and written from Python, atomically (utils.image.write_image): cv2.imwrite
+        # crashes the process on a file name that is not valid UTF-8, and leaves half a file
+        # when interrupted.
+        write_image(out_path, draw_detections(img_raw, dets, args.vis_thres))
 
     results, skipped = [], []
     try:
@@ -222,8 +259,14 @@ def _detect_all(args, files, out_paths, world):
                         f"{args.confidence_threshold}), {img_raw.shape[1]}x{img_raw.shape[0]}, {ms:.1f} ms")
                 # Recorded before the image is drawn and the summary printed, so that the JSON of an
                 # interrupted run holds every image the user saw done.
-                results.append((index, {**json_path_fields(path), 'width': int(img_raw.shape[1]),
-                                        'height': int(img_raw.shape[0]), 'detections': detections_to_json(dets)}))
+                record = {**json_path_fields(path), 'width': int(img_raw.shape[1]),
+                          'height': int(img_raw.shape[0]), 'detections': detections_to_json(dets)}
+                if crop_stems is not None:
+                    # Cropped before the image is drawn on (in the writer's thread).
+                    crops = face_crops(img_raw, dets, args.vis_thres, args.crop_size, crop_stems[index], path,
+                                       record['detections'])
+                    writer.submit(write_crops, crops)
+                results.append((index, record))
                 if out_path is not None:
                     writer.submit(draw, img_raw, dets, out_path)
                     line += f" -> {printable(out_path)}"
@@ -250,6 +293,41 @@ def _detect_all(args, files, out_paths, world):
     return {'results': results, 'skipped': skipped}
 
 
+def crop_stem_paths(files, folder, base=None):
+    """Where each image's crops go, without the _<k>.jpg: folder/<path below base, no
+    extension>, base being the given folder or the inputs' common folder (as output_paths)."""
+    if base is None:
+        base = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    return [os.path.join(folder, os.path.splitext(os.path.relpath(os.path.abspath(f), os.path.abspath(base)))[0])
+            for f in files]
+
+
+def face_crops(img, dets, vis_thres, size, stem, name, detections_json):
+    """The aligned crops of the detections >= vis_thres: [(stem_<k>.jpg, crop)], k being the
+    detection's index in dets (highest score first). Each cropped detection's entry in
+    detections_json (detections_to_json(dets)) gets its 'crop' path and 'crop_matrix' (the
+    2x3 matrix from image pixels to crop pixels). Faces with degenerate landmarks are
+    skipped with a warning naming name and k."""
+    keep = np.flatnonzero(dets[:, 4] >= vis_thres)
+    crops, matrices = align_faces(img, dets[keep], size=size, name=name)
+    out = []
+    for k, crop, matrix in zip(keep, crops, matrices):
+        if crop is None:
+            continue
+        path = f"{stem}_{k}.jpg"
+        detections_json[k]['crop'] = path
+        detections_json[k]['crop_matrix'] = matrix.tolist()
+        out.append((path, crop))
+    return out
+
+
+def write_crops(crops):
+    """Write [(path, crop)] (each atomically), making their folders."""
+    for path, crop in crops:
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        write_image(path, crop)
+
+
 def write_json(args, results, skipped, total, partial):
     """Write the detections (atomically); partial: the run was interrupted after len(results) images."""
     payload = {'network': args.network, 'backend': args.backend,
@@ -265,6 +343,140 @@ def write_json(args, results, skipped, total, partial):
                        "(marked \"partial\": true)", len(results), total, args.json)
     else:
         logger.info("wrote detections of %d images to %s", len(results), args.json)
+
+
+# ---------------------------------------------------------------------------------------
+# Video
+
+def detect_video(args):
+    """Detect faces in the frames of args.video (a file, or a camera index).
+
+    Every frame, or every args.every-th, goes through the detector; the next frames are
+    decoded (and preprocessed) in a thread meanwhile. Outputs, each checked before the
+    first frame: --output/<name>.mp4 (unless --no-save_image), every frame at the input's
+    size and frame rate, the processed ones annotated; --json, JSON Lines, one
+    {"frame", "time", "detections"} line per processed frame; --save_crops, aligned faces.
+
+    The JSON Lines file is written line by line as frames are done, so that it can be
+    read while it grows (a camera has no end); each line is written whole. The video is
+    moved into place when the run ends. Ctrl-C ends the run there: the video then holds
+    every frame done, the JSON the lines of those frames, and KeyboardInterrupt is raised.
+
+    Returns:
+        {'frames': frames read, 'processed': frames detected in, 'faces': faces >= --vis_thres,
+         'output': the video written (or None), 'json': args.json}.
+    """
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        raise InputError("--video runs in one process: start it without torchrun")
+    video = open_video(args.video)
+    try:
+        out_path = None
+        if args.save_image:
+            check_writable(args.output, '--output', folder=True)
+            out_path = os.path.join(args.output, video.stem + '.mp4')
+            _refuse_overwriting(video, out_path, '--output')
+        if args.json:
+            check_writable(args.json, '--json')
+            _refuse_overwriting(video, args.json, '--json')
+        if args.save_crops:
+            check_writable(args.save_crops, '--save_crops', folder=True)
+        # Opening the writer is the check that OpenCV can encode the codec.
+        writer = VideoWriter(out_path, video.fps, (video.width, video.height), args.video_codec) if out_path else None
+        try:
+            detector = detector_from_args(args)
+            if detector.device.type == 'cpu':
+                keep_freed_memory()  # a process-wide malloc setting: this script owns its process
+            return _detect_frames(args, video, detector, writer)
+        finally:
+            if writer is not None:
+                if writer.frames:
+                    writer.close()
+                    logger.info("wrote %d frames to %s", writer.frames, out_path)
+                else:
+                    writer.discard()
+    finally:
+        video.close()
+
+
+def _refuse_overwriting(video, path, flag):
+    if not video.is_camera and os.path.exists(path) and os.path.samefile(path, video.source):
+        raise InputError(f"{flag} {path} would overwrite the input video: choose another path")
+
+
+def _frame_outputs(args, video, index, frame, dets, jsonl, writer):
+    """One processed frame's outputs, in the writer's thread (formatting the JSON of a few
+    hundred detections takes longer than a small frame's forward pass): its crops, then its
+    JSON line (so that a line never names a crop not yet written), then the annotated frame
+    (drawn after the crops were cut from it)."""
+    if jsonl is not None or args.save_crops:
+        record = {'frame': index, 'time': round(index / video.fps, 6), 'detections': detections_to_json(dets)}
+    if args.save_crops:
+        write_crops(face_crops(frame, dets, args.vis_thres, args.crop_size,
+                               os.path.join(args.save_crops, f"{video.stem}_{index}"),
+                               f"{video.name} frame {index}", record['detections']))
+    if jsonl is not None:
+        jsonl.write(json.dumps(record) + "\n")
+        jsonl.flush()
+    if writer is not None:
+        writer.write(draw_detections(frame, dets, args.vis_thres))
+
+
+def _detect_frames(args, video, detector, writer):
+    every = args.every or 1
+    total = video.frame_count
+    if args.max_frames is not None:
+        total = min(total, args.max_frames) if total is not None else args.max_frames
+    frames_read = processed = faces = bad = 0
+    last = None  # the last frame written: it stands in for a frame that could not be decoded
+    jsonl = None
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=video.name if video.is_camera else os.path.basename(video.name),
+               unit='frame', dynamic_ncols=True)
+    try:
+        if args.json:
+            try:
+                jsonl = open(args.json, 'w', encoding='utf-8')
+            except OSError as e:
+                raise InputError(f"cannot write --json {args.json}: {e.strerror or e}") from e
+        with logging_redirect_tqdm(), bar, BackgroundWriter() as out, \
+                closing(read_frames(video, every, args.max_frames, keep_skipped=writer is not None,
+                                    prepare=lambda frame: detector.preprocess([frame]))) as frames:
+            for index, status, frame, prepared in frames:
+                frames_read = index + 1
+                bar.update(1)
+                if status == 'bad':
+                    bad += 1
+                    if writer is not None and last is not None:
+                        out.submit(writer.write, last)  # keeps the copy in step with the input's timing
+                    continue
+                if status == 'skipped':
+                    if writer is not None:
+                        out.submit(writer.write, frame)
+                        last = frame
+                    continue
+                dets = detector.detect_preprocessed(*prepared)[0]
+                out.submit(_frame_outputs, args, video, index, frame, dets, jsonl, writer)
+                last = frame
+                processed += 1
+                faces += int((dets[:, 4] >= args.vis_thres).sum())
+                seconds = time.perf_counter() - start
+                bar.set_postfix(realtime=f"{frames_read / seconds / video.fps:.2f}x", refresh=False)
+    except KeyboardInterrupt:
+        logger.warning("interrupted after %d frames: the outputs hold the %d processed frames done", frames_read,
+                       processed)
+        raise
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+    seconds = time.perf_counter() - start
+    logger.info("%s: %d frames in %.1f s (%.1f fps, %.2fx real time), detected in %d (every %d), %d faces >= %s%s",
+                video.name, frames_read, seconds, frames_read / seconds, frames_read / seconds / video.fps,
+                processed, every, faces, args.vis_thres,
+                f"; {bad} frames could not be decoded" if bad else '')
+    if args.json:
+        logger.info("wrote %d JSON lines to %s", processed, args.json)
+    return {'frames': frames_read, 'processed': processed, 'faces': faces,
+            'output': writer.path if writer is not None else None, 'json': args.json}
 
 
 if __name__ == '__main__':
