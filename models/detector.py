@@ -31,7 +31,8 @@ from layers.functions.detection import (PAD_MULTIPLE, Detect, candidates_on_devi
 from layers.functions.prior_box import cached_priors, prior_boxes
 from models.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network, pipeline_metadata
 from utils import kernels
-from utils.cli import add_threads_argument, optional_top_k, probability, set_threads, warn_if_cpus_busy
+from utils.cli import (add_threads_argument, optional_top_k, prefer_passive_openmp, probability, set_threads,
+                       warn_if_cpus_busy)
 from utils.device import BACKENDS, resolve_device
 from utils.errors import InputError, InputNotFoundError
 
@@ -510,7 +511,8 @@ def detector_from_args(args, **overrides):
     onnx_model = getattr(args, 'onnx_model', None)
     if onnx_model is None:
         # Eager PyTorch, or onnxruntime on an in-memory export: both need torch, and torch
-        # must be loaded for --threads to reach it.
+        # must be loaded for --threads to reach it. Its OpenMP threads sleep when idle.
+        prefer_passive_openmp()
         import torch  # noqa: F401
     threads = set_threads(getattr(args, 'threads', None))
     kwargs = dict(
@@ -531,7 +533,9 @@ def detector_from_args(args, **overrides):
                            if hasattr(args, 'origin_size') else ()),
     )
     kwargs.update(overrides)
-    if (kwargs['backend'] == 'torch' and str(kwargs['device']).partition(':')[0] == 'cpu' and threads > 1
+    # The backend that will run (--backend is None unless given), not the flag as given.
+    backend = resolve_backend(kwargs['backend'], kwargs['onnx_model'])
+    if (backend == 'torch' and str(kwargs['device']).partition(':')[0] == 'cpu' and threads > 1
             and getattr(args, 'threads', None) is None):
         warn_if_cpus_busy(threads)
     detector = load_detector(args.network, args.trained_model, **kwargs)

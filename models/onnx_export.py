@@ -390,7 +390,7 @@ def verify_onnx(net, model, inputs, atol=VERIFY_ATOL):
             if not diffs[name] <= atol:  # also catches NaN
                 raise InputError(f"ONNX export does not match PyTorch: output {name!r} differs by "
                                  f"{diffs[name]:.3g} (> {atol:g}) on a {size[0]}x{size[1]} input")
-        logger.info("onnxruntime matches PyTorch on %dx%d: %s", size[0], size[1],
-                    ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()))
+        logger.info("onnxruntime matches PyTorch on %dx%d: max |diff| %s (<= %g)", size[0], size[1],
+                    ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()), atol)
         report.append({'size': size, 'max_abs_diff': diffs})
     return report

@@ -146,6 +146,22 @@ def set_threads(n=None):
     return torch.get_num_threads()
 
 
+def prefer_passive_openmp():
+    """Let OpenMP's idle threads sleep at once (OMP_WAIT_POLICY=PASSIVE) unless the user set
+    a wait policy. Eager PyTorch ends every operator at a barrier; with the default policy
+    the threads that arrive first spin there, and next to other busy processes they take
+    the very core the last thread is waiting for, so a forward pass can take many times
+    longer (bench/bench_threads.py). The policy changes only how threads wait, never what
+    they compute: detections are bit for bit the same.
+
+    libgomp reads the variable once, when torch first loads it, so this must run before the
+    first `import torch`; afterwards it changes nothing. Returns whether PASSIVE is in effect.
+    """
+    if 'torch' not in sys.modules:
+        os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    return os.environ.get('OMP_WAIT_POLICY', '').strip().upper() == 'PASSIVE'
+
+
 def warn_if_cpus_busy(threads):
     """Warn when other processes already keep a core busy: eager PyTorch's OpenMP threads
     wait for each other at the end of every operation, spinning while the one that was
@@ -157,7 +173,7 @@ def warn_if_cpus_busy(threads):
     except (AttributeError, OSError):  # not available on this platform
         return
     if load >= 1:
-        logger.warning("the CPUs are busy (load average %.1f): eager PyTorch's %d threads can run many times "
+        logger.warning("the CPUs are busy (load average %.1f): eager PyTorch's %d threads can run several times "
                        "slower next to other busy processes; --threads 1 avoids it", load, threads)
 
 
