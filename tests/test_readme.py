@@ -14,7 +14,8 @@ The README's conventions, checked here:
   or in the prose around the block.
 - `<!-- readme-test: skip REASON -->` on the line before a block skips it, with the reason
   (data this project does not have, a GPU, or the command that runs this very test).
-- `/tmp/` in a block is this test's own temporary folder, so that runs never meet.
+- `/tmp/` in a block (its commands and its output lines) is this test's own temporary
+  folder, so that runs never meet.
 """
 import os
 import re
@@ -127,7 +128,7 @@ def readme_run(tmp_path_factory):
     results = {}
     for line, language, code, skip in BLOCKS:
         if skip is None:
-            results[line] = _run(language, code, project, tmp)
+            results[line] = (_run(language, code, project, tmp), tmp)
     return results
 
 
@@ -135,9 +136,9 @@ def readme_run(tmp_path_factory):
 def test_readme_block_runs_as_written(readme_run, line, language, code, skip):
     if skip is not None:
         pytest.skip(f"README.md:{line}: {skip}")
-    proc = readme_run[line]
+    proc, tmp = readme_run[line]
     assert proc.returncode == 0, f"README.md:{line} exited {proc.returncode}:\n{code}\n{proc.stdout[-3000:]}"
-    missing = match_in_order(expected_lines(code), proc.stdout)
+    missing = match_in_order(expected_lines(code.replace('/tmp/', f'{tmp}/')), proc.stdout)
     assert missing is None, f"README.md:{line}: no output line matches {missing!r}:\n{proc.stdout[-3000:]}"
 
 
