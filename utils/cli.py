@@ -217,7 +217,10 @@ def run_cli(main, parser, argv=None):
     try:
         main(args)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Under torchrun every rank checks the same flags and files and fails the same way:
+        # rank 0 says it once (torchrun's own summary names every rank that exited 1).
+        if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or os.environ.get('RANK', '0') == '0':
+            print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
