@@ -22,7 +22,7 @@ from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli
 from utils.datapaths import shared_path
-from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
+from utils.distributed import gather_to_rank0, merge_in_order, process_group, quiet_other_ranks, shard
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
 from utils.image import IMAGE_EXTENSIONS, draw_detections
@@ -135,12 +135,9 @@ def main(args):
         out_paths = output_paths(files, args.output, base=spec if os.path.isdir(spec) else None)
     if args.json:
         check_writable(args.json, '--json')
-    world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
-    try:
+    with process_group(use_cuda=False if args.cpu else 'auto') as world:
         quiet_other_ranks(world, logger)
         return _detect_all(args, files, out_paths, world)
-    finally:
-        destroy(world)
 
 
 def _detect_all(args, files, out_paths, world):
