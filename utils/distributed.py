@@ -16,16 +16,14 @@ the onnxruntime path of the scripts does not need torch for it).
         ...
     # here the group is gone, and its threads with it, however the block ended
 
-Shutdown order. gloo runs each collective in worker threads of its own, and a worker lets
-go of a finished collective's tensors after the caller has its result; tensors made by
-Python need the GIL to be freed. If the interpreter is already shutting down then, the
-worker thread is stopped inside a C++ destructor and the process aborts ("terminate called
-without an active exception", SIGABRT) after its work is done, and torchrun reports a
-failed run. destroy_process_group() frees the group and joins its worker threads while
-Python is still alive, but only when nothing else still refers to the group. So:
-the scripts' own threads (read-ahead, writer) finish inside the block, then the group is
-destroyed, then the process exits; and nothing may keep the group alive past destroy (see
-init_from_torchrun).
+Shutdown order. gloo runs each collective in worker threads, and a worker lets go of a
+finished collective's tensors only after the caller has its result; freeing a tensor that
+Python made needs the GIL. A worker that gets there once the interpreter is shutting down
+is stopped inside a C++ destructor, and the process aborts ("terminate called without an
+active exception", SIGABRT) after its results are written, so torchrun reports a failed
+run. destroy_process_group() joins the workers while Python is alive, but only if nothing
+else still holds the group (see init_from_torchrun). So the scripts' own threads (read-ahead,
+writer) finish inside the block, then the group is destroyed, then the process exits.
 """
 import logging
 import os
