@@ -41,7 +41,7 @@ from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import positive_int, probability, report_skipped, run_cli, str2bool
 from utils.datapaths import shared_path
-from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
+from utils.distributed import gather_to_rank0, merge_in_order, process_group, quiet_other_ranks, shard
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
 from utils.image import ARCFACE_SIZE, IMAGE_EXTENSIONS, align_faces, draw_detections, write_image
@@ -228,12 +228,9 @@ def main(args):
     if args.save_crops:
         check_writable(args.save_crops, '--save_crops', folder=True)
         crop_stems = crop_stem_paths(files, args.save_crops, base=spec if os.path.isdir(spec) else None)
-    world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
-    try:
+    with process_group(use_cuda=False if args.cpu else 'auto') as world:
         quiet_other_ranks(world, logger)
         return _detect_all(args, files, out_paths, world, crop_stems)
-    finally:
-        destroy(world)
 
 
 def _detect_all(args, files, out_paths, world, crop_stems=None):

@@ -28,8 +28,8 @@ import cv2
 from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli, str2bool
-from utils.distributed import (broadcast_from_rank0, destroy, gather_to_rank0, init_from_torchrun, merge_in_order,
-                               on_rank0, quiet_other_ranks, shard)
+from utils.distributed import (broadcast_from_rank0, gather_to_rank0, merge_in_order, on_rank0, process_group,
+                               quiet_other_ranks, shard)
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
                               lock_results_folder)
@@ -180,8 +180,7 @@ def main(args):
         check_not_over_inputs([os.path.join(images_folder, n + '.jpg') for n in names], vis_paths,
                               '--vis_folder', args.vis_folder)
 
-    world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
-    try:
+    with process_group(use_cuda=False if args.cpu else 'auto') as world:
         quiet_other_ranks(world, logger)
         # Held to the end: a second run would mix its blocks with these, or replace the file.
         lock = lock_results_folder(args.save_folder, '--save_folder', world)
@@ -190,8 +189,6 @@ def main(args):
         finally:
             if lock is not None:
                 lock.release()
-    finally:
-        destroy(world)
 
 
 def _detect_all(args, names, paths, vis_paths, images_folder, out_path, world):

@@ -26,8 +26,7 @@ import cv2
 from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli, str2bool
-from utils.distributed import (all_gather, destroy, init_from_torchrun, merge_in_order, on_rank0,
-                               quiet_other_ranks, shard)
+from utils.distributed import all_gather, merge_in_order, on_rank0, process_group, quiet_other_ranks, shard
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
                               lock_results_folder)
@@ -156,8 +155,7 @@ def main(args):
         check_not_over_inputs([os.path.join(args.dataset_folder, n) for n in names],
                               [os.path.join(args.vis_folder, f"{i}.jpg") for i in range(len(names))],
                               '--vis_folder', args.vis_folder)
-    world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
-    try:
+    with process_group(use_cuda=False if args.cpu else 'auto') as world:
         quiet_other_ranks(world, logger)
         # Held to the end: a second run with other settings would mix its files with these.
         lock = lock_results_folder(args.save_folder, '--save_folder', world)
@@ -166,8 +164,6 @@ def main(args):
         finally:
             if lock is not None:
                 lock.release()
-    finally:
-        destroy(world)
 
 
 def _detect_all(args, names, world):

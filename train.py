@@ -48,7 +48,7 @@ from utils.checkpoint import load_model
 from utils.cli import (non_negative_float, non_negative_int, number_in, positive_float,
                        positive_int, run_cli, set_threads)
 from utils.device import resolve_device
-from utils.distributed import World, destroy, init_from_torchrun, on_rank0, quiet_other_ranks, torchrun_world
+from utils.distributed import World, on_rank0, process_group, quiet_other_ranks
 from utils.errors import InputError, InputNotFoundError
 from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
@@ -276,10 +276,15 @@ class Run:
 
 def main(args):
     """Train as args say; returns a TrainResult. Raises NonFiniteLossError on a NaN/inf loss."""
-    # torchrun's process group, when there is one; only rank 0 logs progress.
     device = train_device(args)  # checked before any process group exists
-    # Under torchrun with CUDA each process takes the GPU of its LOCAL_RANK (world.device).
-    world = init_from_torchrun(use_cuda=device.type == 'cuda') if torchrun_world().distributed else World()
+    # torchrun's process group, when there is one, left however the run ends. Under torchrun
+    # with CUDA each process takes the GPU of its LOCAL_RANK (world.device).
+    with process_group(use_cuda=device.type == 'cuda') as world:
+        return _main(args, device, world)
+
+
+def _main(args, device, world):
+    """main() inside the process group; only rank 0 logs progress."""
     quiet_other_ranks(world, logger)
     if world.is_main and logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
@@ -303,7 +308,6 @@ def main(args):
         set_threads(threads)
         _close_log_file()
         folder_lock.release()
-        destroy(world)
 
 
 def check_save_folder(folder):
