@@ -181,16 +181,16 @@ def resolve_pretrained(arg, cfg):
 
 
 def build_config(args):
-    """cfg_for_network(args.network) with the command-line overrides applied (a copy)."""
+    """cfg_for_network(args.network) with the command-line overrides applied (a copy).
+
+    The flags' ranges are checked by get_args_parser() (utils.cli.number_in types); only
+    what depends on the network is checked here."""
     cfg = dict(cfg_for_network(args.network))
     for flag, key in (('batch_size', 'batch_size'), ('max_epoch', 'epoch'), ('image_size', 'image_size'),
                       ('decay1', 'decay1'), ('decay2', 'decay2')):
         value = getattr(args, flag)
         if value is not None:
             cfg[key] = value
-    for key in ('batch_size', 'epoch', 'image_size'):
-        if cfg[key] <= 0:
-            raise InputError(f"{key} must be positive, got {cfg[key]}")
     if cfg['image_size'] <= max(cfg['steps']):
         # Smaller, the priors (16 px and up) dwarf every face, so no face matches one and
         # the loss is 0; at the largest stride itself the coarsest feature map is a single
@@ -198,12 +198,6 @@ def build_config(args):
         raise InputError(f"--image_size {cfg['image_size']} is too small for {cfg['name']}: it must be larger than "
                          f"its largest stride, {max(cfg['steps'])} (the reference trains at "
                          f"{cfg_for_network(args.network)['image_size']})")
-    if args.lr <= 0:
-        raise InputError(f"--lr must be positive, got {args.lr}")
-    if args.num_workers < 0:
-        raise InputError(f"--num_workers must be >= 0, got {args.num_workers}")
-    if args.log_interval < 1:
-        raise InputError(f"--log_interval must be >= 1, got {args.log_interval}")
     return cfg
 
 

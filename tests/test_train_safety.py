@@ -99,6 +99,7 @@ def test_smallest_image_size_trains_a_batch_of_one(tmp_path, backbone):
     ('--gamma', '0'), ('--gamma', '1.5'), ('--batch_size', '0'), ('--num_workers', '-1'), ('--max_epoch', '0'),
     ('--image_size', '-640'), ('--decay1', '-1'), ('--decay2', '-1'), ('--resume_epoch', '-1'),
     ('--log_interval', '0'), ('--threads', '0'), ('--faceless_negatives', '-1'), ('--batch_size', '2.5'),
+    ('--eval_every', '0'), ('--lr', '-1e-3'),
 ])
 def test_out_of_range_flag_is_a_usage_error_naming_flag_and_value(flag, value, capsys):
     with pytest.raises(SystemExit) as e:

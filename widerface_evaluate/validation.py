@@ -205,8 +205,6 @@ def format_aps(aps):
 def validator_from_args(args, cfg, device, world, log=logger):
     """The Validator of train.py's --val_dataset / --val_gt / --eval_every (its files checked now), or None.
     Messages go to log (train.py passes its own logger)."""
-    if args.eval_every < 1:
-        raise InputError(f"--eval_every must be >= 1, got {args.eval_every}")
     if args.val_dataset is None:
         if args.val_gt is not None:
             raise InputError("--val_gt needs --val_dataset (the WIDER val folder with images/ and wider_val.txt)")
