@@ -150,7 +150,7 @@ def main(args):
     weights = default_weights()
     paths = args.images or [str(shared_path('images', f'{n}.jpg')) for n in IMAGES]
     images = {os.path.splitext(os.path.basename(p))[0]: read_image(p) for p in paths}
-    kept = keep_freed_memory()  # as the scripts do on the CPU (utils.cli.detector_from_args)
+    kept = keep_freed_memory()  # as the scripts do on the CPU (after models.detector.detector_from_args)
     detector = load_detector('mobile0.25', weights, device='cpu', backend=args.backend)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, backend {args.backend}, device cpu, "
           f"mobile0.25 ({weights}), "
