@@ -59,8 +59,8 @@ from widerface_evaluate.validation import validate_epoch, validator_from_args
 logger = logging.getLogger('train')
 
 NUM_CLASSES = 2  # face, background
-# MultiBoxLoss(num_classes, overlap_thresh, prior_for_matching, bkg_label, neg_mining, neg_pos,
-#              neg_overlap, encode_target), as the reference builds it.
+# MultiBoxLoss's settings, as the reference builds it: matching and negative-overlap
+# threshold 0.35, 7 mined negatives per positive prior.
 MATCH_THRESHOLD = 0.35
 NEG_POS_RATIO = 7
 # The ImageNet backbones `--pretrained auto` loads, as the reference's RetinaFace constructor did.
@@ -374,8 +374,10 @@ def _prepare(args, world, stop, device, folder_lock):
     run.optimizer = optim.SGD(run.net.parameters(), lr=args.lr, momentum=args.momentum,
                               weight_decay=args.weight_decay)
     run.scaler = torch.amp.GradScaler('cuda', enabled=run.amp)
-    run.criterion = MultiBoxLoss(NUM_CLASSES, MATCH_THRESHOLD, True, 0, True, NEG_POS_RATIO, MATCH_THRESHOLD, False,
-                                 faceless_negatives=args.faceless_negatives, variance=cfg['variance'])
+    run.criterion = MultiBoxLoss(num_classes=NUM_CLASSES, overlap_thresh=MATCH_THRESHOLD, prior_for_matching=True,
+                                 bkg_label=0, neg_mining=True, neg_pos=NEG_POS_RATIO, neg_overlap=MATCH_THRESHOLD,
+                                 encode_target=False, faceless_negatives=args.faceless_negatives,
+                                 variance=cfg['variance'])
     img_dim = cfg['image_size']
     run.priors = cached_priors(cfg, (img_dim, img_dim), device=device)  # [P, 4], computed once
 
@@ -666,12 +668,16 @@ def _save_state(run, next_iteration):
         run.result.state_path = path
     return path
 
+def _log_to_stdout():
+    """train.py's logging, set up once by run_cli: progress goes to stdout, where the reference
+    printed it, so that `python train.py ... > train.log` keeps the log (the other scripts
+    log on stderr)."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt='%H:%M:%S', stream=sys.stdout, force=True)
+
+
 def _command_line(args):
     """train.py run as a script, under utils.cli.run_cli: expected errors (a bad label
     line, a missing file, bad weights or settings) print one 'error: ...' line and exit 1."""
-    # Progress goes to stdout, where the reference printed it, so that
-    # `python train.py ... > train.log` keeps the log (run_cli set up stderr for the others).
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, datefmt='%H:%M:%S', stream=sys.stdout, force=True)
     try:
         result = main(args)
     except NonFiniteLossError:
@@ -681,4 +687,4 @@ def _command_line(args):
 
 
 if __name__ == '__main__':
-    raise SystemExit(run_cli(_command_line, get_args_parser()))
+    raise SystemExit(run_cli(_command_line, get_args_parser(), configure_logging=_log_to_stdout))

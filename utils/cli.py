@@ -205,15 +205,16 @@ def setup_logging(level=logging.INFO):
     logging.basicConfig(level=level, format='%(message)s', handlers=[_StderrHandler()], force=True)
 
 
-def run_cli(main, parser, argv=None):
-    """Parse argv, run main(args) and return the process exit status.
+def run_cli(main, parser, argv=None, configure_logging=setup_logging):
+    """Parse argv, set up logging with configure_logging(), run main(args) and return the
+    process exit status.
 
     Bad input (utils.errors.InputError: a missing or unwritable file, a malformed line, a
     value out of range) prints one clear line, 'error: ...', instead of a traceback, and
     gives status 1; Ctrl-C gives 130. Any other exception is a bug and keeps its traceback.
     """
     args = parser.parse_args(argv)
-    setup_logging()
+    configure_logging()
     try:
         main(args)
     except InputError as e:
