@@ -23,6 +23,7 @@ from contextlib import closing
 
 import cv2
 
+from data.label_file import WIDER_IMAGE_LIST, read_wider_list
 from models.detector import add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli, str2bool
@@ -31,13 +32,10 @@ from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
                               lock_results_folder)
 from utils.image import draw_detections
-from utils.input_files import open_text
 from utils.memory import keep_freed_memory
 from utils.run_manifest import prepare_results_folder, run_settings
 
 logger = logging.getLogger(__name__)
-
-IMAGE_LIST_NAME = 'wider_val.txt'
 
 
 def get_args_parser():
@@ -52,7 +50,7 @@ def get_args_parser():
                         help='Dir to save txt results')
     parser.add_argument('--dataset_folder', default='./data/widerface/val/images/', type=str, help='dataset path')
     parser.add_argument('--image_list', default=None, type=str,
-                        help=f'the list of images (default: {IMAGE_LIST_NAME} beside the dataset folder)')
+                        help=f'the list of images (default: {WIDER_IMAGE_LIST} beside the dataset folder)')
     parser.add_argument('-s', '--save_image', action="store_true", default=False, help='show detection results')
     parser.add_argument('--vis_thres', default=0.5, type=probability, help='visualization_threshold')
     parser.add_argument('--vis_folder', default='./results/', type=str,
@@ -66,7 +64,7 @@ def get_args_parser():
 
 def image_list_path(dataset_folder):
     """wider_val.txt beside the images folder: ./data/widerface/val/images/ -> ./data/widerface/val/wider_val.txt."""
-    return os.path.join(os.path.dirname(os.path.normpath(dataset_folder)), IMAGE_LIST_NAME)
+    return os.path.join(os.path.dirname(os.path.normpath(dataset_folder)), WIDER_IMAGE_LIST)
 
 
 def read_image_list(path):
@@ -74,12 +72,9 @@ def read_image_list(path):
     removed, normalised), checked by utils.folder_run.check_list_entries: none outside the
     folder, no duplicate, no two with one result file."""
     if not os.path.lexists(path):
-        raise InputNotFoundError(f"image list not found: {path} (expected {IMAGE_LIST_NAME} beside the images "
+        raise InputNotFoundError(f"image list not found: {path} (expected {WIDER_IMAGE_LIST} beside the images "
                                  f"folder, or pass --image_list)")
-    with open_text(path, 'image list') as fr:
-        text = fr.read()
-    # Whitespace-separated names, as the reference reads them, with their line numbers for the messages.
-    entries = [(lineno, n, n.lstrip('/')) for lineno, line in enumerate(text.split('\n'), 1) for n in line.split()]
+    entries = read_wider_list(path)  # with their line numbers, for the messages
     if not entries:
         raise InputError(f"image list {path} is empty")
     return check_list_entries(path, entries, output_of=result_name)

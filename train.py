@@ -54,7 +54,7 @@ from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
 from utils.train_state import (ResumableDistributedSampler, StopSignal, gather_rng_states, load_training_state,
                                save_training_state, seed_everything, set_rng_state, warn_changed_settings)
-from widerface_evaluate.validation import validate_epoch, validator_from_args
+from models.validation import validate_epoch, validator_from_args
 
 logger = logging.getLogger('train')
 
@@ -251,7 +251,7 @@ class Run:
     priors: torch.Tensor = None
     sampler: ResumableDistributedSampler = None
     loader: data.DataLoader = None
-    validator: object = None  # a widerface_evaluate.validation.Validator, or None without --val_dataset
+    validator: object = None  # a models.validation.Validator, or None without --val_dataset
     epoch_size: int = 0
     max_iter: int = 0
     stepvalues: tuple = ()

@@ -1,5 +1,6 @@
 """The RetinaFace label.txt parser, the one both training (data.wider_face) and the
-evaluation's --label mode (widerface_evaluate/evaluation.py) read it with.
+evaluation's --label mode (widerface_evaluate/evaluation.py) read it with; and the reader of
+WIDER's image list (wider_val.txt), for test_widerface.py and validation during training.
 
 The format is described in data/wider_face.py. This module needs only numpy, so that the
 evaluation stays free of torch.
@@ -14,6 +15,8 @@ from utils.input_files import open_text
 # Values per face line of the two label formats.
 TRAIN_LINE_VALUES = 20
 BOXES_ONLY_LINE_VALUES = 4
+# WIDER FACE's list of val images, beside its images/ folder.
+WIDER_IMAGE_LIST = 'wider_val.txt'
 
 
 def read_label_file(txt_path):
@@ -69,3 +72,21 @@ def read_label_file(txt_path):
         width = widths.pop() if len(widths) == 1 else TRAIN_LINE_VALUES
         parsed.append((rel, np.asarray(faces, dtype=np.float64).reshape(-1, width)))
     return parsed
+
+
+def read_wider_list(path: str, what: str = 'image list') -> list[tuple[int, str, str]]:
+    """The entries of a WIDER image list (wider_val.txt), read as the reference reads it:
+    whitespace-separated image paths, relative to the images folder.
+
+    Args:
+        path: the list file.
+        what: what the file is, for open_text's messages.
+    Returns:
+        (line number, entry as written, entry without its leading '/') for each entry, in
+        file order (empty for an empty list).
+    Raises:
+        InputError: the file is not UTF-8 text.
+    """
+    with open_text(path, what) as f:
+        text = f.read()
+    return [(lineno, n, n.lstrip('/')) for lineno, line in enumerate(text.split('\n'), 1) for n in line.split()]

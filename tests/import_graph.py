@@ -7,9 +7,11 @@ so a lazy import counts as an edge. The layers, top to bottom:
 
     scripts   train.py, test_widerface.py, test_fddb.py, detect.py, convert_to_onnx.py,
               curve/, fddb_evaluate/ (and bench/, tests/ above them)
-    widerface_evaluate   evaluation.py and validation during training
-    models    the network, the detection pipeline (models/detector.py), the ONNX export
+    models    the network, the detection pipeline (models/detector.py), the ONNX export,
+              validation during training (models/validation.py)
     layers    priors, the Detect stages, the loss
+    widerface_evaluate   evaluation.py and the validation AP of detections in memory: it
+              scores detections and needs no model, so it sits below them
     data      configs, labels, the training dataset
     utils     everything else, importing nothing above it
 
@@ -22,7 +24,7 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ('utils', 'data', 'layers', 'models', 'widerface_evaluate', 'scripts', 'bench', 'tests')
+LAYERS = ('utils', 'data', 'widerface_evaluate', 'layers', 'models', 'scripts', 'bench', 'tests')
 _PYX_IMPORT = re.compile(r'^\s*(?:from\s+([\w.]+)\s+import\s|import\s+([\w.]+))', re.M)
 
 

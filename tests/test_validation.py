@@ -17,12 +17,13 @@ import train
 from curve import plot_metrics
 from data import cfg_mnet
 from models.retinaface import RetinaFace
+from models.validation import Validator
 from tests.conftest import ROOT, need_shared, recorded_steps
 from tests.test_train import _assert_same_weights, _weights, backbone  # noqa: F401 (fixture)
 from utils.atomic import LOCK_NAME
 from utils.checkpoint import load_model
 from utils.run_history import RunHistory
-from widerface_evaluate.validation import Validator, load_validation_set
+from widerface_evaluate.validation import load_validation_set
 
 NAME = cfg_mnet['name']
 # Training: the first 8 minitrain images (5 without faces) at batch 4, 2 iterations per epoch.

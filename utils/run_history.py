@@ -37,7 +37,7 @@ class RunHistory:
     # -- validation --------------------------------------------------------------------
 
     def add_validation(self, epoch, result):
-        """Note a validation result (see widerface_evaluate.validation.Validator); True if it is the new best."""
+        """Note a validation result (see models.validation.Validator); True if it is the new best."""
         ap = result['ap'][result['key']]
         if is_better(ap, self.best and self.best['ap']):
             self.best = {'epoch': epoch, 'setting': result['key'], 'ap': ap}

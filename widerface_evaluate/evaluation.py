@@ -272,7 +272,11 @@ def load_label_gt(label_path):
         GroundTruth with the single setting ``all``; image keys are the paths without
         their extension, matching the prediction files ``<pred_dir>/<path>.txt``.
     """
-    entries = read_label_file(label_path)
+    return label_gt_from_entries(read_label_file(label_path))
+
+
+def label_gt_from_entries(entries):
+    """load_label_gt's GroundTruth from data.label_file.read_label_file's entries."""
     names = [strip_image_ext(rel) for rel, _ in entries]
     boxes, start, count = _concat_boxes([faces[:, :4] for _, faces in entries])
     return GroundTruth(names, boxes, start, count,
