@@ -62,12 +62,12 @@ def get_args_parser():
     return parser
 
 
-def image_list_path(dataset_folder):
+def image_list_path(dataset_folder: str) -> str:
     """wider_val.txt beside the images folder: ./data/widerface/val/images/ -> ./data/widerface/val/wider_val.txt."""
     return os.path.join(os.path.dirname(os.path.normpath(dataset_folder)), WIDER_IMAGE_LIST)
 
 
-def read_image_list(path):
+def read_image_list(path: str) -> list[str]:
     """The image paths of a WIDER list file, relative to the images folder (leading '/'
     removed, normalised), checked by utils.folder_run.check_list_entries: none outside the
     folder, no duplicate, no two with one result file."""

@@ -94,7 +94,7 @@ class TrainResult:
     history: RunHistory = None  # the per-epoch records and the best validation AP
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description='Retinaface Training')
     # The reference's flags, defaults unchanged.
     parser.add_argument('--training_dataset', default='./data/widerface/train/label.txt',
@@ -180,7 +180,7 @@ def resolve_pretrained(arg, cfg):
     return path
 
 
-def build_config(args):
+def build_config(args: argparse.Namespace) -> dict:
     """cfg_for_network(args.network) with the command-line overrides applied (a copy).
 
     The flags' ranges are checked by get_args_parser() (utils.cli.number_in types); only
@@ -201,13 +201,14 @@ def build_config(args):
     return cfg
 
 
-def step_index_at(iteration, stepvalues):
+def step_index_at(iteration: int, stepvalues: tuple[int, ...]) -> int:
     """How many LR steps have happened by this iteration (the reference counts them as it
     passes each stepvalue; computing it from the iteration makes resuming exact)."""
     return sum(iteration >= s for s in stepvalues)
 
 
-def adjust_learning_rate(optimizer, initial_lr, gamma, iteration, stepvalues):
+def adjust_learning_rate(optimizer: optim.Optimizer, initial_lr: float, gamma: float, iteration: int,
+                         stepvalues: tuple[int, ...]) -> float:
     """Set and return lr = initial_lr * gamma ** step_index (the reference's schedule;
     its warmup is disabled, warmup_epoch = -1)."""
     lr = initial_lr * (gamma ** step_index_at(iteration, stepvalues))
@@ -268,7 +269,7 @@ class Run:
         return os.path.join(self.args.save_folder, self.cfg['name'] + suffix)
 
 
-def main(args):
+def main(args: argparse.Namespace) -> TrainResult:
     """Train as args say; returns a TrainResult. Raises NonFiniteLossError on a NaN/inf loss."""
     device = train_device(args)  # checked before any process group exists
     # torchrun's process group, when there is one, left however the run ends. Under torchrun
@@ -668,7 +669,7 @@ def _save_state(run, next_iteration):
         run.result.state_path = path
     return path
 
-def _log_to_stdout():
+def _log_to_stdout() -> None:
     """train.py's logging, set up once by run_cli: progress goes to stdout, where the reference
     printed it, so that `python train.py ... > train.log` keeps the log (the other scripts
     log on stderr)."""

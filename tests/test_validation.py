@@ -16,6 +16,7 @@ import torch
 import train
 from curve import plot_metrics
 from data import cfg_mnet
+from data.label_file import read_wider_list
 from models.retinaface import RetinaFace
 from models.validation import Validator
 from tests.conftest import ROOT, need_shared, recorded_steps
@@ -23,7 +24,7 @@ from tests.test_train import _assert_same_weights, _weights, backbone  # noqa: F
 from utils.atomic import LOCK_NAME
 from utils.checkpoint import load_model
 from utils.run_history import RunHistory
-from widerface_evaluate.validation import load_validation_set
+from widerface_evaluate.validation import load_validation_set, score_detections, wider_boxes
 
 NAME = cfg_mnet['name']
 # Training: the first 8 minitrain images (5 without faces) at batch 4, 2 iterations per epoch.
@@ -187,6 +188,31 @@ def test_eval_every_validates_every_nth_epoch_and_the_last(split, backbone, tmp_
     train.main(_args(split, tmp_path, backbone, '--max_epoch', '3', '--eval_every', '2'))
     assert [r['epoch'] for r in _records(tmp_path) if 'val' in r] == [0, 2, 3]
     assert len(calls) == 3
+
+
+# --------------------------------------------------------------------------- the scorer
+
+
+def test_scorer_scores_detections_held_in_memory(tmp_path):
+    (tmp_path / 'label.txt').write_text('#  ev/a.jpg \n0 0 10 10\n# ev/b.jpg\n20 20 10 10\n')
+    (tmp_path / 'images' / 'ev').mkdir(parents=True)
+    for name in ('a.jpg', 'b.jpg'):
+        (tmp_path / 'images' / 'ev' / name).write_bytes(b'')  # only their existence is checked
+    vset = load_validation_set(tmp_path / 'label.txt')
+    assert vset.keys == ['ev/a', 'ev/b'] and vset.best_setting == 'all'
+    assert vset.paths == [str(tmp_path / 'images' / 'ev' / n) for n in ('a.jpg', 'b.jpg')]
+    # a's face found exactly, b's missed: half the faces at precision 1, AP 0.5.
+    found = wider_boxes(np.array([[0, 0, 10, 10, 0.9] + [0] * 10], dtype=np.float32))
+    assert found.tolist() == [[0, 0, 10, 10, float(str(np.float32(0.9)))]]
+    result = score_detections({'ev/a': found, 'ev/b': np.zeros((0, 5))}, vset)
+    assert result == {'ap': {'all': pytest.approx(0.5)}, 'key': 'all', 'images': 2}
+
+
+def test_wider_list_entries_keep_their_line_numbers(tmp_path):
+    (tmp_path / 'wider_val.txt').write_text('/0--Parade/a.jpg b.jpg\n\n  1--Handshaking/c.jpg\n')
+    assert read_wider_list(str(tmp_path / 'wider_val.txt')) == [
+        (1, '/0--Parade/a.jpg', '0--Parade/a.jpg'), (1, 'b.jpg', 'b.jpg'),
+        (3, '1--Handshaking/c.jpg', '1--Handshaking/c.jpg')]
 
 
 # --------------------------------------------------------------------------- the best checkpoint

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Callable, Sequence
 
 from utils.errors import InputError
 
@@ -200,12 +201,13 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
-def setup_logging(level=logging.INFO):
+def setup_logging(level: int = logging.INFO) -> None:
     """Plain messages on stderr, for the scripts (library modules only create loggers)."""
     logging.basicConfig(level=level, format='%(message)s', handlers=[_StderrHandler()], force=True)
 
 
-def run_cli(main, parser, argv=None, configure_logging=setup_logging):
+def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
+            argv: Sequence[str] | None = None, configure_logging: Callable[[], None] = setup_logging) -> int:
     """Parse argv, set up logging with configure_logging(), run main(args) and return the
     process exit status.
 

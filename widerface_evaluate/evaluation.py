@@ -261,7 +261,7 @@ def _check_mats_agree(gt_dir, mats):
                              f"{len(n_files)} events and {sum(n_files)} images (files of two image sets?)")
 
 
-def load_label_gt(label_path):
+def load_label_gt(label_path: str | os.PathLike) -> GroundTruth:
     """Loads a RetinaFace ``label.txt`` as ground truth where every face counts.
 
     The file has ``# path/name.jpg`` lines, each followed by one line per face: ``x y w h``
@@ -275,7 +275,7 @@ def load_label_gt(label_path):
     return label_gt_from_entries(read_label_file(label_path))
 
 
-def label_gt_from_entries(entries):
+def label_gt_from_entries(entries: list[tuple[str, np.ndarray]]) -> GroundTruth:
     """load_label_gt's GroundTruth from data.label_file.read_label_file's entries."""
     names = [strip_image_ext(rel) for rel, _ in entries]
     boxes, start, count = _concat_boxes([faces[:, :4] for _, faces in entries])
