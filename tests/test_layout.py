@@ -1,4 +1,4 @@
-"""The layout: imports only go down (scripts -> pipeline -> models -> layers -> data -> utils),
+"""The layout: imports only go down (scripts -> models -> layers -> widerface_evaluate -> data -> utils),
 nothing imports in a circle, and the reference's import paths still work."""
 import importlib
 import subprocess
