@@ -41,9 +41,11 @@ from utils.errors import InputError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
 
-# Tiles batched into one forward pass on a GPU (the CPU runs them one by one anyway): few
-# enough that a batch of large tiles fits next to the network's activations.
+# Tiles batched into one forward pass on a GPU: few enough that a batch of large tiles fits
+# next to the network's activations. The CPU runs a batch image by image anyway, so there
+# one tile at a time saves holding the batch's inputs.
 TILE_BATCH = 4
+CPU_TILE_BATCH = 1
 
 
 def smallest_tile(cfg):
@@ -520,9 +522,7 @@ class Detector:
         grid, cores = tile_grid(h, w, self.tile, overlap), tile_cores(h, w, self.tile, overlap)
         size = (grid[0][2] - grid[0][0], grid[0][3] - grid[0][1])  # every tile has this size
         priors = prior_boxes(self.cfg, size)
-        # One tile at a time on the CPU, which runs a batch image by image anyway: no input
-        # batch to hold.
-        per_batch = 1 if self.device.type == 'cpu' else TILE_BATCH
+        per_batch = CPU_TILE_BATCH if self.device.type == 'cpu' else TILE_BATCH
         found = []
         for start in range(0, len(grid), per_batch):
             chunk = grid[start:start + per_batch]
