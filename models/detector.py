@@ -448,11 +448,8 @@ class Detector:
         Returns:
             (candidates, mirrored candidates): ndarray[K, 15] float32 each, in prior order.
         """
-        if img.ndim == 3 and img.shape[2] == 3 and img.dtype == np.uint8:
-            x, width = self._pyramid_input(img, resize), img.shape[1]
-        else:
-            x, width = img, None
-        return self._pass_candidates(x, resize, width)
+        x = self._pyramid_input(img, resize) if img.ndim == 3 and img.shape[2] == 3 else img
+        return self._pass_candidates(x, resize)
 
     def _pyramid_input(self, img, resize):
         """The network input [3, H', W'] of img at one pyramid scale (resized as preprocess does)."""
@@ -462,9 +459,7 @@ class Detector:
         to_input(img, x, self.mean)
         return x
 
-    def _pass_candidates(self, x, resize, width):
-        if width is None:  # the original width, recovered from the input's
-            width = int(round(x.shape[2] / resize))
+    def _pass_candidates(self, x, resize):
         # The image and its mirror image in one batch: one forward pass on a GPU. Mirroring the
         # network input equals the input of the mirrored image (to_input is per pixel).
         pair = np.stack((x, x[:, :, ::-1]))
@@ -474,7 +469,9 @@ class Detector:
         with self._runner.context():
             found = [self._runner.detect(self._candidates, *(o[k] for o in outputs), priors, size, resize)
                      for k in range(2)]
-        return found[0], mirror_candidates(found[1], width)
+        # The mirror axis of this pass, in original pixels: the resized width rounds, so it is
+        # not exactly the original image's.
+        return found[0], mirror_candidates(found[1], x.shape[2] / resize)
 
     def _merge_pyramid(self, candidates):
         keep_top_k = self.keep_top_k or PYRAMID_KEEP_TOP_K
@@ -489,7 +486,7 @@ class Detector:
             _check_image(img, i if len(images) > 1 else None)
             h, w = img.shape[:2]
             if self.pyramid:
-                plans.append(('pyramid', [(self._pyramid_input(img, r), r) for r in pyramid_scales(h, w)], w))
+                plans.append(('pyramid', [(self._pyramid_input(img, r), r) for r in pyramid_scales(h, w)]))
                 continue
             resize = resize_factor(h, w, self.origin_size)
             if resize != 1:
@@ -506,8 +503,7 @@ class Detector:
         results = []
         for plan in plans:
             if plan[0] == 'pyramid':
-                _, passes, width = plan
-                found = [c for x, r in passes for c in self._pass_candidates(x, r, width)]
+                found = [c for x, r in plan[1] for c in self._pass_candidates(x, r)]
                 results.append(self._merge_pyramid(np.concatenate(found)))
             elif plan[0] == 'whole':
                 results.append(self._detect_plain(*plan[1])[0])

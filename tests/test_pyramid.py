@@ -35,6 +35,11 @@ def pyramid_detector(weights):
     return load_detector('mobile0.25', weights, pyramid=True)
 
 
+@pytest.fixture(scope='module')
+def voted(pyramid_detector, photo):
+    return pyramid_detector.detect(photo)
+
+
 # -- a plain implementation of the description, for comparison ---------------------------------
 
 def plain_iou(a, b):
@@ -178,13 +183,13 @@ def test_nms_merge_is_py_cpu_nms_in_score_order():
 
 # -- the mirror mapping ----------------------------------------------------------------------
 
-def test_mirror_maps_x_to_width_minus_1_minus_x_and_swaps_left_and_right():
+def test_mirror_maps_x_to_width_minus_x_and_swaps_left_and_right():
     # In a mirror image of width 100 a face has its left eye (smaller x) at 60, right eye at 70.
     face = dets(row(55, 10, 80, 40, 0.9, [60, 20, 70, 21, 65, 27, 61, 33, 69, 34]))
     out = mirror_candidates(face, 100)
-    np.testing.assert_array_equal(out[0, :5], [99 - 80, 10, 99 - 55, 40, np.float32(0.9)])
-    # The face's left eye (smaller x in the image) is the mirror's right eye: 99 - 70 = 29.
-    np.testing.assert_array_equal(out[0, 5:], [29, 21, 39, 20, 34, 27, 30, 34, 38, 33])
+    np.testing.assert_array_equal(out[0, :5], [100 - 80, 10, 100 - 55, 40, np.float32(0.9)])
+    # The face's left eye (smaller x in the image) is the mirror's right eye: 100 - 70 = 30.
+    np.testing.assert_array_equal(out[0, 5:], [30, 21, 40, 20, 35, 27, 31, 34, 39, 33])
     assert out[0, 5] < out[0, 7] and out[0, 11] < out[0, 13]  # left of right, eyes and mouth
     assert MIRRORED_LANDMARKS == (1, 0, 2, 4, 3)
     np.testing.assert_array_equal(mirror_candidates(out, 100), face)  # an involution
@@ -199,6 +204,16 @@ def test_flipped_pass_of_a_flipped_photo_gives_the_unflipped_candidates(pyramid_
     np.testing.assert_array_equal(flipped_mirrored, mirror_candidates(plain, width))
     np.testing.assert_array_equal(mirrored, mirror_candidates(flipped_plain, width))
     assert len(plain) > 100
+
+
+def test_mirror_axis_of_a_resized_pass_is_its_input_width_over_the_scale(pyramid_detector, photo):
+    # At 0.6 the 416-pixel photo becomes 250 pixels wide: the axis is 250 / 0.6 = 416.67
+    # original pixels, where the network's mirror (width - x of the image it saw) puts it.
+    x = pyramid_detector._pyramid_input(photo, 0.6)
+    assert x.shape[2] == 250
+    plain, _ = pyramid_detector.pass_candidates(x, 0.6)
+    _, mirrored_of_flipped = pyramid_detector.pass_candidates(np.ascontiguousarray(x[:, :, ::-1]), 0.6)
+    np.testing.assert_array_equal(mirrored_of_flipped, mirror_candidates(plain, 250 / 0.6))
 
 
 def test_mirrored_pass_agrees_with_the_plain_pass(pyramid_detector, photo):
@@ -223,9 +238,9 @@ def test_mirrored_pass_agrees_with_the_plain_pass(pyramid_detector, photo):
 
 # -- the pipeline ----------------------------------------------------------------------------
 
-def test_pyramid_finds_the_single_scale_faces_and_more(weights, photo, pyramid_detector):
+def test_pyramid_finds_the_single_scale_faces_and_more(weights, photo, voted):
     single = load_detector('mobile0.25', weights, origin_size=False).detect(photo)
-    pyramid = pyramid_detector.detect(photo)
+    pyramid = voted
     assert pyramid.dtype == np.float32 and pyramid.shape[1] == 15
     assert np.all(np.diff(pyramid[:, 4]) <= 0)  # highest score first
     confident = single[single[:, 4] > 0.9]
@@ -237,8 +252,7 @@ def test_pyramid_finds_the_single_scale_faces_and_more(weights, photo, pyramid_d
     assert np.mean(frontal[:, 5] < frontal[:, 7]) > 0.9
 
 
-def test_pyramid_merge_and_singletons_options(weights, photo, pyramid_detector):
-    voted = pyramid_detector.detect(photo)
+def test_pyramid_merge_and_singletons_options(weights, photo, voted):
     singles = load_detector('mobile0.25', weights, pyramid=True, keep_singletons=True).detect(photo)
     nms = load_detector('mobile0.25', weights, pyramid=True, pyramid_merge='nms').detect(photo)
     assert len(singles) > len(voted)
@@ -259,11 +273,11 @@ def test_pyramid_onnxruntime_agrees_with_torch(weights, photo, pyramid_detector)
         assert plain_iou(face, best) > 0.95 and abs(best[4] - face[4]) < 1e-3
 
 
-def test_detect_batch_in_pyramid_mode_is_detect_per_image(pyramid_detector, photo):
-    a, b = photo, np.ascontiguousarray(photo[:300, :350])
-    out = pyramid_detector.detect_batch([a, b])
-    np.testing.assert_array_equal(out[1], pyramid_detector.detect(b))
-    np.testing.assert_array_equal(out[0], pyramid_detector.detect(a))
+def test_detect_batch_in_pyramid_mode_is_detect_per_image(pyramid_detector, photo, voted):
+    small = np.ascontiguousarray(photo[:100, :350])
+    out = pyramid_detector.detect_batch([photo, small])
+    np.testing.assert_array_equal(out[0], voted)
+    np.testing.assert_array_equal(out[1], pyramid_detector.detect(small))
 
 
 def test_settings_record_the_mode_and_the_default_is_unchanged(weights, pyramid_detector):

@@ -56,19 +56,24 @@ def pyramid_scales(height, width):
 def mirror_candidates(dets, width):
     """Detections of a horizontally flipped image, mapped into the unflipped one.
 
-    x becomes width - 1 - x (the +1 pixel convention: pixel column x of the mirror image is
-    column width - 1 - x of the image), the box's x1 and x2 trade places, and so do the
-    landmarks that a mirror swaps (the eyes, the mouth corners). Applying it twice gives the
-    detections back.
+    x becomes width - x, the box's x1 and x2 trade places, and so do the landmarks that a
+    mirror swaps (the eyes, the mouth corners). Applying it twice gives the detections back.
+
+    width - x, not width - 1 - x: the network was trained with this mirror
+    (data.data_augment._mirror), so its coordinates are those of a continuous image whose
+    mirror axis is at width / 2. With width - 1 - x every mirrored box lands one original
+    pixel to the left, which on small faces costs more AP than the flipped passes bring
+    (bench/README.md, "Accurate mode").
 
     Args:
         dets (ndarray[N, 15] float32): detections in the mirror image's pixels.
-        width (int): the image width in pixels.
+        width (float): the width of the flipped image, in the pixels of dets (a resized pass:
+            its input width / its resize factor).
     Returns:
         ndarray[N, 15] float32: a new array.
     """
     out = np.empty_like(dets)
-    edge = np.float32(width - 1)
+    edge = np.float32(width)
     out[:, 0] = edge - dets[:, 2]
     out[:, 2] = edge - dets[:, 0]
     out[:, [1, 3, 4]] = dets[:, [1, 3, 4]]
