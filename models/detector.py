@@ -180,8 +180,7 @@ class Detector:
             scales, each also mirrored, candidates merged across the passes. Needs
             origin_size True (the pyramid chooses its own scales).
         pyramid_merge (str): how pyramid candidates are merged: 'vote' (box voting, as
-            insightface) or 'nms'.
-        keep_singletons (bool): with 'vote', keep the candidates no other pass confirms.
+            insightface) or 'nms' (lower AP, bench/README.md "Accurate mode").
         tile (int | None): detect a larger image in overlapping tile x tile windows (at the
             test scale), merged with NMS; an image that fits in one tile is detected as
             without tiles. At least smallest_tile(cfg); not with pyramid.
@@ -196,13 +195,12 @@ class Detector:
 
     def __init__(self, net, cfg, device='cpu', confidence_threshold=0.02, nms_threshold=0.4, top_k=None,
                  keep_top_k=None, origin_size=True, backend=None, onnx_model=None, num_threads=None,
-                 allow_spinning=True, pyramid=False, pyramid_merge='vote', keep_singletons=False, tile=None):
+                 allow_spinning=True, pyramid=False, pyramid_merge='vote', tile=None):
         backend = resolve_backend(backend, onnx_model)
         self.pyramid = bool(pyramid)
         self.pyramid_merge = pyramid_merge
-        self.keep_singletons = bool(keep_singletons)
         self.tile = None if tile is None else int(tile)
-        _check_modes(self.pyramid, pyramid_merge, self.keep_singletons, self.tile, origin_size)
+        _check_modes(self.pyramid, pyramid_merge, self.tile, origin_size)
         if not 0 <= nms_threshold <= 1:
             raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
         if not 0 <= confidence_threshold <= 1:  # nan fails too
@@ -291,8 +289,8 @@ class Detector:
             'top_k': self.top_k,
             'keep_top_k': self.keep_top_k,
             # The modes appear only when on, so that the default run's record is unchanged.
-            **({'pyramid': {'sizes': list(PYRAMID_SIZES), 'flip': True, 'merge': self.pyramid_merge,
-                            'keep_singletons': self.keep_singletons}} if self.pyramid else {}),
+            **({'pyramid': {'sizes': list(PYRAMID_SIZES), 'flip': True, 'merge': self.pyramid_merge}}
+               if self.pyramid else {}),
             **({'tile': self.tile} if self.tile is not None else {}),
         }
 
@@ -477,7 +475,7 @@ class Detector:
         keep_top_k = self.keep_top_k or PYRAMID_KEEP_TOP_K
         if self.pyramid_merge == 'nms':
             return nms_merge(candidates, self.nms_threshold, keep_top_k, self.top_k)
-        return box_vote(candidates, self.nms_threshold, keep_top_k, self.keep_singletons)
+        return box_vote(candidates, self.nms_threshold, keep_top_k)
 
     def _preprocess_passes(self, images):
         """preprocess for pyramid and tile: one plan per image."""
@@ -543,7 +541,7 @@ class Detector:
         return nms_merge(candidates, self.nms_threshold, self.keep_top_k, self.top_k)
 
 
-def _check_modes(pyramid, pyramid_merge, keep_singletons, tile, origin_size):
+def _check_modes(pyramid, pyramid_merge, tile, origin_size):
     """The combinations of pyramid, tile and origin_size that make sense."""
     if pyramid_merge not in PYRAMID_MERGES:
         raise InputError(f"unknown pyramid merge {pyramid_merge!r}: expected one of {list(PYRAMID_MERGES)}")
@@ -551,8 +549,8 @@ def _check_modes(pyramid, pyramid_merge, keep_singletons, tile, origin_size):
         raise InputError("the pyramid chooses its own scales: it cannot run with origin_size False")
     if pyramid and tile is not None:
         raise InputError("the pyramid and tiles do not combine: choose one")
-    if not pyramid and (pyramid_merge != 'vote' or keep_singletons):
-        raise InputError("pyramid_merge and keep_singletons apply to the pyramid only (--pyramid)")
+    if not pyramid and pyramid_merge != 'vote':
+        raise InputError("pyramid_merge applies to the pyramid only (--pyramid)")
 
 
 def load_detector(network, trained_model, device='cpu', backend=None, onnx_model=None, **detector_kwargs):
@@ -642,9 +640,6 @@ def add_detector_arguments(parser, trained_model, network, top_k=None, keep_top_
     parser.add_argument('--pyramid_merge', default='vote', choices=PYRAMID_MERGES,
                         help="with --pyramid: 'vote' (score-weighted means of each group of overlapping "
                              "candidates; the default) or 'nms'")
-    parser.add_argument('--keep_singletons', action='store_true', default=False,
-                        help='with --pyramid --pyramid_merge vote: keep candidates that no other pass confirms '
-                             '(dropped by default, as insightface does)')
     add_threads_argument(parser)
     return parser
 
@@ -707,7 +702,6 @@ def detector_from_args(args, **overrides):
         allow_spinning=False,
         pyramid=getattr(args, 'pyramid', False),
         pyramid_merge=getattr(args, 'pyramid_merge', 'vote'),
-        keep_singletons=getattr(args, 'keep_singletons', False),
         tile=getattr(args, 'tile', None),
     )
     kwargs.update(overrides)
