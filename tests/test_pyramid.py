@@ -216,22 +216,25 @@ def test_mirror_axis_of_a_resized_pass_is_its_input_width_over_the_scale(pyramid
     np.testing.assert_array_equal(mirrored_of_flipped, mirror_candidates(plain, 250 / 0.6))
 
 
-def test_mirrored_pass_agrees_with_the_plain_pass(pyramid_detector, photo):
+def test_mirrored_pass_agrees_with_the_plain_pass(pyramid_detector):
     # The network is nearly mirror-symmetric: the confident faces of the mirrored pass, mapped
-    # back, lie on those of the plain pass, eyes and mouth corners on the same side.
-    plain, mirrored = pyramid_detector.pass_candidates(photo, 2.0)
-    plain = nms_merge(plain[plain[:, 4] > 0.8], 0.4)
-    mirrored = nms_merge(mirrored[mirrored[:, 4] > 0.8], 0.4)
-    assert len(plain) >= 5
+    # back, lie on those of the plain pass, each landmark on the same side of the face.
+    photo = read_image(need_shared('images', 'test.jpg'))  # faces of 40-80 pixels
+    plain, mirrored = pyramid_detector.pass_candidates(photo, 1.0)
+    plain = nms_merge(plain[plain[:, 4] > 0.9], 0.4)
+    mirrored = nms_merge(mirrored[mirrored[:, 4] > 0.9], 0.4)
+    assert len(plain) >= 20
+    swapped_order = [2, 3, 0, 1, 4, 5, 8, 9, 6, 7]  # left and right exchanged
     matched = 0
     for face in plain:
         ious = [plain_iou(face, m) for m in mirrored]
-        if not ious or max(ious) < 0.6:
+        if max(ious) < 0.7:
             continue
         other = mirrored[int(np.argmax(ious))]
         size = face[2] - face[0]
-        # Same landmark in the same place (the swapped order would put the eyes a face width off).
-        assert np.abs(face[5:] - other[5:]).max() < 0.25 * size
+        error = np.abs(face[5:] - other[5:]).max()
+        assert error < 0.15 * size
+        assert error < np.abs(face[5:] - other[5:][swapped_order]).max()
         matched += 1
     assert matched >= 0.8 * len(plain)
 
@@ -264,7 +267,7 @@ def test_pyramid_merge_by_nms(weights, photo, voted):
 
 def test_pyramid_onnxruntime_agrees_with_torch(weights, photo, pyramid_detector):
     pytest.importorskip('onnxruntime')
-    small = photo[:208, :208].copy()  # smaller passes: quicker
+    small = photo[200:330].copy()  # a strip of faces: smaller passes, quicker
     ort = load_detector('mobile0.25', weights, pyramid=True, backend='onnxruntime').detect(small)
     ref = pyramid_detector.detect(small)
     confident = ref[ref[:, 4] > 0.5]
