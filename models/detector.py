@@ -633,7 +633,7 @@ def add_detector_arguments(parser, trained_model, network, top_k=None, keep_top_
     modes.add_argument('--pyramid', action=PyramidFlag, default=False,
                        help="accurate mode (insightface's): detect at five scales (short side "
                             f"{'/'.join(map(str, PYRAMID_SIZES))} pixels), each also mirrored, and merge "
-                            "the candidates by box voting; about 20 times the work of one pass")
+                            "the candidates by box voting; many times the work of one pass")
     modes.add_argument('--tile', default=None, type=TILE_SIZE,
                        help='detect a photo larger than TILE x TILE pixels in overlapping TILE x TILE tiles '
                             '(at the test scale), merged with NMS: less memory for large photos')
