@@ -12,10 +12,10 @@ import os
 
 from data import NETWORKS
 from models.detector import load_detector
-from models.onnx_export import (DEFAULT_LONG_SIDE, DEFAULT_OPSET, VERIFY_ATOL, export_onnx, verification_inputs,
-                                verify_onnx)
-from utils.atomic import check_writable
-from utils.cli import add_threads_argument, non_negative_float, positive_int, run_cli, set_threads
+from models.onnx_export import (DEFAULT_LONG_SIDE, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, VERIFY_ATOL, export_onnx,
+                                verification_inputs, verify_onnx)
+from utils.atomic import check_writable, temp_path
+from utils.cli import add_threads_argument, non_negative_float, number_in, positive_int, run_cli, set_threads
 from utils.device import resolve_device
 from utils.errors import InputError
 
@@ -32,7 +32,9 @@ def get_args_parser():
     parser.add_argument('--cpu', default=True, action=argparse.BooleanOptionalAction,
                         help='export on the CPU (default; --no-cpu traces on CUDA when available)')
     parser.add_argument('--output', default='FaceDetector.onnx', type=str, help='the ONNX file to write')
-    parser.add_argument('--opset', default=DEFAULT_OPSET, type=positive_int, help='ONNX opset version')
+    parser.add_argument('--opset', default=DEFAULT_OPSET, type=number_in(int, MIN_OPSET, MAX_OPSET, name='opset'),
+                        help=f'ONNX opset version, {MIN_OPSET} to {MAX_OPSET} (the ones this project exports and '
+                             f'checks; default {DEFAULT_OPSET})')
     parser.add_argument('--verify', default=True, action=argparse.BooleanOptionalAction,
                         help='check the export with onnxruntime on two input sizes (default)')
     parser.add_argument('--tolerance', default=VERIFY_ATOL, type=non_negative_float,
@@ -53,17 +55,14 @@ def main(args):
     out_dir = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(out_dir, exist_ok=True)
     # Exported to a temporary name first: a failed export or check leaves no file behind
-    # that looks like a good model.
-    tmp = args.output + '.tmp'
+    # that looks like a good model. The name is a new one (never a file of the user's).
+    tmp = temp_path(args.output)
     try:
         export_onnx(net, tmp, opset=args.opset, long_side=args.long_side)
         report = []
         if args.verify:
+            # verify_onnx logs each size's differences: one line per check, printed once.
             report = verify_onnx(net, tmp, verification_inputs(args.long_side), atol=args.tolerance)
-            for r in report:
-                h, w = r['size']
-                diffs = ", ".join(f"{k} {v:.2e}" for k, v in r['max_abs_diff'].items())
-                print(f"onnxruntime vs PyTorch at {h}x{w}: max |diff| {diffs} (<= {args.tolerance:g})")
         os.replace(tmp, args.output)
     finally:
         if os.path.exists(tmp):

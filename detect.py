@@ -3,32 +3,57 @@
     python detect.py -m weights/mobilenet0.25_Final.pth --image photo.jpg
     python detect.py --image 'photos/*.jpg' --output annotated/ --json faces.json --no-save_image
 
---image takes a file, a folder (every image in it and its sub-folders) or a glob. Annotated
-images go to --output/<path below the inputs' common folder> (never over an input); each image
-gets a one-line summary. Ctrl-C writes the --json of the images done so far, marked partial.
+--image takes a file, a folder (every image in it and its sub-folders) or a glob; a file that
+exists is that file, even when its name holds glob characters ('photo[1].jpg'). Only regular
+files are read (a FIFO or a device is refused, not waited on). Annotated images go to
+--output/<path below the inputs' common folder> (never over an input); an input without an
+image extension is drawn to <name>.jpg. Each image gets a one-line summary. Ctrl-C writes the
+--json of the images done so far, marked partial.
+
+File names that are not valid UTF-8 (Linux allows any bytes) are shown with the undecodable
+bytes as \\xNN, in the summary and in the JSON's "image"; the JSON then also holds the name's
+exact bytes as hex in "image_path_hex", since JSON text cannot hold them.
+
 Under torchrun (torchrun --nproc_per_node=N detect.py ...) each process takes every N-th
 image and rank 0 writes the --json, in the images' order.
+
+    python detect.py --video clip.mp4 --output annotated/ --json faces.jsonl --every 2
+    python detect.py --video 0 --max_frames 300 --no-save_image --json faces.jsonl   # camera 0
+
+--video takes a video file or a camera index: --output/<name>.mp4 gets every frame, the
+processed ones annotated, and --json one JSON line per processed frame. --save_crops DIR
+writes each face above --vis_thres aligned for a face-recognition model (ArcFace's
+112x112 landmark template, or --crop_size), for photos and videos.
 """
 import argparse
 import glob
 import json
 import logging
 import os
+import time
 from contextlib import closing
 
-import cv2
+import numpy as np
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
-from models.detector import add_detector_arguments, detector_from_args
+from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
-from utils.cli import probability, report_skipped, run_cli
+from utils.cli import positive_int, probability, report_skipped, run_cli, str2bool
 from utils.datapaths import shared_path
-from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
+from utils.distributed import gather_to_rank0, merge_in_order, process_group, quiet_other_ranks, shard
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
-from utils.image import IMAGE_EXTENSIONS, draw_detections
+from utils.image import ARCFACE_SIZE, IMAGE_EXTENSIONS, align_faces, draw_detections, write_image
+from utils.input_files import check_regular_file, printable
 from utils.memory import keep_freed_memory
+from utils.video import DEFAULT_CODEC, VideoWriter, fourcc, open_video, read_frames
 
 logger = logging.getLogger(__name__)
+
+# The annotated copy of an input without an image extension (e.g. 'snapshot', matched by a
+# glob) gets this one added: OpenCV chooses the encoder by the extension.
+DEFAULT_OUTPUT_EXTENSION = '.jpg'
 
 # The reference's demo image; the same photo is ../shared/images/test.jpg.
 REFERENCE_DEMO_IMAGE = './curve/test.jpg'
@@ -48,25 +73,48 @@ def get_args_parser():
     parser.add_argument('-s', '--save_image', default=True, action=argparse.BooleanOptionalAction,
                         help='write annotated images to --output (default; --no-save_image turns it off)')
     parser.add_argument('--vis_thres', default=0.6, type=probability, help='visualization_threshold')
+    parser.add_argument('--origin_size', default=True, type=str2bool, action=OriginSizeFlag,
+                        help='detect at the original image size: true (default, as the reference) or false '
+                             '(short side 1600, long side at most 2150, as test_widerface.py --origin_size false)')
     parser.add_argument('--image', default=None, type=str,
                         help='an image file, a folder of images or a glob (quote it); default: the '
                              f'reference\'s {REFERENCE_DEMO_IMAGE}, else $RETINAFACE_DATA/images/test.jpg')
     parser.add_argument('--output', default='./results/', type=str, help='folder for the annotated images')
     parser.add_argument('--json', default=None, type=str,
-                        help='write every detection (box, score, five landmarks) of every image to this JSON file')
+                        help='write every detection (box, score, five landmarks) of every image to this JSON file '
+                             '(with --video: JSON Lines, one line per processed frame)')
+    parser.add_argument('--video', default=None, type=str,
+                        help='detect in a video file, or a camera (its index: 0, 1, ...), instead of --image; '
+                             '--output gets <name>.mp4 with the faces drawn')
+    parser.add_argument('--every', default=None, type=positive_int,
+                        help='with --video: detect in every N-th frame only (0, N, 2N, ...; the others are '
+                             'written to the video as they are); default 1')
+    parser.add_argument('--max_frames', default=None, type=positive_int,
+                        help='with --video: stop after this many frames (a camera otherwise runs until Ctrl-C)')
+    parser.add_argument('--video_codec', default=DEFAULT_CODEC, type=fourcc,
+                        help='with --video: the four-character code of the annotated .mp4\'s codec '
+                             f'(default {DEFAULT_CODEC})')
+    parser.add_argument('--save_crops', default=None, type=str,
+                        help='write each face >= --vis_thres, aligned for face recognition (the ArcFace landmark '
+                             'template), to this folder: <image>_<k>.jpg, or <video>_<frame>_<k>.jpg (k: the '
+                             'detection\'s index, highest score first); the JSON records each crop and its matrix')
+    parser.add_argument('--crop_size', default=ARCFACE_SIZE, type=positive_int,
+                        help=f'the aligned crops\' width and height (default {ARCFACE_SIZE}, the template\'s own size)')
     return parser
 
 
 def list_images(spec, exclude=None):
     """The image files named by spec: a file, a folder (its images and those of its
-    sub-folders, sorted) or a glob (sorted).
+    sub-folders, sorted) or a glob (sorted). A file that exists is taken as it is, even when
+    its name has glob characters. Only regular files are listed.
 
     Args:
         spec (str): a file, a folder or a glob.
         exclude (str | None): a folder not to look into (the output folder, so that a rerun
             does not take the previous run's annotated images for inputs).
     Raises:
-        FileNotFoundError: nothing matches spec.
+        InputNotFoundError: nothing matches spec.
+        InputError: spec is a FIFO, a device or a socket, not an image file.
     """
     if os.path.isdir(spec):
         skip = os.path.realpath(exclude) if exclude else None
@@ -78,33 +126,66 @@ def list_images(spec, exclude=None):
         if not files:
             raise InputNotFoundError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {spec} or its sub-folders")
         return sorted(files)
-    if glob.has_magic(spec):
-        files = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
-        if not files:
-            raise InputNotFoundError(f"no files match {spec}")
-        return files
-    if not os.path.exists(spec):
-        raise InputNotFoundError(f"image not found: {spec}")
-    return [spec]
+    if os.path.lexists(spec) or not glob.has_magic(spec):
+        check_regular_file(spec, expected='an image file', missing='image')
+        return [spec]
+    files = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
+    if not files:
+        raise InputNotFoundError(f"no files match {spec}")
+    return files
 
 
 def output_paths(files, output, base=None):
     """Where the annotated images go: output/<path below base>, base being the given folder
     or the inputs' common folder, so that photos of one name in different folders keep
-    apart (a single file or a flat folder gives output/<file name>, as before).
+    apart (a single file or a flat folder gives output/<file name>, as before). An input
+    without an image extension gets DEFAULT_OUTPUT_EXTENSION added.
 
     Raises:
-        ValueError: an output would overwrite one of the inputs (e.g. --output is the input folder).
+        InputError: an output would overwrite one of the inputs (e.g. --output is the input
+            folder), or two inputs would be drawn to one output ('a' and 'a.jpg').
     """
     if base is None:
         base = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
-    outs = [os.path.join(output, os.path.relpath(os.path.abspath(f), os.path.abspath(base))) for f in files]
+    outs = []
+    for f in files:
+        out = os.path.join(output, os.path.relpath(os.path.abspath(f), os.path.abspath(base)))
+        if not out.lower().endswith(IMAGE_EXTENSIONS):
+            out += DEFAULT_OUTPUT_EXTENSION
+        outs.append(out)
     inputs = {os.path.realpath(f): f for f in files}
-    for out in outs:
-        if os.path.realpath(out) in inputs:
-            raise InputError(f"--output {output} would overwrite the input {inputs[os.path.realpath(out)]} "
+    drawn = {}
+    for f, out in zip(files, outs):
+        real = os.path.realpath(out)
+        if real in inputs:
+            raise InputError(f"--output {output} would overwrite the input {inputs[real]} "
                              f"with its annotated copy: choose another --output folder")
+        if real in drawn:
+            raise InputError(f"{drawn[real]} and {f} would both be drawn to {out}: rename one of them")
+        drawn[real] = f
     return outs
+
+
+def check_json_path(json_path, files, out_paths):
+    """Refuse a --json that is one of the inputs or one of this run's annotated copies:
+    writing it would destroy the photo, or be overwritten by the drawing."""
+    real = os.path.realpath(json_path)
+    for f in files:
+        if os.path.realpath(f) == real:
+            raise InputError(f"--json {json_path} is one of the input images: choose another file")
+    for f, out in zip(files, out_paths):
+        if out is not None and os.path.realpath(out) == real:
+            raise InputError(f"--json {json_path} is where the annotated copy of {f} goes: choose another file")
+
+
+def json_path_fields(path):
+    """The JSON fields naming an image file: {'image': path}, the undecodable bytes of a
+    name that is not UTF-8 shown as \\xNN, plus 'image_path_hex' (the path's exact bytes)
+    for such a name, so that the file can still be found."""
+    shown = printable(path)
+    if shown == path:
+        return {'image': path}
+    return {'image': shown, 'image_path_hex': os.fsencode(path).hex()}
 
 
 def detections_to_json(dets):
@@ -124,8 +205,15 @@ def main(args):
     """Detect, draw and summarise; returns {'results': [...], 'skipped': [(path, reason)]}.
 
     Ctrl-C still writes the JSON of the images done so far, marked "partial": true, then
-    raises KeyboardInterrupt.
+    raises KeyboardInterrupt. With --video, see detect_video.
     """
+    if args.video is not None:
+        if args.image is not None:
+            raise InputError(f"give --image or --video, not both (--image {args.image}, --video {args.video})")
+        return detect_video(args)
+    for flag in ('every', 'max_frames'):
+        if getattr(args, flag) is not None:
+            raise InputError(f"--{flag} applies to --video only")
     spec = args.image or default_image()
     files = list_images(spec, exclude=args.output if args.save_image else None)
     # Every output is checked before the first image, not found unwritable after the last.
@@ -134,16 +222,18 @@ def main(args):
         check_writable(args.output, '--output', folder=True)
         out_paths = output_paths(files, args.output, base=spec if os.path.isdir(spec) else None)
     if args.json:
+        check_json_path(args.json, files, out_paths)
         check_writable(args.json, '--json')
-    world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
-    try:
+    crop_stems = None
+    if args.save_crops:
+        check_writable(args.save_crops, '--save_crops', folder=True)
+        crop_stems = crop_stem_paths(files, args.save_crops, base=spec if os.path.isdir(spec) else None)
+    with process_group(use_cuda=False if args.cpu else 'auto') as world:
         quiet_other_ranks(world, logger)
-        return _detect_all(args, files, out_paths, world)
-    finally:
-        destroy(world)
+        return _detect_all(args, files, out_paths, world, crop_stems)
 
 
-def _detect_all(args, files, out_paths, world):
+def _detect_all(args, files, out_paths, world, crop_stems=None):
     """Under torchrun each rank detects every world_size-th image and writes its annotated
     copies; rank 0 writes the JSON, images in list order."""
     detector = detector_from_args(args, **({'device': world.device} if world.device else {}))
@@ -152,24 +242,31 @@ def _detect_all(args, files, out_paths, world):
     jobs = [(index, path, out_path) for index, (path, out_path) in shard(enumerate(zip(files, out_paths)), world)]
 
     def draw(img_raw, dets, out_path):
-        os.makedirs(os.path.dirname(out_path) or '.', exist_ok=True)
-        if not cv2.imwrite(out_path, draw_detections(img_raw, dets, args.vis_thres)):
-            raise InputError(f"could not write {out_path} (unsupported extension or unwritable folder)")
+        # Encoded and written from Python, atomically (utils.image.write_image): cv2.imwrite
+        # crashes the process on a file name that is not valid UTF-8, and leaves half a file
+        # when interrupted.
+        write_image(out_path, draw_detections(img_raw, dets, args.vis_thres))
 
     results, skipped = [], []
     try:
         with closing(detect_images(detector, jobs, skipped)) as detected, BackgroundWriter() as writer:
             for (index, path, out_path), img_raw, dets, ms in detected:
                 faces = int((dets[:, 4] >= args.vis_thres).sum())
-                line = (f"{path}: {faces} faces >= {args.vis_thres} ({len(dets)} detections > "
+                line = (f"{printable(path)}: {faces} faces >= {args.vis_thres} ({len(dets)} detections > "
                         f"{args.confidence_threshold}), {img_raw.shape[1]}x{img_raw.shape[0]}, {ms:.1f} ms")
                 # Recorded before the image is drawn and the summary printed, so that the JSON of an
                 # interrupted run holds every image the user saw done.
-                results.append((index, {'image': path, 'width': int(img_raw.shape[1]),
-                                        'height': int(img_raw.shape[0]), 'detections': detections_to_json(dets)}))
+                record = {**json_path_fields(path), 'width': int(img_raw.shape[1]),
+                          'height': int(img_raw.shape[0]), 'detections': detections_to_json(dets)}
+                if crop_stems is not None:
+                    # Cropped before the image is drawn on (in the writer's thread).
+                    crops = face_crops(img_raw, dets, args.vis_thres, args.crop_size, crop_stems[index], path,
+                                       record['detections'])
+                    writer.submit(write_crops, crops)
+                results.append((index, record))
                 if out_path is not None:
                     writer.submit(draw, img_raw, dets, out_path)
-                    line += f" -> {out_path}"
+                    line += f" -> {printable(out_path)}"
                 print(line, flush=True)
     except KeyboardInterrupt:
         # The other ranks are being interrupted too: no gathering now. Rank 0 writes what it has.
@@ -193,6 +290,41 @@ def _detect_all(args, files, out_paths, world):
     return {'results': results, 'skipped': skipped}
 
 
+def crop_stem_paths(files, folder, base=None):
+    """Where each image's crops go, without the _<k>.jpg: folder/<path below base, no
+    extension>, base being the given folder or the inputs' common folder (as output_paths)."""
+    if base is None:
+        base = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
+    return [os.path.join(folder, os.path.splitext(os.path.relpath(os.path.abspath(f), os.path.abspath(base)))[0])
+            for f in files]
+
+
+def face_crops(img, dets, vis_thres, size, stem, name, detections_json):
+    """The aligned crops of the detections >= vis_thres: [(stem_<k>.jpg, crop)], k being the
+    detection's index in dets (highest score first). Each cropped detection's entry in
+    detections_json (detections_to_json(dets)) gets its 'crop' path and 'crop_matrix' (the
+    2x3 matrix from image pixels to crop pixels). Faces with degenerate landmarks are
+    skipped with a warning naming name and k."""
+    keep = np.flatnonzero(dets[:, 4] >= vis_thres)
+    crops, matrices = align_faces(img, dets[keep], size=size, name=name)
+    out = []
+    for k, crop, matrix in zip(keep, crops, matrices):
+        if crop is None:
+            continue
+        path = f"{stem}_{k}.jpg"
+        detections_json[k]['crop'] = path
+        detections_json[k]['crop_matrix'] = matrix.tolist()
+        out.append((path, crop))
+    return out
+
+
+def write_crops(crops):
+    """Write [(path, crop)] (each atomically), making their folders."""
+    for path, crop in crops:
+        os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+        write_image(path, crop)
+
+
 def write_json(args, results, skipped, total, partial):
     """Write the detections (atomically); partial: the run was interrupted after len(results) images."""
     payload = {'network': args.network, 'backend': args.backend,
@@ -201,13 +333,147 @@ def write_json(args, results, skipped, total, partial):
                'landmarks': 'left eye, right eye, nose, left mouth corner, right mouth corner (x, y pixels)',
                'partial': partial, 'images_total': total, 'images_done': len(results) + len(skipped),
                'images': results,
-               'skipped': [{'image': p, 'error': r} for p, r in skipped]}
+               'skipped': [{**json_path_fields(p), 'error': printable(r)} for p, r in skipped]}
     atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
     if partial:
         logger.warning("interrupted: wrote the detections of the %d of %d images done so far to %s "
                        "(marked \"partial\": true)", len(results), total, args.json)
     else:
         logger.info("wrote detections of %d images to %s", len(results), args.json)
+
+
+# ---------------------------------------------------------------------------------------
+# Video
+
+def detect_video(args):
+    """Detect faces in the frames of args.video (a file, or a camera index).
+
+    Every frame, or every args.every-th, goes through the detector; the next frames are
+    decoded (and preprocessed) in a thread meanwhile. Outputs, each checked before the
+    first frame: --output/<name>.mp4 (unless --no-save_image), every frame at the input's
+    size and frame rate, the processed ones annotated; --json, JSON Lines, one
+    {"frame", "time", "detections"} line per processed frame; --save_crops, aligned faces.
+
+    The JSON Lines file is written line by line as frames are done, so that it can be
+    read while it grows (a camera has no end); each line is written whole. The video is
+    moved into place when the run ends. Ctrl-C ends the run there: the video then holds
+    every frame done, the JSON the lines of those frames, and KeyboardInterrupt is raised.
+
+    Returns:
+        {'frames': frames read, 'processed': frames detected in, 'faces': faces >= --vis_thres,
+         'output': the video written (or None), 'json': args.json}.
+    """
+    if int(os.environ.get('WORLD_SIZE', '1')) > 1:
+        raise InputError("--video runs in one process: start it without torchrun")
+    video = open_video(args.video)
+    try:
+        out_path = None
+        if args.save_image:
+            check_writable(args.output, '--output', folder=True)
+            out_path = os.path.join(args.output, video.stem + '.mp4')
+            _refuse_overwriting(video, out_path, '--output')
+        if args.json:
+            check_writable(args.json, '--json')
+            _refuse_overwriting(video, args.json, '--json')
+        if args.save_crops:
+            check_writable(args.save_crops, '--save_crops', folder=True)
+        # Opening the writer is the check that OpenCV can encode the codec.
+        writer = VideoWriter(out_path, video.fps, (video.width, video.height), args.video_codec) if out_path else None
+        try:
+            detector = detector_from_args(args)
+            if detector.device.type == 'cpu':
+                keep_freed_memory()  # a process-wide malloc setting: this script owns its process
+            return _detect_frames(args, video, detector, writer)
+        finally:
+            if writer is not None:
+                if writer.frames:
+                    writer.close()
+                    logger.info("wrote %d frames to %s", writer.frames, out_path)
+                else:
+                    writer.discard()
+    finally:
+        video.close()
+
+
+def _refuse_overwriting(video, path, flag):
+    if not video.is_camera and os.path.exists(path) and os.path.samefile(path, video.source):
+        raise InputError(f"{flag} {path} would overwrite the input video: choose another path")
+
+
+def _frame_outputs(args, video, index, frame, dets, jsonl, writer):
+    """One processed frame's outputs, in the writer's thread (formatting the JSON of a few
+    hundred detections takes longer than a small frame's forward pass): its crops, then its
+    JSON line (so that a line never names a crop not yet written), then the annotated frame
+    (drawn after the crops were cut from it)."""
+    if jsonl is not None or args.save_crops:
+        record = {'frame': index, 'time': round(index / video.fps, 6), 'detections': detections_to_json(dets)}
+    if args.save_crops:
+        write_crops(face_crops(frame, dets, args.vis_thres, args.crop_size,
+                               os.path.join(args.save_crops, f"{video.stem}_{index}"),
+                               f"{video.name} frame {index}", record['detections']))
+    if jsonl is not None:
+        jsonl.write(json.dumps(record) + "\n")
+        jsonl.flush()
+    if writer is not None:
+        writer.write(draw_detections(frame, dets, args.vis_thres))
+
+
+def _detect_frames(args, video, detector, writer):
+    every = args.every or 1
+    total = video.frame_count
+    if args.max_frames is not None:
+        total = min(total, args.max_frames) if total is not None else args.max_frames
+    frames_read = processed = faces = bad = 0
+    last = None  # the last frame written: it stands in for a frame that could not be decoded
+    jsonl = None
+    start = time.perf_counter()
+    bar = tqdm(total=total, desc=video.name if video.is_camera else os.path.basename(video.name),
+               unit='frame', dynamic_ncols=True)
+    try:
+        if args.json:
+            try:
+                jsonl = open(args.json, 'w', encoding='utf-8')
+            except OSError as e:
+                raise InputError(f"cannot write --json {args.json}: {e.strerror or e}") from e
+        with logging_redirect_tqdm(), bar, BackgroundWriter() as out, \
+                closing(read_frames(video, every, args.max_frames, keep_skipped=writer is not None,
+                                    prepare=lambda frame: detector.preprocess([frame]))) as frames:
+            for index, status, frame, prepared in frames:
+                frames_read = index + 1
+                bar.update(1)
+                if status == 'bad':
+                    bad += 1
+                    if writer is not None and last is not None:
+                        out.submit(writer.write, last)  # keeps the copy in step with the input's timing
+                    continue
+                if status == 'skipped':
+                    if writer is not None:
+                        out.submit(writer.write, frame)
+                        last = frame
+                    continue
+                dets = detector.detect_preprocessed(*prepared)[0]
+                out.submit(_frame_outputs, args, video, index, frame, dets, jsonl, writer)
+                last = frame
+                processed += 1
+                faces += int((dets[:, 4] >= args.vis_thres).sum())
+                seconds = time.perf_counter() - start
+                bar.set_postfix(realtime=f"{frames_read / seconds / video.fps:.2f}x", refresh=False)
+    except KeyboardInterrupt:
+        logger.warning("interrupted after %d frames: the outputs hold the %d processed frames done", frames_read,
+                       processed)
+        raise
+    finally:
+        if jsonl is not None:
+            jsonl.close()
+    seconds = time.perf_counter() - start
+    logger.info("%s: %d frames in %.1f s (%.1f fps, %.2fx real time), detected in %d (every %d), %d faces >= %s%s",
+                video.name, frames_read, seconds, frames_read / seconds, frames_read / seconds / video.fps,
+                processed, every, faces, args.vis_thres,
+                f"; {bad} frames could not be decoded" if bad else '')
+    if args.json:
+        logger.info("wrote %d JSON lines to %s", processed, args.json)
+    return {'frames': frames_read, 'processed': processed, 'faces': faces,
+            'output': writer.path if writer is not None else None, 'json': args.json}
 
 
 if __name__ == '__main__':

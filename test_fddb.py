@@ -11,7 +11,12 @@ writes <save_folder>/FDDB_dets.txt: per image
     x y w h score      (N lines: integer pixels with w = x2 - x1 + 1, score with 10 decimals)
 
 in the reference's exact format. The file is written atomically when the run ends, so an
-interrupted run never leaves half a file.
+interrupted run never leaves half a file. Meanwhile each image's block is kept in a hidden
+folder beside it (.<dataset>_dets.parts/<name>.txt), so that a rerun of an interrupted run
+detects only the images not done; it is removed once the file is written. As in
+test_widerface.py, save_folder/retinaface_run.json records the model and settings, a rerun
+resumes only the same run's results (another run's are an error, unless --no-resume), and
+one run at a time writes into save_folder (it is locked).
 """
 import argparse
 import logging
@@ -23,11 +28,15 @@ import cv2
 from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli, str2bool
-from utils.distributed import destroy, gather_to_rank0, init_from_torchrun, merge_in_order, quiet_other_ranks, shard
+from utils.distributed import (broadcast_from_rank0, gather_to_rank0, merge_in_order, on_rank0, process_group,
+                               quiet_other_ranks, shard)
 from utils.errors import InputError, InputNotFoundError
-from utils.folder_run import BackgroundWriter, detect_images
+from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
+                              lock_results_folder)
 from utils.image import draw_detections
+from utils.input_files import open_text
 from utils.memory import keep_freed_memory
+from utils.run_manifest import prepare_results_folder, run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +58,11 @@ def get_args_parser():
     parser.add_argument('-s', '--save_image', action="store_true", default=False, help='show detection results')
     parser.add_argument('--vis_thres', default=0.5, type=probability, help='visualization_threshold')
     parser.add_argument('--vis_folder', default='./results/', type=str,
-                        help='where --save_image writes the annotated images (<index>.jpg)')
+                        help='where --save_image writes the annotated images (<name>.jpg, the name as listed)')
+    parser.add_argument('--resume', default=True, action=argparse.BooleanOptionalAction,
+                        help='reuse the detections of an interrupted or earlier run made by the same model and '
+                             'settings (default); --no-resume recomputes every image, first removing the results '
+                             'of another run from --save_folder')
     return parser
 
 
@@ -76,66 +89,163 @@ def fddb_block(name, dets):
     return "".join(lines)
 
 
+def split_blocks(text):
+    """{name: block} for the whole blocks at the start of an FDDB detection text (fddb_block's
+    format); parsing stops at the first block that is cut short or malformed."""
+    lines = text.split('\n')
+    blocks, i = {}, 0
+    while i + 1 < len(lines):
+        try:
+            count = float(lines[i + 1])
+        except ValueError:
+            break
+        if not count.is_integer() or count < 0 or i + 2 + int(count) > len(lines) - 1:
+            break  # every line of a whole block ends with a newline: the split leaves '' after it
+        end = i + 2 + int(count)
+        blocks.setdefault(lines[i], "\n".join(lines[i:end]) + "\n")
+        i = end
+    return blocks
+
+
+def parts_folder(out_path):
+    """The hidden folder beside out_path that keeps a run's blocks until the file is written."""
+    return os.path.join(os.path.dirname(out_path), '.' + os.path.splitext(os.path.basename(out_path))[0] + '.parts')
+
+
+def _read_text(path):
+    if not os.path.isfile(path):  # a FIFO or device would block the read
+        return ''
+    try:
+        with open(path, 'r') as f:
+            return f.read()
+    except (OSError, UnicodeDecodeError):
+        return ''
+
+
+def done_blocks(out_path, names, parts):
+    """{index: block} of the images of names whose detections a run already wrote: in the
+    finished file, or in the parts folder of an interrupted run."""
+    finished = split_blocks(_read_text(out_path)) if os.path.isfile(out_path) else {}
+    done = {}
+    for index, (name, part) in enumerate(zip(names, parts)):
+        if name in finished:
+            done[index] = finished[name]
+        elif os.path.isfile(part):
+            text = _read_text(part)
+            if split_blocks(text).get(name) == text:  # one whole block, of this image
+                done[index] = text
+    return done
+
+
+def remove_parts(parts_root, parts):
+    """Remove the block files, then the folders they leave empty (nothing else)."""
+    for part in parts:
+        try:
+            os.unlink(part)
+        except FileNotFoundError:
+            pass
+    for root, _, _ in sorted(os.walk(parts_root), key=lambda w: -len(w[0])):
+        try:
+            os.rmdir(root)
+        except OSError:
+            pass  # not empty (a file that is not ours) or gone: left as it is
+
+
 def main(args):
-    """Write FDDB_dets.txt; returns {'path', 'written', 'skipped': [(path, reason)]}.
+    """Write FDDB_dets.txt; returns {'path', 'written' (images detected by this run), 'resumed'
+    (images whose block an earlier run of the same model and settings had written), 'skipped':
+    [(path, reason)]}.
 
     Under torchrun rank 0 writes the file and returns the totals; the other ranks return their share.
     """
     list_path = args.image_list or os.path.join('data', args.dataset, 'img_list.txt')
     images_folder = args.images_folder or os.path.join('data', args.dataset, 'images')
-    if not os.path.isfile(list_path):
+    if not os.path.lexists(list_path):
         raise InputNotFoundError(f"image list not found: {list_path} (pass --image_list)")
-    with open(list_path, 'r') as fr:
-        names = fr.read().split()
-    if not names:
+    with open_text(list_path, 'image list') as fr:
+        text = fr.read()
+    # Whitespace-separated names, as the reference reads them, with their line numbers for the messages.
+    entries = [(lineno, n, n) for lineno, line in enumerate(text.split('\n'), 1) for n in line.split()]
+    if not entries:
         raise InputError(f"image list {list_path} is empty")
+    # Checked before any work: none outside the folders, no duplicate (its block would count twice).
+    paths = check_list_entries(list_path, entries)
+    names = [n for _, n, _ in entries]  # as listed: the blocks name them so
     out_path = os.path.join(args.save_folder, args.dataset + '_dets.txt')
     # Checked now: the file is written only at the end of the run.
     check_writable(out_path, '--save_folder')
+    vis_paths = [os.path.join(args.vis_folder, p + '.jpg') for p in paths]
     if args.save_image:
         check_writable(args.vis_folder, '--vis_folder', folder=True)
+        check_not_over_inputs([os.path.join(images_folder, n + '.jpg') for n in names], vis_paths,
+                              '--vis_folder', args.vis_folder)
 
-    world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
-    try:
+    with process_group(use_cuda=False if args.cpu else 'auto') as world:
         quiet_other_ranks(world, logger)
-        return _detect_all(args, names, images_folder, out_path, world)
-    finally:
-        destroy(world)
+        # Held to the end: a second run would mix its blocks with these, or replace the file.
+        lock = lock_results_folder(args.save_folder, '--save_folder', world)
+        try:
+            return _detect_all(args, names, paths, vis_paths, images_folder, out_path, world)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
-def _detect_all(args, names, images_folder, out_path, world):
-    """Under torchrun each rank detects every world_size-th image; rank 0 writes the blocks in list order."""
+def _detect_all(args, names, paths, vis_paths, images_folder, out_path, world):
+    """Under torchrun each rank detects every world_size-th image not done yet and keeps its
+    blocks; rank 0 writes the file, blocks in list order."""
     detector = detector_from_args(args, **({'device': world.device} if world.device else {}))
     if detector.device.type == 'cpu':
         keep_freed_memory()  # a process-wide malloc setting: this script owns its process
-    jobs = [(index, os.path.join(images_folder, name + '.jpg'), name)
-            for index, name in shard(enumerate(names), world)]
+    model_path = args.onnx_model or args.trained_model
+    parts_root = parts_folder(out_path)
+    parts = [os.path.join(parts_root, p + '.txt') for p in paths]
 
-    def draw(index, img_raw, dets):
-        os.makedirs(args.vis_folder, exist_ok=True)
-        cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"), draw_detections(img_raw, dets, args.vis_thres))
+    def prepare():
+        # Rank 0 alone: it may remove another run's results before any rank writes a block.
+        relative = [os.path.relpath(p, args.save_folder) for p in [out_path] + parts]
+        same_run = prepare_results_folder(
+            args.save_folder, run_settings(model_path, detector.settings()), relative, model_path,
+            script='test_fddb.py', recompute=not args.resume, recompute_flag='--no-resume')
+        return done_blocks(out_path, names, parts) if same_run and args.resume else {}
+    done = on_rank0(prepare, world)
+    done_indexes = broadcast_from_rank0(sorted(done) if world.is_main else None, world)
+    if done_indexes and world.is_main:
+        logger.info("resuming: %d of %d images already have detections in %s (--no-resume recomputes them)",
+                    len(done_indexes), len(names), args.save_folder)
+    skip = set(done_indexes)
+    jobs = shard([(index, os.path.join(images_folder, name + '.jpg'), name)
+                  for index, name in enumerate(names) if index not in skip], world)
+
+    def keep(index, block, img_raw, dets):
+        atomic_write_text(parts[index], block)
+        if args.save_image:
+            os.makedirs(os.path.dirname(vis_paths[index]), exist_ok=True)
+            cv2.imwrite(vis_paths[index], draw_detections(img_raw, dets, args.vis_thres))
 
     blocks, skipped = [], []
     with closing(detect_images(detector, jobs, skipped, progress=world.is_main)) as results, \
             BackgroundWriter() as writer:
         for (index, _, name), img_raw, dets, _ in results:
-            blocks.append((index, fddb_block(name, dets)))
-            if args.save_image:
-                writer.submit(draw, index, img_raw, dets)
+            block = fddb_block(name, dets)
+            blocks.append((index, block))
+            writer.submit(keep, index, block, img_raw if args.save_image else None, dets)
     # Rank 0 gets every rank's blocks and skipped images, and puts them back in list order.
-    parts = gather_to_rank0((blocks, skipped), world)
+    gathered = gather_to_rank0((blocks, skipped), world)
     if not world.is_main:
-        return {'path': out_path, 'written': len(blocks), 'skipped': [s for _, s in skipped]}
-    blocks = merge_in_order(p[0] for p in parts)
-    skipped = merge_in_order(p[1] for p in parts)
-    if not blocks:
+        return {'path': out_path, 'written': len(blocks), 'resumed': 0, 'skipped': [s for _, s in skipped]}
+    written = sum(len(p[0]) for p in gathered)
+    every_block = merge_in_order([list(done.items())] + [p[0] for p in gathered])
+    skipped = merge_in_order(p[1] for p in gathered)
+    if not every_block:
         report_skipped(skipped)
         raise InputError(f"none of the {len(names)} images could be read (is --images_folder right?)")
     # Skipped images get no block at all: an empty block would claim "no faces here".
-    atomic_write_text(out_path, "".join(blocks))
-    logger.info("wrote detections for %d images to %s", len(blocks), out_path)
+    atomic_write_text(out_path, "".join(every_block))
+    remove_parts(parts_root, parts)
+    logger.info("wrote detections for %d images to %s", len(every_block), out_path)
     report_skipped(skipped)
-    return {'path': out_path, 'written': len(blocks), 'skipped': skipped}
+    return {'path': out_path, 'written': written, 'resumed': len(done), 'skipped': skipped}
 
 
 if __name__ == '__main__':

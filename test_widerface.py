@@ -11,8 +11,10 @@ the images folder, it writes save_folder/event/name.txt:
 
 With the default eager PyTorch backend the files are byte-identical to the reference's.
 Files are written atomically, and a rerun skips images whose file is already complete,
-when the same model and settings made it: save_folder/retinaface_run.json records them
-(see utils/run_manifest.py), and a folder holding another run's files is an error.
+when the same model and settings made it: save_folder/retinaface_run.json records them and
+the files the run writes (see utils/run_manifest.py), and a folder holding another run's
+files is an error. One run at a time writes into save_folder (it is locked), and the list is
+checked before any work: no entry may write outside save_folder, or onto another's file.
 """
 import argparse
 import logging
@@ -24,11 +26,12 @@ import cv2
 from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli, str2bool
-from utils.distributed import (all_gather, destroy, init_from_torchrun, merge_in_order, on_rank0,
-                               quiet_other_ranks, shard)
+from utils.distributed import all_gather, merge_in_order, on_rank0, process_group, quiet_other_ranks, shard
 from utils.errors import InputError, InputNotFoundError
-from utils.folder_run import BackgroundWriter, detect_images
+from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
+                              lock_results_folder)
 from utils.image import draw_detections
+from utils.input_files import open_text
 from utils.memory import keep_freed_memory
 from utils.run_manifest import prepare_results_folder, run_settings
 
@@ -67,15 +70,24 @@ def image_list_path(dataset_folder):
 
 
 def read_image_list(path):
-    """The image paths of a WIDER list file, relative to the images folder (leading '/' removed)."""
-    if not os.path.isfile(path):
+    """The image paths of a WIDER list file, relative to the images folder (leading '/'
+    removed, normalised), checked by utils.folder_run.check_list_entries: none outside the
+    folder, no duplicate, no two with one result file."""
+    if not os.path.lexists(path):
         raise InputNotFoundError(f"image list not found: {path} (expected {IMAGE_LIST_NAME} beside the images "
                                  f"folder, or pass --image_list)")
-    with open(path, 'r') as fr:
-        names = [n.lstrip('/') for n in fr.read().split()]
-    if not names:
+    with open_text(path, 'image list') as fr:
+        text = fr.read()
+    # Whitespace-separated names, as the reference reads them, with their line numbers for the messages.
+    entries = [(lineno, n, n.lstrip('/')) for lineno, line in enumerate(text.split('\n'), 1) for n in line.split()]
+    if not entries:
         raise InputError(f"image list {path} is empty")
-    return names
+    return check_list_entries(path, entries, output_of=result_name)
+
+
+def result_name(name):
+    """The prediction file of image name, relative to the save folder: event/name.jpg -> event/name.txt."""
+    return os.path.splitext(name)[0] + '.txt'
 
 
 def wider_text(name, dets):
@@ -101,6 +113,8 @@ def wider_text(name, dets):
 
 def is_complete(path, name):
     """Whether path holds a whole prediction file for image name (header and every line)."""
+    if not os.path.isfile(path):  # a FIFO or device named like a result would block the read
+        return False
     try:
         with open(path, 'r') as f:
             lines = f.read().split('\n')
@@ -112,25 +126,19 @@ def is_complete(path, name):
     return len(lines) == int(lines[1]) + 3
 
 
-def prediction_files(folder):
-    """The WIDER prediction files below folder: .txt files whose first line is their own name.
-
-    Other files (notes, hidden temporary files) are not results, and are never removed.
-    """
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = [d for d in dirs if not d.startswith('.')]
-        for f in files:
-            if f.endswith('.txt') and not f.startswith('.'):
-                path = os.path.join(root, f)
-                try:
-                    with open(path, 'r') as fh:
-                        first = fh.readline().rstrip('\n')
-                except (OSError, UnicodeDecodeError):
-                    continue
-                if first == f[:-len('.txt')]:
-                    found.append(path)
-    return sorted(found)
+def looks_like_prediction(path):
+    """Whether path looks like a WIDER prediction file: a .txt file whose first line is its own
+    name. Asked only of files in the event folders of a results folder (see
+    utils.run_manifest.prepare_results_folder), for results that no manifest lists."""
+    f = os.path.basename(path)
+    if not f.endswith('.txt') or f.startswith('.') or not os.path.isfile(path):  # a FIFO would block the read
+        return False
+    try:
+        with open(path, 'r') as fh:
+            first = fh.readline().rstrip('\n')
+    except (OSError, UnicodeDecodeError):
+        return False
+    return first == f[:-len('.txt')]
 
 
 def main(args):
@@ -144,12 +152,18 @@ def main(args):
     check_writable(args.save_folder, '--save_folder', folder=True)
     if args.save_image:
         check_writable(args.vis_folder, '--vis_folder', folder=True)
-    world = init_from_torchrun(use_cuda=False if args.cpu else 'auto')
-    try:
+        check_not_over_inputs([os.path.join(args.dataset_folder, n) for n in names],
+                              [os.path.join(args.vis_folder, f"{i}.jpg") for i in range(len(names))],
+                              '--vis_folder', args.vis_folder)
+    with process_group(use_cuda=False if args.cpu else 'auto') as world:
         quiet_other_ranks(world, logger)
-        return _detect_all(args, names, world)
-    finally:
-        destroy(world)
+        # Held to the end: a second run with other settings would mix its files with these.
+        lock = lock_results_folder(args.save_folder, '--save_folder', world)
+        try:
+            return _detect_all(args, names, world)
+        finally:
+            if lock is not None:
+                lock.release()
 
 
 def _detect_all(args, names, world):
@@ -161,13 +175,14 @@ def _detect_all(args, names, world):
     # Rank 0 alone prepares the folder (it may remove another run's files) before any rank
     # looks for files to resume or writes one.
     on_rank0(lambda: prepare_results_folder(
-        args.save_folder, run_settings(model_path, detector.settings()), prediction_files(args.save_folder), model_path,
-        script='test_widerface.py', recompute=not args.resume, recompute_flag='--no-resume'), world)
+        args.save_folder, run_settings(model_path, detector.settings()), [result_name(n) for n in names], model_path,
+        script='test_widerface.py', recompute=not args.resume, recompute_flag='--no-resume',
+        is_result=looks_like_prediction), world)
 
     todo, resumed = [], 0
     for index, name in shard(enumerate(names), world):
         stem = os.path.splitext(name)[0]
-        save_name = os.path.join(args.save_folder, stem + ".txt")
+        save_name = os.path.join(args.save_folder, result_name(name))
         if args.resume and is_complete(save_name, os.path.basename(stem)):
             resumed += 1
             continue

@@ -43,12 +43,12 @@ from data.wider_face import check_labels
 from layers.functions.prior_box import cached_priors
 from layers.modules import MultiBoxLoss
 from models.retinaface import RetinaFace, load_pretrained_backbone
-from utils.atomic import atomic_save, check_writable
+from utils.atomic import FolderLock, atomic_save, check_writable, remove_stale_temp_files
 from utils.checkpoint import load_model
 from utils.cli import (non_negative_float, non_negative_int, number_in, positive_float,
                        positive_int, run_cli, set_threads)
 from utils.device import resolve_device
-from utils.distributed import World, destroy, init_from_torchrun, quiet_other_ranks, torchrun_world
+from utils.distributed import World, on_rank0, process_group, quiet_other_ranks
 from utils.errors import InputError, InputNotFoundError
 from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
@@ -276,10 +276,15 @@ class Run:
 
 def main(args):
     """Train as args say; returns a TrainResult. Raises NonFiniteLossError on a NaN/inf loss."""
-    # torchrun's process group, when there is one; only rank 0 logs progress.
     device = train_device(args)  # checked before any process group exists
-    # Under torchrun with CUDA each process takes the GPU of its LOCAL_RANK (world.device).
-    world = init_from_torchrun(use_cuda=device.type == 'cuda') if torchrun_world().distributed else World()
+    # torchrun's process group, when there is one, left however the run ends. Under torchrun
+    # with CUDA each process takes the GPU of its LOCAL_RANK (world.device).
+    with process_group(use_cuda=device.type == 'cuda') as world:
+        return _main(args, device, world)
+
+
+def _main(args, device, world):
+    """main() inside the process group; only rank 0 logs progress."""
     quiet_other_ranks(world, logger)
     if world.is_main and logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
@@ -287,11 +292,13 @@ def main(args):
     stop = StopSignal().install()
     threads = torch.get_num_threads()
     set_threads(args.threads)
+    # Held by rank 0 for the whole run (see claim_save_folder); released however it ends.
+    folder_lock = FolderLock(args.save_folder, '--save_folder')
     try:
         # Training needs autograd whatever the caller's global mode (a script that called
         # torch.set_grad_enabled(False) before, as inference scripts do).
         with torch.enable_grad():
-            run = _prepare(args, world, stop, torch.device(world.device) if world.device else device)
+            run = _prepare(args, world, stop, torch.device(world.device) if world.device else device, folder_lock)
             if run.start_iter >= run.max_iter:  # finished already: _prepare said so
                 return TrainResult(iteration=run.start_iter, max_iter=run.max_iter, epoch_size=run.epoch_size,
                                    state_path=args.resume)
@@ -300,7 +307,7 @@ def main(args):
         stop.restore()
         set_threads(threads)
         _close_log_file()
-        destroy(world)
+        folder_lock.release()
 
 
 def check_save_folder(folder):
@@ -308,6 +315,19 @@ def check_save_folder(folder):
     --save_folder fails before training rather than at the first checkpoint."""
     check_writable(folder, '--save_folder', folder=True)
     os.makedirs(folder, exist_ok=True)
+
+
+def claim_save_folder(folder, lock):
+    """Make --save_folder this run's: check it, take its lock (a second run into it fails at
+    once, naming the first one's PID, instead of silently replacing its checkpoints, state
+    and metrics), then remove the temporary files a killed save left there. Only files
+    directly in it: a sub-folder may be another run's --save_folder, busy now."""
+    check_save_folder(folder)
+    lock.acquire()
+    removed = remove_stale_temp_files(folder, recursive=False)
+    if removed:
+        logger.info("removed %d temporary file(s) that an interrupted save left in %s: %s", len(removed), folder,
+                    ', '.join(os.path.basename(p) for p in removed))
 
 
 def _open_log_file(path):
@@ -329,9 +349,10 @@ def _close_log_file():
         _log_file_handler = None
 
 
-def _prepare(args, world, stop, device):
+def _prepare(args, world, stop, device, folder_lock):
     """Check the settings and build what the run needs, in the order the RNG draws depend
-    on. Returns the Run; its start_iter >= max_iter when a resumed run has nothing left."""
+    on. Returns the Run; its start_iter >= max_iter when a resumed run has nothing left.
+    Rank 0 takes folder_lock (a FolderLock on --save_folder); the caller releases it."""
     cfg = build_config(args)
     run = Run(args, cfg, device, world, stop)
     run.amp = bool(args.amp)
@@ -340,8 +361,10 @@ def _prepare(args, world, stop, device):
         run.amp = False
     if args.resume and args.resume_net:
         raise InputError("give either --resume (a training state) or --resume_net (plain weights), not both")
+    # Only rank 0 writes into --save_folder, so only it locks it; if that fails, every
+    # rank stops (the others with status 1 and no message of their own).
+    on_rank0(lambda: claim_save_folder(args.save_folder, folder_lock), world)
     if run.world.is_main:
-        check_save_folder(args.save_folder)
         _open_log_file(run.path('_train.log'))
         logger.info("train.py %s", ' '.join(f"--{k} {v}" for k, v in vars(args).items() if v is not None))
 

@@ -22,7 +22,7 @@ import statistics
 
 import torch
 
-from bench.common import IMAGES, _timed, compare_detections, default_weights
+from bench.common import IMAGES, _timed, compare_detections, default_weights, speed_ratio
 from models.detector import load_detector
 from utils.datapaths import shared_path
 from utils.device import BACKENDS
@@ -126,9 +126,10 @@ def main(args):
         for name in images:
             for b in detectors:
                 if b != 'torch':
-                    ref = f", {113 / e2e[name, b]:.1f}x faster than the reference's 113 ms" if name == 'test' else ''
-                    print(f"{name}: {b} end-to-end {e2e[name, b]:.1f} ms vs torch {e2e[name, 'torch']:.1f} ms "
-                          f"({e2e[name, 'torch'] / e2e[name, b]:.2f}x){ref}")
+                    ref = (f", {speed_ratio(e2e[name, b], sum(REFERENCE_MS[name]), 'the reference')}"
+                           f" ({sum(REFERENCE_MS[name])} ms)" if name in REFERENCE_MS else '')
+                    print(f"{name}: {b} end-to-end {e2e[name, b]:.1f} ms, "
+                          f"{speed_ratio(e2e[name, b], e2e[name, 'torch'], 'torch')} ({e2e[name, 'torch']:.1f} ms){ref}")
 
     # -- detections of the fast backends against eager PyTorch ---------------------------------------
     if 'torch' in detectors and len(detectors) > 1:

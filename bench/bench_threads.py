@@ -1,18 +1,21 @@
 """Benchmark CPU thread settings on an idle and on an oversubscribed machine.
 
     .venv/bin/python -m bench.bench_threads                  # test.jpg, both backends, < 1 min
-    .venv/bin/python -m bench.bench_threads --busy 2 --repeats 9
+    .venv/bin/python -m bench.bench_threads --busy 1 2 --repeats 9
 
 Each setting runs in its own child process (thread counts and OpenMP's wait policy are
 fixed when the libraries start): it loads the detector as the scripts do, warms up, and
-times end-to-end detection of one photo. Every setting runs twice, once on the machine as it
-is ('as is': idle only if nothing else runs) and once next to --busy competing processes
-that each keep one core busy (a Python busy loop), so the table shows what a shared
-machine costs each setting.
+times end-to-end detection of one photo. Every setting runs once on the machine as it is
+('as is': idle only if nothing else runs), then next to each --busy count of competing
+processes that each keep one core busy (a Python busy loop), so the table shows what a
+shared machine costs each setting, and how far each is from the best one at that load.
 
 Settings:
-  torch  default     torch's default thread count (one per core), OpenMP's default wait policy
-  torch  passive     the same with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep at once)
+  torch  spin        torch's default thread count (one per core), OpenMP's default wait policy
+                     (waiting threads spin first): what the scripts did before they set PASSIVE
+  torch  passive     the same with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep at once):
+                     the scripts' default (utils.cli.prefer_passive_openmp)
+  torch  spin 10k    GOMP_SPINCOUNT=10000: a short spin, then sleep
   torch  1           one thread (--threads 1)
   ort    spin        onnxruntime at the same thread count with its default spinning threads
   ort    no-spin     the same with session.intra_op.allow_spinning = 0 (the scripts' default)
@@ -29,10 +32,12 @@ import time
 from bench.common import ROOT
 
 # name -> (backend, --threads value or None for the default, environment, onnxruntime spinning)
+# An environment value of None removes the variable.
 SETTINGS = {
-    'torch default': ('torch', None, {}, True),
-    'torch passive': ('torch', None, {'OMP_WAIT_POLICY': 'PASSIVE'}, True),
-    'torch 1': ('torch', 1, {}, True),
+    'torch spin': ('torch', None, {'OMP_WAIT_POLICY': None, 'GOMP_SPINCOUNT': None}, True),
+    'torch passive': ('torch', None, {'OMP_WAIT_POLICY': 'PASSIVE', 'GOMP_SPINCOUNT': None}, True),
+    'torch spin 10k': ('torch', None, {'OMP_WAIT_POLICY': None, 'GOMP_SPINCOUNT': '10000'}, True),
+    'torch 1': ('torch', 1, {'OMP_WAIT_POLICY': None, 'GOMP_SPINCOUNT': None}, True),
     'ort spin': ('onnxruntime', None, {}, True),
     'ort no-spin': ('onnxruntime', None, {}, False),
     'ort 1': ('onnxruntime', 1, {}, False),
@@ -50,7 +55,8 @@ def get_args_parser():
     parser.add_argument('--repeats', default=5, type=int, help='timed runs per setting and load')
     parser.add_argument('--max_seconds', default=3.0, type=float,
                         help='stop timing a setting after this long (at least one run is always timed)')
-    parser.add_argument('--busy', default=1, type=int, help='competing busy processes in the loaded runs')
+    parser.add_argument('--busy', default=[1], type=int, nargs='+',
+                        help='competing busy processes in the loaded runs, one run per count (e.g. 1 2)')
     parser.add_argument('--child', default=None, choices=list(SETTINGS), help=argparse.SUPPRESS)
     return parser
 
@@ -83,7 +89,12 @@ def child(args):
 
 
 def run_child(args, name):
-    env = dict(os.environ, **SETTINGS[name][2])
+    env = dict(os.environ)
+    for key, value in SETTINGS[name][2].items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
     cmd = [sys.executable, '-m', 'bench.bench_threads', '--child', name, '--image', args.image,
            '--repeats', str(args.repeats), '--max_seconds', str(args.max_seconds)]
     if args.trained_model:
@@ -100,29 +111,32 @@ def main(args):
     args.image = args.image or str(shared_path('images', 'test.jpg'))
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
           f"{os.path.basename(args.image)}, end-to-end ms (median of up to {args.repeats} runs)")
+    loads = [0] + [n for n in args.busy if n > 0]
     results = {}
-    for loaded in (False, True):
-        busy = [subprocess.Popen([sys.executable, '-c', BUSY_LOOP]) for _ in range(args.busy if loaded else 0)]
+    for n in loads:
+        busy = [subprocess.Popen([sys.executable, '-c', BUSY_LOOP]) for _ in range(n)]
         try:
             for name in args.settings:
-                results[name, loaded] = run_child(args, name)
+                results[name, n] = run_child(args, name)
         finally:
             for p in busy:
                 p.kill()
                 p.wait()
 
-    print(f"\n{'setting':<15}{'threads':>8}{'as is':>10}{f'+{args.busy} busy':>10}{'ratio':>8}")
-    print('-' * 51)
     median = {k: statistics.median(v['ms']) for k, v in results.items()}
+    label = {n: 'as is' if n == 0 else f'+{n} busy' for n in loads}
+    print(f"\n{'setting':<16}{'threads':>8}" + ''.join(f"{label[n]:>10}" for n in loads))
+    print('-' * (24 + 10 * len(loads)))
     for name in args.settings:
-        idle, loaded = median[name, False], median[name, True]
-        print(f"{name:<15}{results[name, False]['threads']:>8}{idle:>10.1f}{loaded:>10.1f}{loaded / idle:>7.1f}x")
+        print(f"{name:<16}{results[name, 0]['threads']:>8}" + ''.join(f"{median[name, n]:>10.1f}" for n in loads))
     print()
-    for a, b in (('torch default', 'torch 1'), ('torch default', 'torch passive'),
-                 ('ort spin', 'ort no-spin'), ('ort no-spin', 'ort 1')):
-        if a in args.settings and b in args.settings:
-            print(f"{a} / {b}: as is {median[a, False] / median[b, False]:.2f}x, "
-                  f"+{args.busy} busy {median[a, True] / median[b, True]:.2f}x")
+    # Each setting against the fastest one at the same load: what choosing it costs there.
+    for name in args.settings:
+        ratios = []
+        for n in loads:
+            best = min(args.settings, key=lambda other: median[other, n])
+            ratios.append(f"{label[n]} {median[name, n] / median[best, n]:.2f}x ({best})")
+        print(f"{name} / fastest: " + ', '.join(ratios))
     return 0
 
 

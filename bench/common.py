@@ -80,3 +80,11 @@ def compare_detections(ref, other, min_score=0.5):
         score = max(score, float(abs(d[4] - other[j, 4])))
     return {'n_ref': len(ref), 'n_other': len(other), 'strong': len(strong), 'unmatched': unmatched,
             'max_box': box, 'max_landmark': lmk, 'max_score': score}
+
+
+def speed_ratio(ms, other_ms, other):
+    """'2.31x faster than <other>' or '1.04x slower than <other>': ms against other_ms, the
+    word chosen by which is smaller, so that a ratio below 1 never reads as 'faster'."""
+    if ms <= other_ms:
+        return f"{other_ms / ms:.2f}x faster than {other}"
+    return f"{ms / other_ms:.2f}x slower than {other}"

@@ -16,16 +16,19 @@ from pathlib import Path
 from utils.atomic import atomic_write
 from utils.cli import run_cli
 from utils.errors import InputError
+from utils.input_files import open_text
 
 LOSSES = (('loss', 'total (weighted sum)'), ('loc', 'box (Loc)'), ('cla', 'class (Cla)'), ('landm', 'landmarks (Landm)'))
 SETTING_COLOURS = {'easy': 'tab:green', 'medium': 'tab:orange', 'hard': 'tab:red', 'all': 'tab:blue'}
+# The fields of a record that are plotted or compared: numbers (or null) when present.
+NUMBER_FIELDS = ('loss', 'loc', 'cla', 'landm', 'lr', 'step_time', 'data_time')
 
 
 def read_records(path):
     """The records of a metrics file, one per epoch (a later line for an epoch replaces an
     earlier one), sorted by epoch. Raises ValueError naming the file and line."""
     by_epoch = {}
-    with open(path) as f:
+    with open_text(path, 'metrics file') as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -35,8 +38,31 @@ def read_records(path):
                 raise InputError(f"{path}:{lineno}: not a JSON record: {line[:80]!r}") from None
             if not isinstance(record, dict) or not isinstance(record.get('epoch'), int):
                 raise InputError(f"{path}:{lineno}: a record without an integer 'epoch': {line[:80]!r}")
+            _check_values(record, f"{path}:{lineno}")
             by_epoch[record['epoch']] = record
     return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def _is_number(value):
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_values(record, where):
+    """Raise InputError (naming where: file and line) unless the plotted fields hold numbers
+    (or null) and 'val' maps settings to APs."""
+    for key in NUMBER_FIELDS:
+        value = record.get(key)
+        if value is not None and not _is_number(value):
+            raise InputError(f"{where}: {key!r} must be a number, got {value!r}")
+    val = record.get('val')
+    if val is None:
+        return
+    if not isinstance(val, dict) or not all(v is None or _is_number(v) for v in val.values()):
+        raise InputError(f"{where}: 'val' must be an object of APs by setting, e.g. {{\"hard\": 0.61}}, "
+                         f"got {val!r}")
+    key = record.get('val_key')
+    if key is not None and key not in val:
+        raise InputError(f"{where}: 'val_key' {key!r} must be one of the settings of 'val' {sorted(val)}")
 
 
 def best_epoch(records):

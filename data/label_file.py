@@ -8,7 +8,8 @@ import os
 
 import numpy as np
 
-from utils.errors import InputError, InputNotFoundError
+from utils.errors import InputError
+from utils.input_files import open_text
 
 # Values per face line of the two label formats.
 TRAIN_LINE_VALUES = 20
@@ -25,15 +26,14 @@ def read_label_file(txt_path):
         order with their face lines as written. A boxes-only file gives [N, 4] arrays; an
         image without faces gives an empty [0, 20] array.
     Raises:
-        FileNotFoundError: txt_path does not exist.
-        ValueError: a malformed line, naming the file and the 1-based line number.
+        InputNotFoundError: txt_path does not exist.
+        InputError: txt_path is not a UTF-8 text file, or a line is malformed; the message
+            names the file and the 1-based line number.
     """
     txt_path = os.fspath(txt_path)
-    if not os.path.isfile(txt_path):
-        raise InputNotFoundError(f"label file not found: {txt_path}")
     entries = []
     current = None
-    with open(txt_path, 'r') as f:
+    with open_text(txt_path, 'label file') as f:  # UTF-8, a BOM ignored; a binary file is refused
         for lineno, line in enumerate(f, start=1):
             line = line.strip()
             if not line:

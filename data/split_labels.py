@@ -17,6 +17,7 @@ from data.wider_face import read_label_file
 from utils.atomic import atomic_write_text
 from utils.cli import run_cli
 from utils.errors import InputError
+from utils.input_files import open_text
 
 
 def get_args_parser():
@@ -35,7 +36,7 @@ def split_blocks(label_path, every, offset=0):
         raise InputError(f"--every must be >= 2, got {every}")
     read_label_file(label_path)  # validates the file (clear errors naming the line)
     blocks = []
-    with open(label_path) as f:
+    with open_text(label_path, 'label file') as f:
         for line in f:
             if line.startswith('#'):
                 blocks.append([])

@@ -31,13 +31,23 @@ plot column 2 against column 1.
 import argparse
 import logging
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from utils.errors import InputError, InputNotFoundError
+if __package__ in (None, ""):
+    # Run as a script (python fddb_evaluate/evaluation.py, as the README does): make the
+    # project's packages importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from utils.atomic import atomic_write_text, check_writable  # noqa: E402
+from utils.cli import run_cli  # noqa: E402
+from utils.errors import InputError, InputNotFoundError  # noqa: E402
+from utils.input_files import open_text, read_text  # noqa: E402
+from widerface_evaluate.evaluation import check_figure_path, save_figure  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +61,7 @@ ELLIPSE_FILE_GLOB = "FDDB-fold-*-ellipseList.txt"
 def _blocks(path, values_per_line, what):
     """Yields ``(name, (k, values_per_line) float64 array, name_lineno)`` for each block of a
     name line, a count line and ``count`` number lines. Errors name the file and line."""
-    with open(path) as f:
-        lines = f.read().splitlines()
+    lines = read_text(path).splitlines()
     i = 0
     while i < len(lines):
         name = lines[i].strip()
@@ -130,7 +139,7 @@ def read_fold_list(path, names):
         The listed image names, without repeats, in list order.
     """
     seen = {}
-    with open(path) as f:
+    with open_text(path, 'fold list') as f:
         for lineno, line in enumerate(f, start=1):
             if line.strip():
                 seen.setdefault(line.strip(), []).append(lineno)
@@ -341,14 +350,14 @@ def evaluate(annotations, detections):
 # ---- output ----
 
 def write_roc(roc, out_dir):
-    """Writes ``DiscROC.txt`` and ``ContROC.txt``: ``tpr false_positives threshold`` lines."""
+    """Writes ``DiscROC.txt`` and ``ContROC.txt``: ``tpr false_positives threshold`` lines
+    (each atomically: a failed write leaves the previous file)."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     for fname, tpr in (("DiscROC.txt", roc.tpr_discrete), ("ContROC.txt", roc.tpr_continuous)):
         path = out_dir / fname
-        path.write_text("".join(f"{t:g} {fp} {s:g}\n" for t, fp, s in
-                                zip(tpr.tolist(), roc.false_positives.tolist(), roc.thresholds.tolist())))
+        atomic_write_text(path, "".join(f"{t:g} {fp} {s:g}\n" for t, fp, s in
+                                        zip(tpr.tolist(), roc.false_positives.tolist(), roc.thresholds.tolist())))
         paths.append(path)
     logger.info("wrote %s", ", ".join(map(str, paths)))
     return paths
@@ -368,9 +377,7 @@ def plot_roc(roc, path, label, max_fp=2000):
         ax.grid(True, linestyle=":")
         ax.legend(loc="lower right")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     logger.info("wrote ROC plot to %s", path)
 
 
@@ -389,6 +396,10 @@ def get_args_parser():
 
 def main(args):
     """Evaluates, writes the ROC files and the optional plot, prints the headline; returns the Roc."""
+    if not args.annotations_only:  # the outputs can be written: checked before any work
+        check_writable(args.out, '-o', folder=True)
+        if args.plot:
+            check_figure_path(args.plot, '--plot')
     annotations = load_annotations(args.annotations)
     if args.annotations_only:
         print(f"{len(annotations)} annotated images, {sum(map(len, annotations.values()))} faces")
@@ -404,5 +415,4 @@ def main(args):
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
-    main(get_args_parser().parse_args())
+    raise SystemExit(run_cli(main, get_args_parser()))

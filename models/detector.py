@@ -20,6 +20,7 @@ and the Detector they build from them (detector_from_args).
 import argparse
 import logging
 import os
+import threading
 from contextlib import nullcontext
 
 import cv2
@@ -34,12 +35,18 @@ from layers.functions.pyramid import (PYRAMID_KEEP_TOP_K, PYRAMID_MERGES, PYRAMI
                                       tile_overlap)
 from models.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network, pipeline_metadata
 from utils import kernels
-from utils.cli import (add_threads_argument, number_in, optional_top_k, probability, set_threads, str2bool,
-                       warn_if_cpus_busy)
+from utils.cli import (add_threads_argument, number_in, optional_top_k, prefer_passive_openmp, probability,
+                       set_threads, str2bool, warn_if_cpus_busy)
 from utils.device import BACKENDS, resolve_device
 from utils.errors import InputError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
+
+# An image with more pixels than this fed to the network at its original size gets a hint
+# (once per Detector): time and memory grow with the pixel count, and a phone photo of
+# 8000x6000 takes tens of seconds and gigabytes on a CPU, at a scale the detector was not
+# trained for. The reference's test scale feeds at most 1600x2150 (3.4 megapixels).
+LARGE_IMAGE_PIXELS = 16_000_000
 
 # Tiles batched into one forward pass on a GPU: few enough that a batch of large tiles fits
 # next to the network's activations. The CPU runs a batch image by image anyway, so there
@@ -184,6 +191,9 @@ class Detector:
         tile (int | None): detect a larger image in overlapping tile x tile windows (at the
             test scale), merged with NMS; an image that fits in one tile is detected as
             without tiles. At least smallest_tile(cfg); not with pyramid.
+        large_image_hints (tuple[str]): what the hint on an image of more than
+            LARGE_IMAGE_PIXELS at the original size suggests, e.g. the script's flags
+            ('--origin_size false detects at the test scale instead').
 
     Attributes:
         network (str | None): the --network name of cfg ('mobile0.25', 'resnet50'), or the
@@ -195,8 +205,12 @@ class Detector:
 
     def __init__(self, net, cfg, device='cpu', confidence_threshold=0.02, nms_threshold=0.4, top_k=None,
                  keep_top_k=None, origin_size=True, backend=None, onnx_model=None, num_threads=None,
-                 allow_spinning=True, pyramid=False, pyramid_merge='vote', tile=None):
+                 allow_spinning=True, large_image_hints=(), pyramid=False, pyramid_merge='vote', tile=None):
         backend = resolve_backend(backend, onnx_model)
+        self.large_image_pixels = LARGE_IMAGE_PIXELS
+        self.large_image_hints = tuple(large_image_hints)
+        self._large_image_hinted = False
+        self._hint_lock = threading.Lock()  # preprocess runs in several reading threads
         self.pyramid = bool(pyramid)
         self.pyramid_merge = pyramid_merge
         self.tile = None if tile is None else int(tile)
@@ -325,6 +339,8 @@ class Detector:
         for i, img in enumerate(images):
             _check_image(img, i if len(images) > 1 else None)
             resize = resize_factor(img.shape[0], img.shape[1], self.origin_size)
+            if self.origin_size:
+                self._hint_if_large(img.shape[1], img.shape[0])
             if resize != 1:
                 # The reference resizes the float32 image before subtracting the mean.
                 img = cv2.resize(np.float32(img), None, None, fx=resize, fy=resize, interpolation=cv2.INTER_LINEAR)
@@ -341,6 +357,19 @@ class Detector:
         for i, src in enumerate(sources):
             to_input(src, batch[i], self.mean)
         return batch, sizes, resizes
+
+    def _hint_if_large(self, width, height):
+        """Log, once, that an image of more than large_image_pixels at the original size is slow."""
+        if width * height <= self.large_image_pixels:
+            return
+        with self._hint_lock:
+            if self._large_image_hinted:
+                return
+            self._large_image_hinted = True
+        advice = '; '.join(self.large_image_hints)
+        logger.warning("a %dx%d image goes into the network at its original size (%.2f megapixels): slow, and "
+                       "memory-hungry%s (this hint is shown once)", width, height, width * height / 1e6,
+                       f"; {advice}" if advice else '')
 
     def forward(self, batch):
         """Run the network on a preprocessed batch.
@@ -592,6 +621,14 @@ def load_detector(network, trained_model, device='cpu', backend=None, onnx_model
         from utils.checkpoint import load_model
 
         path = os.fspath(trained_model)
+        if os.path.isdir(path):
+            try:
+                inside = sorted(f for f in os.listdir(path) if f.endswith(('.pth', '.pt', '.tar')))
+            except OSError:  # an unreadable folder: the message still says what is wrong
+                inside = []
+            holds = f" (it holds {', '.join(inside[:3])})" if inside else ''
+            raise InputError(f"weights {path} is a folder, not a weights file{holds}: "
+                             f"pass the file itself with -m/--trained_model")
         if not os.path.isfile(path):
             raise InputNotFoundError(
                 f"weights not found: {path}. Download the published {os.path.basename(path)} (see README) "
@@ -684,7 +721,8 @@ def detector_from_args(args, **overrides):
     onnx_model = getattr(args, 'onnx_model', None)
     if onnx_model is None:
         # Eager PyTorch, or onnxruntime on an in-memory export: both need torch, and torch
-        # must be loaded for --threads to reach it.
+        # must be loaded for --threads to reach it. Its OpenMP threads sleep when idle.
+        prefer_passive_openmp()
         import torch  # noqa: F401
     threads = set_threads(getattr(args, 'threads', None))
     kwargs = dict(
@@ -700,12 +738,17 @@ def detector_from_args(args, **overrides):
         onnx_model=onnx_model,
         num_threads=threads,
         allow_spinning=False,
+        # The hint on a huge photo names the flags of the script at hand.
+        large_image_hints=(('--origin_size false detects at the test scale instead',)
+                           if hasattr(args, 'origin_size') else ()),
         pyramid=getattr(args, 'pyramid', False),
         pyramid_merge=getattr(args, 'pyramid_merge', 'vote'),
         tile=getattr(args, 'tile', None),
     )
     kwargs.update(overrides)
-    if (kwargs['backend'] == 'torch' and str(kwargs['device']).partition(':')[0] == 'cpu' and threads > 1
+    # The backend that will run (--backend is None unless given), not the flag as given.
+    backend = resolve_backend(kwargs['backend'], kwargs['onnx_model'])
+    if (backend == 'torch' and str(kwargs['device']).partition(':')[0] == 'cpu' and threads > 1
             and getattr(args, 'threads', None) is None):
         warn_if_cpus_busy(threads)
     detector = load_detector(args.network, args.trained_model, **kwargs)

@@ -14,7 +14,9 @@ the config values the pipeline uses ('steps', 'min_sizes', 'clip', 'variance') a
 mean BGR pixel the input is made with ('bgr_mean'). A run of the file then needs neither
 torch nor the config dicts, and names the right network whatever --network says. For
 files without the network (older exports, the reference's), onnx_network reads it from
-the head's width, and files without the config run with the network's config dict.
+the head's width, and files without the config run with the network's config dict. A
+file whose metadata names another network than its graph holds, or whose config's priors
+are not its outputs (edited, or copied from another file), is refused when it is loaded.
 
 torch is imported only by the functions that export or compare with PyTorch: running an
 exported file (make_session, pipeline_metadata) needs numpy and onnxruntime only.
@@ -29,7 +31,7 @@ import warnings
 import numpy as np
 
 from data.config import BGR_MEAN, NETWORKS
-
+from layers.functions.prior_box import prior_boxes
 from utils.errors import InputError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +39,10 @@ logger = logging.getLogger(__name__)
 INPUT_NAME = 'input0'  # the reference's input name, kept so existing consumers still work
 OUTPUT_NAMES = ('loc', 'conf', 'landms')
 DEFAULT_OPSET = 17  # supported by every current onnxruntime and TensorRT release
+# The opsets convert_to_onnx.py accepts: those its tests export and verify. Below 9 the
+# exporter cannot express the FPN's upsampling; above 20 is past what torch's
+# TorchScript-based exporter (the one export_onnx uses) supports.
+MIN_OPSET, MAX_OPSET = 9, 20
 DEFAULT_LONG_SIDE = 640
 # The tolerance of the export check: the largest |onnxruntime - PyTorch| allowed in any
 # output. The two runtimes order float sums differently, so their outputs differ in the
@@ -54,6 +60,10 @@ MEAN_KEY = 'bgr_mean'
 # The landmark head's 1x1 conv has 10 outputs per anchor (2 anchors per cell): its weight
 # [20, C, 1, 1] gives the FPN width C, which tells the networks apart.
 _LANDMARK_HEAD_OUTPUTS = 20
+# The input (h, w) an export is run on once when it is loaded, to check that the priors of
+# its metadata's config are as many as its outputs. Odd sizes, so that a stride the graph
+# does not have rounds to another feature-map size; small, so that it costs little.
+PRIOR_CHECK_SIZE = (65, 97)
 
 _DYNAMIC_AXES = {
     INPUT_NAME: {0: 'batch', 2: 'height', 3: 'width'},
@@ -152,9 +162,18 @@ def onnx_network(model):
     for prop in proto.metadata_props:
         if prop.key == NETWORK_KEY and prop.value in NETWORKS:
             return prop.value
+    return _graph_network(proto)[0]
+
+
+def _graph_network(proto):
+    """(network name or None, FPN width or None) of an ONNX graph, read from the width of
+    its landmark head's 1x1 conv weights (cfg['out_channel']), whatever its metadata says."""
     widths = {int(t.dims[1]) for t in proto.graph.initializer
               if len(t.dims) == 4 and t.dims[0] == _LANDMARK_HEAD_OUTPUTS and tuple(t.dims[2:]) == (1, 1)}
-    return _network_of_width(widths.pop()) if len(widths) == 1 else None
+    if len(widths) != 1:
+        return None, None
+    width = widths.pop()
+    return _network_of_width(width), width
 
 
 def export_onnx_bytes(net, opset=DEFAULT_OPSET, cfg=None):
@@ -238,12 +257,15 @@ def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
     Raises:
         FileNotFoundError: model is a path that does not exist.
         ValueError: the model is not a RetinaFace export (inputs / outputs do not match),
-            or device is CUDA and this onnxruntime has no CUDA provider.
+            its metadata disagrees with its graph (check_metadata_matches_graph), or
+            device is CUDA and this onnxruntime has no CUDA provider.
     """
     import onnxruntime as ort  # imported here: only the onnxruntime backend needs it
 
     if not isinstance(model, (bytes, bytearray)):
         model = os.fspath(model)
+        if os.path.isdir(model):
+            raise InputError(f"ONNX model {model} is a folder, not an .onnx file")
         if not os.path.isfile(model):
             raise InputNotFoundError(f"ONNX model not found: {model} (make one with convert_to_onnx.py)")
     device_type, _, index = str(device).partition(':')
@@ -268,7 +290,57 @@ def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
     if inputs != [INPUT_NAME] or len(outputs) != len(OUTPUT_NAMES):
         raise InputError(f"{name} is not a RetinaFace export: inputs {inputs}, outputs {outputs} "
                          f"(expected [{INPUT_NAME!r}] and {list(OUTPUT_NAMES)})")
+    check_metadata_matches_graph(session, model, name)
     return session
+
+
+def check_metadata_matches_graph(session, model, name):
+    """Check that what an export's metadata says is true of its graph.
+
+    The metadata is plain text anyone can edit (or copy from another file), and the
+    pipeline trusts it: a wrong network mislabels every result, and a config whose priors
+    are not the graph's outputs decodes boxes against the wrong priors (or indexes past
+    them). Two checks, each of what the graph itself shows:
+
+    * the network: the width of the landmark head (cfg['out_channel']: 64 for mobile0.25,
+      256 for resnet50) is the one difference between the two networks' graphs that does
+      not depend on reading every layer, and onnx_network already reads it for older files;
+    * the config: one run on a PRIOR_CHECK_SIZE input gives the graph's prior count, which
+      the metadata's steps and min_sizes must give too.
+
+    Args:
+        session (onnxruntime.InferenceSession): the loaded model.
+        model (str | bytes): the same model, as make_session was given it (its graph is
+            read with the onnx package).
+        name (str): the file, for error messages.
+    Raises:
+        InputError: the metadata is malformed, or disagrees with the graph.
+    """
+    network, cfg, _ = pipeline_metadata(session, name)
+    if network is not None:
+        import onnx
+
+        if isinstance(model, (bytes, bytearray)):
+            proto = onnx.load_from_string(bytes(model))
+        else:
+            proto = onnx.load(model, load_external_data=False)
+        found, width = _graph_network(proto)
+        if found is not None and found != network:
+            raise InputError(f"{name}: its metadata says network {network!r}, but its graph is a {found} network "
+                             f"(its landmark head is {width} channels wide, {network}'s "
+                             f"{NETWORKS[network]['out_channel']}); the metadata was edited or copied from "
+                             f"another file: export the model again with convert_to_onnx.py")
+    if cfg is None:  # an older export: it runs with its network's own config
+        return
+    h, w = PRIOR_CHECK_SIZE
+    x = np.zeros((1, 3, h, w), dtype=np.float32)
+    outputs = session.get_outputs()[0].name
+    got = session.run([outputs], {INPUT_NAME: x})[0].shape[1]
+    expected = len(prior_boxes(cfg, (h, w)))
+    if got != expected:
+        raise InputError(f"{name}: its metadata (steps {cfg['steps']}, min_sizes {cfg['min_sizes']}) gives "
+                         f"{expected} priors for a {h}x{w} input, but the graph outputs {got}; the metadata was "
+                         f"edited or copied from another file: export the model again with convert_to_onnx.py")
 
 
 def verification_inputs(long_side=DEFAULT_LONG_SIDE, seed=0):
@@ -318,7 +390,7 @@ def verify_onnx(net, model, inputs, atol=VERIFY_ATOL):
             if not diffs[name] <= atol:  # also catches NaN
                 raise InputError(f"ONNX export does not match PyTorch: output {name!r} differs by "
                                  f"{diffs[name]:.3g} (> {atol:g}) on a {size[0]}x{size[1]} input")
-        logger.info("onnxruntime matches PyTorch on %dx%d: %s", size[0], size[1],
-                    ", ".join(f"{k} {v:.2g}" for k, v in diffs.items()))
+        logger.info("onnxruntime matches PyTorch on %dx%d: max |diff| %s (<= %g)", size[0], size[1],
+                    ", ".join(f"{k} {v:.2e}" for k, v in diffs.items()), atol)
         report.append({'size': size, 'max_abs_diff': diffs})
     return report

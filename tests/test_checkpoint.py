@@ -1,4 +1,7 @@
 """The checkpoint loader: wrappers, prefixes, legacy files and clear errors."""
+import hashlib
+import logging
+
 import pytest
 import torch
 
@@ -6,7 +9,7 @@ from data import cfg_mnet, cfg_re50
 from models.retinaface import RetinaFace
 from tests.conftest import need_shared
 from utils.atomic import atomic_save
-from utils.checkpoint import load_model, load_state_dict_file
+from utils.checkpoint import OFFICIAL_WEIGHTS, file_sha256, load_model, load_state_dict_file
 
 
 @pytest.fixture(scope='module')
@@ -95,3 +98,38 @@ def test_atomic_save_leaves_no_partial_file_on_error(tmp_path):
         atomic_save({'x': Unpicklable()}, tmp_path / 'ck.pth')
     assert [p.name for p in tmp_path.iterdir()] == ['ck.pth']
     assert torch.equal(torch.load(tmp_path / 'ck.pth')['x'], torch.ones(1))
+
+
+# -- which weights a result came from ------------------------------------------------------------
+
+def test_the_official_checksums_are_the_shared_ones():
+    sums = need_shared('weights', 'SHA256SUMS').read_text().split('\n')
+    listed = dict(reversed(line.split()) for line in sums if line.strip())
+    assert {sha: name.split(',')[0] for sha, name in OFFICIAL_WEIGHTS.items()} == {v: k for k, v in listed.items()}
+
+
+def test_file_sha256_is_hashlib_of_the_bytes(tmp_path):
+    (tmp_path / 'f').write_bytes(b'retinaface' * 100000)
+    assert file_sha256(tmp_path / 'f', chunk=4096) == hashlib.sha256(b'retinaface' * 100000).hexdigest()
+
+
+def test_official_weights_are_logged_by_name(caplog, monkeypatch):
+    from utils import checkpoint
+    monkeypatch.setattr(checkpoint, '_identified', {})  # an earlier test may have logged it already
+    path = need_shared('weights', 'mobilenet0.25_Final.pth')
+    with caplog.at_level(logging.INFO, logger='utils.checkpoint'):
+        load_state_dict_file(path)
+    assert [r.message for r in caplog.records if 'sha256' in r.message] == [
+        f"{path} is mobilenet0.25_Final.pth, the published RetinaFace MobileNet0.25 weights (sha256 "
+        f"2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220)"]
+
+
+def test_unknown_weights_log_their_sha256_once(tmp_path, mnet_state, caplog):
+    path = tmp_path / 'mine.pth'
+    torch.save(mnet_state, path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    with caplog.at_level(logging.INFO, logger='utils.checkpoint'):
+        load_state_dict_file(path)
+        load_state_dict_file(path)
+    lines = [r.message for r in caplog.records if sha in r.message]
+    assert lines == [f"{path} is not one of the published weight files: sha256 {sha}"]

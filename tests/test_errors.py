@@ -75,3 +75,15 @@ def test_an_unreadable_image_is_still_skipped_with_its_reason(weights, tmp_path,
     assert status == 0
     assert f"skipping {folder / 'bad.jpg'}: {folder / 'bad.jpg'} is not a readable image" in err
     assert (tmp_path / 'out' / 'good.jpg').is_file()
+
+
+@pytest.mark.parametrize('rank, printed', [('0', True), ('1', False)])
+def test_under_torchrun_only_rank_0_reports_an_input_error(rank, printed, monkeypatch, capsys):
+    monkeypatch.setenv('WORLD_SIZE', '2')
+    monkeypatch.setenv('RANK', rank)
+
+    def main(args):
+        raise InputError('label.txt not found')
+
+    assert run_cli(main, _parser(), []) == 1
+    assert capsys.readouterr().err == ('error: label.txt not found\n' if printed else '')

@@ -87,7 +87,7 @@ def test_binary_prediction_file_is_one_error_line(label, tmp_path):
     path.parent.mkdir(parents=True)
     path.write_bytes(b"\xff\xd8\xff\xe0 a jpeg renamed to .txt")
     line = _error_line(_cli("-p", tmp_path / "pred", "--label", label))
-    assert line.startswith(f"error: {path}: not a text file")
+    assert line.startswith(f"error: {path}:1: not a UTF-8 text file")
 
 
 def test_missing_ground_truth_is_one_error_line(tmp_path):

@@ -307,7 +307,7 @@ def test_read_image_missing_file(tmp_path):
 
 
 def test_read_image_directory_empty_and_text_files(tmp_path):
-    with pytest.raises(ValueError, match='directory'):
+    with pytest.raises(ValueError, match='is a folder, not an image file'):
         read_image(tmp_path)
     (tmp_path / 'empty.jpg').write_bytes(b'')
     with pytest.raises(ValueError, match='empty.jpg.*empty'):

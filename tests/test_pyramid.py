@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import detect
+import test_fddb as fddb_script
 import test_widerface as wider_script
 from layers.functions.pyramid import (MIRRORED_LANDMARKS, PYRAMID_KEEP_TOP_K, box_vote, mirror_candidates,
                                       nms_merge, pyramid_scales)
@@ -306,10 +307,11 @@ def test_api_refuses_combinations_that_make_no_sense(weights):
 
 # -- the scripts -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize('script', [wider_script, fddb_script, detect])
 @pytest.mark.parametrize('argv', [['--pyramid', '--origin_size', 'true'], ['--origin_size', 'false', '--pyramid']])
-def test_pyramid_with_origin_size_is_a_usage_error_naming_both(argv, capsys):
+def test_pyramid_with_origin_size_is_a_usage_error_naming_both(script, argv, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        wider_script.get_args_parser().parse_args(argv)
+        script.get_args_parser().parse_args(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert '--pyramid cannot be combined with --origin_size' in err

@@ -256,17 +256,21 @@ def test_thread_benchmark_child_times_a_setting(weights, restore_torch_threads, 
     assert result['threads'] == 1 and torch.get_num_threads() == 1 and 1 <= len(result['ms']) <= 2
 
 
-def test_thread_benchmark_prints_idle_and_busy_columns_and_ratios(monkeypatch, capsys):
+def test_thread_benchmark_prints_each_load_and_the_cost_against_the_fastest(monkeypatch, capsys):
     from bench import bench_threads
-    # Children in the order main runs them: every setting idle, then every setting next to --busy.
+    # Children in the order main runs them: every setting as is, then next to 1, then 2 busy processes.
     replies = iter([{'threads': 2, 'ms': [40.0]}, {'threads': 1, 'ms': [50.0]},
-                    {'threads': 2, 'ms': [400.0]}, {'threads': 1, 'ms': [90.0, 100.0, 110.0]}])
+                    {'threads': 2, 'ms': [400.0]}, {'threads': 1, 'ms': [90.0, 100.0, 110.0]},
+                    {'threads': 2, 'ms': [300.0]}, {'threads': 1, 'ms': [150.0]}])
     calls = []
     monkeypatch.setattr(bench_threads, 'run_child', lambda args, name: calls.append(name) or next(replies))
-    args = bench_threads.get_args_parser().parse_args(['--image', 'x.jpg', '--settings', 'torch default', 'torch 1'])
+    args = bench_threads.get_args_parser().parse_args(['--image', 'x.jpg', '--settings', 'torch spin', 'torch 1',
+                                                       '--busy', '1', '2'])
     assert bench_threads.main(args) == 0
     out = capsys.readouterr().out
-    assert calls == ['torch default', 'torch 1'] * 2
+    assert calls == ['torch spin', 'torch 1'] * 3
     rows = [line.split() for line in out.splitlines() if line.startswith('torch ') and ' / ' not in line]
-    assert rows == [['torch', 'default', '2', '40.0', '400.0', '10.0x'], ['torch', '1', '1', '50.0', '100.0', '2.0x']]
-    assert 'torch default / torch 1: as is 0.80x, +1 busy 4.00x' in out
+    assert rows == [['torch', 'spin', '2', '40.0', '400.0', '300.0'], ['torch', '1', '1', '50.0', '100.0', '150.0']]
+    assert ('torch spin / fastest: as is 1.00x (torch spin), +1 busy 4.00x (torch 1), +2 busy 2.00x (torch 1)'
+            in out)
+    assert 'torch 1 / fastest: as is 1.25x (torch spin), +1 busy 1.00x (torch 1), +2 busy 1.00x (torch 1)' in out

@@ -155,9 +155,9 @@ def test_results_without_a_manifest_are_an_error(folder, weights, dataset):
 
 def test_no_resume_replaces_another_runs_files(folder, other_weights, dataset, caplog):
     """--no-resume recomputes every image, and no file of the first run survives, not even one
-    for an image outside this run's list; files that are not results stay."""
-    stray = folder / '9--Press_Conference' / 'not_in_the_list.txt'
-    stray.parent.mkdir()
+    for an image outside this run's list (in an event folder the run wrote); files that are not
+    results stay."""
+    stray = folder / EVENT / 'not_in_the_list.txt'
     stray.write_text('not_in_the_list\n0\n')
     (folder / 'notes.txt').write_text('my notes\n')
     before = _results(folder)

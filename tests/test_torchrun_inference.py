@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import need_shared
+from utils.atomic import LOCK_NAME
 
 ROOT = Path(__file__).resolve().parent.parent
 BAD_NAME = '9--Broken/not_a_photo.jpg'
@@ -47,9 +48,11 @@ def _ok(proc):
 
 
 def _files(folder):
-    """{relative path: bytes} of every file below folder."""
+    """{relative path: bytes} of every file below folder (but the lock file a run leaves there,
+    which holds its PID)."""
     folder = Path(folder)
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*'))
+            if p.is_file() and p.name != LOCK_NAME}
 
 
 @pytest.fixture(scope='module')
@@ -185,3 +188,139 @@ def test_detect_two_processes_write_the_same_json_and_images(dataset, weights, t
     out = procs[2].stdout
     assert out.count(' faces >= ') == 160, out[-3000:]
     assert procs[2].stderr.count('skipped 1 unreadable images') == 1, procs[2].stderr[-3000:]
+
+
+def test_fddb_resume_under_torchrun(dataset, weights, tmp_path):
+    """A 2-process rerun of an interrupted run (the blocks of two images kept in the parts
+    folder) detects only the other images, and writes the bytes of an uninterrupted run."""
+    import test_fddb
+
+    images, names = dataset
+    listing = tmp_path / 'img_list.txt'
+    listing.write_text("\n".join(n[:-len('.jpg')] for n in names[:8]) + "\n")
+    args = _model_args(weights) + ['--image_list', listing, '--images_folder', images]
+    _ok(_run('test_fddb.py', args + ['--save_folder', tmp_path / 'whole'], 1))
+    whole = (tmp_path / 'whole' / 'FDDB_dets.txt').read_text()
+    out = tmp_path / 'interrupted'
+    shutil.copytree(tmp_path / 'whole', out)
+    (out / 'FDDB_dets.txt').unlink()
+    blocks = test_fddb.split_blocks(whole)
+    for name in [n[:-len('.jpg')] for n in names[:2]]:  # list indexes 0 and 1: ranks 0 and 1
+        part = Path(test_fddb.parts_folder(str(out / 'FDDB_dets.txt'))) / f'{name}.txt'
+        part.parent.mkdir(parents=True, exist_ok=True)
+        part.write_text(blocks[name])
+    proc = _ok(_run('test_fddb.py', args + ['--save_folder', out], 2))
+    assert proc.stderr.count('resuming: 2 of 8 images') == 1, proc.stderr[-3000:]
+    assert (out / 'FDDB_dets.txt').read_text() == whole
+    assert sorted(p.name for p in out.iterdir()) == ['.retinaface.lock', 'FDDB_dets.txt', 'retinaface_run.json']
+
+
+@pytest.mark.parametrize('script', ['test_widerface.py', 'test_fddb.py'])
+def test_locked_folder_stops_every_rank_with_one_error(dataset, weights, tmp_path, script):
+    """Rank 0 alone takes the results folder's lock; held by another run, every rank stops
+    at once and the error is printed once, naming the holder's PID."""
+    from utils.atomic import lock_folder
+
+    images, names = dataset
+    listing = tmp_path / 'list.txt'
+    listing.write_text(names[0] + "\n" if script == 'test_widerface.py' else names[0][:-len('.jpg')] + "\n")
+    args = _model_args(weights) + ['--image_list', listing, '--save_folder', tmp_path / 'out']
+    args += ['--dataset_folder', images] if script == 'test_widerface.py' else ['--images_folder', images]
+    with lock_folder(tmp_path / 'out'):
+        proc = _run(script, args, 2)
+    assert proc.returncode != 0
+    assert proc.stderr.count('error: ') == 1, proc.stderr[-3000:]
+    assert f'is in use by another run (PID {os.getpid()})' in proc.stderr
+    assert sorted(p.name for p in (tmp_path / 'out').iterdir()) == ['.retinaface.lock']
+
+
+# ------------------------------------------------------------------------------ shutdown
+
+@pytest.fixture(scope='module')
+def two_photos(tmp_path_factory):
+    """images/<event>/<name>.jpg: links to two minitrain photos (one per rank); names: their list."""
+    source = need_shared('minitrain', 'train', 'images')
+    names = sorted(str(p.relative_to(source)) for p in source.rglob('*.jpg'))[:2]
+    images = tmp_path_factory.mktemp('shutdown_data') / 'images'
+    for name in names:
+        (images / name).parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(source / name, images / name)
+    return images, names
+
+
+def _probed(script, args, report_dir):
+    """script under torchrun with 2 processes, through tests/torchrun_shutdown_probe.py:
+    (the process, [rank 0's report, rank 1's report])."""
+    proc = _run('tests/torchrun_shutdown_probe.py', [report_dir, script] + args, 2)
+    reports = []
+    for rank in (0, 1):
+        path = Path(report_dir) / f'rank{rank}.json'
+        assert path.exists(), proc.stdout[-2000:] + proc.stderr[-4000:]
+        reports.append(json.loads(path.read_text()))
+    return proc, reports
+
+
+def _gloo_threads(names):
+    return [name for name in names if 'gloo' in name]
+
+
+def _assert_shut_down_in_order(report):
+    """The group was destroyed once, after the script's own threads were joined, and gloo's
+    threads went with it: none is left to run into the interpreter's shutdown, where it
+    aborted the process when it freed the last collective's tensors."""
+    assert report['destroyed'] == 1, report
+    # Only daemon threads (tqdm's monitor) may outlive the scripts' blocks: the read-ahead
+    # and writer threads are not daemons, so none of them is alive here.
+    assert [t for t in report['python_threads'] if not t[1]] == [], report['python_threads']
+    assert _gloo_threads(report['native_before']), report  # the check sees gloo's threads
+    assert _gloo_threads(report['native_after']) == [], report
+
+
+@pytest.fixture(scope='module')
+def probed_wider(two_photos, weights, tmp_path_factory):
+    """test_widerface.py on two photos under torchrun, watched: (save_folder, args, process, reports)."""
+    images, names = two_photos
+    root = tmp_path_factory.mktemp('shutdown_wider')
+    (root / 'wider_val.txt').write_text("\n".join(names) + "\n")
+    args = _model_args(weights) + ['--dataset_folder', images, '--image_list', root / 'wider_val.txt',
+                                   '--save_folder', root / 'out']
+    proc, reports = _probed('test_widerface.py', args, root / 'reports')
+    return root / 'out', args, proc, reports
+
+
+def test_wider_shuts_down_in_order(probed_wider):
+    out, _, proc, reports = probed_wider
+    _ok(proc)
+    assert [r['status'] for r in reports] == [0, 0]
+    assert len(list(out.rglob('*.txt'))) == 2
+    for report in reports:
+        _assert_shut_down_in_order(report)
+
+
+def test_wider_error_shuts_down_in_order(probed_wider, tmp_path):
+    """A run refused by rank 0 (another run's folder): rank 0 fails with the error, rank 1
+    leaves through on_rank0's SystemExit; both destroy the group on the way out."""
+    out, args, _, _ = probed_wider
+    stale = tmp_path / 'out'
+    shutil.copytree(out, stale)
+    args = list(args)
+    args[args.index('--save_folder') + 1] = stale
+    proc, reports = _probed('test_widerface.py', args + ['--confidence_threshold', '0.5'], tmp_path / 'reports')
+    assert proc.returncode != 0
+    assert proc.stderr.count('error: ') == 1, proc.stderr[-3000:]
+    assert [r['status'] for r in reports] == [1, 1]
+    for report in reports:
+        _assert_shut_down_in_order(report)
+
+
+def test_detect_shuts_down_in_order(two_photos, weights, tmp_path):
+    """detect.py on a folder (rank 0 gathers the other rank's results at the end)."""
+    images, _ = two_photos
+    args = _model_args(weights) + ['--image', images, '--output', tmp_path / 'annotated', '--json',
+                                   tmp_path / 'faces.json']
+    proc, reports = _probed('detect.py', args, tmp_path / 'reports')
+    _ok(proc)
+    assert len(json.loads((tmp_path / 'faces.json').read_text())['images']) == 2
+    assert [r['status'] for r in reports] == [0, 0]
+    for report in reports:
+        _assert_shut_down_in_order(report)

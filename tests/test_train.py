@@ -95,9 +95,10 @@ def test_run_writes_loadable_checkpoints(full_run):
     assert [r['iteration'] for r in steps] == list(range(8))
     assert [r['lr'] for r in steps] == pytest.approx([_expected_lr(i) for i in range(8)])
     assert all(r['data_time'] <= r['step_time'] for r in steps)
-    # The reference's names; plain state_dicts without 'module.', loadable by our loader ...
+    # The reference's names (and the hidden lock file that kept the folder this run's);
+    # plain state_dicts without 'module.', loadable by our loader ...
     files = sorted(p.name for p in out.iterdir())
-    assert files == [f'{NAME}_Final.pth', f'{NAME}_last_state.pth', f'{NAME}_metrics.jsonl', f'{NAME}_metrics.png',
+    assert files == ['.retinaface.lock', f'{NAME}_Final.pth', f'{NAME}_last_state.pth', f'{NAME}_metrics.jsonl', f'{NAME}_metrics.png',
                      f'{NAME}_train.log']
     final = torch.load(out / f'{NAME}_Final.pth', map_location='cpu', weights_only=True)
     assert not any(k.startswith('module.') for k in final)

@@ -19,6 +19,7 @@ from data import cfg_mnet
 from models.retinaface import RetinaFace
 from tests.conftest import ROOT, need_shared, recorded_steps
 from tests.test_train import _assert_same_weights, _weights, backbone  # noqa: F401 (fixture)
+from utils.atomic import LOCK_NAME
 from utils.checkpoint import load_model
 from utils.run_history import RunHistory
 from widerface_evaluate.validation import Validator, load_validation_set
@@ -260,10 +261,11 @@ def test_resumed_epoch_record_covers_the_whole_epoch(split, backbone, val_run, t
 
 def test_resume_of_a_finished_run_says_so_and_writes_nothing(split, backbone, tmp_path, caplog):
     train.main(_args(split, tmp_path, backbone, '--max_epoch', '1', val=False))
-    # The log copy records the attempt; nothing else may change.
+    # The log copy records the attempt, and the folder's lock file the PID of the run that
+    # holds it; nothing else may change.
     def files():
         return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in tmp_path.iterdir()
-                if p.name != f'{NAME}_train.log'}
+                if p.name not in (f'{NAME}_train.log', LOCK_NAME)}
     before = files()
     result = train.main(_args(split, tmp_path, backbone, '--max_epoch', '1',
                               '--resume', str(tmp_path / f'{NAME}_last_state.pth'), val=False))
@@ -285,7 +287,8 @@ def test_bad_validation_flags_are_named(split, backbone, tmp_path):
         train.main(_args(split, tmp_path, backbone, '--val_dataset', str(tmp_path / 'no_such_label.txt')))
     with pytest.raises(SystemExit):  # argparse: a usage error naming the flag
         _args(split, tmp_path, backbone, '--eval_every', '0')
-    assert [p.name for p in tmp_path.iterdir()] == [f"{NAME}_train.log"]  # nothing trained, the errors logged
+    # nothing trained, the errors logged (beside the folder's lock file)
+    assert [p.name for p in tmp_path.iterdir() if p.name != LOCK_NAME] == [f"{NAME}_train.log"]
 
 
 # --------------------------------------------------------------------------- the plot

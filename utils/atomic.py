@@ -99,11 +99,47 @@ def _write_error(path, e):
     return InputError(f"cannot write {path}: {e.strerror or e} ({free_space(directory)} free in {directory})")
 
 
+class _WriteErrorRecorder:
+    """A file object passing writes on to f, that remembers the OSError a write raised.
+
+    torch.save's C++ writer swallows the Python error of a failed write (a full disk) and
+    raises its own RuntimeError about a file position instead; this keeps the real cause."""
+
+    def __init__(self, f):
+        self.f = f
+        self.error = None
+
+    def write(self, data):
+        try:
+            return self.f.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self):
+        try:
+            return self.f.flush()
+        except OSError as e:
+            self.error = e
+            raise
+
+
 def atomic_save(obj, path):
-    """torch.save obj to path atomically."""
+    """torch.save obj to path atomically. A write the file system refuses (a full disk, a
+    read-only folder) raises InputError naming the file and the free space, as atomic_write
+    does; any other failure of torch.save (an object it cannot save) keeps its traceback."""
     import torch  # only checkpoints need it; the inference scripts write text
 
-    atomic_write(path, lambda f: torch.save(obj, f))
+    def save(f):
+        recorder = _WriteErrorRecorder(f)
+        try:
+            torch.save(obj, recorder)
+        except RuntimeError as e:
+            if recorder.error is None:
+                raise
+            raise recorder.error from e  # an OSError: atomic_write names the file and free space
+
+    atomic_write(path, save)
 
 
 def atomic_write_text(path, text):
@@ -154,13 +190,17 @@ def check_writable(path, what=None, folder=False):
 def temp_path(path):
     """A new, unique temporary file name beside path, ending with TEMP_SUFFIX (the file is
     created empty, so no other writer can take the name); for writers that need a path
-    rather than a file object (e.g. an ONNX exporter). Rename it over path when done."""
+    rather than a file object (e.g. an ONNX exporter). Rename it over path when done: it
+    has the permissions open(path, 'w') would give, not mkstemp's private 0600."""
     directory = os.path.dirname(os.path.abspath(os.fspath(path)))
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix=TEMP_SUFFIX)
     except OSError as e:
         raise _write_error(path, e) from e
-    os.close(fd)
+    try:
+        os.fchmod(fd, _final_mode(path))
+    finally:
+        os.close(fd)
     return tmp
 
 

@@ -9,6 +9,7 @@ CPU first, so a checkpoint saved on a GPU opens on a machine without one.
 Unlike the reference, which loads with strict=False and carries on with whatever
 matched, a checkpoint that does not fit the model is an error that names the file.
 """
+import hashlib
 import logging
 import os
 
@@ -26,6 +27,49 @@ _NETWORK_SIGNATURES = {
 }
 
 
+# SHA-256 of the published files (the checksums in the shared data's weights/SHA256SUMS),
+# so that a log names the exact weights a result came from.
+OFFICIAL_WEIGHTS = {
+    '2979b33ffafda5d74b6948cd7a5b9a7a62f62b949cef24e95fd15d2883a65220':
+        'mobilenet0.25_Final.pth, the published RetinaFace MobileNet0.25 weights',
+    '75c37f8d438b7c6aed2e6b310fd0540c40dabf0dd820770bd7082668dfd7c1c1':
+        'mobilenetV1X0.25_pretrain.tar, the published ImageNet MobileNetV1 x0.25 backbone',
+}
+# torchvision names its weight files after the first hex digits of their SHA-256, and
+# checks them on download; the ResNet50 backbone the reference trains from is one.
+OFFICIAL_PREFIXES = {
+    '0676ba61': "resnet50-0676ba61.pth, torchvision's ImageNet ResNet50 backbone",
+}
+_identified = {}  # (real path, size, mtime) -> sha256, so each file is hashed and logged once
+
+
+def file_sha256(path, chunk=1 << 20):
+    """The SHA-256 of a file's bytes, as 64 hex digits."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()
+
+
+def identify_weights(path):
+    """Log which weights path holds, once per file: the official file's name when its
+    SHA-256 is one of the published files', else the SHA-256 itself, so that any result
+    can be traced to the weights that made it. Returns (sha256, official name or None)."""
+    st = os.stat(path)
+    key = (os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    known = key in _identified
+    sha = _identified[key] if known else file_sha256(path)
+    _identified[key] = sha
+    name = OFFICIAL_WEIGHTS.get(sha) or next((n for p, n in OFFICIAL_PREFIXES.items() if sha.startswith(p)), None)
+    if not known:
+        if name:
+            logger.info("%s is %s (sha256 %s)", path, name, sha)
+        else:
+            logger.info("%s is not one of the published weight files: sha256 %s", path, sha)
+    return sha, name
+
+
 def _strip_prefix(state_dict, prefix='module.'):
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
@@ -37,8 +81,11 @@ def load_state_dict_file(path):
     PyTorch checkpoint (a truncated or text file) or holds no state_dict.
     """
     path = os.fspath(path)
+    if os.path.isdir(path):
+        raise InputError(f"checkpoint {path} is a folder, not a checkpoint file")
     if not os.path.isfile(path):
         raise InputNotFoundError(f"checkpoint not found: {path}")
+    identify_weights(path)
     try:
         obj = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # unpickling arbitrary bytes can fail in many ways; all mean "not a checkpoint"

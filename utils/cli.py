@@ -100,9 +100,28 @@ non_negative_float = number_in(float, 0, name='non_negative_float')             
 non_negative_int = number_in(int, 0, name='non_negative_int')                         # workers, epochs
 
 
+# --threads is refused above the larger of these: a fixed floor, so that a command line that
+# works on one ordinary machine works on the next, and a few threads per core, for machines
+# with more cores than the floor. Beyond a few per core threads only wait for each other,
+# and thousands of them make a single image take many seconds (each is created and
+# synchronised on every operation).
+MIN_THREAD_LIMIT = 256
+THREADS_PER_CORE_LIMIT = 4
+
+
+def max_threads():
+    """The largest --threads accepted: MIN_THREAD_LIMIT, or THREADS_PER_CORE_LIMIT per core when that is more."""
+    return max(MIN_THREAD_LIMIT, THREADS_PER_CORE_LIMIT * (os.cpu_count() or 1))
+
+
+def thread_count(value):
+    """An argparse type= function for --threads: an integer in [1, max_threads()]."""
+    return number_in(int, 1, max_threads(), name='thread_count')(value)
+
+
 def add_threads_argument(parser):
-    """--threads: CPU threads for inference (see set_threads)."""
-    parser.add_argument('--threads', default=None, type=positive_int,
+    """--threads: CPU threads for inference (see set_threads), at most max_threads()."""
+    parser.add_argument('--threads', default=None, type=thread_count,
                         help="CPU threads for the network (torch and onnxruntime); default: torch's default, "
                              "one per core. On a machine shared with other busy processes, fewer threads "
                              "than cores (e.g. --threads 1) can be many times faster")
@@ -127,6 +146,22 @@ def set_threads(n=None):
     return torch.get_num_threads()
 
 
+def prefer_passive_openmp():
+    """Let OpenMP's idle threads sleep at once (OMP_WAIT_POLICY=PASSIVE) unless the user set
+    a wait policy. Eager PyTorch ends every operator at a barrier; with the default policy
+    the threads that arrive first spin there, and next to other busy processes they take
+    the very core the last thread is waiting for, so a forward pass can take many times
+    longer (bench/bench_threads.py). The policy changes only how threads wait, never what
+    they compute: detections are bit for bit the same.
+
+    libgomp reads the variable once, when torch first loads it, so this must run before the
+    first `import torch`; afterwards it changes nothing. Returns whether PASSIVE is in effect.
+    """
+    if 'torch' not in sys.modules:
+        os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
+    return os.environ.get('OMP_WAIT_POLICY', '').strip().upper() == 'PASSIVE'
+
+
 def warn_if_cpus_busy(threads):
     """Warn when other processes already keep a core busy: eager PyTorch's OpenMP threads
     wait for each other at the end of every operation, spinning while the one that was
@@ -138,7 +173,7 @@ def warn_if_cpus_busy(threads):
     except (AttributeError, OSError):  # not available on this platform
         return
     if load >= 1:
-        logger.warning("the CPUs are busy (load average %.1f): eager PyTorch's %d threads can run many times "
+        logger.warning("the CPUs are busy (load average %.1f): eager PyTorch's %d threads can run several times "
                        "slower next to other busy processes; --threads 1 avoids it", load, threads)
 
 
@@ -182,7 +217,10 @@ def run_cli(main, parser, argv=None):
     try:
         main(args)
     except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
+        # Under torchrun every rank checks the same flags and files and fails the same way:
+        # rank 0 says it once (torchrun's own summary names every rank that exited 1).
+        if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or os.environ.get('RANK', '0') == '0':
+            print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -10,14 +10,24 @@ torch.distributed is imported only inside the functions that a torchrun world of
 more runs, so that importing this module costs nothing on the single-process path (and
 the onnxruntime path of the scripts does not need torch for it).
 
-    world = init_from_torchrun()            # World(rank, world_size, local_rank)
-    mine = shard(names, world)              # names[rank::world_size]
-    parts = gather_to_rank0(results, world) # [results of rank 0, 1, ...] on rank 0, None elsewhere
-    ...
-    destroy(world)
+    with process_group() as world:              # World(rank, world_size, local_rank)
+        mine = shard(names, world)              # names[rank::world_size]
+        parts = gather_to_rank0(results, world) # [results of rank 0, 1, ...] on rank 0, None elsewhere
+        ...
+    # here the group is gone, and its threads with it, however the block ended
+
+Shutdown order. gloo runs each collective in worker threads, and a worker lets go of a
+finished collective's tensors only after the caller has its result; freeing a tensor that
+Python made needs the GIL. A worker that gets there once the interpreter is shutting down
+is stopped inside a C++ destructor, and the process aborts ("terminate called without an
+active exception", SIGABRT) after its results are written, so torchrun reports a failed
+run. destroy_process_group() joins the workers while Python is alive, but only if nothing
+else still holds the group (see init_from_torchrun). So the scripts' own threads (read-ahead,
+writer) finish inside the block, then the group is destroyed, then the process exits.
 """
 import logging
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 logger = logging.getLogger(__name__)
@@ -65,6 +75,12 @@ def init_from_torchrun(use_cuda=False, backend=None):
         return world
     import torch
     import torch.distributed as dist
+    # torch.distributed.nn.functional takes group.WORLD as the default argument of its
+    # functions, read when it is first imported. torch._dynamo imports it (torchvision imports
+    # torch._dynamo, and the detector imports torchvision when it builds the network): imported
+    # once the group exists, it would hold the group past destroy_process_group, and gloo's
+    # threads would live on into the interpreter's shutdown. Imported now, its defaults are None.
+    import torch.distributed.nn.functional  # noqa: F401
 
     if use_cuda == 'auto':
         use_cuda = torch.cuda.is_available()
@@ -79,11 +95,32 @@ def init_from_torchrun(use_cuda=False, backend=None):
 
 
 def destroy(world):
-    """Leave the process group, if this process joined one."""
+    """Leave the process group, if this process joined one: destroy_process_group() frees
+    the group and joins gloo's threads (when nothing else still refers to the group).
+
+    No barrier first: every collective here waits for its result, so a rank gets here only
+    once its part of each one is done; and a rank that failed part-way must not wait for
+    ranks that will never reach a barrier."""
     if world.distributed:
         import torch.distributed as dist
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+@contextmanager
+def process_group(use_cuda=False, backend=None):
+    """init_from_torchrun(use_cuda, backend) for the block; yields the World.
+
+    The group is destroyed when the block ends, however it ends (a return, an error, the
+    SystemExit of on_rank0, Ctrl-C), and only then: threads the block started and joined
+    (a BackgroundWriter, detect_images' read-ahead) are gone before the group is. Scripts
+    return from inside the block and run nothing after it that needs the group.
+    """
+    world = init_from_torchrun(use_cuda, backend)
+    try:
+        yield world
+    finally:
+        destroy(world)
 
 
 def quiet_other_ranks(world, *loggers):

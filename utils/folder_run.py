@@ -21,8 +21,11 @@ does not grow with the folder. Neither imports torch.
 
 detect_images is the loop the inference scripts share (detect.py, test_widerface.py,
 test_fddb.py): read and preprocess ahead, detect, report unreadable images.
+check_list_entries, check_not_over_inputs and lock_results_folder keep a run's outputs where
+the user pointed, apart from each other and from its inputs, and away from other runs.
 """
 import logging
+import os
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +34,8 @@ from contextlib import closing, nullcontext
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
+from utils.atomic import lock_folder, remove_stale_temp_files
+from utils.distributed import on_rank0
 from utils.errors import InputError
 from utils.image import read_image
 
@@ -183,3 +188,83 @@ def detect_images(detector, jobs, skipped, progress=False):
             done += 1
             bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / done:.0f}", refresh=False)
             yield job, img, dets, ms
+
+
+def check_list_entries(list_path, entries, output_of=None):
+    """Check the entries of an image list before any work; return them normalised.
+
+    Each entry is a path relative to the images folder, and names the outputs of its image
+    below the output folder. An entry that is absolute or climbs out of its folder ('..')
+    would read and write elsewhere (an entry '../../victim/a.jpg' would replace the user's
+    victim/a.txt); a duplicate would be detected twice and counted twice; two entries with
+    one output (ev/a.jpg and ev/a.png both give ev/a.txt) would leave only the second's.
+
+    Args:
+        list_path (str): the list file, for the messages.
+        entries (list[tuple[int, str, str]]): (line number, entry as written, entry as the
+            script reads it, e.g. without its leading '/').
+        output_of (callable | None): normalised entry -> its output path relative to the
+            output folder; None when the outputs are named by the entry itself.
+    Returns:
+        list[str]: the entries, normalised (os.path.normpath), in list order.
+    Raises:
+        InputError: naming the list file, the line (both lines for a clash) and the entry.
+    """
+    normalised, first_line, first_output = [], {}, {}
+    for lineno, shown, entry in entries:
+        where = f"{list_path}:{lineno}"
+        norm = os.path.normpath(entry)
+        if os.path.isabs(norm) or norm == os.curdir or norm == os.pardir or norm.startswith(os.pardir + os.sep):
+            kind = 'an absolute path' if os.path.isabs(norm) else 'outside the images folder'
+            raise InputError(f"{where}: entry {shown!r} is {kind}: its results would be read and written "
+                             f"outside the folders given; entries are paths below the images folder")
+        if norm in first_line:
+            raise InputError(f"{first_line[norm][0]} and {where}: duplicate entry {shown!r} (each image is "
+                             f"listed once; remove one of the lines)")
+        first_line[norm] = (where, shown)
+        if output_of is not None:
+            out = output_of(norm)
+            if out in first_output:
+                other_where, other = first_output[out]
+                raise InputError(f"{other_where} and {where}: entries {other!r} and {shown!r} would both write "
+                                 f"{out} (only the second would survive); rename one of the images")
+            first_output[out] = (where, shown)
+        normalised.append(norm)
+    return normalised
+
+
+def check_not_over_inputs(inputs, outputs, flag, folder):
+    """Refuse, before any work, outputs that are (or link to) one of the inputs: an annotated
+    copy written there would replace the photo.
+
+    Raises:
+        InputError: naming the flag, its folder and the input that would be overwritten.
+    """
+    real_inputs = {os.path.realpath(path): path for path in inputs}
+    for out in outputs:
+        victim = real_inputs.get(os.path.realpath(out))
+        if victim is not None:
+            raise InputError(f"{flag} {folder} would overwrite the input {victim} with its annotated copy: "
+                             f"choose another {flag} folder")
+
+
+def lock_results_folder(folder, what, world):
+    """Lock a results folder for the length of a run and remove the temporary files a killed
+    run left there; returns the utils.atomic.FolderLock to release at the end (None on ranks
+    other than 0: under torchrun rank 0 holds it for every rank, and a folder in use stops
+    every rank, with only rank 0 printing why).
+
+    Raises:
+        InputError: another run holds the folder (the message names its PID).
+    """
+    def take():
+        lock = lock_folder(folder, what).acquire()
+        try:
+            removed = remove_stale_temp_files(folder)
+        except BaseException:
+            lock.release()
+            raise
+        if removed:
+            logger.info("removed %d temporary files left in %s by an interrupted run", len(removed), folder)
+        return lock
+    return on_rank0(take, world)

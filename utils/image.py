@@ -10,7 +10,9 @@ import os
 import cv2
 import numpy as np
 
-from utils.errors import InputError, InputNotFoundError
+from utils.atomic import atomic_write
+from utils.errors import InputError
+from utils.input_files import open_input_file, printable
 
 logger = logging.getLogger(__name__)
 
@@ -57,20 +59,18 @@ def read_image(path):
     Returns:
         ndarray[H, W, 3] uint8: the image in BGR order.
     Raises:
-        FileNotFoundError: path does not exist.
-        ValueError: path is a directory, empty, truncated (JPEG without its end marker),
-            or not an image OpenCV can decode. The message names the file.
+        InputNotFoundError: path does not exist.
+        InputError: path is not a regular file (a folder, a FIFO, a device), empty,
+            truncated (JPEG without its end marker), or not an image OpenCV can decode. The message names the file.
     """
     path = os.fspath(path)
-    if not os.path.exists(path):
-        raise InputNotFoundError(f"image not found: {path}")
-    if os.path.isdir(path):
-        raise InputError(f"{path} is a directory, not an image file")
-    try:
-        with open(path, 'rb') as f:
+    # Only a regular file is opened: /dev/zero would be read until memory runs out, and a
+    # FIFO would block the run until some writer opened it.
+    with open_input_file(path, expected='an image file', missing='image') as f:
+        try:
             data = f.read()
-    except OSError as e:
-        raise InputError(f"cannot read image file {path}: {e}") from e
+        except OSError as e:
+            raise InputError(f"cannot read image file {path}: {e.strerror or e}") from e
     if not data:
         raise InputError(f"{path} is an empty file, not an image")
     # A JPEG cut short still decodes (the missing part grey) with only a libjpeg warning on
@@ -115,3 +115,123 @@ def draw_detections(img, dets, vis_thres):
         for k, colour in enumerate(LANDMARK_COLOURS):
             cv2.circle(img, (b[5 + 2 * k], b[6 + 2 * k]), 1, colour, 4)
     return img
+
+
+# ---------------------------------------------------------------------------------------
+# Aligned face crops for recognition models
+
+# Where ArcFace-style recognition models expect the five landmarks (left eye, right eye,
+# nose, left mouth corner, right mouth corner) in a 112x112 crop (insightface's template).
+ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
+                             [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
+ARCFACE_SIZE = 112
+# Landmarks whose spread across their best line is below this fraction of their spread
+# along it lie on a line: no face looks like that, and the rotation it would give is noise.
+COLLINEAR_TOLERANCE = 1e-3
+
+
+def landmark_template(size=ARCFACE_SIZE):
+    """The ArcFace landmark template for a size x size crop (the 112 one scaled by size / 112)."""
+    if int(size) != size or size < 1:
+        raise ValueError(f"the crop size must be a positive integer, got {size!r}")
+    return ARCFACE_TEMPLATE * (size / ARCFACE_SIZE)
+
+
+def degenerate_reason(points):
+    """Why points (ndarray[K, 2]) cannot define a similarity transform, or None if they can:
+    not finite, all equal, or on one line."""
+    points = np.asarray(points, dtype=np.float64)
+    if not np.isfinite(points).all():
+        return "not finite"
+    spread = np.linalg.svd(points - points.mean(axis=0), compute_uv=False)
+    if spread[0] <= np.finfo(np.float64).eps * max(1.0, np.abs(points).max()) * len(points):
+        return "all equal"
+    if spread[-1] <= COLLINEAR_TOLERANCE * spread[0]:
+        return "collinear"
+    return None
+
+
+def similarity_transform(src, dst):
+    """The similarity transform (rotation, uniform scale, translation; no reflection) that
+    maps src onto dst with the least squared error, by Umeyama's method (PAMI 1991).
+
+    Args:
+        src, dst (array[K, 2]): corresponding points, K >= 2; src must not be degenerate
+            (see degenerate_reason).
+    Returns:
+        ndarray[2, 3] float64: M with dst ~ M @ [x, y, 1], as cv2.warpAffine takes it.
+    Raises:
+        ValueError: the shapes differ, or src is degenerate.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.ndim != 2 or src.shape[1] != 2 or src.shape != dst.shape or len(src) < 2:
+        raise ValueError(f"expected two arrays of the same shape [K >= 2, 2], got {src.shape} and {dst.shape}")
+    reason = degenerate_reason(src)
+    if reason is not None:
+        raise ValueError(f"no similarity transform from points that are {reason}")
+    src_mean, dst_mean = src.mean(axis=0), dst.mean(axis=0)
+    src_c, dst_c = src - src_mean, dst - dst_mean
+    cov = dst_c.T @ src_c / len(src)
+    u, s, vt = np.linalg.svd(cov)
+    # A reflection would fit a mirrored face better, but a crop must never be mirrored:
+    # flip the weakest axis instead (Umeyama's S matrix).
+    d = np.ones(2)
+    if np.linalg.det(cov) < 0:
+        d[1] = -1
+    rotation = u @ np.diag(d) @ vt
+    scale = (s @ d) / src_c.var(axis=0).sum()
+    m = np.empty((2, 3))
+    m[:, :2] = scale * rotation
+    m[:, 2] = dst_mean - scale * rotation @ src_mean
+    return m
+
+
+def align_faces(img, dets, size=ARCFACE_SIZE, name=None):
+    """Crop each detection's face, aligned for a recognition model: the similarity transform
+    from its five landmarks to the ArcFace template (landmark_template(size)), applied by
+    cv2.warpAffine (bilinear, black outside the image).
+
+    Args:
+        img (ndarray[H, W, 3] uint8): the image the detections are in.
+        dets (ndarray[N, 15]): detections (x1 y1 x2 y2 score, five landmark (x, y) pairs).
+        size (int): the crops' width and height.
+        name (str | None): how to name the image in warnings.
+    Returns:
+        (crops, matrices): two lists of N entries, ndarray[size, size, 3] uint8 and
+        ndarray[2, 3] float64 (image pixels -> crop pixels); None for a face whose landmarks
+        are degenerate (all equal, collinear, not finite), which is skipped with a warning.
+    """
+    template = landmark_template(size)
+    crops, matrices = [], []
+    for k, det in enumerate(np.asarray(dets)):
+        landmarks = np.asarray(det[5:15], dtype=np.float64).reshape(5, 2)
+        reason = degenerate_reason(landmarks)
+        if reason is not None:
+            logger.warning("%sface %d: no aligned crop, its landmarks are %s",
+                           f"{name}: " if name else '', k, reason)
+            crops.append(None)
+            matrices.append(None)
+            continue
+        m = similarity_transform(landmarks, template)
+        crops.append(cv2.warpAffine(img, m, (int(size), int(size)), flags=cv2.INTER_LINEAR,
+                                    borderMode=cv2.BORDER_CONSTANT, borderValue=0))
+        matrices.append(m)
+    return crops, matrices
+
+
+def write_image(path, img):
+    """Encode img by path's extension and write it atomically (utils.atomic.atomic_write).
+
+    Raises:
+        InputError: the extension is not an image format OpenCV writes, or the file cannot be written.
+    """
+    path = os.fspath(path)
+    try:
+        ok, data = cv2.imencode(os.path.splitext(path)[1] or '.', img)
+    except cv2.error:
+        ok = False
+    if not ok:
+        raise InputError(f"cannot write {printable(path)}: OpenCV cannot encode images as "
+                         f"{os.path.splitext(path)[1]!r}")
+    atomic_write(path, lambda f: f.write(data.tobytes()))

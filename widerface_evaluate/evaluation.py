@@ -39,10 +39,12 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.label_file import read_label_file  # noqa: E402
+from utils.atomic import atomic_write, check_writable  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.compiled import load_kernel, warn_not_built  # noqa: E402
 from utils.errors import InputError, InputNotFoundError  # noqa: E402
 from utils.image import IMAGE_EXTENSIONS  # noqa: E402
+from utils.input_files import read_text  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,10 @@ IOU_THRESH = 0.5  # a detection matches a face when their overlap is at least th
 THRESH_NUM = 1000  # score thresholds 0.999, 0.998, ..., 0.0 of the PR curve
 SETTINGS = ("easy", "medium", "hard")
 LABEL_SETTING = "all"  # the single setting of --label mode: every face counts
+# The variables each ground-truth .mat must hold: the annotations, and a setting's keep-list.
+GT_MAT_KEYS = ("event_list", "file_list", "face_bbx_list")
+SETTING_MAT_KEYS = ("gt_list",)
+EXAMPLES = 3  # files a warning names, of many
 # The built box_overlaps module, or None: the numpy versions below then give the same bits.
 compiled = load_kernel("widerface_evaluate.box_overlaps")
 
@@ -197,6 +203,8 @@ def load_wider_gt(gt_dir):
             mats[key] = loadmat(str(path))
         except Exception as e:  # scipy raises its own types for files that are not .mat
             raise InputError(f"{path}: not a readable .mat file ({type(e).__name__}: {e})") from e
+        _check_mat_kind(path, mats[key], key)
+    _check_mats_agree(gt_dir, mats)
     gt_mat = mats["all"]
     names, box_list = [], []
     keep_lists = {s: [] for s in SETTINGS}
@@ -219,6 +227,38 @@ def load_wider_gt(gt_dir):
         keep[s] = mask
         keep_count[s] = np.array([len(k) for k in keep_lists[s]], dtype=np.int64)
     return GroundTruth(names, boxes, start, count, keep, keep_count)
+
+
+def _check_mat_kind(path, mat, setting):
+    """Raise InputError unless mat holds the variables of its kind: the annotations
+    (setting 'all', wider_face_val.mat) or a setting's keep-list (e.g. a wider_face_val.mat
+    copied in as wider_hard_val.mat holds no gt_list)."""
+    needed = GT_MAT_KEYS if setting == "all" else SETTING_MAT_KEYS
+    held = sorted(k for k in mat if not k.startswith("__"))
+    missing = [k for k in needed if k not in held]
+    if missing:
+        what = "ground-truth annotation file" if setting == "all" else f"{setting} keep-list"
+        looks = ""
+        if setting == "all" and "gt_list" in held:
+            looks = " (it looks like a keep-list, wider_<setting>_val.mat)"
+        elif setting != "all" and "face_bbx_list" in held:
+            looks = " (it looks like the annotations, wider_face_val.mat)"
+        raise InputError(f"{path}: not a WIDER FACE {what}: it holds {', '.join(held) or 'no variables'}, "
+                         f"without {', '.join(missing)}{looks}")
+
+
+def _check_mats_agree(gt_dir, mats):
+    """Raise InputError unless every keep-list has an entry for each image of the annotations
+    (a keep-list of another image set, e.g. the full val set's beside a subset's)."""
+    events = mats["all"]["event_list"]
+    n_files = [len(mats["all"]["file_list"][i][0]) for i in range(len(events))]
+    for s in SETTINGS:
+        gt_list = mats[s]["gt_list"]
+        counts = [len(gt_list[i][0]) for i in range(len(gt_list))]
+        if counts != n_files:
+            raise InputError(f"{gt_dir / f'wider_{s}_val.mat'} does not match {gt_dir / 'wider_face_val.mat'}: "
+                             f"its keep-lists cover {len(counts)} events and {sum(counts)} images, the annotations "
+                             f"{len(n_files)} events and {sum(n_files)} images (files of two image sets?)")
 
 
 def load_label_gt(label_path):
@@ -260,12 +300,7 @@ def read_pred_file(path):
     Raises:
         ValueError naming the file and line of the first malformed line.
     """
-    try:
-        with open(path) as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError:
-        raise InputError(f"{path}: not a text file (a prediction file holds a name line, a count line "
-                         f"and 'x y w h score' lines)") from None
+    lines = read_text(path).splitlines()
     if not lines or not lines[0].strip():
         raise InputError(f"{path}:1: missing the image name line")
     name = strip_image_ext(lines[0].strip().split("/")[-1])
@@ -320,17 +355,63 @@ def load_predictions(pred_dir):
     pred_dir = Path(pred_dir)
     if not pred_dir.is_dir():
         raise InputNotFoundError(f"prediction folder not found: {pred_dir}")
-    paths = sorted(Path(root) / f for root, _, files in os.walk(pred_dir) for f in files if f.endswith(".txt"))
     preds = {}
-    for path in tqdm(paths, desc="Reading predictions", disable=None, leave=False):
-        name, boxes = read_pred_file(path)
+    not_predictions, odd_scores, negative_sizes = [], [], []
+    for path in tqdm(_prediction_paths(pred_dir), desc="Reading predictions", disable=None, leave=False):
+        try:
+            name, boxes = read_pred_file(path)
+        except InputError:
+            if _names_its_image(path):  # a prediction file with a bad line: the user must know
+                raise
+            not_predictions.append(path)  # notes (README.txt) beside the results, as test_widerface.py allows
+            continue
+        if len(boxes) and ((boxes[:, 4] < 0) | (boxes[:, 4] > 1)).any():
+            odd_scores.append(path)
+        if len(boxes) and ((boxes[:, 2] < 0) | (boxes[:, 3] < 0)).any():
+            negative_sizes.append(path)
         folder = path.parent.relative_to(pred_dir).as_posix()
         key = name if folder == "." else f"{folder}/{name}"
         if key in preds:
             raise InputError(f"{path}: a second prediction file for image {key!r}")
         preds[key] = boxes
     logger.info("read %d prediction files from %s", len(preds), pred_dir)
+    if not_predictions:
+        logger.warning("skipped %d file(s) in %s that are not prediction files (not parseable, and their first line "
+                       "is not their image's name): %s", len(not_predictions), pred_dir,
+                       _examples([p.relative_to(pred_dir) for p in not_predictions]))
+    if odd_scores:
+        logger.warning("%d prediction files have scores outside [0, 1] (the scores are min-max normalised over the "
+                       "whole set, as the reference does), e.g. %s", len(odd_scores), _examples(odd_scores))
+    if negative_sizes:
+        logger.warning("%d prediction files have boxes with a negative width or height (they match no face), "
+                       "e.g. %s", len(negative_sizes), _examples(negative_sizes))
     return preds
+
+
+def _prediction_paths(pred_dir):
+    """The .txt files below pred_dir, sorted, without hidden files and folders (an editor's
+    or a sync tool's, or a run's temporary files), as test_widerface.py finds its own."""
+    paths = []
+    for root, dirs, files in os.walk(pred_dir):
+        dirs[:] = [d for d in dirs if not d.startswith(".")]
+        paths += [Path(root) / f for f in files if f.endswith(".txt") and not f.startswith(".")]
+    return sorted(paths)
+
+
+def _names_its_image(path):
+    """Whether the first line of path names the image the file is named after (as every
+    prediction file's does), telling a damaged prediction file from a note such as README.txt."""
+    try:
+        with open(path, encoding="utf-8-sig") as f:
+            first = f.readline().strip()
+    except (OSError, UnicodeDecodeError):
+        return True  # not readable text: read_pred_file's error stands
+    return strip_image_ext(first.split("/")[-1]) == path.stem
+
+
+def _examples(items):
+    """A few of items, for a warning about many."""
+    return ", ".join(map(str, items[:EXAMPLES])) + (", ..." if len(items) > EXAMPLES else "")
 
 
 def check_predictions_match(preds, gt, pred_dir):
@@ -498,20 +579,20 @@ def save_curves(results, path):
     CSV: one row per setting and threshold: ``setting,threshold,precision,recall``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix.lower() == ".json":
         def clean(a):
             return [None if math.isnan(v) else v for v in a.tolist()]
         data = {s: dict(ap=r["ap"], thresholds=clean(r["thresholds"]), precision=clean(r["precision"]),
                         recall=clean(r["recall"])) for s, r in results.items()}
-        path.write_text(json.dumps(data, indent=1) + "\n")
+        atomic_write(path, lambda f: f.write(json.dumps(data, indent=1) + "\n"), binary=False)
     else:
-        with open(path, "w", newline="") as f:
+        def write_csv(f):
             w = csv.writer(f)
             w.writerow(["setting", "threshold", "precision", "recall"])
             for s, r in results.items():
                 w.writerows(zip([s] * len(r["thresholds"]), r["thresholds"].tolist(),
                                 r["precision"].tolist(), r["recall"].tolist()))
+        atomic_write(path, write_csv, binary=False)
     logger.info("wrote PR curves to %s", path)
 
 
@@ -529,10 +610,30 @@ def plot_curves(results, path, label):
         ax.grid(True, linestyle=":")
         ax.legend(loc="lower left")
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    save_figure(fig, path)
     logger.info("wrote PR plot to %s", path)
+
+
+def _figure_format(path):
+    """The image format matplotlib writes for path's suffix (no suffix: PNG)."""
+    return Path(path).suffix[1:].lower() or "png"
+
+
+def check_figure_path(path, what):
+    """Check, before any work, that a plot can be written at path: a format matplotlib
+    writes, in a place where a file can be created. Raises InputError naming the flag."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    formats = FigureCanvasBase.get_supported_filetypes()
+    if _figure_format(path) not in formats:
+        raise InputError(f"{what} {path}: matplotlib cannot write '.{_figure_format(path)}' images "
+                         f"(use one of {', '.join('.' + f for f in sorted(formats))})")
+    check_writable(path, what)
+
+
+def save_figure(fig, path, dpi=100):
+    """Write a matplotlib Figure to path atomically, in the format of its suffix."""
+    atomic_write(path, lambda f: fig.savefig(f, format=_figure_format(path), dpi=dpi))
 
 
 def get_args_parser():
@@ -553,6 +654,11 @@ def get_args_parser():
 
 def main(args):
     """Evaluates, prints the result block, writes the optional curves; returns the results."""
+    # The outputs can be written: checked before the evaluation, not after it.
+    if args.curve_data:
+        check_writable(args.curve_data, "--curve-data")
+    if args.curve_plot:
+        check_figure_path(args.curve_plot, "--curve-plot")
     preds = load_predictions(args.pred)
     gt = load_label_gt(args.label) if args.label else load_wider_gt(args.gt)
     check_predictions_match(preds, gt, args.pred)

@@ -32,6 +32,7 @@ from utils.atomic import atomic_save
 from utils.distributed import World, broadcast_from_rank0, gather_to_rank0, shard
 from utils.errors import InputError, InputNotFoundError
 from utils.image import read_image
+from utils.input_files import open_text
 from widerface_evaluate.evaluation import (LABEL_SETTING, evaluate, load_label_gt, load_wider_gt,
                                            strip_image_ext)
 
@@ -72,7 +73,7 @@ def load_validation_set(val_dataset, val_gt=None):
         list_path = os.path.join(val_dataset, WIDER_IMAGE_LIST)
         if not os.path.isfile(list_path):
             raise InputNotFoundError(f"--val_dataset {val_dataset}: {WIDER_IMAGE_LIST} not found in it")
-        with open(list_path) as f:
+        with open_text(list_path, '--val_dataset image list') as f:
             names = [n.lstrip('/') for n in f.read().split()]
         image_root = os.path.join(val_dataset, 'images')
         gt = load_wider_gt(val_gt)
@@ -82,7 +83,7 @@ def load_validation_set(val_dataset, val_gt=None):
             raise InputError(f"--val_gt is for a WIDER val folder; --val_dataset {val_dataset} is a label file "
                              f"that holds its own boxes")
         gt = load_label_gt(val_dataset)
-        with open(val_dataset) as f:
+        with open_text(val_dataset, '--val_dataset label file') as f:
             names = [line[1:].strip() for line in f if line.startswith('#')]
         image_root = os.path.join(os.path.dirname(os.path.abspath(val_dataset)), 'images')
         best_setting = LABEL_SETTING
