@@ -37,7 +37,7 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from models.detector import add_detector_arguments, detector_from_args
+from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import positive_int, probability, report_skipped, run_cli, str2bool
 from utils.datapaths import shared_path
@@ -73,7 +73,7 @@ def get_args_parser():
     parser.add_argument('-s', '--save_image', default=True, action=argparse.BooleanOptionalAction,
                         help='write annotated images to --output (default; --no-save_image turns it off)')
     parser.add_argument('--vis_thres', default=0.6, type=probability, help='visualization_threshold')
-    parser.add_argument('--origin_size', default=True, type=str2bool,
+    parser.add_argument('--origin_size', default=True, type=str2bool, action=OriginSizeFlag,
                         help='detect at the original image size: true (default, as the reference) or false '
                              '(short side 1600, long side at most 2150, as test_widerface.py --origin_size false)')
     parser.add_argument('--image', default=None, type=str,

@@ -25,7 +25,7 @@ from contextlib import closing
 
 import cv2
 
-from models.detector import add_detector_arguments, detector_from_args
+from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli, str2bool
 from utils.distributed import (broadcast_from_rank0, gather_to_rank0, merge_in_order, on_rank0, process_group,
@@ -46,7 +46,7 @@ def get_args_parser():
     # top_k and keep_top_k: all, as the reference's outputs were made (it declares 5000 and 750 but
     # never applies them).
     add_detector_arguments(parser, trained_model='./weights/Resnet50_Final.pth', network='resnet50')
-    parser.add_argument('--origin_size', default=True, type=str2bool,
+    parser.add_argument('--origin_size', default=True, type=str2bool, action=OriginSizeFlag,
                         help='Whether use origin image size to evaluate: true (default, as the reference, '
                              'which always does) or false (short side 1600, long side at most 2150)')
     parser.add_argument('--save_folder', default='eval/', type=str, help='Dir to save results')

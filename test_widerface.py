@@ -24,7 +24,7 @@ from contextlib import closing
 import cv2
 
 from data.label_file import WIDER_IMAGE_LIST, read_wider_list
-from models.detector import add_detector_arguments, detector_from_args
+from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
 from utils.cli import probability, report_skipped, run_cli, str2bool
 from utils.distributed import all_gather, merge_in_order, on_rank0, process_group, quiet_other_ranks, shard
@@ -43,7 +43,7 @@ def get_args_parser():
     # top_k and keep_top_k: all, as the reference's outputs were made (it declares 5000 and 750 but
     # never applies them).
     add_detector_arguments(parser, trained_model='./weights/Resnet50_Final.pth', network='resnet50')
-    parser.add_argument('--origin_size', default=True, type=str2bool,
+    parser.add_argument('--origin_size', default=True, type=str2bool, action=OriginSizeFlag,
                         help='Whether use origin image size to evaluate: true (default) or false '
                              '(short side 1600, long side at most 2150)')
     parser.add_argument('--save_folder', default='./widerface_evaluate/widerface_txt/', type=str,

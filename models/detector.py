@@ -17,6 +17,7 @@ float32, x1 y1 x2 y2 score and five landmark (x, y) pairs in original-image pixe
 This module also holds the flags the inference scripts share (add_detector_arguments)
 and the Detector they build from them (detector_from_args).
 """
+import argparse
 import logging
 import os
 import threading
@@ -29,10 +30,13 @@ from data.config import BGR_MEAN, MAX_SIZE, NETWORKS, TARGET_SIZE, cfg_for_netwo
 from layers.functions.detection import (PAD_MULTIPLE, Detect, candidates_on_device, grid_crop_rows,
                                         resize_factor, to_input)
 from layers.functions.prior_box import cached_priors, prior_boxes
+from layers.functions.pyramid import (PYRAMID_KEEP_TOP_K, PYRAMID_MERGES, PYRAMID_SIZES, Candidates, box_vote,
+                                      in_core, mirror_candidates, nms_merge, pyramid_scales, tile_cores, tile_grid,
+                                      tile_overlap)
 from models.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network, pipeline_metadata
 from utils import kernels
-from utils.cli import (add_threads_argument, optional_top_k, prefer_passive_openmp, probability, set_threads,
-                       warn_if_cpus_busy)
+from utils.cli import (add_threads_argument, number_in, optional_top_k, prefer_passive_openmp, probability,
+                       set_threads, str2bool, warn_if_cpus_busy)
 from utils.device import BACKENDS, resolve_device
 from utils.errors import InputError, InputNotFoundError
 
@@ -43,6 +47,17 @@ logger = logging.getLogger(__name__)
 # 8000x6000 takes tens of seconds and gigabytes on a CPU, at a scale the detector was not
 # trained for. The reference's test scale feeds at most 1600x2150 (3.4 megapixels).
 LARGE_IMAGE_PIXELS = 16_000_000
+
+# Tiles batched into one forward pass on a GPU: few enough that a batch of large tiles fits
+# next to the network's activations. The CPU runs a batch image by image anyway, so there
+# one tile at a time saves holding the batch's inputs.
+TILE_BATCH = 4
+CPU_TILE_BATCH = 1
+
+
+def smallest_tile(cfg):
+    """The smallest --tile for a network: two cells of its coarsest feature map."""
+    return 2 * max(cfg['steps'])
 
 
 def resolve_backend(backend, onnx_model):
@@ -168,6 +183,14 @@ class Detector:
             models.onnx_export.default_num_threads()).
         allow_spinning (bool): whether onnxruntime's idle threads busy-wait (see
             models.onnx_export.make_session).
+        pyramid (bool): accurate mode (layers/functions/pyramid.py): the image at five
+            scales, each also mirrored, candidates merged across the passes. Needs
+            origin_size True (the pyramid chooses its own scales).
+        pyramid_merge (str): how pyramid candidates are merged: 'vote' (box voting, as
+            insightface) or 'nms' (lower AP, bench/README.md "Accurate mode").
+        tile (int | None): detect a larger image in overlapping tile x tile windows (at the
+            test scale), merged with NMS; an image that fits in one tile is detected as
+            without tiles. At least smallest_tile(cfg); not with pyramid.
         large_image_hints (tuple[str]): what the hint on an image of more than
             LARGE_IMAGE_PIXELS at the original size suggests, e.g. the script's flags
             ('--origin_size false detects at the test scale instead').
@@ -182,12 +205,16 @@ class Detector:
 
     def __init__(self, net, cfg, device='cpu', confidence_threshold=0.02, nms_threshold=0.4, top_k=None,
                  keep_top_k=None, origin_size=True, backend=None, onnx_model=None, num_threads=None,
-                 allow_spinning=True, large_image_hints=()):
+                 allow_spinning=True, large_image_hints=(), pyramid=False, pyramid_merge='vote', tile=None):
         backend = resolve_backend(backend, onnx_model)
         self.large_image_pixels = LARGE_IMAGE_PIXELS
         self.large_image_hints = tuple(large_image_hints)
         self._large_image_hinted = False
         self._hint_lock = threading.Lock()  # preprocess runs in several reading threads
+        self.pyramid = bool(pyramid)
+        self.pyramid_merge = pyramid_merge
+        self.tile = None if tile is None else int(tile)
+        _check_modes(self.pyramid, pyramid_merge, self.tile, origin_size)
         if not 0 <= nms_threshold <= 1:
             raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
         if not 0 <= confidence_threshold <= 1:  # nan fails too
@@ -213,6 +240,12 @@ class Detector:
         self._detect = Detect(cfg['variance'], float(confidence_threshold), float(nms_threshold),
                               top_k if top_k and top_k > 0 else None,
                               keep_top_k if keep_top_k and keep_top_k > 0 else None, self._runner.exp_)
+        # Pyramid passes and tiles keep every candidate above the threshold, merged afterwards.
+        self._candidates = Candidates(cfg['variance'], float(confidence_threshold), float(nms_threshold),
+                                      exp_=self._runner.exp_)
+        if self.tile is not None and self.tile < smallest_tile(cfg):
+            raise InputError(f"tile size {self.tile} is too small: at least {smallest_tile(cfg)} pixels (two cells "
+                             f"of the network's coarsest stride {max(cfg['steps'])})")
 
     def _open_session(self, cfg, onnx_model, num_threads, allow_spinning):
         """The onnxruntime session, and the config to run it with (the file's, where it says)."""
@@ -269,6 +302,10 @@ class Detector:
             'nms_threshold': self.nms_threshold,
             'top_k': self.top_k,
             'keep_top_k': self.keep_top_k,
+            # The modes appear only when on, so that the default run's record is unchanged.
+            **({'pyramid': {'sizes': list(PYRAMID_SIZES), 'flip': True, 'merge': self.pyramid_merge}}
+               if self.pyramid else {}),
+            **({'tile': self.tile} if self.tile is not None else {}),
         }
 
     # -- stages, public so that benchmarks can time them one by one ----------------------
@@ -287,9 +324,17 @@ class Detector:
             (batch ndarray[B, 3, H', W'] float32 on the host,
              sizes list[(h, w)] of each image after resizing,
              resizes list[float] of the resize factors).
+            With pyramid or tile, batch is instead a list with one plan per image (what
+            detect_preprocessed runs for it), sizes the images' sizes and resizes None.
         """
         if not images:
             raise ValueError("no images to detect on (empty list)")
+        if self.pyramid or self.tile is not None:
+            return self._preprocess_passes(images)
+        return self._preprocess_plain(images)
+
+    def _preprocess_plain(self, images):
+        """preprocess of the default pipeline."""
         sources, sizes, resizes = [], [], []
         for i, img in enumerate(images):
             _check_image(img, i if len(images) > 1 else None)
@@ -398,6 +443,12 @@ class Detector:
 
         Folder runs preprocess the next images in reading threads while the network runs.
         """
+        if self.pyramid or self.tile is not None:
+            return self._detect_passes(batch)
+        return self._detect_plain(batch, sizes, resizes)
+
+    def _detect_plain(self, batch, sizes, resizes):
+        """detect_preprocessed of the default pipeline."""
         outputs = self.forward(batch)
         padded = tuple(batch.shape[2:])
         results = []
@@ -409,6 +460,126 @@ class Detector:
                     image_outputs = self._runner.take_rows(image_outputs, rows)  # [P, ...] each
                 results.append(self.postprocess(*image_outputs, size, resize))
         return results
+
+    # -- accurate mode and tiles (layers/functions/pyramid.py) ------------------------------
+
+    def pass_candidates(self, img, resize):
+        """One pyramid scale: every candidate above the threshold in img resized by resize,
+        and in its mirror image, both in img's pixels (the mirror's mapped back with
+        mirror_candidates).
+
+        Args:
+            img (ndarray[H, W, 3] uint8 | ndarray[3, H', W'] float32): a BGR image, or the
+                network input made from it at this scale (preprocess does that ahead).
+            resize (float): the scale of the pass.
+        Returns:
+            (candidates, mirrored candidates): ndarray[K, 15] float32 each, in prior order.
+        """
+        x = self._pyramid_input(img, resize) if img.ndim == 3 and img.shape[2] == 3 else img
+        return self._pass_candidates(x, resize)
+
+    def _pyramid_input(self, img, resize):
+        """The network input [3, H', W'] of img at one pyramid scale (resized as preprocess does)."""
+        if resize != 1:
+            img = cv2.resize(np.float32(img), None, None, fx=resize, fy=resize, interpolation=cv2.INTER_LINEAR)
+        x = np.empty((3,) + img.shape[:2], dtype=np.float32)
+        to_input(img, x, self.mean)
+        return x
+
+    def _pass_candidates(self, x, resize):
+        # The image and its mirror image in one batch: one forward pass on a GPU. Mirroring the
+        # network input equals the input of the mirrored image (to_input is per pixel).
+        pair = np.stack((x, x[:, :, ::-1]))
+        outputs = self.forward(pair)
+        size = x.shape[1:]
+        priors = prior_boxes(self.cfg, size)
+        with self._runner.context():
+            found = [self._runner.detect(self._candidates, *(o[k] for o in outputs), priors, size, resize)
+                     for k in range(2)]
+        # The mirror axis of this pass, in original pixels: the resized width rounds, so it is
+        # not exactly the original image's.
+        return found[0], mirror_candidates(found[1], x.shape[2] / resize)
+
+    def _merge_pyramid(self, candidates):
+        keep_top_k = self.keep_top_k or PYRAMID_KEEP_TOP_K
+        if self.pyramid_merge == 'nms':
+            return nms_merge(candidates, self.nms_threshold, keep_top_k, self.top_k)
+        return box_vote(candidates, self.nms_threshold, keep_top_k)
+
+    def _preprocess_passes(self, images):
+        """preprocess for pyramid and tile: one plan per image."""
+        plans = []
+        for i, img in enumerate(images):
+            _check_image(img, i if len(images) > 1 else None)
+            h, w = img.shape[:2]
+            if self.pyramid:
+                plans.append(('pyramid', [(self._pyramid_input(img, r), r) for r in pyramid_scales(h, w)]))
+                continue
+            resize = resize_factor(h, w, self.origin_size)
+            if resize != 1:
+                img = cv2.resize(np.float32(img), None, None, fx=resize, fy=resize, interpolation=cv2.INTER_LINEAR)
+            if img.shape[0] <= self.tile and img.shape[1] <= self.tile:
+                # One tile: the untiled pipeline, to the bit.
+                plans.append(('whole', self._preprocess_plain([images[i]])))
+            else:
+                plans.append(('tiles', img, resize))
+        return plans, [img.shape[:2] for img in images], None
+
+    def _detect_passes(self, plans):
+        """detect_preprocessed for pyramid and tile plans."""
+        results = []
+        for plan in plans:
+            if plan[0] == 'pyramid':
+                found = [c for x, r in plan[1] for c in self._pass_candidates(x, r)]
+                results.append(self._merge_pyramid(np.concatenate(found)))
+            elif plan[0] == 'whole':
+                results.append(self._detect_plain(*plan[1])[0])
+            else:
+                results.append(self._detect_tiles(plan[1], plan[2]))
+        return results
+
+    def _detect_tiles(self, img, resize):
+        """Detections in img (at the test scale, resize from the original) from its tiles."""
+        h, w = img.shape[:2]
+        overlap = tile_overlap(self.tile, max(max(s) for s in self.cfg['min_sizes']))
+        grid, cores = tile_grid(h, w, self.tile, overlap), tile_cores(h, w, self.tile, overlap)
+        size = (grid[0][2] - grid[0][0], grid[0][3] - grid[0][1])  # every tile has this size
+        priors = prior_boxes(self.cfg, size)
+        per_batch = CPU_TILE_BATCH if self.device.type == 'cpu' else TILE_BATCH
+        found = []
+        for start in range(0, len(grid), per_batch):
+            chunk = grid[start:start + per_batch]
+            batch = np.empty((len(chunk), 3) + size, dtype=np.float32)
+            for i, (y0, x0, y1, x1) in enumerate(chunk):
+                to_input(img[y0:y1, x0:x1], batch[i], self.mean)
+            outputs = self.forward(batch)
+            with self._runner.context():
+                for i, (y0, x0, _, _) in enumerate(chunk):
+                    c = self._runner.detect(self._candidates, *(o[i] for o in outputs), priors, size, 1)
+                    c[:, 0:4:2] += x0
+                    c[:, 1:4:2] += y0
+                    c[:, 5::2] += x0
+                    c[:, 6::2] += y0
+                    # Only the tile whose core holds a candidate's centre keeps it: that tile holds
+                    # the face whole (tile_overlap), its neighbours may see a cut-off part.
+                    found.append(c[in_core(c, cores[start + i])])
+        candidates = np.concatenate(found)
+        if resize != 1:
+            candidates[:, :4] /= resize
+            candidates[:, 5:] /= resize
+        return nms_merge(candidates, self.nms_threshold, self.keep_top_k, self.top_k)
+
+
+def _check_modes(pyramid, pyramid_merge, tile, origin_size):
+    """The combinations of pyramid, tile and origin_size that make sense."""
+    if pyramid_merge not in PYRAMID_MERGES:
+        raise InputError(f"unknown pyramid merge {pyramid_merge!r}: expected one of {list(PYRAMID_MERGES)}")
+    if pyramid and not origin_size:
+        raise InputError("the pyramid chooses its own scales: it cannot run with origin_size False")
+    if pyramid and tile is not None:
+        raise InputError("the pyramid and tiles do not combine: choose one")
+    if not pyramid and pyramid_merge != 'vote':
+        raise InputError("pyramid_merge applies to the pyramid only (--pyramid)")
 
 
 def load_detector(network, trained_model, device='cpu', backend=None, onnx_model=None, **detector_kwargs):
@@ -495,8 +666,47 @@ def add_detector_arguments(parser, trained_model, network, top_k=None, keep_top_
                         help="run this exported model (convert_to_onnx.py) in onnxruntime instead of "
                              "--trained_model; its network comes from the file. Without it, "
                              "--backend onnxruntime exports the weights in memory at start-up")
+    modes = parser.add_mutually_exclusive_group()
+    modes.add_argument('--pyramid', action=PyramidFlag, default=False,
+                       help="accurate mode (insightface's): detect at five scales (short side "
+                            f"{'/'.join(map(str, PYRAMID_SIZES))} pixels), each also mirrored, and merge "
+                            "the candidates by box voting; many times the work of one pass")
+    modes.add_argument('--tile', default=None, type=TILE_SIZE,
+                       help='detect a photo larger than TILE x TILE pixels in overlapping TILE x TILE tiles '
+                            '(at the test scale), merged with NMS: less memory for large photos')
+    parser.add_argument('--pyramid_merge', default='vote', choices=PYRAMID_MERGES,
+                        help="with --pyramid: 'vote' (score-weighted means of each group of overlapping "
+                             "candidates; the default) or 'nms'")
     add_threads_argument(parser)
     return parser
+
+
+# --tile: two cells of the coarsest feature map of any network, at least.
+TILE_SIZE = number_in(int, min(smallest_tile(cfg) for cfg in NETWORKS.values()), name='tile size')
+
+
+class PyramidFlag(argparse.Action):
+    """--pyramid (no value): refused next to an explicit --origin_size, whose scale the
+    pyramid replaces (OriginSizeFlag refuses the other order)."""
+
+    def __init__(self, option_strings, dest, default=False, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=default, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, '_origin_size_given', False):
+            parser.error("--pyramid cannot be combined with --origin_size: the pyramid chooses its own scales")
+        setattr(namespace, self.dest, True)
+
+
+class OriginSizeFlag(argparse.Action):
+    """--origin_size true|false (the scripts' str2bool flag), remembered as given, so that
+    --pyramid next to it is a usage error."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if getattr(namespace, 'pyramid', False):
+            parser.error("--pyramid cannot be combined with --origin_size: the pyramid chooses its own scales")
+        setattr(namespace, self.dest, str2bool(values))
+        namespace._origin_size_given = True
 
 
 def detector_from_args(args, **overrides):
@@ -531,6 +741,9 @@ def detector_from_args(args, **overrides):
         # The hint on a huge photo names the flags of the script at hand.
         large_image_hints=(('--origin_size false detects at the test scale instead',)
                            if hasattr(args, 'origin_size') else ()),
+        pyramid=getattr(args, 'pyramid', False),
+        pyramid_merge=getattr(args, 'pyramid_merge', 'vote'),
+        tile=getattr(args, 'tile', None),
     )
     kwargs.update(overrides)
     # The backend that will run (--backend is None unless given), not the flag as given.
