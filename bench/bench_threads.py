@@ -11,10 +11,12 @@ processes that each keep one core busy (a Python busy loop), so the table shows 
 shared machine costs each setting, and how far each is from the best one at that load.
 
 Settings:
-  torch  spin        torch's default thread count (one per core), OpenMP's default wait policy
-                     (waiting threads spin first): what the scripts did before they set PASSIVE
-  torch  passive     the same with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep at once):
-                     the scripts' default (utils.cli.prefer_passive_openmp)
+  torch  auto        the scripts' default: torch's default thread count (one per core), with
+                     OMP_WAIT_POLICY=PASSIVE when other processes are busy at the start
+                     (utils.cli.choose_openmp_wait_policy), else OpenMP's default
+  torch  spin        torch's default thread count, OpenMP's default wait policy (waiting
+                     threads spin first): the scripts' default before 'auto'
+  torch  passive     the same with OMP_WAIT_POLICY=PASSIVE (waiting threads sleep at once)
   torch  spin 10k    GOMP_SPINCOUNT=10000: a short spin, then sleep
   torch  1           one thread (--threads 1)
   ort    spin        onnxruntime at the same thread count with its default spinning threads
@@ -34,6 +36,7 @@ from bench.common import ROOT
 # name -> (backend, --threads value or None for the default, environment, onnxruntime spinning)
 # An environment value of None removes the variable.
 SETTINGS = {
+    'torch auto': ('torch', None, {'OMP_WAIT_POLICY': None, 'GOMP_SPINCOUNT': None}, True),
     'torch spin': ('torch', None, {'OMP_WAIT_POLICY': None, 'GOMP_SPINCOUNT': None}, True),
     'torch passive': ('torch', None, {'OMP_WAIT_POLICY': 'PASSIVE', 'GOMP_SPINCOUNT': None}, True),
     'torch spin 10k': ('torch', None, {'OMP_WAIT_POLICY': None, 'GOMP_SPINCOUNT': '10000'}, True),
@@ -63,6 +66,10 @@ def get_args_parser():
 
 def child(args):
     """Time one setting; print {'threads': n, 'ms': [...]} as JSON."""
+    from utils.cli import choose_openmp_wait_policy
+
+    if args.child == 'torch auto':
+        choose_openmp_wait_policy()  # as detector_from_args does, before torch starts OpenMP
     import torch
 
     from bench.common import default_weights

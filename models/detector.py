@@ -35,7 +35,7 @@ from layers.functions.pyramid import (PYRAMID_KEEP_TOP_K, PYRAMID_MERGES, PYRAMI
                                       tile_overlap)
 from models.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network, pipeline_metadata
 from utils import kernels
-from utils.cli import (add_threads_argument, number_in, optional_top_k, prefer_passive_openmp, probability,
+from utils.cli import (add_threads_argument, choose_openmp_wait_policy, number_in, optional_top_k, probability,
                        set_threads, str2bool, warn_if_cpus_busy)
 from utils.device import BACKENDS, resolve_device
 from utils.errors import InputError, InputNotFoundError
@@ -721,8 +721,9 @@ def detector_from_args(args, **overrides):
     onnx_model = getattr(args, 'onnx_model', None)
     if onnx_model is None:
         # Eager PyTorch, or onnxruntime on an in-memory export: both need torch, and torch
-        # must be loaded for --threads to reach it. Its OpenMP threads sleep when idle.
-        prefer_passive_openmp()
+        # must be loaded for --threads to reach it. On a busy machine its idle OpenMP
+        # threads sleep instead of spinning.
+        choose_openmp_wait_policy()
         import torch  # noqa: F401
     threads = set_threads(getattr(args, 'threads', None))
     kwargs = dict(

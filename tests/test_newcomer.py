@@ -30,8 +30,9 @@ def test_convert_to_onnx_prints_each_check_once(weights, tmp_path, capsys):
 
 def _busy_machine(monkeypatch, threads=2):
     import models.detector
+    import utils.cli
     monkeypatch.setattr(models.detector, 'set_threads', lambda n=None: threads if n is None else n)
-    monkeypatch.setattr('os.getloadavg', lambda: (3.0, 3.0, 3.0))
+    monkeypatch.setattr(utils.cli, 'other_busy_processes', lambda: 3.0)
 
 
 @pytest.mark.parametrize('script_name', ['detect', 'test_widerface', 'test_fddb'])
@@ -46,8 +47,8 @@ def test_the_busy_cpu_warning_reaches_the_default_flags(script_name, weights, mo
     with caplog.at_level(logging.WARNING, logger='utils.cli'):
         detector_from_args(script.get_args_parser().parse_args(['-m', weights, '--network', 'mobile0.25', '--cpu']))
     assert [r.message for r in caplog.records] == [
-        "the CPUs are busy (load average 3.0): eager PyTorch's 2 threads can run several times slower next to "
-        "other busy processes; --threads 1 avoids it"]
+        "the CPUs are busy (3.0 other busy processes): eager PyTorch's 2 threads can run several times slower "
+        "next to them; --threads 1 avoids it"]
 
 
 @pytest.mark.parametrize('flags', [['--threads', '2'], ['--backend', 'onnxruntime']])
@@ -65,15 +66,20 @@ def test_no_busy_cpu_warning_for_a_chosen_thread_count_or_onnxruntime(flags, wei
 _POLICY_CHILD = '''
 import os, sys
 import detect
+import utils.cli
 from models.detector import detector_from_args
 assert 'torch' not in sys.modules
+utils.cli.other_busy_processes = lambda: float(sys.argv[2])  # the machine the test pretends to be on
 detector_from_args(detect.get_args_parser().parse_args(['-m', sys.argv[1], '--cpu']))
 print(os.environ.get('OMP_WAIT_POLICY'))
 '''
 
 
-@pytest.mark.parametrize('given, expected', [(None, 'PASSIVE'), ('ACTIVE', 'ACTIVE')])
-def test_scripts_start_torch_with_a_passive_openmp_wait_unless_one_is_set(given, expected, weights):
+@pytest.mark.parametrize('busy, given, expected', [('0', None, 'None'), ('1', None, 'PASSIVE'), ('3', None, 'PASSIVE'),
+                                                   ('3', 'ACTIVE', 'ACTIVE'), ('0', 'PASSIVE', 'PASSIVE')])
+def test_scripts_start_torch_with_a_passive_openmp_wait_on_a_busy_machine(busy, given, expected, weights):
+    """Idle threads spin on an idle machine (fastest there) and sleep on a busy one (where
+    spinning collapses); a policy the user set is kept."""
     import os
     import subprocess
     import sys
@@ -82,10 +88,26 @@ def test_scripts_start_torch_with_a_passive_openmp_wait_unless_one_is_set(given,
     env = {k: v for k, v in os.environ.items() if k != 'OMP_WAIT_POLICY'}
     if given:
         env['OMP_WAIT_POLICY'] = given
-    out = subprocess.run([sys.executable, '-c', _POLICY_CHILD, weights], cwd=ROOT, env=env, capture_output=True,
-                         text=True, timeout=300)
+    out = subprocess.run([sys.executable, '-c', _POLICY_CHILD, weights, busy], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == [expected]
+
+
+def test_other_busy_processes_sees_a_busy_loop_at_once():
+    import subprocess
+    import sys
+    import time
+
+    from utils.cli import other_busy_processes
+    loops = [subprocess.Popen([sys.executable, '-c', 'while True: pass']) for _ in range(2)]
+    try:
+        time.sleep(0.5)
+        assert other_busy_processes() >= 1
+    finally:
+        for p in loops:
+            p.kill()
+            p.wait()
 
 
 def test_the_wait_policy_does_not_change_the_result_files(weights, tmp_path):

@@ -6,6 +6,7 @@ import logging
 import math
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from utils.errors import InputError
@@ -147,35 +148,78 @@ def set_threads(n=None):
     return torch.get_num_threads()
 
 
-def prefer_passive_openmp():
-    """Let OpenMP's idle threads sleep at once (OMP_WAIT_POLICY=PASSIVE) unless the user set
-    a wait policy. Eager PyTorch ends every operator at a barrier; with the default policy
-    the threads that arrive first spin there, and next to other busy processes they take
-    the very core the last thread is waiting for, so a forward pass can take many times
-    longer (bench/bench_threads.py). The policy changes only how threads wait, never what
-    they compute: detections are bit for bit the same.
+def _own_running_threads():
+    """This process's threads that are running or runnable now (a library's worker threads,
+    e.g. a BLAS pool that spins for a while after its first use, count as this process)."""
+    running = 0
+    for task in os.listdir('/proc/self/task'):
+        try:
+            with open(f'/proc/self/task/{task}/stat') as f:
+                # The state follows the command name, which is in parentheses and may hold spaces.
+                running += f.read().rpartition(')')[2].split()[0] == 'R'
+        except (OSError, IndexError):
+            continue
+    return running
 
-    libgomp reads the variable once, when torch first loads it, so this must run before the
-    first `import torch`; afterwards it changes nothing. Returns whether PASSIVE is in effect.
+
+def other_busy_processes(samples=8, interval=0.015):
+    """How many threads of other processes are keeping a core busy right now: the runnable
+    tasks (/proc/stat's procs_running) less this process's own, the median of eight looks
+    over a tenth of a second, so that a process starting or passing by does not count. The
+    load average is used only where /proc is missing: it remembers this process's own last
+    minute too. 0.0 where the system tells neither."""
+    counts = []
+    for k in range(samples):
+        try:
+            with open('/proc/stat') as f:
+                total = [int(line.split()[1]) for line in f if line.startswith('procs_running')]
+            counts += [max(0, n - _own_running_threads()) for n in total]
+        except (OSError, ValueError, IndexError):
+            break
+        if k + 1 < samples:
+            time.sleep(interval)
+    if counts:
+        return float(sorted(counts)[len(counts) // 2])
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return 0.0
+
+
+def choose_openmp_wait_policy(busy=None):
+    """Set OMP_WAIT_POLICY=PASSIVE for torch's OpenMP threads when other processes already
+    keep a core busy, unless the user set a policy; returns the policy in effect.
+
+    Eager PyTorch ends every operator at a barrier. With OpenMP's default policy the
+    threads that arrive first spin there, which is fastest on an idle machine; next to
+    other busy processes they take the very core the last thread is waiting for, and a
+    forward pass can take many times longer. PASSIVE threads sleep at once: a little slower
+    when idle, never collapsing when busy (bench/bench_threads.py measures both). The
+    policy changes only how threads wait, never what they compute, so the detections are
+    bit for bit the same either way; a machine that gets busy only after the start keeps
+    the default (set OMP_WAIT_POLICY=PASSIVE yourself there).
+
+    libgomp reads the variable once, when torch first loads it: this must run before the
+    first `import torch`, and changes nothing afterwards.
+
+    Args:
+        busy (float | None): other busy processes (default: other_busy_processes()).
     """
-    if 'torch' not in sys.modules:
-        os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
-    return os.environ.get('OMP_WAIT_POLICY', '').strip().upper() == 'PASSIVE'
+    if 'torch' not in sys.modules and 'OMP_WAIT_POLICY' not in os.environ:
+        if (other_busy_processes() if busy is None else busy) >= 1:
+            os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
+    return os.environ.get('OMP_WAIT_POLICY', 'default').strip().upper() or 'DEFAULT'
 
 
 def warn_if_cpus_busy(threads):
-    """Warn when other processes already keep a core busy: eager PyTorch's OpenMP threads
-    wait for each other at the end of every operation, spinning while the one that was
-    descheduled waits for a core, so a forward pass can take many times longer than with
-    one thread (bench/bench_threads.py measures it). The thread count is not changed
-    automatically because it changes the last bits of the network's outputs."""
-    try:
-        load = os.getloadavg()[0]
-    except (AttributeError, OSError):  # not available on this platform
-        return
-    if load >= 1:
-        logger.warning("the CPUs are busy (load average %.1f): eager PyTorch's %d threads can run several times "
-                       "slower next to other busy processes; --threads 1 avoids it", load, threads)
+    """Warn when other processes already keep a core busy: eager PyTorch's threads then
+    wait for each other at the end of every operation (see choose_openmp_wait_policy), and
+    one thread can be faster. The thread count is not changed automatically because it
+    changes the last bits of the network's outputs."""
+    busy = other_busy_processes()
+    if busy >= 1:
+        logger.warning("the CPUs are busy (%.1f other busy processes): eager PyTorch's %d threads can run "
+                       "several times slower next to them; --threads 1 avoids it", busy, threads)
 
 
 def report_skipped(skipped, what='images'):
