@@ -740,8 +740,9 @@ def detector_from_args(args, **overrides):
         num_threads=threads,
         allow_spinning=False,
         # The hint on a huge photo names the flags of the script at hand.
-        large_image_hints=(('--origin_size false detects at the test scale instead',)
-                           if hasattr(args, 'origin_size') else ()),
+        large_image_hints=((('--origin_size false detects at the test scale instead',)
+                            if hasattr(args, 'origin_size') else ())
+                           + (('--tile 2048 detects in tiles in bounded memory',) if hasattr(args, 'tile') else ())),
         pyramid=getattr(args, 'pyramid', False),
         pyramid_merge=getattr(args, 'pyramid_merge', 'vote'),
         tile=getattr(args, 'tile', None),
