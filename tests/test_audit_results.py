@@ -9,11 +9,11 @@ import os
 import shutil
 
 import pytest
-import torch
 
 import test_fddb as fddb_script
 import test_widerface as wider_script
-from tests.conftest import golden_image_path, need_shared
+from tests.conftest import golden_image_path
+from tests.test_stale_results import other_weights, weights  # noqa: F401 - fixtures shared with these tests
 from utils import atomic, folder_run
 from utils.atomic import TEMP_SUFFIX, lock_folder
 from utils.cli import run_cli
@@ -24,20 +24,6 @@ EVENT = '0--Parade'
 STEMS = ['0_Parade_Parade_0_102', '0_Parade_Parade_0_125', '0_Parade_Parade_0_137']
 
 
-@pytest.fixture(scope='module')
-def weights():
-    return str(need_shared('weights', 'mobilenet0.25_Final.pth'))
-
-
-@pytest.fixture(scope='module')
-def other_weights(weights, tmp_path_factory):
-    """The published weights with one bias changed: another model, same network."""
-    state = torch.load(weights, map_location='cpu')
-    key = 'ClassHead.0.conv1x1.bias'
-    state[key] = state[key] + 0.5
-    path = tmp_path_factory.mktemp('other') / 'mobilenet0.25_epoch_5.pth'
-    torch.save(state, path)
-    return str(path)
 
 
 @pytest.fixture

@@ -10,18 +10,11 @@ import test_widerface as wider_script
 from layers.functions.pyramid import in_core, tile_cores, tile_grid, tile_overlap
 from models.detector import load_detector
 from tests.conftest import need_shared
+from tests.test_scripts import detector, weights  # noqa: F401 - fixtures shared with these tests
 from utils.errors import InputError
 from utils.image import read_image
 
 
-@pytest.fixture(scope='module')
-def weights():
-    return str(need_shared('weights', 'mobilenet0.25_Final.pth'))
-
-
-@pytest.fixture(scope='module')
-def detector(weights):
-    return load_detector('mobile0.25', weights)
 
 
 @pytest.fixture(scope='module')
