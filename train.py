@@ -46,7 +46,7 @@ from models.retinaface import RetinaFace, load_pretrained_backbone
 from utils.atomic import FolderLock, atomic_save, check_writable, remove_stale_temp_files
 from utils.checkpoint import load_model
 from utils.cli import (non_negative_float, non_negative_int, number_in, positive_float,
-                       positive_int, run_cli, set_threads)
+                       positive_int, run_cli, set_threads, thread_count)
 from utils.device import resolve_device
 from utils.distributed import World, on_rank0, process_group, quiet_other_ranks
 from utils.errors import InputError, InputNotFoundError
@@ -138,8 +138,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--faceless_negatives', type=non_negative_int, default=0,
                         help='hard negatives mined in each image without faces (default 0, the reference: '
                              'such images add nothing to the loss, whose negatives are 7 per positive prior)')
-    parser.add_argument('--threads', type=positive_int, default=None,
-                        help="CPU threads for torch (torch.set_num_threads; default: torch's own default)")
+    parser.add_argument('--threads', type=thread_count, default=None,
+                        help="CPU threads for torch (torch.set_num_threads; default: torch's own default), "
+                             "at most utils.cli.max_threads()")
     parser.add_argument('--val_dataset', default=None,
                         help='validate during training on a WIDER val folder (images/ and wider_val.txt; with '
                              '--val_gt) or on a label.txt with boxes (one AP); keeps <name>_best.pth')

@@ -184,9 +184,12 @@ def test_detect_json_over_an_annotated_output_is_refused(weights, tmp_path, caps
 
 # -- --threads has an upper bound ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize('parser', [detect.get_args_parser, wider_script.get_args_parser, fddb_script.get_args_parser])
-def test_threads_above_the_bound_is_a_usage_error(parser, capsys):
+@pytest.mark.parametrize('script', ['detect', 'test_widerface', 'test_fddb', 'train', 'convert_to_onnx'])
+def test_threads_above_the_bound_is_a_usage_error(script, capsys):
+    import importlib
+
     from utils.cli import max_threads
+    parser = importlib.import_module(script).get_args_parser
     with pytest.raises(SystemExit) as exit_info:
         parser().parse_args(['--threads', '100000'])
     assert exit_info.value.code == 2
