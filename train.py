@@ -40,7 +40,7 @@ from torch.nn.parallel import DistributedDataParallel
 from curve.plot_metrics import plot_records
 from data import BGR_MEAN, WiderFaceDetection, cfg_for_network, detection_collate, preproc
 from data.wider_face import check_labels
-from layers.functions.prior_box import cached_priors
+from layers.functions.prior_box import PriorBox
 from layers.modules import MultiBoxLoss
 from models.retinaface import RetinaFace, load_pretrained_backbone
 from utils.atomic import FolderLock, atomic_save, check_writable, remove_stale_temp_files
@@ -381,7 +381,7 @@ def _prepare(args, world, stop, device, folder_lock):
                                  encode_target=False, faceless_negatives=args.faceless_negatives,
                                  variance=cfg['variance'])
     img_dim = cfg['image_size']
-    run.priors = cached_priors(cfg, (img_dim, img_dim), device=device)  # [P, 4], computed once
+    run.priors = PriorBox(cfg, image_size=(img_dim, img_dim)).forward().to(device)  # [P, 4], computed once
 
     logger.info('Loading Dataset...')
     dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, BGR_MEAN))

@@ -5,9 +5,9 @@
 
 Detection: detector.detect(img) (eager torch unless --backend says otherwise, mobile0.25,
 CPU, original size, the default thresholds) with every kernel compiled, and with one compiled stage at a time falling back
-to its numpy version (NMS: the reference py_cpu_nms). The pipeline looks each stage up in
-utils.kernels.compiled when it runs, so a stage is switched off by replacing that module
-with a namespace holding the other stages; NMS by setting utils.nms.compiled to None. All
+to its numpy version (NMS: the reference py_cpu_nms). A stage is switched off by patching
+the module that runs it: layers.functions.detection.to_input_kernel and utils.nms.compiled
+set to None. All
 configurations of a photo run interleaved (round robin, the order rotating every round),
 so that load on the machine affects them alike. 'saving' is 1 - all-compiled /
 without-stage of the medians, 'paired' the median of that ratio over the rounds (each
@@ -28,7 +28,6 @@ import logging
 import os
 import statistics
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -38,7 +37,6 @@ import utils.kernels
 import utils.nms
 from bench.bench_evaluation import run_fast
 from bench.common import IMAGES, _timed, default_weights
-from layers.functions.prior_box import prior_boxes
 from utils.datapaths import shared_path
 from models.detector import load_detector
 from utils.device import BACKENDS
@@ -46,9 +44,10 @@ from utils.image import read_image
 from utils.memory import keep_freed_memory
 from widerface_evaluate import evaluation
 
-# The compiled stages of utils/kernels/cpu_pipeline.pyx the pipeline looks up (select_scores,
-# decode_dets and assemble were removed after this bench: see bench/README.md), and the NMS.
-PIPELINE_STAGES = ('to_input',)
+# The compiled stages of utils/kernels/cpu_pipeline.pyx (select_scores, decode_dets and
+# assemble were removed after this bench: see bench/README.md), each with the attribute of
+# layers.functions.detection that holds it, and the NMS.
+PIPELINE_STAGES = {'to_input': 'to_input_kernel'}
 NMS = 'cpu_nms'
 ALL = 'all-compiled'
 # The prediction sets the evaluation is timed on (in ../shared; tests/test_evaluation.py
@@ -83,13 +82,13 @@ def without(stage):
         finally:
             utils.nms.compiled = saved
     else:
-        saved = utils.kernels.compiled
-        utils.kernels.compiled = SimpleNamespace(**{s: getattr(saved, s) for s in PIPELINE_STAGES
-                                                    if s != stage and hasattr(saved, s)})
+        name = PIPELINE_STAGES[stage]
+        saved = getattr(detection, name)
+        setattr(detection, name, None)
         try:
             yield
         finally:
-            utils.kernels.compiled = saved
+            setattr(detection, name, saved)
 
 
 def _with(config, call):
@@ -115,17 +114,17 @@ def stage_calls(detector, img):
     """{stage: a call of that stage alone on the data detector.detect(img) gives it}, as the
     pipeline runs them on the CPU."""
     batch, sizes, resizes = detector.preprocess([img])
-    loc, conf = (x[0] if isinstance(x, np.ndarray) else x[0].numpy() for x in detector.forward(batch)[:2])
-    size, resize, variance = sizes[0], resizes[0], detector.cfg['variance']
-    priors = prior_boxes(detector.cfg, size)
-    inds, scores = detection.select_scores(conf, detector.confidence_threshold)
+    loc, conf, landms = (x[0] if isinstance(x, np.ndarray) else x[0].numpy() for x in detector.forward(batch))
+    size, resize, post = sizes[0], resizes[0], detector.postprocessor
+    # NMS's input, as Detect makes it: the candidates by score, decoded.
+    loc, _, priors, scores = post.select(loc, conf, landms, detector.priors(size))
     order = scores.argsort()[::-1]
-    exp_ = utils.kernels.torch_exp_ if detector.backend == 'torch' else utils.kernels.float_exp_
-    dets = detection.decode_dets(loc, priors, inds, scores, order, variance, size, resize, exp_)
+    boxes = detection.decode_boxes(loc[order], priors[order], post.variance, size, resize, post.exp_)
+    dets = np.hstack((boxes, scores[order, np.newaxis]))  # [K, 5]
     dst = np.empty_like(batch[0])
     return {
         'to_input': lambda: detection.to_input(img, dst, detector.mean),
-        NMS: lambda: utils.nms.fast_nms(dets, detector.nms_threshold),
+        NMS: lambda: utils.nms.fast_nms(dets, post.nms_threshold),
     }
 
 

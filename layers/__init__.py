@@ -1,7 +1,7 @@
 from .functions import *
 # The loss (layers.modules, which needs torch) loads when first used, so that the priors
 # can be imported by the torch-free inference path.
-__all__ = ['PriorBox', 'cached_priors', 'prior_boxes', 'MultiBoxLoss']
+__all__ = ['PriorBox', 'prior_boxes', 'MultiBoxLoss']
 
 
 def __getattr__(name):

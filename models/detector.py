@@ -21,22 +21,22 @@ import argparse
 import logging
 import os
 import threading
+from collections.abc import Sequence
 from contextlib import nullcontext
 
 import cv2
 import numpy as np
 
 from data.config import BGR_MEAN, MAX_SIZE, NETWORKS, TARGET_SIZE, cfg_for_network
-from layers.functions.detection import (PAD_MULTIPLE, Detect, candidates_on_device, grid_crop_rows,
-                                        resize_factor, to_input)
-from layers.functions.prior_box import cached_priors, prior_boxes
-from layers.functions.pyramid import (PYRAMID_KEEP_TOP_K, PYRAMID_MERGES, PYRAMID_SIZES, Candidates, box_vote,
-                                      in_core, mirror_candidates, nms_merge, pyramid_scales, tile_cores, tile_grid,
+from layers.functions.detection import PAD_MULTIPLE, Detect, grid_crop_rows, resize_factor, to_input
+from layers.functions.prior_box import prior_boxes
+from layers.functions.pyramid import (PYRAMID_KEEP_TOP_K, PYRAMID_MERGES, PYRAMID_SIZES, box_vote, in_core,
+                                      mirror_candidates, nms_merge, pyramid_scales, tile_cores, tile_grid,
                                       tile_overlap)
 from models.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network, pipeline_metadata
 from utils import kernels
-from utils.cli import (add_threads_argument, choose_openmp_wait_policy, number_in, optional_top_k, probability,
-                       set_threads, str2bool, warn_if_cpus_busy)
+from utils.cli import (add_threads_argument, choose_openmp_wait_policy, number_in, optional_top_k,
+                       other_busy_processes, probability, set_threads, str2bool, warn_if_cpus_busy)
 from utils.device import BACKENDS, resolve_device
 from utils.errors import InputError, InputNotFoundError
 
@@ -121,13 +121,6 @@ class TorchRunner:
         rows = torch.from_numpy(rows).to(outputs[0].device)
         return tuple(o.index_select(0, rows) for o in outputs)
 
-    def detect(self, detect, loc, conf, landms, priors, size, resize):
-        if loc.device.type == 'cpu':
-            return detect(loc.numpy(), conf.numpy(), landms.numpy(), priors, size, resize)
-        # Filter on the device and copy only the candidates to the host.
-        return detect.from_candidates(*candidates_on_device(loc, conf, landms, priors, detect.confidence_threshold),
-                                      size, resize)
-
 
 class OnnxRunner:
     """onnxruntime: an exported model's session; outputs are host ndarrays, no torch."""
@@ -150,11 +143,8 @@ class OnnxRunner:
 
     @staticmethod
     def take_rows(outputs, rows):
+        """Rows (ndarray[P'] int64) of each of one image's outputs ([P, ...] ndarrays)."""
         return tuple(o[rows] for o in outputs)
-
-    @staticmethod
-    def detect(detect, loc, conf, landms, priors, size, resize):
-        return detect(loc, conf, landms, priors, size, resize)
 
 
 class Detector:
@@ -203,9 +193,11 @@ class Detector:
         net, session: the PyTorch module and the onnxruntime session (None when unused).
     """
 
-    def __init__(self, net, cfg, device='cpu', confidence_threshold=0.02, nms_threshold=0.4, top_k=None,
-                 keep_top_k=None, origin_size=True, backend=None, onnx_model=None, num_threads=None,
-                 allow_spinning=True, large_image_hints=(), pyramid=False, pyramid_merge='vote', tile=None):
+    def __init__(self, net, cfg: dict, device='cpu', confidence_threshold: float = 0.02,
+                 nms_threshold: float = 0.4, top_k: int | None = None, keep_top_k: int | None = None,
+                 origin_size: bool = True, backend: str | None = None, onnx_model=None,
+                 num_threads: int | None = None, allow_spinning: bool = True, large_image_hints: Sequence[str] = (),
+                 pyramid: bool = False, pyramid_merge: str = 'vote', tile: int | None = None):
         backend = resolve_backend(backend, onnx_model)
         self.large_image_pixels = LARGE_IMAGE_PIXELS
         self.large_image_hints = tuple(large_image_hints)
@@ -221,34 +213,40 @@ class Detector:
             raise ValueError(f"confidence_threshold must be in [0, 1], got {confidence_threshold}")
         self.network = next((name for name, c in NETWORKS.items() if c == cfg), None)
         self.mean = BGR_MEAN
+        # The one place where a device setting becomes a device, on every path (scripts,
+        # load_detector, direct use): the backend that runs the network decides 'auto'.
         self.device = resolve_device(device, backend)
         self.origin_size = bool(origin_size)
         self.backend = backend
         self.net = None
         self.session = None
-        if net is not None:
-            self.net = net.to(str(self.device)).eval()
         if backend == 'torch':
             if net is None:
                 raise ValueError("the torch backend needs a network (net is None)")
+            self.net = net.to(self.device).eval()
             self._runner = TorchRunner(self.net, self.device)
         else:
+            # onnxruntime runs the network; a torch module, if given, is only exported.
+            self.net = None if net is None else net.eval()
             self.session, cfg = self._open_session(cfg, onnx_model, num_threads, allow_spinning)
             self._runner = OnnxRunner(self.session)
         self.cfg = cfg
         self._anchors = tuple(len(s) for s in cfg['min_sizes'])
-        self._detect = Detect(cfg['variance'], float(confidence_threshold), float(nms_threshold),
-                              top_k if top_k and top_k > 0 else None,
-                              keep_top_k if keep_top_k and keep_top_k > 0 else None, self._runner.exp_)
-        # Pyramid passes and tiles keep every candidate above the threshold, merged afterwards.
-        self._candidates = Candidates(cfg['variance'], float(confidence_threshold), float(nms_threshold),
-                                      exp_=self._runner.exp_)
+        # The post-processing settings live in the Detect alone; the Detector reads them there.
+        self.postprocessor = Detect(cfg['variance'], float(confidence_threshold), float(nms_threshold),
+                                    top_k if top_k and top_k > 0 else None,
+                                    keep_top_k if keep_top_k and keep_top_k > 0 else None, self._runner.exp_)
         if self.tile is not None and self.tile < smallest_tile(cfg):
             raise InputError(f"tile size {self.tile} is too small: at least {smallest_tile(cfg)} pixels (two cells "
                              f"of the network's coarsest stride {max(cfg['steps'])})")
 
     def _open_session(self, cfg, onnx_model, num_threads, allow_spinning):
-        """The onnxruntime session, and the config to run it with (the file's, where it says)."""
+        """The onnxruntime session, and the config to run it with: the file's, where it says.
+
+        A file that holds another network than cfg's runs as that network (with a warning):
+        the file, not the flag, says what runs, and self.network names it. Older exports
+        without the network in their metadata: the network from the graph (read with the
+        onnx package)."""
         if onnx_model is None:
             if self.net is None:
                 raise ValueError("the onnxruntime backend needs a network to export or an onnx_model file")
@@ -257,13 +255,19 @@ class Detector:
             with torch.inference_mode(False):
                 onnx_model = export_onnx_bytes(self.net, cfg=cfg)
             logger.info("exported the network to ONNX in memory for onnxruntime")
-        if hasattr(onnx_model, 'get_modelmeta'):  # already a session (load_detector makes one)
-            session = onnx_model
+        if hasattr(onnx_model, 'get_modelmeta'):  # already a session
+            session, name = onnx_model, str(onnx_model)
         else:
             session = make_session(onnx_model, num_threads=num_threads, device=self.device,
                                    allow_spinning=allow_spinning)
-        name = 'the exported model' if isinstance(onnx_model, (bytes, bytearray)) else str(onnx_model)
+            name = 'the exported model' if isinstance(onnx_model, (bytes, bytearray)) else os.fspath(onnx_model)
         network, file_cfg, mean = pipeline_metadata(session, name)
+        if network is None and isinstance(onnx_model, (str, os.PathLike)):
+            network = onnx_network(onnx_model)
+        if network is not None and self.network is not None and network != self.network:
+            logger.warning("%s holds a %s network: running it as %s, not as --network %s",
+                           name, network, network, self.network)
+            cfg = cfg_for_network(network)
         if file_cfg is not None:
             # The file's values run it, whatever cfg says: they are what it was made with.
             cfg = {**cfg, **file_cfg}
@@ -272,22 +276,6 @@ class Detector:
         if mean is not None:
             self.mean = mean
         return session, cfg
-
-    @property
-    def confidence_threshold(self):
-        return self._detect.confidence_threshold
-
-    @property
-    def nms_threshold(self):
-        return self._detect.nms_threshold
-
-    @property
-    def top_k(self):
-        return self._detect.top_k
-
-    @property
-    def keep_top_k(self):
-        return self._detect.keep_top_k
 
     def settings(self):
         """Everything about this detector that changes its detections, as JSON-ready values
@@ -298,10 +286,10 @@ class Detector:
             'device': self.device.type,  # CUDA kernels round differently from the CPU's
             'test_scale': ('original size' if self.origin_size
                            else f'short side {TARGET_SIZE}, long side at most {MAX_SIZE}'),
-            'confidence_threshold': self.confidence_threshold,
-            'nms_threshold': self.nms_threshold,
-            'top_k': self.top_k,
-            'keep_top_k': self.keep_top_k,
+            'confidence_threshold': self.postprocessor.confidence_threshold,
+            'nms_threshold': self.postprocessor.nms_threshold,
+            'top_k': self.postprocessor.top_k,
+            'keep_top_k': self.postprocessor.keep_top_k,
             # The modes appear only when on, so that the default run's record is unchanged.
             **({'pyramid': {'sizes': list(PYRAMID_SIZES), 'flip': True, 'merge': self.pyramid_merge}}
                if self.pyramid else {}),
@@ -386,14 +374,10 @@ class Detector:
         one_by_one = batch.shape[0] > 1 and self.device.type == 'cpu'
         return self._runner.run(batch, one_by_one)
 
-    def priors(self, size, device=None):
-        """The priors (Tensor[P, 4], (cx, cy, w, h) relative to the image) of an input of size (h, w), cached."""
-        import torch
-
-        # Made outside inference mode: the cache is shared with training code, which cannot
-        # use inference tensors in autograd.
-        with torch.inference_mode(False):
-            return cached_priors(self.cfg, size, device=device or self.device)
+    def priors(self, size: tuple[int, int]) -> np.ndarray:
+        """The priors of an input of size (h, w): ndarray[P, 4] float32, (cx, cy, w, h)
+        relative to the input, cached and read-only (layers.functions.prior_box.prior_boxes)."""
+        return prior_boxes(self.cfg, size)
 
     def postprocess(self, loc, conf, landms, size, resize):
         """Turn one image's network outputs into detections.
@@ -408,7 +392,7 @@ class Detector:
             original-image pixels, highest score first.
         """
         with self._runner.context():
-            return self._runner.detect(self._detect, loc, conf, landms, prior_boxes(self.cfg, size), size, resize)
+            return self.postprocessor(loc, conf, landms, self.priors(size), size, resize)
 
     # -- the whole pipeline ----------------------------------------------------------------
 
@@ -492,19 +476,19 @@ class Detector:
         pair = np.stack((x, x[:, :, ::-1]))
         outputs = self.forward(pair)
         size = x.shape[1:]
-        priors = prior_boxes(self.cfg, size)
+        priors = self.priors(size)
         with self._runner.context():
-            found = [self._runner.detect(self._candidates, *(o[k] for o in outputs), priors, size, resize)
-                     for k in range(2)]
+            found = [self.postprocessor.candidates(*(o[k] for o in outputs), priors, size, resize) for k in range(2)]
         # The mirror axis of this pass, in original pixels: the resized width rounds, so it is
         # not exactly the original image's.
         return found[0], mirror_candidates(found[1], x.shape[2] / resize)
 
     def _merge_pyramid(self, candidates):
-        keep_top_k = self.keep_top_k or PYRAMID_KEEP_TOP_K
+        settings = self.postprocessor
+        keep_top_k = settings.keep_top_k or PYRAMID_KEEP_TOP_K
         if self.pyramid_merge == 'nms':
-            return nms_merge(candidates, self.nms_threshold, keep_top_k, self.top_k)
-        return box_vote(candidates, self.nms_threshold, keep_top_k)
+            return nms_merge(candidates, settings.nms_threshold, keep_top_k, settings.top_k)
+        return box_vote(candidates, settings.nms_threshold, keep_top_k)
 
     def _preprocess_passes(self, images):
         """preprocess for pyramid and tile: one plan per image."""
@@ -544,7 +528,7 @@ class Detector:
         overlap = tile_overlap(self.tile, max(max(s) for s in self.cfg['min_sizes']))
         grid, cores = tile_grid(h, w, self.tile, overlap), tile_cores(h, w, self.tile, overlap)
         size = (grid[0][2] - grid[0][0], grid[0][3] - grid[0][1])  # every tile has this size
-        priors = prior_boxes(self.cfg, size)
+        priors = self.priors(size)
         per_batch = CPU_TILE_BATCH if self.device.type == 'cpu' else TILE_BATCH
         found = []
         for start in range(0, len(grid), per_batch):
@@ -555,7 +539,7 @@ class Detector:
             outputs = self.forward(batch)
             with self._runner.context():
                 for i, (y0, x0, _, _) in enumerate(chunk):
-                    c = self._runner.detect(self._candidates, *(o[i] for o in outputs), priors, size, 1)
+                    c = self.postprocessor.candidates(*(o[i] for o in outputs), priors, size, 1)
                     c[:, 0:4:2] += x0
                     c[:, 1:4:2] += y0
                     c[:, 5::2] += x0
@@ -567,7 +551,8 @@ class Detector:
         if resize != 1:
             candidates[:, :4] /= resize
             candidates[:, 5:] /= resize
-        return nms_merge(candidates, self.nms_threshold, self.keep_top_k, self.top_k)
+        settings = self.postprocessor
+        return nms_merge(candidates, settings.nms_threshold, settings.keep_top_k, settings.top_k)
 
 
 def _check_modes(pyramid, pyramid_merge, tile, origin_size):
@@ -582,7 +567,8 @@ def _check_modes(pyramid, pyramid_merge, tile, origin_size):
         raise InputError("pyramid_merge applies to the pyramid only (--pyramid)")
 
 
-def load_detector(network, trained_model, device='cpu', backend=None, onnx_model=None, **detector_kwargs):
+def load_detector(network: str, trained_model: str | os.PathLike, device='cpu', backend: str | None = None,
+                  onnx_model: str | os.PathLike | None = None, **detector_kwargs) -> Detector:
     """Build RetinaFace for network, load trained_model into it and wrap it in a Detector.
 
     Args:
@@ -601,42 +587,32 @@ def load_detector(network, trained_model, device='cpu', backend=None, onnx_model
         ValueError: the file is not a checkpoint for this network.
     """
     backend = resolve_backend(backend, onnx_model)
-    cfg_for_network(network)  # an unknown name is an error even when the file names another
-    if onnx_model is not None:
-        # The session is made here (once) to read the file's metadata; the Detector runs it.
-        device = resolve_device(device, backend)
-        session = make_session(onnx_model, num_threads=detector_kwargs.get('num_threads'), device=device)
-        found = pipeline_metadata(session, os.fspath(onnx_model))[0]
-        if found is None:  # an older export: the network from its graph
-            found = onnx_network(onnx_model)
-        if found is not None and found != network:
-            logger.warning("%s holds a %s network: running it as %s, not as --network %s",
-                           os.fspath(onnx_model), found, found, network)
-            network = found
-        onnx_model = session
-    cfg = cfg_for_network(network)
-    net = None
-    if onnx_model is None:
-        from models.retinaface import RetinaFace
-        from utils.checkpoint import load_model
-
-        path = os.fspath(trained_model)
-        if os.path.isdir(path):
-            try:
-                inside = sorted(f for f in os.listdir(path) if f.endswith(('.pth', '.pt', '.tar')))
-            except OSError:  # an unreadable folder: the message still says what is wrong
-                inside = []
-            holds = f" (it holds {', '.join(inside[:3])})" if inside else ''
-            raise InputError(f"weights {path} is a folder, not a weights file{holds}: "
-                             f"pass the file itself with -m/--trained_model")
-        if not os.path.isfile(path):
-            raise InputNotFoundError(
-                f"weights not found: {path}. Download the published {os.path.basename(path)} (see README) "
-                f"and put it in ./weights/, or pass its path with --trained_model")
-        net = RetinaFace(cfg, phase='test')
-        load_model(net, path)
-        net.eval()
+    cfg = cfg_for_network(network)  # an unknown name is an error even when the file names another
+    net = None if onnx_model is not None else _load_network(cfg, trained_model)
     return Detector(net, cfg, device=device, backend=backend, onnx_model=onnx_model, **detector_kwargs)
+
+
+def _load_network(cfg: dict, trained_model: str | os.PathLike):
+    """RetinaFace(cfg) in phase 'test', in eval mode, with the weights of trained_model."""
+    from models.retinaface import RetinaFace
+    from utils.checkpoint import load_model
+
+    path = os.fspath(trained_model)
+    if os.path.isdir(path):
+        try:
+            inside = sorted(f for f in os.listdir(path) if f.endswith(('.pth', '.pt', '.tar')))
+        except OSError:  # an unreadable folder: the message still says what is wrong
+            inside = []
+        holds = f" (it holds {', '.join(inside[:3])})" if inside else ''
+        raise InputError(f"weights {path} is a folder, not a weights file{holds}: "
+                         f"pass the file itself with -m/--trained_model")
+    if not os.path.isfile(path):
+        raise InputNotFoundError(
+            f"weights not found: {path}. Download the published {os.path.basename(path)} (see README) "
+            f"and put it in ./weights/, or pass its path with --trained_model")
+    net = RetinaFace(cfg, phase='test')
+    load_model(net, path)
+    return net.eval()
 
 
 # ---------------------------------------------------------------------------------------
@@ -709,7 +685,7 @@ class OriginSizeFlag(argparse.Action):
         namespace._origin_size_given = True
 
 
-def detector_from_args(args, **overrides):
+def detector_from_args(args: argparse.Namespace, **overrides) -> Detector:
     """A Detector built from the standard flags (network, weights, --cpu, thresholds, backend).
 
     It applies --threads and stops onnxruntime's idle threads from spinning (spinning
@@ -719,17 +695,18 @@ def detector_from_args(args, **overrides):
     the ONNX file's network wins over --network.
     """
     onnx_model = getattr(args, 'onnx_model', None)
+    busy = None
     if onnx_model is None:
         # Eager PyTorch, or onnxruntime on an in-memory export: both need torch, and torch
         # must be loaded for --threads to reach it. On a busy machine its idle OpenMP
-        # threads sleep instead of spinning.
-        choose_openmp_wait_policy()
+        # threads sleep instead of spinning. The machine is looked at once, for this and
+        # for the warning below.
+        busy = other_busy_processes()
+        choose_openmp_wait_policy(busy)
         import torch  # noqa: F401
     threads = set_threads(getattr(args, 'threads', None))
     kwargs = dict(
-        # Without a file the network is built in torch, so torch says whether there is CUDA.
-        device=resolve_device('cpu' if getattr(args, 'cpu', False) else 'auto',
-                              'torch' if onnx_model is None else 'onnxruntime'),
+        device='cpu' if getattr(args, 'cpu', False) else 'auto',  # the Detector resolves it
         confidence_threshold=args.confidence_threshold,
         nms_threshold=args.nms_threshold,
         top_k=getattr(args, 'top_k', None),
@@ -748,12 +725,11 @@ def detector_from_args(args, **overrides):
         tile=getattr(args, 'tile', None),
     )
     kwargs.update(overrides)
-    # The backend that will run (--backend is None unless given), not the flag as given.
-    backend = resolve_backend(kwargs['backend'], kwargs['onnx_model'])
-    if (backend == 'torch' and str(kwargs['device']).partition(':')[0] == 'cpu' and threads > 1
-            and getattr(args, 'threads', None) is None):
-        warn_if_cpus_busy(threads)
     detector = load_detector(args.network, args.trained_model, **kwargs)
+    # The backend and device that run, not the flags as given (--backend is None unless given).
+    if (detector.backend == 'torch' and detector.device.type == 'cpu' and threads > 1
+            and getattr(args, 'threads', None) is None):
+        warn_if_cpus_busy(threads, busy)
     args.backend = detector.backend
     args.network = detector.network or args.network
     logger.info("%s (%s) on %s with the %s backend", args.network, kwargs['onnx_model'] or args.trained_model,

@@ -4,6 +4,7 @@ import re
 
 import torch
 
+import layers.functions.detection as detection
 import utils.kernels
 import utils.nms
 from tests.conftest import golden_image_path, need_shared
@@ -17,9 +18,9 @@ def test_kernels_benchmark_runs_every_configuration_with_identical_results(capsy
         ['--images', str(golden_image_path('val416_0_Parade_Parade_0_102')), '--repeats', '1', '--warmup', '0',
          '--stage_repeats', '2', '--predictions', str(need_shared('golden', 'eval_perturbed_predictions')),
          '--eval_repeats', '1'])
-    compiled = utils.kernels.compiled, utils.nms.compiled, evaluation.compiled
+    compiled = utils.kernels.compiled, utils.nms.compiled, evaluation.compiled, detection.to_input_kernel
     assert bench_kernels.main(args) == 0
-    assert (utils.kernels.compiled, utils.nms.compiled, evaluation.compiled) == compiled  # restored
+    assert (utils.kernels.compiled, utils.nms.compiled, evaluation.compiled, detection.to_input_kernel) == compiled
     assert torch.is_grad_enabled()  # no process-wide setting left behind for the tests that follow
     out = capsys.readouterr().out
     stages = [m.group(1) for m in re.finditer(r'^(\w+)\s+0_Parade_Parade_0_102\s', out, re.MULTILINE)]

@@ -12,7 +12,7 @@ import layers.functions.detection as detection
 import utils.compiled
 import utils.kernels as kernels
 from data import BGR_MEAN, cfg_mnet
-from layers.functions.detection import Detect, candidates_on_device
+from layers.functions.detection import Detect
 from layers.functions.prior_box import prior_boxes
 from models.detector import load_detector
 from tests.conftest import golden_image_path, need_shared
@@ -22,12 +22,12 @@ from utils.image import read_image
 def _compiled_and_numpy(fn, *args):
     """fn(*args) with the compiled stages, then with the numpy ones."""
     compiled = fn(*args)
-    saved = kernels.compiled, kernels.warn_not_built
-    kernels.compiled, kernels.warn_not_built = None, lambda: None
+    saved = detection.to_input_kernel, kernels.warn_not_built
+    detection.to_input_kernel, kernels.warn_not_built = None, lambda: None
     try:
         return compiled, fn(*args)
     finally:
-        kernels.compiled, kernels.warn_not_built = saved
+        detection.to_input_kernel, kernels.warn_not_built = saved
 
 
 def _same_bits(a, b):
@@ -44,6 +44,7 @@ def test_the_compiled_stages_are_built():
     """.ci/setup builds them; the tests must not silently exercise only the fallback."""
     from utils.kernels import cpu_pipeline
     assert kernels.compiled is cpu_pipeline
+    assert detection.to_input_kernel is cpu_pipeline.to_input  # what the pipeline runs
 
 
 # -- preprocessing ------------------------------------------------------------------------------
@@ -94,17 +95,27 @@ def test_to_input_rejects_a_destination_that_does_not_fit():
 
 # -- selection (numpy: its kernel saved too little to keep, see bench/README.md) ----------------
 
+@pytest.mark.parametrize('on_device', [False, True])
 @pytest.mark.parametrize('threshold', [0.02, 0.1, 0.5, 0.999])
-def test_select_scores_compares_in_float32(threshold):
+def test_selection_compares_in_float32(threshold, on_device):
     """numpy compares a float32 array with a Python float in float32, as the reference's
     `np.where(scores > threshold)`: a score of exactly float32(threshold) is not above the
-    threshold (for 0.1, float32(0.1) > 0.1 in float64), the next float32 up is; NaN never is."""
+    threshold (for 0.1, float32(0.1) > 0.1 in float64), the next float32 up is; NaN never is.
+    torch, which filters outputs on a GPU, compares the same way."""
     t = np.float32(threshold)
     face = np.array([t, np.nextafter(t, np.float32(2)), np.nan, np.nextafter(t, np.float32(-1)), 1.0], np.float32)
-    conf = np.stack([1 - face, face], axis=1)
-    inds, scores = detection.select_scores(conf, threshold)
-    assert inds.dtype == np.int64 and inds.tolist() == [1, 4]
-    assert _same_bits(scores, face[[1, 4]])
+    conf = np.stack([1 - face, face], axis=1)  # [5, 2]
+    loc = np.arange(20, dtype=np.float32).reshape(5, 4)  # row i holds 4i .. 4i + 3
+    landms = np.arange(50, dtype=np.float32).reshape(5, 10)
+    priors = -np.arange(20, dtype=np.float32).reshape(5, 4)
+    detect = Detect([0.1, 0.2], confidence_threshold=threshold)
+    if on_device:
+        chosen = detect.select_on_device(torch.from_numpy(loc), torch.from_numpy(conf), torch.from_numpy(landms),
+                                         priors)
+    else:
+        chosen = detect.select(loc, conf, landms, priors)
+    for got, expected in zip(chosen, (loc[[1, 4]], landms[[1, 4]], priors[[1, 4]], face[[1, 4]])):
+        assert _same_bits(got, expected)
 
 
 def test_torch_exp_in_chunks_equals_one_call():
@@ -129,10 +140,12 @@ def test_filtering_on_the_device_gives_the_host_path_s_detections(name):
     size = read_image(golden_image_path(name)).shape[:2]
     priors = prior_boxes(cfg_mnet, size)
     detect = Detect(cfg_mnet['variance'], confidence_threshold=0.02, nms_threshold=0.4)
-    on_host = detect(loc, conf, landms, priors, size, 1)
-    tensors = (torch.from_numpy(x) for x in (loc, conf, landms))
-    on_device = detect.from_candidates(*candidates_on_device(*tensors, priors, 0.02), size, 1)
-    assert len(on_host) > 100 and _same_bits(on_device, on_host)
+    on_host = detect.select(loc, conf, landms, priors)
+    on_device = detect.select_on_device(*(torch.from_numpy(x) for x in (loc, conf, landms)), priors)
+    assert len(on_host[3]) > 100 and all(_same_bits(d, h) for d, h in zip(on_device, on_host))
+    # CPU tensors, as the torch backend hands them over, take the host path: the same detections.
+    assert _same_bits(detect(*(torch.from_numpy(x) for x in (loc, conf, landms)), priors, size, 1),
+                      detect(loc, conf, landms, priors, size, 1))
 
 
 def test_pipeline_falls_back_to_numpy_with_the_same_detections(monkeypatch, caplog):
@@ -140,7 +153,7 @@ def test_pipeline_falls_back_to_numpy_with_the_same_detections(monkeypatch, capl
     detector = load_detector('mobile0.25', weights)
     img = read_image(need_shared('images', 'street_crowd.jpg'))
     compiled = detector.detect(img)
-    monkeypatch.setattr(kernels, 'compiled', None)
+    monkeypatch.setattr(detection, 'to_input_kernel', None)
     utils.compiled.warn_not_built.cache_clear()
     with caplog.at_level(logging.WARNING, logger='utils.compiled'):
         assert _same_bits(detector.detect(img), compiled)
@@ -149,25 +162,6 @@ def test_pipeline_falls_back_to_numpy_with_the_same_detections(monkeypatch, capl
     warnings = [r.getMessage() for r in caplog.records if 'not built' in r.getMessage()]
     assert len(warnings) == 1 and 'cpu_pipeline.pyx' in warnings[0]  # warned once, with the root command
     assert f'`{utils.compiled.BUILD_COMMAND}` at the repository root' in warnings[0]
-
-
-@pytest.mark.parametrize('stage', ['to_input'])
-def test_one_stage_switched_off_runs_its_numpy_version_silently(monkeypatch, caplog, stage):
-    """The pipeline looks each stage up in kernels.compiled when it runs (how
-    bench/bench_kernels.py times one stage without its kernel): a stage that is missing
-    there runs in numpy, with the same detections and no warning (the kernels are built)."""
-    detector = load_detector('mobile0.25', need_shared('weights', 'mobilenet0.25_Final.pth'))
-    img = read_image(need_shared('images', 'test.jpg'))
-    compiled = detector.detect(img)
-    calls = []
-    others = {name: getattr(kernels.compiled, name) for name in ('to_input',) if name != stage}
-    monkeypatch.setattr(kernels, 'compiled', SimpleNamespace(
-        **{name: lambda *a, fn=fn, name=name: calls.append(name) or fn(*a) for name, fn in others.items()}))
-    caplog.clear()  # loading the weights may have logged, depending on the tests before
-    with caplog.at_level(logging.WARNING):
-        assert _same_bits(detector.detect(img), compiled)
-    assert sorted(set(calls)) == sorted(others)
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 
 def test_a_build_from_an_older_pyx_counts_as_not_built():

@@ -4,7 +4,6 @@ traceback."""
 import argparse
 import shutil
 
-import numpy as np
 import pytest
 
 import detect
@@ -57,7 +56,7 @@ def test_a_bug_while_preprocessing_is_raised_not_reported_as_an_unreadable_image
         raise ValueError('injected bug inside numpy')
 
     monkeypatch.setattr(detection.np, 'ascontiguousarray', broken)
-    monkeypatch.setattr(detection.kernels, 'compiled', type('K', (), {'to_input': staticmethod(broken)})())
+    monkeypatch.setattr(detection, 'to_input_kernel', broken)
     with pytest.raises(ValueError, match='injected bug inside numpy'):
         run_cli(detect.main, detect.get_args_parser(),
                 ['-m', weights, '--image', str(golden_image_path(PHOTO)), '--output', str(tmp_path / 'out')])

@@ -11,7 +11,7 @@ import torch
 
 import layers.functions.detection as detection
 from data import BGR_MEAN, cfg_mnet
-from layers.functions.prior_box import cached_priors
+from layers.functions.prior_box import PriorBox, prior_boxes
 from models.detector import Detector, load_detector
 from tests.conftest import GOLDEN_IMAGES, golden_image_path, need_shared
 from tests.detection_match import DETECTION_TOLERANCES, assert_detections_match
@@ -104,7 +104,7 @@ def test_host_decoding_equals_the_reference_torch_decoding_bit_for_bit(images, n
     raw = np.load(need_shared('golden', 'mnet', f'{name}_raw.npz'))
     loc, landms = raw['loc'][0], raw['landms'][0]
     h, w = images[name].shape[:2]
-    priors = cached_priors(cfg_mnet, (h, w), device='cpu')
+    priors = PriorBox(cfg_mnet, image_size=(h, w)).forward()
     variance = cfg_mnet['variance']
     scale = torch.tensor([w, h, w, h], dtype=torch.float32)  # the reference's `scale` and `scale1`
     scale1 = torch.tensor([w, h] * 5, dtype=torch.float32)
@@ -174,8 +174,8 @@ def test_padded_batch_is_close_to_one_by_one(detector, images):
 def test_grid_crop_index_picks_the_images_own_priors():
     size, padded = (417, 301), (448, 320)
     rows = detection.grid_crop_rows(tuple(cfg_mnet['steps']), (2, 2, 2), size, padded)
-    own = cached_priors(cfg_mnet, size)
-    pad = cached_priors(cfg_mnet, padded)
+    own = PriorBox(cfg_mnet, image_size=size).forward()
+    pad = PriorBox(cfg_mnet, image_size=padded).forward()
     assert rows.shape[0] == own.shape[0]
     # In pixels the chosen priors of the padded input are the image's own priors.
     h, w = size
@@ -239,11 +239,14 @@ def test_onnxruntime_backend_from_a_file_needs_no_weights(tmp_path, weights, ima
 
 # -- devices, modes, construction --------------------------------------------------------------
 
-def test_forward_runs_in_inference_mode_and_priors_do_not(detector, images):
+def test_forward_runs_in_inference_mode(detector, images):
     batch, sizes, _ = detector.preprocess([images['val416_0_Parade_Parade_0_102']])
     loc, conf, landms = detector.forward(batch)
     assert loc.is_inference() and conf.is_inference() and landms.is_inference()
-    assert not detector.priors(sizes[0]).is_inference()  # shared with training code
+
+
+def test_the_detector_s_priors_are_the_one_cached_numpy_array(detector):
+    assert detector.priors((417, 301)) is prior_boxes(cfg_mnet, (417, 301))
 
 
 def test_library_code_never_calls_cuda():

@@ -32,6 +32,7 @@ def _busy_machine(monkeypatch, threads=2):
     import models.detector
     import utils.cli
     monkeypatch.setattr(models.detector, 'set_threads', lambda n=None: threads if n is None else n)
+    monkeypatch.setattr(models.detector, 'other_busy_processes', lambda: 3.0)
     monkeypatch.setattr(utils.cli, 'other_busy_processes', lambda: 3.0)
 
 
@@ -51,6 +52,24 @@ def test_the_busy_cpu_warning_reaches_the_default_flags(script_name, weights, mo
         "next to them; --threads 1 avoids it"]
 
 
+def test_the_machine_is_looked_at_once_for_the_wait_policy_and_the_warning(weights, monkeypatch, caplog):
+    """Each look takes a tenth of a second of the start-up."""
+    import logging
+
+    import detect
+    import models.detector
+    import utils.cli
+    from models.detector import detector_from_args
+    _busy_machine(monkeypatch)
+    looks = []
+    monkeypatch.setattr(models.detector, 'other_busy_processes', lambda: looks.append(1) or 3.0)
+    monkeypatch.setattr(utils.cli, 'other_busy_processes', lambda: looks.append(2) or 3.0)
+    with caplog.at_level(logging.WARNING, logger='utils.cli'):
+        detector_from_args(detect.get_args_parser().parse_args(['-m', weights, '--cpu']))
+    assert looks == [1]
+    assert [r.message for r in caplog.records if 'CPUs are busy (3.0 other busy processes)' in r.message]
+
+
 @pytest.mark.parametrize('flags', [['--threads', '2'], ['--backend', 'onnxruntime']])
 def test_no_busy_cpu_warning_for_a_chosen_thread_count_or_onnxruntime(flags, weights, monkeypatch, caplog):
     import logging
@@ -66,10 +85,10 @@ def test_no_busy_cpu_warning_for_a_chosen_thread_count_or_onnxruntime(flags, wei
 _POLICY_CHILD = '''
 import os, sys
 import detect
-import utils.cli
+import models.detector
 from models.detector import detector_from_args
 assert 'torch' not in sys.modules
-utils.cli.other_busy_processes = lambda: float(sys.argv[2])  # the machine the test pretends to be on
+models.detector.other_busy_processes = lambda: float(sys.argv[2])  # the machine the test pretends to be on
 detector_from_args(detect.get_args_parser().parse_args(['-m', sys.argv[1], '--cpu']))
 print(os.environ.get('OMP_WAIT_POLICY'))
 '''

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from data import cfg_mnet
-from layers.functions.prior_box import PriorBox, cached_priors
+from layers.functions.prior_box import PriorBox, prior_boxes
 from tests.conftest import need_shared
 
 GOLDEN_SIZES = ['640x640', '624x1024', '417x301', '32x32', '840x840', '1x1']
@@ -48,14 +48,16 @@ def test_forward_returns_a_fresh_tensor():
     assert b.abs().sum() > 0
 
 
-def test_cached_priors_are_reused_and_follow_dtype():
-    a = cached_priors(cfg_mnet, (64, 48))
-    assert cached_priors(cfg_mnet, (64, 48)) is a
-    d = cached_priors(cfg_mnet, (64, 48), dtype=torch.float64)
-    assert d.dtype == torch.float64
-    torch.testing.assert_close(d.float(), a)
+def test_numpy_priors_are_computed_once_per_size_and_read_only():
+    a = prior_boxes(cfg_mnet, (64, 48))
+    assert prior_boxes(dict(cfg_mnet), [64, 48]) is a  # keyed on the values, not the objects
+    assert prior_boxes(cfg_mnet, (48, 64)) is not a
+    assert not a.flags.writeable
+    assert a.tobytes() == PriorBox(cfg_mnet, image_size=(64, 48)).forward().numpy().tobytes()
 
 
 def test_bad_image_size_is_a_clear_error():
     with pytest.raises(ValueError, match='image_size'):
         PriorBox(cfg_mnet, image_size=(0, 10))
+    with pytest.raises(ValueError, match=r'image_size must be a positive \(height, width\), got \(5,\)'):
+        prior_boxes(cfg_mnet, (5,))

@@ -18,7 +18,8 @@ import test_widerface as wider_script
 from tests.conftest import golden_image_path, need_shared
 from utils import folder_run
 from utils.cli import run_cli
-from models.detector import load_detector
+from utils.image import read_image
+from models.detector import detector_from_args, load_detector
 from models.onnx_export import NETWORK_KEY, export_onnx, onnx_network
 from utils.run_manifest import MANIFEST_NAME
 
@@ -255,3 +256,40 @@ def test_network_of_an_export_without_metadata_comes_from_the_graph(onnx_file, t
     graph = onnx.helper.make_graph([], 'g', [], [], initializer=[weight])
     assert onnx_network(onnx.helper.make_model(graph).SerializeToString()) == 'resnet50'
     assert onnx_network(b'not an onnx file') is None
+
+
+def test_a_detector_on_an_export_without_metadata_runs_the_graph_s_network(onnx_file, tmp_path, caplog):
+    model = onnx.load(onnx_file)
+    del model.metadata_props[:]
+    bare = str(tmp_path / 'bare.onnx')
+    onnx.save(model, bare)
+    with caplog.at_level(logging.WARNING):
+        det = load_detector('resnet50', tmp_path / 'missing.pth', onnx_model=bare, device='cpu')
+    assert f'{bare} holds a mobile0.25 network: running it as mobile0.25, not as --network resnet50' in caplog.text
+    assert (det.network, det.cfg['name']) == ('mobile0.25', 'mobilenet0.25')
+    assert len(det.detect(read_image(golden_image_path('kids_group')))) == 11
+
+
+def test_an_onnx_file_runs_with_the_scripts_thread_settings(onnx_file, tmp_path):
+    """--onnx_model's session, like the in-memory export's, has --threads threads that sleep
+    when idle (they once spun: the session was made before the scripts' settings reached it)."""
+    args = detect.get_args_parser().parse_args(['-m', str(tmp_path / 'missing.pth'), '--onnx_model', onnx_file,
+                                                '--cpu', '--threads', '1'])
+    options = detector_from_args(args).session.get_session_options()
+    assert options.intra_op_num_threads == 1
+    assert options.get_session_config_entry('session.intra_op.allow_spinning') == '0'
+
+
+@pytest.mark.parametrize('flags, resolved', [(['--cpu'], [('cpu', 'torch')]),
+                                             ([], [('auto', 'torch')]),
+                                             (['--backend', 'onnxruntime', '--cpu'], [('cpu', 'onnxruntime')]),
+                                             (['--onnx_model', None], [('auto', 'onnxruntime')])])
+def test_the_scripts_resolve_the_device_once(flags, resolved, weights, onnx_file, monkeypatch):
+    import models.detector
+    calls = []
+    real = models.detector.resolve_device
+    monkeypatch.setattr(models.detector, 'resolve_device', lambda *a: calls.append(a) or real(*a))
+    argv = ['-m', weights] + [onnx_file if f is None else f for f in flags]
+    detector = detector_from_args(detect.get_args_parser().parse_args(argv))
+    assert [(str(d), b) for d, b in calls] == resolved
+    assert detector.device.type == 'cpu'

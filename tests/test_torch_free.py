@@ -249,20 +249,22 @@ def test_float_exp_is_exp_in_float64_rounded_once():
         kernels.float_exp_(np.zeros((4, 4), np.float32)[:, ::2])
 
 
-def test_decode_uses_the_exp_it_is_given():
-    from layers.functions.detection import decode_dets
+@pytest.mark.parametrize('stage', ['__call__', 'candidates'])
+def test_decode_uses_the_exp_it_is_given(stage):
+    from layers.functions.detection import Detect
 
     rng = np.random.default_rng(0)
     p = 500
     loc = rng.normal(0, 2, (p, 4)).astype(np.float32)
+    face = rng.random(p).astype(np.float32)
+    conf = np.stack([1 - face, face], axis=1)  # [P, 2]
+    landms = rng.normal(0, 2, (p, 10)).astype(np.float32)
     priors = prior_box.prior_boxes(cfg_mnet, (160, 160))[:p]
-    inds = np.arange(0, p, 3, dtype=np.int64)
-    scores = rng.random(len(inds)).astype(np.float32)
-    order = np.argsort(scores)[::-1].copy()
-    args = (loc, priors, inds, scores, order, [0.1, 0.2], (64, 80), 1.5)
     calls = []
-    decode_dets(*args, exp_=lambda a: calls.append(a.shape) or kernels.float_exp_(a))
-    assert calls == [(len(order), 2)]
+    detect = Detect([0.1, 0.2], confidence_threshold=0.5, nms_threshold=1.0,
+                    exp_=lambda a: calls.append(a.shape) or kernels.float_exp_(a))
+    dets = getattr(detect, stage)(loc, conf, landms, priors, (64, 80), 1.5)
+    assert calls == [(int((face > 0.5).sum()), 2)] and len(dets) == calls[0][0]  # NMS at IoU 1 keeps them all
 
 
 def test_an_onnxruntime_detectors_device_works_as_a_torch_device(onnx_file):

@@ -211,12 +211,17 @@ def choose_openmp_wait_policy(busy=None):
     return os.environ.get('OMP_WAIT_POLICY', 'default').strip().upper() or 'DEFAULT'
 
 
-def warn_if_cpus_busy(threads):
+def warn_if_cpus_busy(threads, busy=None):
     """Warn when other processes already keep a core busy: eager PyTorch's threads then
     wait for each other at the end of every operation (see choose_openmp_wait_policy), and
     one thread can be faster. The thread count is not changed automatically because it
-    changes the last bits of the network's outputs."""
-    busy = other_busy_processes()
+    changes the last bits of the network's outputs.
+
+    Args:
+        threads (int): torch's thread count.
+        busy (float | None): other busy processes (default: other_busy_processes()).
+    """
+    busy = other_busy_processes() if busy is None else busy
     if busy >= 1:
         logger.warning("the CPUs are busy (%.1f other busy processes): eager PyTorch's %d threads can run "
                        "several times slower next to them; --threads 1 avoids it", busy, threads)

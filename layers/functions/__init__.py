@@ -1,1 +1,1 @@
-from .prior_box import PriorBox, cached_priors, prior_boxes
+from .prior_box import PriorBox, prior_boxes

@@ -24,6 +24,7 @@ reference's `* scale / resize`. numpy and torch's exp may round differently, so 
 torch's (kernels.torch_exp_) for the torch backend, whose numbers are the reference's;
 the onnxruntime backend, which must run without torch, uses kernels.float_exp_.
 """
+from collections.abc import Callable
 from functools import lru_cache
 from math import ceil
 
@@ -95,7 +96,13 @@ def grid_crop_rows(steps, anchors, size, padded):
     return np.concatenate(parts)
 
 
-def to_input(img, dst, mean=BGR_MEAN):
+# The compiled to_input (utils/kernels/cpu_pipeline.pyx) when it is built, else None: the
+# same bits as the numpy code in to_input, faster (bench/bench_kernels.py). Chosen once, at
+# import; a test or benchmark that wants the numpy code sets this to None.
+to_input_kernel = getattr(kernels.compiled, 'to_input', None)
+
+
+def to_input(img: np.ndarray, dst: np.ndarray, mean: tuple = BGR_MEAN) -> None:
     """Write img minus mean into dst as CHW float32 (the reference's
     `np.float32(img) - (104, 117, 123)`, then HWC -> CHW).
 
@@ -104,12 +111,10 @@ def to_input(img, dst, mean=BGR_MEAN):
         dst (ndarray[3, >=H, >=W] float32): one image of the network input; dst[:, :H, :W] is written.
         mean (tuple): the BGR pixel to subtract (an ONNX file may name another).
     """
-    # Looked up at each call, so that a benchmark can switch the kernel off.
-    kernel = getattr(kernels.compiled, 'to_input', None)
-    if kernel is not None:
-        return kernel(np.ascontiguousarray(img), dst, mean)
-    if kernels.compiled is None:
-        kernels.warn_not_built()
+    if to_input_kernel is not None:
+        to_input_kernel(np.ascontiguousarray(img), dst, mean)
+        return
+    kernels.warn_not_built()
     h, w = img.shape[:2]
     # One plane at a time, subtracted straight into place in float32 arithmetic.
     for c, plane in enumerate(cv2.split(img)):
@@ -154,79 +159,10 @@ def decode_landmarks(landms, priors, variance, size, resize):
     return (points * np.array([w, h], dtype=np.float32) / resize).reshape(-1, 10)
 
 
-def select_scores(conf, threshold):
-    """The candidates with face score > threshold, in index order (the reference's
-    `np.where(scores > threshold)[0]`).
-
-    Args:
-        conf (ndarray[P, 2] float32): (background, face) probabilities of every prior.
-        threshold (float): the confidence threshold.
-    Returns:
-        (inds ndarray[K] int64, scores ndarray[K] float32).
-    """
-    scores = conf[:, 1]
-    inds = np.flatnonzero(scores > threshold)
-    return inds, scores[inds]
-
-
-def decode_dets(loc, priors, inds, scores, order, variance, size, resize, exp_=kernels.torch_exp_):
-    """The candidates in score order as NMS input: decode_boxes of loc[rows], priors[rows]
-    for rows = inds[order], and their scores.
-
-    Args:
-        loc (ndarray[P, 4] float32), priors (ndarray[P, 4] float32): as for decode_boxes,
-            for every prior;
-        inds (ndarray[K] int64), scores (ndarray[K] float32): the candidates and their
-            scores (select_scores);
-        order (ndarray[K'] int64): positions in inds, in output order (K' <= K);
-        variance, size, resize, exp_: as for decode_boxes.
-    Returns:
-        ndarray[K', 5] float32: x1 y1 x2 y2 score.
-    """
-    rows = inds[order]
-    boxes = decode_boxes(loc[rows], priors[rows], variance, size, resize, exp_)
-    return np.hstack((boxes, scores[order, np.newaxis])).astype(np.float32, copy=False)
-
-
-def assemble(dets, keep, landms, priors, inds, order, variance, size, resize):
-    """The detections dets[keep] with their landmarks decoded (decode_landmarks of
-    landms[rows], priors[rows] for rows = inds[order[keep]]).
-
-    Args:
-        dets (ndarray[K', 5] float32): from decode_dets; keep (ndarray[N] int64): rows of dets;
-        landms (ndarray[P, 10] float32), priors (ndarray[P, 4] float32), inds (ndarray[K]
-            int64), order (ndarray[K'] int64), variance, size, resize: as for decode_dets.
-    Returns:
-        ndarray[N, 15] float32: x1 y1 x2 y2 score, then five landmark (x, y) pairs.
-    """
-    kept = inds[order[keep]]
-    points = decode_landmarks(landms[kept], priors[kept], variance, size, resize)
-    return np.concatenate((dets[keep], points), axis=1)
-
-
-def candidates_on_device(loc, conf, landms, priors, threshold):
-    """The candidates with face score > threshold, picked where the outputs are (a GPU)
-    and copied to the host with their priors, so that only they cross the bus.
-
-    Args:
-        loc [P, 4], conf [P, 2], landms [P, 10] (Tensors on any device): one image's outputs.
-        priors (ndarray[P, 4] float32): their priors.
-        threshold (float): the confidence threshold.
-    Returns:
-        (loc [K, 4], landms [K, 10], priors [K, 4], inds [K] = 0..K-1, scores [K]): host
-        ndarrays, to pass to Detect.from_candidates; the same values as selecting on the host.
-    """
-    import torch
-
-    scores = conf[:, 1]  # [P]
-    inds = torch.nonzero(scores > threshold).squeeze(1)  # [K]
-    host_inds = inds.cpu().numpy()
-    return (loc[inds].cpu().numpy(), landms[inds].cpu().numpy(), priors[host_inds],
-            np.arange(len(host_inds)), scores[inds].cpu().numpy())
-
-
 class Detect:
     """Detections from one image's network outputs, on the host (ssd.pytorch's Detect).
+
+    The one owner of the post-processing settings: a Detector reads them here.
 
     Args:
         variance (list[float]): cfg['variance'].
@@ -238,8 +174,9 @@ class Detect:
             (without torch).
     """
 
-    def __init__(self, variance, confidence_threshold=0.02, nms_threshold=0.4, top_k=None, keep_top_k=None,
-                 exp_=kernels.torch_exp_):
+    def __init__(self, variance: list[float], confidence_threshold: float = 0.02, nms_threshold: float = 0.4,
+                 top_k: int | None = None, keep_top_k: int | None = None,
+                 exp_: Callable[[np.ndarray], np.ndarray] = kernels.torch_exp_):
         self.variance = variance
         self.confidence_threshold = confidence_threshold
         self.nms_threshold = nms_threshold
@@ -247,34 +184,82 @@ class Detect:
         self.keep_top_k = keep_top_k
         self.exp_ = exp_
 
-    def __call__(self, loc, conf, landms, priors, size, resize):
+    def __call__(self, loc, conf, landms, priors: np.ndarray, size: tuple[int, int], resize: float) -> np.ndarray:
         """Detections from every prior's outputs.
 
         Args:
-            loc [P, 4], conf [P, 2], landms [P, 10] (float32 ndarrays): the outputs for the
-                priors (ndarray[P, 4]) of an input of size (h, w).
+            loc [P, 4], conf [P, 2], landms [P, 10] (float32 ndarrays, or Tensors on any
+                device): one image's outputs for the priors (ndarray[P, 4]) of an input of
+                size (h, w).
             size (tuple[int, int]): (h, w) of the network input (the resized image).
             resize (float): the resize factor from the original image to size.
         Returns:
             ndarray[N, 15] float32: x1 y1 x2 y2 score and five landmark (x, y) pairs in
             original-image pixels, highest score first.
         """
-        inds, scores = select_scores(conf, self.confidence_threshold)
-        return self.from_candidates(loc, landms, priors, inds, scores, size, resize)
-
-    def from_candidates(self, loc, landms, priors, inds, scores, size, resize):
-        """Detections from the candidates above the threshold: rows inds of loc, landms and
-        priors, with their scores (select_scores, or candidates_on_device)."""
-        if inds.size == 0:
+        loc, landms, priors, scores = self.select(loc, conf, landms, priors)  # [K, ...] each
+        if len(scores) == 0:
             return empty_detections()
         # The reference's order: numpy's argsort of the kept scores, reversed (numpy breaks
         # ties its own way, so the sort must be numpy's on the same array).
-        order = scores.argsort()[::-1]
+        order = scores.argsort()[::-1]  # [K']
         if self.top_k:
             order = order[:self.top_k]
-        dets = decode_dets(loc, priors, inds, scores, order, self.variance, size, resize, self.exp_)  # [K, 5]
+        boxes = decode_boxes(loc[order], priors[order], self.variance, size, resize, self.exp_)  # [K', 4]
+        dets = np.hstack((boxes, scores[order, np.newaxis])).astype(np.float32, copy=False)  # [K', 5]
         # Exactly py_cpu_nms's keep list (see utils/nms/cpu_nms.pyx), fast on crowds.
-        keep = fast_nms(dets, self.nms_threshold)
+        keep = fast_nms(dets, self.nms_threshold)  # [N], rows of dets
         if self.keep_top_k:
             keep = keep[:self.keep_top_k]
-        return assemble(dets, keep, landms, priors, inds, order, self.variance, size, resize)
+        # Landmarks only for the kept boxes: decoding is elementwise, so each gets exactly the
+        # value it would get from decoding every prior, as the reference does.
+        kept = order[keep]
+        points = decode_landmarks(landms[kept], priors[kept], self.variance, size, resize)  # [N, 10]
+        return np.concatenate((dets[keep], points), axis=1)
+
+    def candidates(self, loc, conf, landms, priors: np.ndarray, size: tuple[int, int],
+                   resize: float) -> np.ndarray:
+        """Every candidate above the threshold, decoded, without sorting or NMS: what a
+        pyramid pass or a tile hands to the merge over all passes (layers/functions/pyramid.py).
+
+        Args:
+            as for __call__.
+        Returns:
+            ndarray[K, 15] float32: x1 y1 x2 y2 score and five landmark (x, y) pairs in
+            original-image pixels, in prior order.
+        """
+        loc, landms, priors, scores = self.select(loc, conf, landms, priors)  # [K, ...] each
+        out = np.empty((len(scores), DET_COLUMNS), dtype=np.float32)
+        out[:, :4] = decode_boxes(loc, priors, self.variance, size, resize, self.exp_)
+        out[:, 4] = scores
+        out[:, 5:] = decode_landmarks(landms, priors, self.variance, size, resize)
+        return out
+
+    def select(self, loc, conf, landms, priors: np.ndarray):
+        """The candidates: the priors whose face score is > confidence_threshold, in prior
+        order, as host ndarrays.
+
+        Args:
+            loc [P, 4], conf [P, 2], landms [P, 10]: float32 ndarrays, or Tensors on any device.
+            priors (ndarray[P, 4] float32).
+        Returns:
+            (loc [K, 4], landms [K, 10], priors [K, 4], scores [K]) float32 ndarrays.
+        """
+        if not isinstance(loc, np.ndarray):
+            if loc.device.type != 'cpu':
+                return self.select_on_device(loc, conf, landms, priors)
+            loc, conf, landms = loc.numpy(), conf.numpy(), landms.numpy()  # the same memory
+        scores = conf[:, 1]  # [P]
+        # The reference's np.where(scores > threshold): numpy compares the float32 scores
+        # with the threshold in float32.
+        inds = np.flatnonzero(scores > self.confidence_threshold)  # [K]
+        return loc[inds], landms[inds], priors[inds], scores[inds]
+
+    def select_on_device(self, loc, conf, landms, priors: np.ndarray):
+        """select for Tensors on a GPU: filtered where they are, so that only the candidates
+        cross the bus. The same values as select on the host (torch also compares the
+        float32 scores with the threshold in float32); it runs on CPU tensors too."""
+        scores = conf[:, 1]  # [P]
+        inds = (scores > self.confidence_threshold).nonzero().squeeze(1)  # [K], on the device
+        return (loc[inds].cpu().numpy(), landms[inds].cpu().numpy(), priors[inds.cpu().numpy()],
+                scores[inds].cpu().numpy())

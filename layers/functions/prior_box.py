@@ -1,8 +1,9 @@
 """Prior (anchor) boxes of RetinaFace.
 
-The priors are computed with numpy (prior_boxes), so that the torch-free deployment path
-(onnxruntime with an exported model) has them without importing torch; PriorBox and
-cached_priors hand out the same values as torch tensors (torch is imported only there).
+One home for the computation: prior_boxes, in numpy and cached, which the detection
+pipeline uses, so that the torch-free deployment path (onnxruntime with an exported
+model) has the priors without importing torch. PriorBox, the reference's class, hands
+out the same values as a torch tensor for training and for the reference's own code.
 """
 from functools import lru_cache
 from math import ceil
@@ -10,46 +11,30 @@ from math import ceil
 import numpy as np
 
 
-class PriorBox(object):
-    """PriorBox(cfg, image_size=(h, w)).forward() -> priors (Tensor[P, 4], float32, CPU)
-    as (cx, cy, w, h) relative to the image.
+def prior_boxes(cfg: dict, image_size: tuple[int, int]) -> np.ndarray:
+    """The priors of an input of image_size (h, w), computed once per size and network.
 
     For each pyramid level k (stride cfg['steps'][k]) the feature map has
     ceil(h / step) x ceil(w / step) cells; every cell gets one square anchor per size in
     cfg['min_sizes'][k], centred on the cell. The order is level, then row, then column,
     then anchor size, which is the order in which RetinaFace's heads emit predictions.
+
+    Args:
+        cfg (dict): the network's config (min_sizes, steps, clip).
+        image_size (tuple[int, int]): (h, w) of the network input, both positive.
+    Returns:
+        ndarray[P, 4] float32 in (cx, cy, w, h) relative to the input. Shared by every
+        caller of the cache, so it is read-only: PriorBox hands out a writable copy.
     """
-
-    def __init__(self, cfg, image_size=None, phase='train'):
-        super().__init__()
-        self.min_sizes = cfg['min_sizes']
-        self.steps = cfg['steps']
-        self.clip = cfg['clip']
-        if image_size is None or len(image_size) != 2 or min(image_size) <= 0:
-            raise ValueError(f"image_size must be a positive (height, width), got {image_size!r}")
-        self.image_size = (int(image_size[0]), int(image_size[1]))
-        self.feature_maps = [[ceil(self.image_size[0] / step), ceil(self.image_size[1] / step)] for step in self.steps]
-        self.name = "s"
-
-    def forward(self):
-        key = (tuple(tuple(s) for s in self.min_sizes), tuple(self.steps), bool(self.clip), self.image_size)
-        import torch
-
-        # Callers may modify the result (the reference clamps in place), so hand out a copy.
-        return torch.from_numpy(_prior_boxes(*key).copy())
-
-
-def prior_boxes(cfg, image_size):
-    """The priors of PriorBox(cfg, image_size) as a read-only ndarray[P, 4] float32, cached.
-
-    Same values, bit for bit, as PriorBox(cfg, image_size).forward(); no torch needed.
-    """
+    if image_size is None or len(image_size) != 2 or min(image_size) <= 0:
+        raise ValueError(f"image_size must be a positive (height, width), got {image_size!r}")
     return _prior_boxes(tuple(tuple(s) for s in cfg['min_sizes']), tuple(cfg['steps']), bool(cfg['clip']),
                         (int(image_size[0]), int(image_size[1])))
 
 
 @lru_cache(maxsize=64)
 def _prior_boxes(min_sizes, steps, clip, image_size):
+    """prior_boxes on hashable arguments, so that lru_cache can key on them."""
     h, w = image_size
     levels = []
     for k, step in enumerate(steps):
@@ -73,23 +58,27 @@ def _prior_boxes(min_sizes, steps, clip, image_size):
     return output
 
 
-_device_cache = {}
+class PriorBox(object):
+    """PriorBox(cfg, image_size=(h, w)).forward() -> priors (Tensor[P, 4], float32, CPU)
+    in (cx, cy, w, h) relative to the image: prior_boxes(cfg, image_size) as a tensor.
 
-
-def cached_priors(cfg, image_size, device=None, dtype=None):
-    """The priors of PriorBox(cfg, image_size) on device, computed once per (size, device).
-
-    dtype defaults to torch.float32. The returned tensor is shared: treat it as read-only.
+    The reference's class, with its signature, for training and for code written against
+    the reference (which moves the result to its device itself).
     """
-    import torch
 
-    dtype = torch.float32 if dtype is None else dtype
-    key = (cfg['name'], tuple(tuple(s) for s in cfg['min_sizes']), tuple(cfg['steps']), bool(cfg['clip']),
-           (int(image_size[0]), int(image_size[1])), str(device), dtype)
-    priors = _device_cache.get(key)
-    if priors is None:
-        priors = PriorBox(cfg, image_size=image_size).forward().to(device=device, dtype=dtype)
-        if len(_device_cache) > 256:
-            _device_cache.clear()
-        _device_cache[key] = priors
-    return priors
+    def __init__(self, cfg: dict, image_size: tuple[int, int] | None = None, phase: str = 'train'):
+        super().__init__()
+        self.min_sizes = cfg['min_sizes']
+        self.steps = cfg['steps']
+        self.clip = cfg['clip']
+        self.cfg = cfg
+        self.image_size = image_size
+        prior_boxes(cfg, image_size)  # checks image_size now, as the reference's constructor fails early
+        self.feature_maps = [[ceil(image_size[0] / step), ceil(image_size[1] / step)] for step in self.steps]
+        self.name = "s"
+
+    def forward(self):
+        import torch  # here only, so that importing this module does not load torch
+
+        # Callers may modify the result (the reference clamps in place), so hand out a copy.
+        return torch.from_numpy(prior_boxes(self.cfg, self.image_size).copy())

@@ -22,8 +22,7 @@ from math import ceil
 
 import numpy as np
 
-from layers.functions.detection import (DET_COLUMNS, Detect, decode_boxes, decode_landmarks, empty_detections,
-                                        select_scores)
+from layers.functions.detection import empty_detections
 from utils.nms import fast_nms
 
 # insightface's pyramid: the base scale brings the short side to PYRAMID_TARGET pixels (the
@@ -159,30 +158,6 @@ def nms_merge(dets, threshold, keep_top_k=PYRAMID_KEEP_TOP_K, top_k=None):
     if keep_top_k:
         keep = keep[:keep_top_k]
     return dets[keep]
-
-
-class Candidates(Detect):
-    """Detect without the merge: every candidate above the threshold, decoded (box, score,
-    landmarks) in original-image pixels, in prior order. A pyramid pass or a tile hands its
-    candidates to box_vote or NMS over all passes.
-
-    Same call signatures as Detect, so that a runner calls either.
-    """
-
-    def __call__(self, loc, conf, landms, priors, size, resize):
-        inds, scores = select_scores(conf, self.confidence_threshold)
-        return self.from_candidates(loc, landms, priors, inds, scores, size, resize)
-
-    def from_candidates(self, loc, landms, priors, inds, scores, size, resize):
-        if inds.size == 0:
-            return empty_detections()
-        boxes = decode_boxes(loc[inds], priors[inds], self.variance, size, resize, self.exp_)
-        points = decode_landmarks(landms[inds], priors[inds], self.variance, size, resize)
-        out = np.empty((len(inds), DET_COLUMNS), dtype=np.float32)
-        out[:, :4] = boxes
-        out[:, 4] = scores
-        out[:, 5:] = points
-        return out
 
 
 # ---------------------------------------------------------------------------------------
