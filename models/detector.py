@@ -17,12 +17,15 @@ float32, x1 y1 x2 y2 score and five landmark (x, y) pairs in original-image pixe
 This module also holds the flags the inference scripts share (add_detector_arguments)
 and the Detector they build from them (detector_from_args).
 """
+from __future__ import annotations
+
 import argparse
 import logging
 import os
 import threading
 from collections.abc import Sequence
-from contextlib import nullcontext
+from contextlib import AbstractContextManager, nullcontext
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -40,6 +43,12 @@ from utils.cli import (add_threads_argument, choose_openmp_wait_policy, number_i
 from utils.device import BACKENDS, resolve_device
 from utils.errors import InputError, InputNotFoundError
 
+if TYPE_CHECKING:  # neither is imported on the torch-free path
+    import onnxruntime
+    import torch
+
+    from models.retinaface import RetinaFace
+
 logger = logging.getLogger(__name__)
 
 # An image with more pixels than this fed to the network at its original size gets a hint
@@ -55,12 +64,12 @@ TILE_BATCH = 4
 CPU_TILE_BATCH = 1
 
 
-def smallest_tile(cfg):
+def smallest_tile(cfg: dict) -> int:
     """The smallest --tile for a network: two cells of its coarsest feature map."""
     return 2 * max(cfg['steps'])
 
 
-def resolve_backend(backend, onnx_model):
+def resolve_backend(backend: str | None, onnx_model: object) -> str:
     """The backend to run: an ONNX model file selects 'onnxruntime', otherwise 'torch' is the default.
 
     Raises:
@@ -76,7 +85,7 @@ def resolve_backend(backend, onnx_model):
     return backend
 
 
-def _check_image(img, index=None):
+def _check_image(img: np.ndarray, index: int | None = None) -> None:
     where = '' if index is None else f" (image {index} of the batch)"
     if not isinstance(img, np.ndarray):
         raise ValueError(f"expected an image as ndarray[H, W, 3] uint8 BGR{where}, got {type(img).__name__}")
@@ -93,16 +102,16 @@ class TorchRunner:
 
     exp_ = staticmethod(kernels.torch_exp_)  # torch's exp: the reference's numbers
 
-    def __init__(self, net, device):
+    def __init__(self, net: RetinaFace, device: torch.device):
         self.net = net
         self.device = device
 
-    def context(self):
+    def context(self) -> AbstractContextManager:
         import torch
 
         return torch.inference_mode()
 
-    def run(self, batch, one_by_one):
+    def run(self, batch: np.ndarray, one_by_one: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(loc [B, P, 4], conf [B, P, 2], landms [B, P, 10]) Tensors on the device."""
         import torch
 
@@ -114,7 +123,7 @@ class TorchRunner:
             return tuple(torch.cat(parts) for parts in zip(*outputs))
 
     @staticmethod
-    def take_rows(outputs, rows):
+    def take_rows(outputs: tuple[torch.Tensor, ...], rows: np.ndarray) -> tuple[torch.Tensor, ...]:
         """Rows (ndarray[P'] int64) of each of one image's outputs ([P, ...] Tensors)."""
         import torch
 
@@ -127,13 +136,13 @@ class OnnxRunner:
 
     exp_ = staticmethod(kernels.float_exp_)  # exp without torch
 
-    def __init__(self, session):
+    def __init__(self, session: onnxruntime.InferenceSession):
         self.session = session
 
-    def context(self):
+    def context(self) -> AbstractContextManager:
         return nullcontext()
 
-    def run(self, batch, one_by_one):
+    def run(self, batch: np.ndarray, one_by_one: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(loc [B, P, 4], conf [B, P, 2], landms [B, P, 10]) float32 ndarrays."""
         slices = [batch[i:i + 1] for i in range(batch.shape[0])] if one_by_one else [batch]
         runs = [self.session.run(None, {INPUT_NAME: x}) for x in slices]
@@ -142,7 +151,7 @@ class OnnxRunner:
         return tuple(np.concatenate(parts) if len(parts) > 1 else parts[0] for parts in zip(*runs))
 
     @staticmethod
-    def take_rows(outputs, rows):
+    def take_rows(outputs: tuple[np.ndarray, ...], rows: np.ndarray) -> tuple[np.ndarray, ...]:
         """Rows (ndarray[P'] int64) of each of one image's outputs ([P, ...] ndarrays)."""
         return tuple(o[rows] for o in outputs)
 
@@ -190,12 +199,17 @@ class Detector:
             one the ONNX file names.
         device (torch.device | utils.device.HostDevice): where the network runs.
         mean (tuple): the BGR pixel subtracted from the input.
+        postprocessor (layers.functions.detection.Detect): turns outputs into detections, and
+            owns the settings that does it with (confidence_threshold, nms_threshold, top_k,
+            keep_top_k); the pyramid and tile merges use them too.
         net, session: the PyTorch module and the onnxruntime session (None when unused).
     """
 
-    def __init__(self, net, cfg: dict, device='cpu', confidence_threshold: float = 0.02,
+    def __init__(self, net: RetinaFace | None, cfg: dict, device: str | torch.device = 'cpu',
+                 confidence_threshold: float = 0.02,
                  nms_threshold: float = 0.4, top_k: int | None = None, keep_top_k: int | None = None,
-                 origin_size: bool = True, backend: str | None = None, onnx_model=None,
+                 origin_size: bool = True, backend: str | None = None,
+                 onnx_model: str | os.PathLike | bytes | onnxruntime.InferenceSession | None = None,
                  num_threads: int | None = None, allow_spinning: bool = True, large_image_hints: Sequence[str] = (),
                  pyramid: bool = False, pyramid_merge: str = 'vote', tile: int | None = None):
         backend = resolve_backend(backend, onnx_model)
@@ -277,7 +291,7 @@ class Detector:
             self.mean = mean
         return session, cfg
 
-    def settings(self):
+    def settings(self) -> dict:
         """Everything about this detector that changes its detections, as JSON-ready values
         (a results folder's manifest records them; see utils.run_manifest)."""
         return {
@@ -298,7 +312,7 @@ class Detector:
 
     # -- stages, public so that benchmarks can time them one by one ----------------------
 
-    def preprocess(self, images):
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray | list, list, list | None]:
         """Stack images into one network input.
 
         Each image is converted to float32, resized by resize_factor (cv2.INTER_LINEAR),
@@ -359,7 +373,7 @@ class Detector:
                        "memory-hungry%s (this hint is shown once)", width, height, width * height / 1e6,
                        f"; {advice}" if advice else '')
 
-    def forward(self, batch):
+    def forward(self, batch: np.ndarray) -> tuple[torch.Tensor | np.ndarray, ...]:
         """Run the network on a preprocessed batch.
 
         Args:
@@ -379,7 +393,8 @@ class Detector:
         relative to the input, cached and read-only (layers.functions.prior_box.prior_boxes)."""
         return prior_boxes(self.cfg, size)
 
-    def postprocess(self, loc, conf, landms, size, resize):
+    def postprocess(self, loc: torch.Tensor | np.ndarray, conf: torch.Tensor | np.ndarray,
+                    landms: torch.Tensor | np.ndarray, size: tuple[int, int], resize: float) -> np.ndarray:
         """Turn one image's network outputs into detections.
 
         Args:
@@ -396,7 +411,7 @@ class Detector:
 
     # -- the whole pipeline ----------------------------------------------------------------
 
-    def detect(self, img):
+    def detect(self, img: np.ndarray) -> np.ndarray:
         """Detect faces in one image.
 
         Args:
@@ -407,7 +422,7 @@ class Detector:
         """
         return self.detect_batch([img])[0]
 
-    def detect_batch(self, images):
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Detect faces in several images with one forward pass.
 
         Images of one size give exactly the detections of detect() on each. Images of
@@ -422,7 +437,7 @@ class Detector:
         """
         return self.detect_preprocessed(*self.preprocess(images))
 
-    def detect_preprocessed(self, batch, sizes, resizes):
+    def detect_preprocessed(self, batch: np.ndarray | list, sizes: list, resizes: list | None) -> list[np.ndarray]:
         """detect_batch(images) given preprocess(images): the forward pass and what follows.
 
         Folder runs preprocess the next images in reading threads while the network runs.
@@ -447,7 +462,7 @@ class Detector:
 
     # -- accurate mode and tiles (layers/functions/pyramid.py) ------------------------------
 
-    def pass_candidates(self, img, resize):
+    def pass_candidates(self, img: np.ndarray, resize: float) -> tuple[np.ndarray, np.ndarray]:
         """One pyramid scale: every candidate above the threshold in img resized by resize,
         and in its mirror image, both in img's pixels (the mirror's mapped back with
         mirror_candidates).
@@ -592,7 +607,7 @@ def load_detector(network: str, trained_model: str | os.PathLike, device='cpu', 
     return Detector(net, cfg, device=device, backend=backend, onnx_model=onnx_model, **detector_kwargs)
 
 
-def _load_network(cfg: dict, trained_model: str | os.PathLike):
+def _load_network(cfg: dict, trained_model: str | os.PathLike) -> RetinaFace:
     """RetinaFace(cfg) in phase 'test', in eval mode, with the weights of trained_model."""
     from models.retinaface import RetinaFace
     from utils.checkpoint import load_model
@@ -618,7 +633,8 @@ def _load_network(cfg: dict, trained_model: str | os.PathLike):
 # ---------------------------------------------------------------------------------------
 # The inference scripts' shared flags
 
-def add_detector_arguments(parser, trained_model, network, top_k=None, keep_top_k=None):
+def add_detector_arguments(parser: argparse.ArgumentParser, trained_model: str, network: str,
+                           top_k: int | None = None, keep_top_k: int | None = None) -> argparse.ArgumentParser:
     """The flags every inference script shares, with that script's reference defaults:
     -m/--trained_model, --network, --cpu, --confidence_threshold, --top_k, --nms_threshold,
     --keep_top_k, --backend, --onnx_model and --threads."""

@@ -24,9 +24,12 @@ reference's `* scale / resize`. numpy and torch's exp may round differently, so 
 torch's (kernels.torch_exp_) for the torch backend, whose numbers are the reference's;
 the onnxruntime backend, which must run without torch, uses kernels.float_exp_.
 """
+from __future__ import annotations
+
 from collections.abc import Callable
 from functools import lru_cache
 from math import ceil
+from typing import TYPE_CHECKING
 
 import cv2
 import numpy as np
@@ -35,19 +38,25 @@ from data.config import BGR_MEAN, MAX_SIZE, TARGET_SIZE
 from utils import kernels
 from utils.nms import fast_nms
 
+if TYPE_CHECKING:  # the torch-free path imports this module
+    import torch
+
 # Mixed-size batches are padded up to a multiple of the coarsest stride, so that every
 # pyramid level of the padded input is exactly half the size of the previous one.
 PAD_MULTIPLE = 32
 # Columns of a detection row: box (4), score (1), five landmarks (10).
 DET_COLUMNS = 15
+# Detect.select's result: the candidates' loc [K, 4], landms [K, 10], priors [K, 4] and
+# scores [K], float32 ndarrays.
+Candidates = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]
 
 
-def empty_detections():
+def empty_detections() -> np.ndarray:
     """ndarray[0, 15] float32: the result for an image without detections."""
     return np.zeros((0, DET_COLUMNS), dtype=np.float32)
 
 
-def resize_factor(height, width, origin_size):
+def resize_factor(height: int, width: int, origin_size: bool) -> float:
     """The resize factor the reference applies before detection.
 
     Args:
@@ -69,7 +78,8 @@ def resize_factor(height, width, origin_size):
 
 
 @lru_cache(maxsize=128)
-def grid_crop_rows(steps, anchors, size, padded):
+def grid_crop_rows(steps: tuple[int, ...], anchors: tuple[int, ...], size: tuple[int, int],
+                   padded: tuple[int, int]) -> np.ndarray:
     """Indices of an image's own priors among the priors of a bottom/right-padded input.
 
     Padding at the bottom and right keeps the feature-map cells of the image where they
@@ -121,7 +131,8 @@ def to_input(img: np.ndarray, dst: np.ndarray, mean: tuple = BGR_MEAN) -> None:
         cv2.subtract(plane, float(mean[c]), dst=dst[c, :h, :w], dtype=cv2.CV_32F)
 
 
-def decode_boxes(loc, priors, variance, size, resize, exp_=kernels.torch_exp_):
+def decode_boxes(loc: np.ndarray, priors: np.ndarray, variance: list[float], size: tuple[int, int], resize: float,
+                 exp_: Callable[[np.ndarray], np.ndarray] = kernels.torch_exp_) -> np.ndarray:
     """Boxes in original-image pixels, exactly `decode(loc, priors, variance) * scale / resize`.
 
     Args:
@@ -144,7 +155,8 @@ def decode_boxes(loc, priors, variance, size, resize, exp_=kernels.torch_exp_):
     return boxes * np.array([w, h, w, h], dtype=np.float32) / resize
 
 
-def decode_landmarks(landms, priors, variance, size, resize):
+def decode_landmarks(landms: np.ndarray, priors: np.ndarray, variance: list[float], size: tuple[int, int],
+                     resize: float) -> np.ndarray:
     """Landmarks in original-image pixels, exactly `decode_landm(landms, priors, variance) * scale1 / resize`.
 
     Args:
@@ -184,7 +196,9 @@ class Detect:
         self.keep_top_k = keep_top_k
         self.exp_ = exp_
 
-    def __call__(self, loc, conf, landms, priors: np.ndarray, size: tuple[int, int], resize: float) -> np.ndarray:
+    def __call__(self, loc: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tensor,
+                 landms: np.ndarray | torch.Tensor, priors: np.ndarray,
+                 size: tuple[int, int], resize: float) -> np.ndarray:
         """Detections from every prior's outputs.
 
         Args:
@@ -217,8 +231,9 @@ class Detect:
         points = decode_landmarks(landms[kept], priors[kept], self.variance, size, resize)  # [N, 10]
         return np.concatenate((dets[keep], points), axis=1)
 
-    def candidates(self, loc, conf, landms, priors: np.ndarray, size: tuple[int, int],
-                   resize: float) -> np.ndarray:
+    def candidates(self, loc: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tensor,
+                   landms: np.ndarray | torch.Tensor, priors: np.ndarray,
+                   size: tuple[int, int], resize: float) -> np.ndarray:
         """Every candidate above the threshold, decoded, without sorting or NMS: what a
         pyramid pass or a tile hands to the merge over all passes (layers/functions/pyramid.py).
 
@@ -235,7 +250,8 @@ class Detect:
         out[:, 5:] = decode_landmarks(landms, priors, self.variance, size, resize)
         return out
 
-    def select(self, loc, conf, landms, priors: np.ndarray):
+    def select(self, loc: np.ndarray | torch.Tensor, conf: np.ndarray | torch.Tensor,
+               landms: np.ndarray | torch.Tensor, priors: np.ndarray) -> Candidates:
         """The candidates: the priors whose face score is > confidence_threshold, in prior
         order, as host ndarrays.
 
@@ -255,7 +271,8 @@ class Detect:
         inds = np.flatnonzero(scores > self.confidence_threshold)  # [K]
         return loc[inds], landms[inds], priors[inds], scores[inds]
 
-    def select_on_device(self, loc, conf, landms, priors: np.ndarray):
+    def select_on_device(self, loc: torch.Tensor, conf: torch.Tensor, landms: torch.Tensor,
+                         priors: np.ndarray) -> Candidates:
         """select for Tensors on a GPU: filtered where they are, so that only the candidates
         cross the bus. The same values as select on the host (torch also compares the
         float32 scores with the threshold in float32); it runs on CPU tensors too."""
