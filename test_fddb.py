@@ -34,7 +34,7 @@ from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
                               lock_results_folder)
 from utils.image import draw_detections
-from utils.input_files import open_text
+from utils.input_files import open_text, read_text
 from utils.memory import keep_freed_memory
 from utils.run_manifest import prepare_results_folder, run_settings
 
@@ -113,12 +113,11 @@ def parts_folder(out_path):
 
 
 def _read_text(path):
-    if not os.path.isfile(path):  # a FIFO or device would block the read
-        return ''
+    """The text of an earlier run's file as utils.input_files reads text, or '' where there
+    is none to trust: missing, not a regular file (a FIFO would block the read), not text."""
     try:
-        with open(path, 'r') as f:
-            return f.read()
-    except (OSError, UnicodeDecodeError):
+        return read_text(path)
+    except InputError:
         return ''
 
 

@@ -32,6 +32,7 @@ from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
                               lock_results_folder)
 from utils.image import draw_detections
+from utils.input_files import open_input_file, read_text
 from utils.memory import keep_freed_memory
 from utils.run_manifest import prepare_results_folder, run_settings
 
@@ -107,13 +108,12 @@ def wider_text(name, dets):
 
 
 def is_complete(path, name):
-    """Whether path holds a whole prediction file for image name (header and every line)."""
-    if not os.path.isfile(path):  # a FIFO or device named like a result would block the read
-        return False
+    """Whether path holds a whole prediction file for image name (header and every line),
+    read as the evaluation reads it (utils.input_files.read_text). Missing, not a regular
+    file (a FIFO named like a result would block the read) or not text: not complete."""
     try:
-        with open(path, 'r') as f:
-            lines = f.read().split('\n')
-    except (OSError, UnicodeDecodeError):
+        lines = read_text(path).split('\n')
+    except InputError:
         return False
     # A complete file ends with a newline: the split leaves one empty string at the end.
     if len(lines) < 3 or lines[0] != name or lines[-1] != '' or not lines[1].isdigit():
@@ -126,12 +126,12 @@ def looks_like_prediction(path):
     name. Asked only of files in the event folders of a results folder (see
     utils.run_manifest.prepare_results_folder), for results that no manifest lists."""
     f = os.path.basename(path)
-    if not f.endswith('.txt') or f.startswith('.') or not os.path.isfile(path):  # a FIFO would block the read
+    if not f.endswith('.txt') or f.startswith('.'):
         return False
     try:
-        with open(path, 'r') as fh:
-            first = fh.readline().rstrip('\n')
-    except (OSError, UnicodeDecodeError):
+        with open_input_file(path) as fh:  # a regular file only: a FIFO would block the read
+            first = fh.readline().decode('utf-8-sig').rstrip('\r\n')
+    except (InputError, UnicodeDecodeError):
         return False
     return first == f[:-len('.txt')]
 

@@ -449,3 +449,20 @@ def test_a_fifo_named_like_a_result_is_not_read(tmp_path):
     assert not wider_script.is_complete(str(fifo), 'x')
     assert not wider_script.looks_like_prediction(str(fifo))
     assert fddb_script._read_text(str(fifo)) == ''
+
+
+def test_an_earlier_result_is_judged_as_the_evaluation_reads_it(tmp_path):
+    """A prediction file that an editor saved with a byte-order mark and CRLF line ends still
+    evaluates (widerface_evaluate reads it with utils.input_files.read_text), so a resumed run
+    keeps it; one cut short, or with bytes that are not UTF-8, is redone."""
+    from widerface_evaluate.evaluation import read_pred_file
+    text = 'x\n1\n1.0 2.0 3.0 4.0 0.9\n'
+    saved = tmp_path / 'x.txt'
+    saved.write_bytes(b'\xef\xbb\xbf' + text.replace('\n', '\r\n').encode())
+    assert read_pred_file(str(saved))[0] == 'x'
+    assert wider_script.is_complete(str(saved), 'x') and wider_script.looks_like_prediction(str(saved))
+    assert fddb_script._read_text(str(saved)) == text
+    saved.write_text(text[:-1])  # the last line's newline not written yet
+    assert not wider_script.is_complete(str(saved), 'x')
+    saved.write_bytes(text.encode()[:-6] + b'\xff\n')
+    assert not wider_script.is_complete(str(saved), 'x') and fddb_script._read_text(str(saved)) == ''
