@@ -103,24 +103,25 @@ def get_args_parser():
     return parser
 
 
-def list_images(spec, exclude=None):
+def list_images(spec, exclude=()):
     """The image files named by spec: a file, a folder (its images and those of its
     sub-folders, sorted) or a glob (sorted). A file that exists is taken as it is, even when
     its name has glob characters. Only regular files are listed.
 
     Args:
         spec (str): a file, a folder or a glob.
-        exclude (str | None): a folder not to look into (the output folder, so that a rerun
-            does not take the previous run's annotated images for inputs).
+        exclude (iterable of str): folders not to look into (the output and crops folders,
+            so that a rerun does not take the previous run's annotated images or crops for
+            inputs).
     Raises:
         InputNotFoundError: nothing matches spec.
         InputError: spec is a FIFO, a device or a socket, not an image file.
     """
     if os.path.isdir(spec):
-        skip = os.path.realpath(exclude) if exclude else None
+        skip = {os.path.realpath(folder) for folder in exclude}
         files = []
         for folder, subfolders, names in os.walk(spec):
-            subfolders[:] = sorted(d for d in subfolders if os.path.realpath(os.path.join(folder, d)) != skip)
+            subfolders[:] = sorted(d for d in subfolders if os.path.realpath(os.path.join(folder, d)) not in skip)
             files += [os.path.join(folder, f) for f in names
                       if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))]
         if not files:
@@ -215,7 +216,8 @@ def main(args):
         if getattr(args, flag) is not None:
             raise InputError(f"--{flag} applies to --video only")
     spec = args.image or default_image()
-    files = list_images(spec, exclude=args.output if args.save_image else None)
+    outputs = ([args.output] if args.save_image else []) + ([args.save_crops] if args.save_crops else [])
+    files = list_images(spec, exclude=outputs)
     # Every output is checked before the first image, not found unwritable after the last.
     out_paths = [None] * len(files)
     if args.save_image:

@@ -206,3 +206,21 @@ def test_detect_writes_aligned_crops_of_photos(tmp_path):
             written.append(os.path.relpath(d['crop'], crops_dir))
     assert sorted(written) == sorted(f'{s}/kids_{k}.jpg' for s in 'ab' for k in range(8))
     assert sorted(str(p.relative_to(crops_dir)) for p in crops_dir.rglob('*.jpg')) == sorted(written)
+
+
+def test_crops_inside_the_input_folder_are_not_read_back_as_photos(tmp_path):
+    """A rerun with --save_crops inside the --image folder detects the photos again, not the
+    first run's crops (as the --output folder's annotated copies are left out)."""
+    import detect
+    from utils.cli import run_cli
+
+    weights = str(need_shared('weights', 'mobilenet0.25_Final.pth'))
+    (tmp_path / 'in').mkdir()
+    (tmp_path / 'in' / 'kids.jpg').symlink_to(need_shared('images', 'kids_group.jpg'))
+    argv = ['-m', weights, '--image', str(tmp_path / 'in'), '--no-save_image', '--json', str(tmp_path / 'f.json'),
+            '--save_crops', str(tmp_path / 'in' / 'crops')]
+    for _ in range(2):
+        assert run_cli(detect.main, detect.get_args_parser(), argv) == 0
+        images = [entry['image'] for entry in json.loads((tmp_path / 'f.json').read_text())['images']]
+        assert images == [str(tmp_path / 'in' / 'kids.jpg')]
+    assert len(list((tmp_path / 'in' / 'crops').glob('*.jpg'))) == 8
