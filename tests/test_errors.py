@@ -3,12 +3,14 @@ becomes an `error:` line or a skipped image; any other exception is a bug and ke
 traceback."""
 import argparse
 import shutil
+import subprocess
+import sys
 
 import pytest
 
 import detect
 from layers.functions import detection
-from tests.conftest import golden_image_path, need_shared
+from tests.conftest import ROOT, golden_image_path, need_shared
 from utils.cli import run_cli
 from utils.errors import InputError, InputNotFoundError
 
@@ -38,7 +40,8 @@ def test_input_not_found_is_an_input_error_and_a_file_not_found_error():
 
 
 @pytest.mark.parametrize('bug', [ValueError('operands could not be broadcast'), OSError('a bug'),
-                                 FileNotFoundError('a file the code itself made')])
+                                 FileNotFoundError('a file the code itself made'),
+                                 BrokenPipeError(32, 'a pipe of its own, with stdout still read')])
 def test_run_cli_lets_any_other_error_keep_its_traceback(bug, capsys):
     def main(args):
         raise bug
@@ -46,6 +49,28 @@ def test_run_cli_lets_any_other_error_keep_its_traceback(bug, capsys):
     with pytest.raises(type(bug)):
         run_cli(main, _parser(), [])
     assert 'error:' not in capsys.readouterr().err
+
+
+_PRINTER = """
+import argparse, sys
+from utils.cli import run_cli
+
+def main(args):
+    for i in range(1000000):
+        print(f"line {i}", flush=True)
+
+sys.exit(run_cli(main, argparse.ArgumentParser(), []))
+"""
+
+
+def test_a_reader_of_stdout_that_goes_away_stops_the_run_quietly():
+    """`detect.py ... | head -1`: no BrokenPipeError traceback, the status of a tool stopped by SIGPIPE."""
+    proc = subprocess.Popen([sys.executable, '-c', _PRINTER], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    first = proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    assert (first, proc.wait(timeout=120), err) == (b'line 0\n', 141, b'')
 
 
 def test_a_bug_while_preprocessing_is_raised_not_reported_as_an_unreadable_image(weights, tmp_path, monkeypatch,

@@ -5,6 +5,8 @@ import argparse
 import logging
 import math
 import os
+import select
+import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -262,7 +264,9 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
 
     Bad input (utils.errors.InputError: a missing or unwritable file, a malformed line, a
     value out of range) prints one clear line, 'error: ...', instead of a traceback, and
-    gives status 1; Ctrl-C gives 130. Any other exception is a bug and keeps its traceback.
+    gives status 1; Ctrl-C gives 130. A reader of stdout that has gone (`detect.py ... | head`)
+    stops the run quietly with 141, the status of a Unix tool stopped by SIGPIPE. Any other
+    exception is a bug and keeps its traceback.
     """
     args = parser.parse_args(argv)
     configure_logging()
@@ -277,4 +281,24 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        if not _stdout_reader_gone():
+            raise
+        # Python's own recipe: point stdout at /dev/null, so that flushing it at exit does
+        # not raise a second time.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 128 + signal.SIGPIPE
     return 0
+
+
+def _stdout_reader_gone() -> bool:
+    """Whether stdout is a pipe or socket whose reading end has closed (poll says POLLERR
+    there), as opposed to a BrokenPipeError of some other pipe, which is a bug."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):  # no poll here, or stdout is not a file
+        return False
