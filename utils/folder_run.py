@@ -28,11 +28,11 @@ import logging
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, nullcontext
 from types import TracebackType
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -65,11 +65,12 @@ _Loaded = TypeVar('_Loaded')
 
 class _Detector(Protocol):
     """What detect_images needs of a models.detector.Detector (which utils cannot import):
-    preprocess, and detect_preprocessed taking what preprocess returned."""
+    its preprocess, and its detect_preprocessed taking what preprocess returned, with
+    Detector's signatures."""
 
-    def preprocess(self, images: list[np.ndarray]) -> tuple: ...
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray | list, list, list | None]: ...
 
-    def detect_preprocessed(self, batch: Any, sizes: Any, resizes: Any) -> list[np.ndarray]: ...
+    def detect_preprocessed(self, batch: np.ndarray | list, sizes: list, resizes: list | None) -> list[np.ndarray]: ...
 
 
 def prefetch(items: Iterable[_Item], load: Callable[[_Item], _Loaded], depth: int = PREFETCH_DEPTH,
