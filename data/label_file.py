@@ -19,11 +19,11 @@ BOXES_ONLY_LINE_VALUES = 4
 WIDER_IMAGE_LIST = 'wider_val.txt'
 
 
-def read_label_file(txt_path):
+def read_label_file(txt_path: str | os.PathLike) -> list[tuple[str, np.ndarray]]:
     """Parse a RetinaFace label.txt without touching the images.
 
     Args:
-        txt_path (str): path of label.txt.
+        txt_path (str | PathLike): path of label.txt.
     Returns:
         list of (relative_image_path, ndarray[N, 20 or 4] float64): the images in file
         order with their face lines as written. A boxes-only file gives [N, 4] arrays; an

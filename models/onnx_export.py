@@ -21,18 +21,25 @@ are not its outputs (edited, or copied from another file), is refused when it is
 torch is imported only by the functions that export or compare with PyTorch: running an
 exported file (make_session, pipeline_metadata) needs numpy and onnxruntime only.
 """
+from __future__ import annotations
+
 import io
 import json
 import logging
 import os
 import sys
 import warnings
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from data.config import BGR_MEAN, NETWORKS
 from layers.functions.prior_box import prior_boxes
 from utils.errors import InputError, InputNotFoundError
+
+if TYPE_CHECKING:  # imported by the functions that use them: the torch-free path never loads torch
+    import onnxruntime
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +86,7 @@ def _network_of_width(width):
     return names[0] if len(names) == 1 else None
 
 
-def pipeline_metadata_props(network, cfg):
+def pipeline_metadata_props(network: str | None, cfg: dict | None) -> dict[str, str]:
     """The metadata_props an export carries: {key: value (str)}.
 
     Args:
@@ -94,7 +101,8 @@ def pipeline_metadata_props(network, cfg):
     return props
 
 
-def export_onnx(net, f, opset=DEFAULT_OPSET, long_side=DEFAULT_LONG_SIDE, cfg=None):
+def export_onnx(net: torch.nn.Module, f: str | os.PathLike | BinaryIO, opset: int = DEFAULT_OPSET,
+                long_side: int = DEFAULT_LONG_SIDE, cfg: dict | None = None) -> str | os.PathLike | BinaryIO:
     """Export net (a RetinaFace in phase 'test') to ONNX, with what the pipeline needs to
     run it in the metadata (see pipeline_metadata_props).
 
@@ -141,7 +149,7 @@ def export_onnx(net, f, opset=DEFAULT_OPSET, long_side=DEFAULT_LONG_SIDE, cfg=No
     return f
 
 
-def onnx_network(model):
+def onnx_network(model: str | os.PathLike | bytes) -> str | None:
     """The network ('mobile0.25' or 'resnet50') an ONNX export holds, or None if unknown.
 
     Read from the metadata export_onnx writes; for files without it, from the width of
@@ -176,14 +184,15 @@ def _graph_network(proto):
     return _network_of_width(width), width
 
 
-def export_onnx_bytes(net, opset=DEFAULT_OPSET, cfg=None):
+def export_onnx_bytes(net: torch.nn.Module, opset: int = DEFAULT_OPSET, cfg: dict | None = None) -> bytes:
     """Export net to ONNX in memory and return the serialised model (bytes)."""
     buffer = io.BytesIO()
     export_onnx(net, buffer, opset=opset, cfg=cfg)
     return buffer.getvalue()
 
 
-def pipeline_metadata(session, name='the ONNX model'):
+def pipeline_metadata(session: onnxruntime.InferenceSession, name: str = 'the ONNX model'
+                      ) -> tuple[str | None, dict | None, tuple[float, ...] | None]:
     """What an export's metadata says about the pipeline that runs it.
 
     Args:
@@ -229,7 +238,7 @@ def pipeline_metadata(session, name='the ONNX model'):
     return network, cfg, mean
 
 
-def default_num_threads():
+def default_num_threads() -> int:
     """onnxruntime's intra-op threads when none are asked for: torch's count when torch is
     loaded (both backends then use the same cores); otherwise OMP_NUM_THREADS when set,
     else 0 (onnxruntime's default: one per physical core). Importing torch just to ask
@@ -242,7 +251,8 @@ def default_num_threads():
         return 0
 
 
-def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
+def make_session(model: str | os.PathLike | bytes, num_threads: int | None = None, device: str | torch.device = 'cpu',
+                 allow_spinning: bool = True) -> onnxruntime.InferenceSession:
     """An onnxruntime InferenceSession for model (a path or serialised bytes).
 
     Args:
@@ -294,7 +304,7 @@ def make_session(model, num_threads=None, device='cpu', allow_spinning=True):
     return session
 
 
-def check_metadata_matches_graph(session, model, name):
+def check_metadata_matches_graph(session: onnxruntime.InferenceSession, model: str | bytes, name: str) -> None:
     """Check that what an export's metadata says is true of its graph.
 
     The metadata is plain text anyone can edit (or copy from another file), and the
@@ -343,7 +353,7 @@ def check_metadata_matches_graph(session, model, name):
                          f"edited or copied from another file: export the model again with convert_to_onnx.py")
 
 
-def verification_inputs(long_side=DEFAULT_LONG_SIDE, seed=0):
+def verification_inputs(long_side: int = DEFAULT_LONG_SIDE, seed: int = 0) -> list[np.ndarray]:
     """Two deterministic network inputs of different sizes for the export check.
 
     Returns:
@@ -356,7 +366,8 @@ def verification_inputs(long_side=DEFAULT_LONG_SIDE, seed=0):
     return [rng.integers(0, 256, size=(1, 3, h, w)).astype(np.float32) - mean for h, w in sizes]
 
 
-def verify_onnx(net, model, inputs, atol=VERIFY_ATOL):
+def verify_onnx(net: torch.nn.Module, model: str | os.PathLike | bytes, inputs: list[np.ndarray],
+                atol: float = VERIFY_ATOL) -> list[dict]:
     """Check that onnxruntime running model gives net's outputs on each input.
 
     Args:

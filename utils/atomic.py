@@ -12,6 +12,8 @@ import fcntl
 import os
 import stat
 import tempfile
+from collections.abc import Callable
+from typing import IO
 
 from utils.errors import InputError
 
@@ -24,7 +26,7 @@ TEMP_SUFFIX = '.retinaface.tmp'
 LOCK_NAME = '.retinaface.lock'
 
 
-def current_umask():
+def current_umask() -> int:
     """The process's umask, read without changing it where the system allows."""
     try:
         # Linux reports it in /proc; setting and restoring it would briefly give any
@@ -48,7 +50,7 @@ def _final_mode(path):
         return 0o666 & ~current_umask()
 
 
-def atomic_write(path, write, binary=True):
+def atomic_write(path: str | os.PathLike, write: Callable[[IO], object], binary: bool = True) -> None:
     """Call write(f) on a temporary file beside path, then rename it to path."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -76,7 +78,7 @@ def atomic_write(path, write, binary=True):
         raise
 
 
-def free_space(directory):
+def free_space(directory: str | os.PathLike) -> str:
     """Bytes free for this user on directory's file system, as a short text ('1.2 GB'), or
     'unknown' where the system does not say."""
     while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
@@ -124,7 +126,7 @@ class _WriteErrorRecorder:
             raise
 
 
-def atomic_save(obj, path):
+def atomic_save(obj: object, path: str | os.PathLike) -> None:
     """torch.save obj to path atomically. A write the file system refuses (a full disk, a
     read-only folder) raises InputError naming the file and the free space, as atomic_write
     does; any other failure of torch.save (an object it cannot save) keeps its traceback."""
@@ -142,12 +144,12 @@ def atomic_save(obj, path):
     atomic_write(path, save)
 
 
-def atomic_write_text(path, text):
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write text to path atomically."""
     atomic_write(path, lambda f: f.write(text), binary=False)
 
 
-def check_writable(path, what=None, folder=False):
+def check_writable(path: str | os.PathLike, what: str | None = None, folder: bool = False) -> None:
     """Check, before any work, that a file (folder=True: a folder and files in it) can be
     created at path; raise ValueError with one clear line if not.
 
@@ -187,7 +189,7 @@ def check_writable(path, what=None, folder=False):
     os.unlink(probe)
 
 
-def temp_path(path):
+def temp_path(path: str | os.PathLike) -> str:
     """A new, unique temporary file name beside path, ending with TEMP_SUFFIX (the file is
     created empty, so no other writer can take the name); for writers that need a path
     rather than a file object (e.g. an ONNX exporter). Rename it over path when done: it
@@ -204,7 +206,7 @@ def temp_path(path):
     return tmp
 
 
-def remove_stale_temp_files(folder, recursive=True):
+def remove_stale_temp_files(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
     """Remove the temporary files (.*TEMP_SUFFIX) that a killed run of this project left in
     folder; other files are never touched. Call it only while holding the folder's lock, so
     that no running writer's file is taken. Returns the paths removed."""
@@ -235,13 +237,13 @@ class FolderLock:
         InputError: another process holds the lock; the message names its PID.
     """
 
-    def __init__(self, folder, what=None):
+    def __init__(self, folder: str | os.PathLike, what: str | None = None) -> None:
         self.folder = os.fspath(folder)
         self.what = what
         self.path = os.path.join(self.folder, LOCK_NAME)
         self._fd = None
 
-    def acquire(self):
+    def acquire(self) -> 'FolderLock':
         try:
             os.makedirs(self.folder, exist_ok=True)
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666 & ~current_umask())
@@ -262,19 +264,19 @@ class FolderLock:
         self._fd = fd
         return self
 
-    def release(self):
+    def release(self) -> None:
         if self._fd is not None:
             os.close(self._fd)  # closing the descriptor releases the flock
             self._fd = None
 
-    def __enter__(self):
+    def __enter__(self) -> 'FolderLock':
         return self.acquire()
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         self.release()
         return False
 
 
-def lock_folder(folder, what=None):
+def lock_folder(folder: str | os.PathLike, what: str | None = None) -> FolderLock:
     """FolderLock(folder, what), for a `with` block."""
     return FolderLock(folder, what)

@@ -12,6 +12,7 @@ matched, a checkpoint that does not fit the model is an error that names the fil
 import hashlib
 import logging
 import os
+from typing import TypeVar
 
 import torch
 
@@ -41,9 +42,11 @@ OFFICIAL_PREFIXES = {
     '0676ba61': "resnet50-0676ba61.pth, torchvision's ImageNet ResNet50 backbone",
 }
 _identified = {}  # (real path, size, mtime) -> sha256, so each file is hashed and logged once
+# load_model gives back the model it was given, typed as that model's own class.
+_Model = TypeVar('_Model', bound=torch.nn.Module)
 
 
-def file_sha256(path, chunk=1 << 20):
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     """The SHA-256 of a file's bytes, as 64 hex digits."""
     h = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -52,7 +55,7 @@ def file_sha256(path, chunk=1 << 20):
     return h.hexdigest()
 
 
-def identify_weights(path):
+def identify_weights(path: str | os.PathLike) -> tuple[str, str | None]:
     """Log which weights path holds, once per file: the official file's name when its
     SHA-256 is one of the published files', else the SHA-256 itself, so that any result
     can be traced to the weights that made it. Returns (sha256, official name or None)."""
@@ -74,7 +77,7 @@ def _strip_prefix(state_dict, prefix='module.'):
     return {(k[len(prefix):] if k.startswith(prefix) else k): v for k, v in state_dict.items()}
 
 
-def load_state_dict_file(path):
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file and return a plain {key: Tensor} dict on the CPU.
 
     Raises FileNotFoundError if path does not exist, and ValueError if it is not a
@@ -111,7 +114,7 @@ def _guess_network(keys):
     return None
 
 
-def load_model(model, path):
+def load_model(model: _Model, path: str | os.PathLike) -> _Model:
     """Load a checkpoint file into model with strict key and shape checking.
 
     Returns the model. Raises ValueError naming the file, the counts of missing and

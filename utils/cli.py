@@ -21,7 +21,7 @@ _TRUE = ('true', '1', 'yes', 'y', 'on')
 _FALSE = ('false', '0', 'no', 'n', 'off')
 
 
-def str2bool(value):
+def str2bool(value: str | bool) -> bool:
     """Parse a boolean flag value: true/false, 1/0, yes/no, y/n, on/off (any case).
 
     The reference declares --origin_size with type=str, so '--origin_size False' gave the
@@ -37,7 +37,7 @@ def str2bool(value):
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false, 1/0, yes/no), got {value!r}")
 
 
-def optional_top_k(value):
+def optional_top_k(value: str | int | None) -> int | None:
     """An optional count: a positive int applies it; 0, a negative value or 'none' turns it off."""
     if str(value).strip().lower() in ('none', 'off', ''):
         return None
@@ -60,8 +60,9 @@ def _number(kind, value):
     return x
 
 
-def number_in(kind=float, minimum=None, maximum=None, exclusive_minimum=False, exclusive_maximum=False,
-              name=None):
+def number_in(kind: type[int] | type[float] = float, minimum: float | None = None, maximum: float | None = None,
+              exclusive_minimum: bool = False, exclusive_maximum: bool = False,
+              name: str | None = None) -> Callable[[str], int | float]:
     """An argparse type= function: a finite int or float within [minimum, maximum].
 
     argparse turns a refused value into one usage line naming the flag, e.g.
@@ -113,17 +114,17 @@ MIN_THREAD_LIMIT = 256
 THREADS_PER_CORE_LIMIT = 4
 
 
-def max_threads():
+def max_threads() -> int:
     """The largest --threads accepted: MIN_THREAD_LIMIT, or THREADS_PER_CORE_LIMIT per core when that is more."""
     return max(MIN_THREAD_LIMIT, THREADS_PER_CORE_LIMIT * (os.cpu_count() or 1))
 
 
-def thread_count(value):
+def thread_count(value: str) -> int:
     """An argparse type= function for --threads: an integer in [1, max_threads()]."""
     return number_in(int, 1, max_threads(), name='thread_count')(value)
 
 
-def add_threads_argument(parser):
+def add_threads_argument(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """--threads: CPU threads for inference (see set_threads), at most max_threads()."""
     parser.add_argument('--threads', default=None, type=thread_count,
                         help="CPU threads for the network (torch and onnxruntime); default: torch's default, "
@@ -132,7 +133,7 @@ def add_threads_argument(parser):
     return parser
 
 
-def set_threads(n=None):
+def set_threads(n: int | None = None) -> int | None:
     """Use n CPU threads for the network (None: leave the defaults).
 
     When torch is loaded, n becomes torch's intra-op thread count, and onnxruntime sessions
@@ -164,7 +165,7 @@ def _own_running_threads():
     return running
 
 
-def other_busy_processes(samples=8, interval=0.015):
+def other_busy_processes(samples: int = 8, interval: float = 0.015) -> float:
     """How many threads of other processes are keeping a core busy right now: the runnable
     tasks (/proc/stat's procs_running) less this process's own, the median of eight looks
     over a tenth of a second, so that a process starting or passing by does not count. The
@@ -188,7 +189,7 @@ def other_busy_processes(samples=8, interval=0.015):
         return 0.0
 
 
-def choose_openmp_wait_policy(busy=None):
+def choose_openmp_wait_policy(busy: float | None = None) -> str:
     """Set OMP_WAIT_POLICY=PASSIVE for torch's OpenMP threads when other processes already
     keep a core busy, unless the user set a policy; returns the policy in effect.
 
@@ -213,7 +214,7 @@ def choose_openmp_wait_policy(busy=None):
     return os.environ.get('OMP_WAIT_POLICY', 'default').strip().upper() or 'DEFAULT'
 
 
-def warn_if_cpus_busy(threads, busy=None):
+def warn_if_cpus_busy(threads: int, busy: float | None = None) -> None:
     """Warn when other processes already keep a core busy: eager PyTorch's threads then
     wait for each other at the end of every operation (see choose_openmp_wait_policy), and
     one thread can be faster. The thread count is not changed automatically because it
@@ -229,7 +230,7 @@ def warn_if_cpus_busy(threads, busy=None):
                        "several times slower next to them; --threads 1 avoids it", busy, threads)
 
 
-def report_skipped(skipped, what='images'):
+def report_skipped(skipped: Sequence[tuple[str, str]], what: str = 'images') -> None:
     """Log the final count of skipped inputs, each with its reason."""
     if skipped:
         logger.warning("skipped %d unreadable %s:", len(skipped), what)

@@ -5,9 +5,15 @@ when there is one (and says so when there is not), and an explicit CUDA device o
 machine without CUDA is an error before any work starts. The 'onnxruntime' backend
 resolves without importing torch, so that the torch-free deployment path stays free of it.
 """
+from __future__ import annotations
+
 import logging
+from typing import TYPE_CHECKING
 
 from utils.errors import InputError
+
+if TYPE_CHECKING:
+    import torch
 
 logger = logging.getLogger(__name__)
 
@@ -20,11 +26,11 @@ class HostDevice(str):
     torch.device (device.type, torch.device(device)) works with it."""
 
     @property
-    def type(self):
+    def type(self) -> str:
         return self.partition(':')[0]
 
     @property
-    def index(self):  # shadows str.index, as torch.device's attribute does not exist on str
+    def index(self) -> int | None:  # shadows str.index, as torch.device's attribute does not exist on str
         index = self.partition(':')[2]
         return int(index) if index else None
 
@@ -35,7 +41,7 @@ def _onnxruntime_has_cuda():
     return 'CUDAExecutionProvider' in onnxruntime.get_available_providers()
 
 
-def resolve_device(device='auto', backend='torch'):
+def resolve_device(device: str | torch.device = 'auto', backend: str = 'torch') -> torch.device | HostDevice:
     """The device to run on.
 
     Args:

@@ -28,14 +28,18 @@ import logging
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Generator, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, nullcontext
+from types import TracebackType
+from typing import Protocol, TypeVar
 
+import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from utils.atomic import lock_folder, remove_stale_temp_files
-from utils.distributed import on_rank0
+from utils.atomic import FolderLock, lock_folder, remove_stale_temp_files
+from utils.distributed import World, on_rank0
 from utils.errors import InputError
 from utils.image import read_image
 
@@ -54,8 +58,24 @@ MAX_PENDING_WRITES = 16
 # interruption, raised in the caller with its traceback.
 INPUT_ERRORS = (InputError,)
 
+# prefetch hands back the items it was given, with what load made of each.
+_Item = TypeVar('_Item')
+_Loaded = TypeVar('_Loaded')
 
-def prefetch(items, load, depth=PREFETCH_DEPTH, workers=PREFETCH_WORKERS):
+
+class _Detector(Protocol):
+    """What detect_images needs of a models.detector.Detector (which utils cannot import):
+    its preprocess, and its detect_preprocessed taking what preprocess returned, with
+    Detector's signatures."""
+
+    def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray | list, list, list | None]: ...
+
+    def detect_preprocessed(self, batch: np.ndarray | list, sizes: list, resizes: list | None) -> list[np.ndarray]: ...
+
+
+def prefetch(items: Iterable[_Item], load: Callable[[_Item], _Loaded], depth: int = PREFETCH_DEPTH,
+             workers: int = PREFETCH_WORKERS
+             ) -> Generator[tuple[_Item, _Loaded | None, InputError | None], None, None]:
     """Yield (item, load(item), None) for each item, in order, loading up to depth items
     ahead in worker threads; an item whose load raised one of INPUT_ERRORS gives
     (item, None, error). Other exceptions are raised here, at their item.
@@ -103,7 +123,7 @@ class BackgroundWriter:
     exception is the one raised.
     """
 
-    def __init__(self, max_pending=MAX_PENDING_WRITES):
+    def __init__(self, max_pending: int = MAX_PENDING_WRITES) -> None:
         if max_pending < 1:
             raise ValueError(f"max_pending must be positive, got {max_pending}")
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='writer')
@@ -115,7 +135,7 @@ class BackgroundWriter:
         while self._pending and self._pending[0].done():
             self._pending.popleft().result()
 
-    def submit(self, fn, *args, **kwargs):
+    def submit(self, fn: Callable[..., object], *args: object, **kwargs: object) -> None:
         """Queue fn(*args, **kwargs); waits while max_pending jobs are queued.
 
         Raises:
@@ -126,7 +146,7 @@ class BackgroundWriter:
             self._pending.popleft().result()
         self._pending.append(self._pool.submit(fn, *args, **kwargs))
 
-    def close(self):
+    def close(self) -> None:
         """Wait for every job; raise the first failure."""
         try:
             while self._pending:
@@ -134,10 +154,11 @@ class BackgroundWriter:
         finally:
             self._pool.shutdown(wait=True)
 
-    def __enter__(self):
+    def __enter__(self) -> 'BackgroundWriter':
         return self
 
-    def __exit__(self, exc_type, exc, tb):
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> bool:
         if exc_type is None:
             self.close()
             return False
@@ -152,7 +173,8 @@ class BackgroundWriter:
         return False
 
 
-def detect_images(detector, jobs, skipped, progress=False):
+def detect_images(detector: _Detector, jobs: list[tuple], skipped: list[tuple[int, tuple[str, str]]],
+                  progress: bool = False) -> Generator[tuple[tuple, np.ndarray, np.ndarray, float], None, None]:
     """Detect faces in each job's image, reading and preprocessing the next images in
     threads while the network runs.
 
@@ -190,7 +212,8 @@ def detect_images(detector, jobs, skipped, progress=False):
             yield job, img, dets, ms
 
 
-def check_list_entries(list_path, entries, output_of=None):
+def check_list_entries(list_path: str, entries: list[tuple[int, str, str]],
+                       output_of: Callable[[str], str] | None = None) -> list[str]:
     """Check the entries of an image list before any work; return them normalised.
 
     Each entry is a path relative to the images folder, and names the outputs of its image
@@ -233,7 +256,7 @@ def check_list_entries(list_path, entries, output_of=None):
     return normalised
 
 
-def check_not_over_inputs(inputs, outputs, flag, folder):
+def check_not_over_inputs(inputs: Iterable[str], outputs: Iterable[str], flag: str, folder: str | os.PathLike) -> None:
     """Refuse, before any work, outputs that are (or link to) one of the inputs: an annotated
     copy written there would replace the photo.
 
@@ -248,7 +271,7 @@ def check_not_over_inputs(inputs, outputs, flag, folder):
                              f"choose another {flag} folder")
 
 
-def lock_results_folder(folder, what, world):
+def lock_results_folder(folder: str | os.PathLike, what: str, world: World) -> FolderLock | None:
     """Lock a results folder for the length of a run and remove the temporary files a killed
     run left there; returns the utils.atomic.FolderLock to release at the end (None on ranks
     other than 0: under torchrun rank 0 holds it for every rank, and a folder in use stops

@@ -9,6 +9,7 @@ import os
 
 import cv2
 import numpy as np
+from numpy.typing import ArrayLike
 
 from utils.atomic import atomic_write
 from utils.errors import InputError
@@ -45,7 +46,7 @@ def _source_mode(data):
         return None
 
 
-def read_image(path):
+def read_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file as the reference does (cv2.imread(path, cv2.IMREAD_COLOR)).
 
     Grayscale images are converted to 3-channel BGR (the grey value in all three
@@ -91,7 +92,7 @@ def read_image(path):
     return img
 
 
-def draw_detections(img, dets, vis_thres):
+def draw_detections(img: np.ndarray, dets: np.ndarray, vis_thres: float) -> np.ndarray:
     """Draw detections on img in place, exactly as the reference's scripts do.
 
     Each detection with score >= vis_thres gets a red box (thickness 2), its score as
@@ -130,14 +131,14 @@ ARCFACE_SIZE = 112
 COLLINEAR_TOLERANCE = 1e-3
 
 
-def landmark_template(size=ARCFACE_SIZE):
+def landmark_template(size: int = ARCFACE_SIZE) -> np.ndarray:
     """The ArcFace landmark template for a size x size crop (the 112 one scaled by size / 112)."""
     if int(size) != size or size < 1:
         raise ValueError(f"the crop size must be a positive integer, got {size!r}")
     return ARCFACE_TEMPLATE * (size / ARCFACE_SIZE)
 
 
-def degenerate_reason(points):
+def degenerate_reason(points: np.ndarray) -> str | None:
     """Why points (ndarray[K, 2]) cannot define a similarity transform, or None if they can:
     not finite, all equal, or on one line."""
     points = np.asarray(points, dtype=np.float64)
@@ -151,7 +152,7 @@ def degenerate_reason(points):
     return None
 
 
-def similarity_transform(src, dst):
+def similarity_transform(src: ArrayLike, dst: ArrayLike) -> np.ndarray:
     """The similarity transform (rotation, uniform scale, translation; no reflection) that
     maps src onto dst with the least squared error, by Umeyama's method (PAMI 1991).
 
@@ -187,7 +188,8 @@ def similarity_transform(src, dst):
     return m
 
 
-def align_faces(img, dets, size=ARCFACE_SIZE, name=None):
+def align_faces(img: np.ndarray, dets: np.ndarray, size: int = ARCFACE_SIZE,
+                name: str | None = None) -> tuple[list[np.ndarray | None], list[np.ndarray | None]]:
     """Crop each detection's face, aligned for a recognition model: the similarity transform
     from its five landmarks to the ArcFace template (landmark_template(size)), applied by
     cv2.warpAffine (bilinear, black outside the image).
@@ -220,7 +222,7 @@ def align_faces(img, dets, size=ARCFACE_SIZE, name=None):
     return crops, matrices
 
 
-def write_image(path, img):
+def write_image(path: str | os.PathLike, img: np.ndarray) -> None:
     """Encode img by path's extension and write it atomically (utils.atomic.atomic_write).
 
     Raises:

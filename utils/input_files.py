@@ -25,12 +25,13 @@ _FILE_TYPES = ((stat.S_ISDIR, 'a folder'), (stat.S_ISFIFO, 'a FIFO'), (stat.S_IS
 _CHUNK = 1 << 20
 
 
-def file_type(mode):
+def file_type(mode: int) -> str:
     """What kind of file an st_mode is, in words ('a FIFO', 'a folder', ...)."""
     return next((name for test, name in _FILE_TYPES if test(mode)), 'not a regular file')
 
 
-def check_regular_file(path, what=None, expected='a file', missing=None):
+def check_regular_file(path: str | os.PathLike, what: str | None = None, expected: str = 'a file',
+                       missing: str | None = None) -> os.stat_result:
     """Raise InputError unless path is an existing regular file (links followed); nothing is opened.
 
     Args:
@@ -58,7 +59,8 @@ def check_regular_file(path, what=None, expected='a file', missing=None):
     return st
 
 
-def open_input_file(path, what=None, expected='a file', missing=None):
+def open_input_file(path: str | os.PathLike, what: str | None = None, expected: str = 'a file',
+                    missing: str | None = None) -> io.BufferedReader:
     """Open a regular file for reading in binary mode (a file object); anything else is an
     InputError (see check_regular_file), and so is a file that cannot be opened."""
     path = os.fspath(path)
@@ -77,7 +79,7 @@ def open_input_file(path, what=None, expected='a file', missing=None):
     return os.fdopen(fd, 'rb')
 
 
-def read_text(path, what=None):
+def read_text(path: str | os.PathLike, what: str | None = None) -> str:
     """The text of a UTF-8 text input, a leading BOM removed, newlines as open() reads them.
 
     Raises:
@@ -113,12 +115,12 @@ def read_text(path, what=None):
     return ''.join(parts).replace('\r\n', '\n').replace('\r', '\n')
 
 
-def open_text(path, what=None):
+def open_text(path: str | os.PathLike, what: str | None = None) -> io.StringIO:
     """read_text(path, what) as a file object to iterate or read, as open(path) gives."""
     return io.StringIO(read_text(path, what))
 
 
-def printable(text):
+def printable(text: str) -> str:
     """text with the undecodable bytes of a file name (os.fsdecode's surrogate escapes) shown
     as \\xNN: valid Unicode, safe to print or to put in UTF-8 JSON. Valid names are unchanged."""
     try:

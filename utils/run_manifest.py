@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Callable, Iterable
 
 from utils.atomic import atomic_write_text
 from utils.errors import InputError
@@ -29,7 +30,7 @@ _HASH_CHUNK = 1 << 20
 _SHOWN_HASH_CHARS = 12
 
 
-def file_sha256(path):
+def file_sha256(path: str | os.PathLike) -> str:
     """The hex sha256 of a file's bytes."""
     digest = hashlib.sha256()
     with open(path, 'rb') as f:
@@ -38,7 +39,7 @@ def file_sha256(path):
     return digest.hexdigest()
 
 
-def run_settings(model_path, detector_settings):
+def run_settings(model_path: str | os.PathLike, detector_settings: dict[str, object]) -> dict[str, object]:
     """What a run's results depend on, as JSON-ready values: the model file's sha256 and
     the detector's settings (models.detector.Detector.settings()).
 
@@ -50,7 +51,7 @@ def run_settings(model_path, detector_settings):
     return {'model_sha256': file_sha256(model_path), **detector_settings}
 
 
-def read_manifest(folder):
+def read_manifest(folder: str | os.PathLike) -> dict[str, object] | None:
     """The manifest of folder: a dict, None when there is none, {} when it is unreadable."""
     path = os.path.join(folder, MANIFEST_NAME)
     if not os.path.exists(path):
@@ -63,7 +64,8 @@ def read_manifest(folder):
     return manifest if isinstance(manifest, dict) else {}
 
 
-def manifest_differences(manifest, settings, script=None):
+def manifest_differences(manifest: dict[str, object] | None, settings: dict[str, object],
+                         script: str | None = None) -> list[tuple[str, object, object]]:
     """[(key, value in manifest, value in settings)] for every setting that differs; with
     script, a manifest of another script differs too (its files are not this run's)."""
     old = manifest.get('settings', {}) if isinstance(manifest, dict) else {}
@@ -77,7 +79,7 @@ def manifest_differences(manifest, settings, script=None):
     return differences
 
 
-def recorded_files(manifest):
+def recorded_files(manifest: dict[str, object] | None) -> list[str]:
     """The result files a manifest lists (paths relative to its folder). Entries that are not
     plain relative paths inside the folder are ignored, so that an edited manifest can never
     make a run remove a file elsewhere."""
@@ -94,7 +96,8 @@ def _show(key, value):
     return json.dumps(value)
 
 
-def describe_differences(manifest, settings, model_path, script=None):
+def describe_differences(manifest: dict[str, object], settings: dict[str, object], model_path: str | os.PathLike,
+                         script: str | None = None) -> str:
     """'key old -> new' for each difference, the model file paths included for a model change."""
     parts = []
     for key, old, new in manifest_differences(manifest, settings, script):
@@ -105,7 +108,8 @@ def describe_differences(manifest, settings, model_path, script=None):
     return ", ".join(parts)
 
 
-def write_manifest(folder, settings, model_path, script, files=()):
+def write_manifest(folder: str | os.PathLike, settings: dict[str, object], model_path: str | os.PathLike, script: str,
+                   files: Iterable[str] = ()) -> None:
     """Write folder/MANIFEST_NAME (atomically) for a run with settings that writes files."""
     manifest = {'format': MANIFEST_FORMAT, 'script': script, 'model_file': os.fspath(model_path),
                 'settings': settings, 'files': sorted(files)}
@@ -130,8 +134,9 @@ def _existing_results(folder, candidates, is_result):
     return sorted(found)
 
 
-def prepare_results_folder(folder, settings, planned_files, model_path, script, recompute, recompute_flag,
-                           folder_flag='--save_folder', is_result=None):
+def prepare_results_folder(folder: str, settings: dict[str, object], planned_files: list[str], model_path: str,
+                           script: str, recompute: bool, recompute_flag: str, folder_flag: str = '--save_folder',
+                           is_result: Callable[[str], bool] | None = None) -> bool:
     """Make folder ready to receive the results of a run with settings; call before the first
     result, while holding the folder's lock (utils.folder_run.lock_results_folder).
 

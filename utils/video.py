@@ -18,8 +18,11 @@ import queue
 import shutil
 import tempfile
 import threading
+from collections.abc import Callable, Generator, Iterator
+from typing import TypeVar
 
 import cv2
+import numpy as np
 
 from utils.atomic import TEMP_SUFFIX
 from utils.errors import InputError, InputNotFoundError
@@ -37,9 +40,11 @@ FALLBACK_FPS = 25.0
 # The codec of the annotated copy: MPEG-4 Part 2, which every OpenCV build with FFmpeg
 # writes into .mp4 and common players read.
 DEFAULT_CODEC = 'mp4v'
+# Whatever read_frames' prepare returns for a frame.
+_Prepared = TypeVar('_Prepared')
 
 
-def parse_source(source):
+def parse_source(source: str | int | os.PathLike) -> str | int:
     """A camera index (int) for a string of digits, else the file path as given."""
     if isinstance(source, int):
         return source
@@ -47,7 +52,7 @@ def parse_source(source):
     return int(text) if text.strip().isdigit() else text
 
 
-def fourcc(value):
+def fourcc(value: str) -> str:
     """An argparse type for a four-character video codec code (e.g. mp4v, MJPG)."""
     if len(value) != 4 or not value.isascii() or not value.isprintable():
         raise argparse.ArgumentTypeError(f"expected a four-character codec code such as mp4v or MJPG, got {value!r}")
@@ -71,7 +76,7 @@ class Video:
         InputError: it is a folder, OpenCV cannot open it, or its first frame cannot be decoded.
     """
 
-    def __init__(self, source):
+    def __init__(self, source: str | int | os.PathLike) -> None:
         self.source = parse_source(source)
         self.is_camera = isinstance(self.source, int)
         if self.is_camera:
@@ -105,7 +110,8 @@ class Video:
         self.frame_count = int(count) if not self.is_camera and math.isfinite(count) and count > 0 else None
         self._used = False
 
-    def frames(self, decode=None, max_frames=None):
+    def frames(self, decode: Callable[[int], bool] | None = None,
+               max_frames: int | None = None) -> Iterator[tuple[int, np.ndarray | None, str]]:
         """Yield (index, frame, status) for each frame in order, index counting from 0.
 
         status is 'ok' (frame: ndarray[H, W, 3] uint8 BGR), 'skipped' (decode(index) was
@@ -151,18 +157,18 @@ class Video:
             logger.warning("%s: the stream ended at frame %d, though its header announces %d frames",
                            self.name, failed[0], self.frame_count)
 
-    def close(self):
+    def close(self) -> None:
         self._cap.release()
 
-    def __enter__(self):
+    def __enter__(self) -> 'Video':
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc: object) -> bool:
         self.close()
         return False
 
 
-def open_video(source):
+def open_video(source: str | int | os.PathLike) -> Video:
     """Video(source): a file path, or a camera index (an int, or a string of digits)."""
     return Video(source)
 
@@ -174,7 +180,9 @@ class _Failed:
         self.error = error
 
 
-def read_frames(video, every=1, max_frames=None, keep_skipped=True, prepare=None, depth=READ_AHEAD):
+def read_frames(video: Video, every: int = 1, max_frames: int | None = None, keep_skipped: bool = True,
+                prepare: Callable[[np.ndarray], _Prepared] | None = None, depth: int = READ_AHEAD
+                ) -> Generator[tuple[int, str, np.ndarray | None, _Prepared | None], None, None]:
     """Yield (index, status, frame, prepared) for the frames of video, decoding (and
     preparing) up to depth frames ahead in a thread while the caller works on the current one.
 
@@ -252,7 +260,7 @@ class VideoWriter:
         InputError: the codec cannot be written (the message names it), or the folder is not writable.
     """
 
-    def __init__(self, path, fps, size, codec=DEFAULT_CODEC):
+    def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], codec: str = DEFAULT_CODEC) -> None:
         self.path = os.fspath(path)
         self.size = tuple(int(v) for v in size)
         self.frames = 0
@@ -271,7 +279,7 @@ class VideoWriter:
                              f"{os.path.splitext(self.path)[1] or 'file without extension'} file here "
                              f"(--video_codec {DEFAULT_CODEC} writes .mp4 with any OpenCV built with FFmpeg)")
 
-    def write(self, frame):
+    def write(self, frame: np.ndarray) -> None:
         """Append a BGR frame of the video's size (OpenCV would drop any other size silently)."""
         if (frame.shape[1], frame.shape[0]) != self.size:
             raise InputError(f"frame {self.frames} is {frame.shape[1]}x{frame.shape[0]}, the video's first "
@@ -279,7 +287,7 @@ class VideoWriter:
         self._writer.write(frame)
         self.frames += 1
 
-    def close(self):
+    def close(self) -> None:
         """Finish the file and move it to path."""
         if self._writer is None:
             return
@@ -292,7 +300,7 @@ class VideoWriter:
         finally:
             self._remove()
 
-    def discard(self):
+    def discard(self) -> None:
         """Drop the file (nothing was written worth keeping)."""
         if self._writer is not None:
             self._writer.release()

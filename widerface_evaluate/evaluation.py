@@ -21,6 +21,8 @@ ground-truth boxes are ``x y w h`` too. The overlap is computed on corners
 Run from this folder as the reference documents (``python evaluation.py -p ... -g ...``)
 or from the repository root as ``python -m widerface_evaluate.evaluation``.
 """
+from __future__ import annotations
+
 import argparse
 import csv
 import json
@@ -30,9 +32,13 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 if __package__ in (None, ""):
     # Run as a script (python evaluation.py): make the package importable.
@@ -64,7 +70,7 @@ def _warn_not_built():
     warn_not_built("box-overlap kernel (widerface_evaluate/box_overlaps.pyx)", "its numpy version")
 
 
-def bbox_overlaps(boxes, query_boxes):
+def bbox_overlaps(boxes: np.ndarray, query_boxes: np.ndarray) -> np.ndarray:
     """Pairwise IoU with the reference's +1 areas (box_overlaps.pyx's bbox_overlaps).
 
     Args:
@@ -78,7 +84,8 @@ def bbox_overlaps(boxes, query_boxes):
     return _bbox_overlaps_numpy(boxes, query_boxes)
 
 
-def max_overlaps_segmented(boxes, query_boxes, box_image, query_start, query_count):
+def max_overlaps_segmented(boxes: np.ndarray, query_boxes: np.ndarray, box_image: np.ndarray, query_start: np.ndarray,
+                           query_count: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """For every box, its best overlap among the query boxes of its image, and where that
     is (box_overlaps.pyx's max_overlaps_segmented, which documents the arguments)."""
     if compiled is not None:
@@ -160,15 +167,15 @@ class GroundTruth:
         keep_count: setting -> (I,) int64 number of counted faces of each image (the
             length of the setting's keep-list, which the reference adds to ``count_face``).
     """
-    names: list
+    names: list[str]
     boxes: np.ndarray
     box_start: np.ndarray
     box_count: np.ndarray
-    keep: dict
-    keep_count: dict
+    keep: dict[str, np.ndarray]
+    keep_count: dict[str, np.ndarray]
 
     @property
-    def settings(self):
+    def settings(self) -> tuple[str, ...]:
         return tuple(self.keep)
 
 
@@ -180,7 +187,7 @@ def _concat_boxes(box_list):
     return boxes, start, count
 
 
-def load_wider_gt(gt_dir):
+def load_wider_gt(gt_dir: str | os.PathLike) -> GroundTruth:
     """Loads the official WIDER FACE val ground truth.
 
     Args:
@@ -284,14 +291,14 @@ def label_gt_from_entries(entries: list[tuple[str, np.ndarray]]) -> GroundTruth:
                        keep_count={LABEL_SETTING: count.copy()})
 
 
-def strip_image_ext(name):
+def strip_image_ext(name: str) -> str:
     """``a/b.jpg`` -> ``a/b``: drops an image extension only (the reference's
     ``rstrip('.jpg')`` also ate trailing j/p/g letters of the name)."""
     root, ext = os.path.splitext(name)
     return root if ext.lower() in IMAGE_EXTENSIONS else name
 
 
-def read_pred_file(path):
+def read_pred_file(path: str | os.PathLike) -> tuple[str, np.ndarray]:
     """Reads one WIDER prediction file.
 
     Format: the image name line, the box count line, then one ``x y w h score`` line per
@@ -348,7 +355,7 @@ def _raise_bad_line(path, body):
     raise InputError(f"{path}: malformed box lines")  # not reached: some line must be bad
 
 
-def load_predictions(pred_dir):
+def load_predictions(pred_dir: str | os.PathLike) -> dict[str, np.ndarray]:
     """Reads every ``*.txt`` prediction file below ``pred_dir``.
 
     Returns:
@@ -418,7 +425,7 @@ def _examples(items):
     return ", ".join(map(str, items[:EXAMPLES])) + (", ..." if len(items) > EXAMPLES else "")
 
 
-def check_predictions_match(preds, gt, pred_dir):
+def check_predictions_match(preds: dict[str, np.ndarray], gt: GroundTruth, pred_dir: str | os.PathLike) -> None:
     """Raise a ValueError when not one prediction file belongs to an image of gt.
 
     The reference's protocol counts a missing file as an image without detections; when
@@ -445,7 +452,7 @@ def check_predictions_match(preds, gt, pred_dir):
     raise InputError(message)
 
 
-def score_range(preds):
+def score_range(preds: dict[str, np.ndarray]) -> tuple[float, float]:
     """Global (min, max) score over all predictions, for the min-max normalisation.
 
     The reference started from min=1, max=0 (assuming scores in [0, 1]); the true extremes
@@ -457,12 +464,12 @@ def score_range(preds):
     return min(s.min() for s in scores), max(s.max() for s in scores)
 
 
-def pr_thresholds(thresh_num=THRESH_NUM):
+def pr_thresholds(thresh_num: int = THRESH_NUM) -> np.ndarray:
     """(T,) decreasing score thresholds ``1 - (t + 1) / T``, as the reference computes them."""
     return 1 - np.arange(1, thresh_num + 1) / thresh_num
 
 
-def dataset_pr_info(pr_curve, count_face):
+def dataset_pr_info(pr_curve: np.ndarray, count_face: int) -> tuple[np.ndarray, np.ndarray]:
     """(T, 2) [proposals, true positives] counts -> (T,) precision and (T,) recall.
 
     Thresholds without any proposal give 0/0 = NaN precision, as in the reference.
@@ -471,7 +478,7 @@ def dataset_pr_info(pr_curve, count_face):
         return pr_curve[:, 1] / pr_curve[:, 0], pr_curve[:, 1] / count_face
 
 
-def voc_ap(rec, prec):
+def voc_ap(rec: np.ndarray, prec: np.ndarray) -> float:
     """Area under the precision envelope, the reference's VOC-style AP (float64)."""
     mrec = np.concatenate(([0.], rec, [1.]))
     mpre = np.concatenate(([0.], prec, [0.]))
@@ -491,7 +498,8 @@ def _segment_suffix_min(values, segment, n_values):
     return np.minimum.accumulate(key[::-1])[::-1] - segment * n_values
 
 
-def evaluate(preds, gt, iou_thresh=IOU_THRESH, thresh_num=THRESH_NUM, only_predicted=False):
+def evaluate(preds: dict[str, np.ndarray], gt: GroundTruth, iou_thresh: float = IOU_THRESH,
+             thresh_num: int = THRESH_NUM, only_predicted: bool = False) -> dict[str, dict]:
     """AP and PR curve of every setting of ``gt``.
 
     Args:
@@ -568,7 +576,7 @@ def evaluate(preds, gt, iou_thresh=IOU_THRESH, thresh_num=THRESH_NUM, only_predi
     return results
 
 
-def format_results(results):
+def format_results(results: dict[str, dict]) -> str:
     """The reference's result block."""
     lines = ["==================== Results ===================="]
     lines += [f"{(s.capitalize() + ' ' * 6)[:6]} Val AP: {r['ap']}" for s, r in results.items()]
@@ -576,7 +584,7 @@ def format_results(results):
     return "\n".join(lines)
 
 
-def save_curves(results, path):
+def save_curves(results: dict[str, dict], path: str | os.PathLike) -> None:
     """Writes the PR curves as JSON (``.json``) or CSV (any other suffix).
 
     JSON: ``{setting: {"ap", "thresholds", "precision", "recall"}}`` (NaN precision as null);
@@ -600,7 +608,7 @@ def save_curves(results, path):
     logger.info("wrote PR curves to %s", path)
 
 
-def plot_curves(results, path, label):
+def plot_curves(results: dict[str, dict], path: str | os.PathLike, label: str) -> None:
     """Plots precision against recall, one panel per setting, into an image file."""
     from matplotlib.figure import Figure
 
@@ -623,7 +631,7 @@ def _figure_format(path):
     return Path(path).suffix[1:].lower() or "png"
 
 
-def check_figure_path(path, what):
+def check_figure_path(path: str | os.PathLike, what: str) -> None:
     """Check, before any work, that a plot can be written at path: a format matplotlib
     writes, in a place where a file can be created. Raises InputError naming the flag."""
     from matplotlib.backend_bases import FigureCanvasBase
@@ -635,12 +643,12 @@ def check_figure_path(path, what):
     check_writable(path, what)
 
 
-def save_figure(fig, path, dpi=100):
+def save_figure(fig: Figure, path: str | os.PathLike, dpi: float = 100) -> None:
     """Write a matplotlib Figure to path atomically, in the format of its suffix."""
     atomic_write(path, lambda f: fig.savefig(f, format=_figure_format(path), dpi=dpi))
 
 
-def get_args_parser():
+def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description="WIDER FACE val AP of a folder of prediction files.")
     parser.add_argument("-p", "--pred", default="./widerface_txt/",
                         help="prediction folder: <event>/<image>.txt as written by test_widerface.py")
@@ -656,7 +664,7 @@ def get_args_parser():
     return parser
 
 
-def main(args):
+def main(args: argparse.Namespace) -> dict[str, dict]:
     """Evaluates, prints the result block, writes the optional curves; returns the results."""
     # The outputs can be written: checked before the evaluation, not after it.
     if args.curve_data:

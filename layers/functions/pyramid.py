@@ -21,6 +21,7 @@ mouth corner.
 from math import ceil
 
 import numpy as np
+from numpy.typing import ArrayLike
 
 from layers.functions.detection import empty_detections
 from utils.nms import fast_nms
@@ -38,7 +39,7 @@ PYRAMID_MERGES = ('vote', 'nms')
 MIRRORED_LANDMARKS = (1, 0, 2, 4, 3)
 
 
-def pyramid_scales(height, width):
+def pyramid_scales(height: int, width: int) -> list[float]:
     """The resize factors of the pyramid's passes for an image of height x width.
 
     The base factor b brings the short side to PYRAMID_TARGET, or the long side to
@@ -52,7 +53,7 @@ def pyramid_scales(height, width):
     return [float(s) / PYRAMID_TARGET * base for s in PYRAMID_SIZES]
 
 
-def mirror_candidates(dets, width):
+def mirror_candidates(dets: np.ndarray, width: float) -> np.ndarray:
     """Detections of a horizontally flipped image, mapped into the unflipped one.
 
     x becomes width - x, the box's x1 and x2 trade places, and so do the landmarks that a
@@ -93,12 +94,13 @@ def _iou_with_first(boxes):
     return inter / (areas[0] + areas - inter)
 
 
-def score_order(scores):
+def score_order(scores: ArrayLike) -> np.ndarray:
     """Indices of scores, highest first; equal scores keep their order (a stable sort)."""
     return np.argsort(-np.asarray(scores, dtype=np.float64), kind='stable')
 
 
-def box_vote(dets, threshold, keep_top_k=PYRAMID_KEEP_TOP_K, keep_singletons=False):
+def box_vote(dets: np.ndarray, threshold: float, keep_top_k: int | None = PYRAMID_KEEP_TOP_K,
+             keep_singletons: bool = False) -> np.ndarray:
     """Merge overlapping candidates by score-weighted voting (insightface's bbox_vote, with
     the landmarks voted as well instead of thrown away).
 
@@ -139,7 +141,8 @@ def box_vote(dets, threshold, keep_top_k=PYRAMID_KEEP_TOP_K, keep_singletons=Fal
     return np.stack(out).astype(np.float32, copy=False)
 
 
-def nms_merge(dets, threshold, keep_top_k=PYRAMID_KEEP_TOP_K, top_k=None):
+def nms_merge(dets: np.ndarray, threshold: float, keep_top_k: int | None = PYRAMID_KEEP_TOP_K,
+              top_k: int | None = None) -> np.ndarray:
     """Merge candidates with the pipeline's NMS (+1 pixel convention): sorted by score (equal
     scores keep their order), at most top_k of them, then fast_nms, then at most keep_top_k.
 
@@ -163,7 +166,7 @@ def nms_merge(dets, threshold, keep_top_k=PYRAMID_KEEP_TOP_K, top_k=None):
 # ---------------------------------------------------------------------------------------
 # Tiles
 
-def tile_overlap(tile, largest_anchor):
+def tile_overlap(tile: int, largest_anchor: float) -> int:
     """How much neighbouring tiles overlap: the network's largest anchor, at most half a tile.
 
     A face at most `overlap` pixels wide and high lies whole inside the tile whose core
@@ -183,7 +186,7 @@ def _axis_starts(length, tile, overlap):
     return [min(k * (tile - overlap), length - tile) for k in range(n)]
 
 
-def tile_grid(height, width, tile, overlap):
+def tile_grid(height: int, width: int, tile: int, overlap: int) -> list[tuple[int, int, int, int]]:
     """The tiles covering a height x width image: [(y0, x0, y1, x1)] row by row.
 
     Each tile is tile x tile pixels (or the image's whole height or width where it is
@@ -204,7 +207,7 @@ def _axis_cores(starts, tile, length):
     return cores
 
 
-def tile_cores(height, width, tile, overlap):
+def tile_cores(height: int, width: int, tile: int, overlap: int) -> list[tuple[float, float, float, float]]:
     """The core of each tile_grid tile, [(y_lo, x_lo, y_hi, x_hi)] in image pixels: the
     cores partition the image, so a candidate is kept by the one tile whose core holds its
     box centre."""
@@ -213,7 +216,7 @@ def tile_cores(height, width, tile, overlap):
     return [(ylo, xlo, yhi, xhi) for ylo, yhi in ycores for xlo, xhi in xcores]
 
 
-def in_core(dets, core):
+def in_core(dets: np.ndarray, core: tuple[float, float, float, float]) -> np.ndarray:
     """Rows of dets (in image pixels) whose box centre lies in core (y_lo, x_lo, y_hi, x_hi)."""
     ylo, xlo, yhi, xhi = core
     cx = (dets[:, 0] + dets[:, 2]) / 2
