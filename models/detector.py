@@ -102,7 +102,7 @@ class TorchRunner:
 
     exp_ = staticmethod(kernels.torch_exp_)  # torch's exp: the reference's numbers
 
-    def __init__(self, net: RetinaFace, device: torch.device):
+    def __init__(self, net: RetinaFace, device: torch.device) -> None:
         self.net = net
         self.device = device
 
@@ -136,7 +136,7 @@ class OnnxRunner:
 
     exp_ = staticmethod(kernels.float_exp_)  # exp without torch
 
-    def __init__(self, session: onnxruntime.InferenceSession):
+    def __init__(self, session: onnxruntime.InferenceSession) -> None:
         self.session = session
 
     def context(self) -> AbstractContextManager:
@@ -211,7 +211,7 @@ class Detector:
                  origin_size: bool = True, backend: str | None = None,
                  onnx_model: str | os.PathLike | bytes | onnxruntime.InferenceSession | None = None,
                  num_threads: int | None = None, allow_spinning: bool = True, large_image_hints: Sequence[str] = (),
-                 pyramid: bool = False, pyramid_merge: str = 'vote', tile: int | None = None):
+                 pyramid: bool = False, pyramid_merge: str = 'vote', tile: int | None = None) -> None:
         backend = resolve_backend(backend, onnx_model)
         self.large_image_pixels = LARGE_IMAGE_PIXELS
         self.large_image_hints = tuple(large_image_hints)

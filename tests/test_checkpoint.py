@@ -9,7 +9,8 @@ from data import cfg_mnet, cfg_re50
 from models.retinaface import RetinaFace
 from tests.conftest import need_shared
 from utils.atomic import atomic_save
-from utils.checkpoint import OFFICIAL_WEIGHTS, file_sha256, load_model, load_state_dict_file
+from utils.checkpoint import OFFICIAL_WEIGHTS, load_model, load_state_dict_file
+from utils.input_files import file_sha256
 
 
 @pytest.fixture(scope='module')

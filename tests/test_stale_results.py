@@ -99,7 +99,7 @@ def folder(first_run, tmp_path):
 
 def test_manifest_records_the_model_and_settings(first_run, weights):
     manifest = json.loads((first_run / MANIFEST_NAME).read_text())
-    from utils.run_manifest import file_sha256
+    from utils.input_files import file_sha256
     assert manifest['settings'] == {
         'model_sha256': file_sha256(weights), 'network': 'mobile0.25', 'backend': 'torch', 'device': 'cpu',
         'test_scale': 'original size', 'confidence_threshold': 0.02, 'nms_threshold': 0.4,
@@ -234,7 +234,7 @@ def test_widerface_manifest_names_the_onnx_files_network(onnx_file, dataset, tmp
     _run('-m', str(tmp_path / 'missing.pth'), '--network', 'resnet50', '--onnx_model', onnx_file, '--cpu',
          '--dataset_folder', str(dataset), '--save_folder', str(out))
     settings = json.loads((out / MANIFEST_NAME).read_text())['settings']
-    from utils.run_manifest import file_sha256
+    from utils.input_files import file_sha256
     assert (settings['network'], settings['backend'], settings['model_sha256']) == \
         ('mobile0.25', 'onnxruntime', file_sha256(onnx_file))
 

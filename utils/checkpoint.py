@@ -9,7 +9,6 @@ CPU first, so a checkpoint saved on a GPU opens on a machine without one.
 Unlike the reference, which loads with strict=False and carries on with whatever
 matched, a checkpoint that does not fit the model is an error that names the file.
 """
-import hashlib
 import logging
 import os
 from typing import TypeVar
@@ -17,6 +16,7 @@ from typing import TypeVar
 import torch
 
 from utils.errors import InputError, InputNotFoundError
+from utils.input_files import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -44,15 +44,6 @@ OFFICIAL_PREFIXES = {
 _identified = {}  # (real path, size, mtime) -> sha256, so each file is hashed and logged once
 # load_model gives back the model it was given, typed as that model's own class.
 _Model = TypeVar('_Model', bound=torch.nn.Module)
-
-
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """The SHA-256 of a file's bytes, as 64 hex digits."""
-    h = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for block in iter(lambda: f.read(chunk), b''):
-            h.update(block)
-    return h.hexdigest()
 
 
 def identify_weights(path: str | os.PathLike) -> tuple[str, str | None]:

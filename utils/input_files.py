@@ -12,6 +12,7 @@ every text input the same way: UTF-8 with an optional BOM, any other byte sequen
 NUL byte, which no text input holds) a one-line InputError naming the file and line.
 """
 import codecs
+import hashlib
 import io
 import os
 import stat
@@ -128,3 +129,13 @@ def printable(text: str) -> str:
     except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
         return text.encode('utf-8', 'backslashreplace').decode('utf-8')
     return raw.decode('utf-8', 'backslashreplace')
+
+
+def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of a file's bytes, as 64 hex digits: what identifies weights and ONNX
+    files in the logs (utils.checkpoint) and in a results folder's record (utils.run_manifest)."""
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for block in iter(lambda: f.read(chunk), b''):
+            h.update(block)
+    return h.hexdigest()

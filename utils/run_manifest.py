@@ -11,7 +11,6 @@ the files the run writes, so that --no-resume removes those, and never a file of
                            model_path, script='test_widerface.py', recompute=not args.resume,
                            recompute_flag='--no-resume')
 """
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from collections.abc import Callable, Iterable
 
 from utils.atomic import atomic_write_text
 from utils.errors import InputError
+from utils.input_files import file_sha256
 
 logger = logging.getLogger(__name__)
 
@@ -26,17 +26,7 @@ MANIFEST_NAME = 'retinaface_run.json'
 # Format 2 added 'files'; a format-1 manifest (without it) is still read, its run's files
 # found by the script's is_result in the event folders.
 MANIFEST_FORMAT = 2
-_HASH_CHUNK = 1 << 20
 _SHOWN_HASH_CHARS = 12
-
-
-def file_sha256(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(_HASH_CHUNK), b''):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def run_settings(model_path: str | os.PathLike, detector_settings: dict[str, object]) -> dict[str, object]:

@@ -188,7 +188,7 @@ class Detect:
 
     def __init__(self, variance: list[float], confidence_threshold: float = 0.02, nms_threshold: float = 0.4,
                  top_k: int | None = None, keep_top_k: int | None = None,
-                 exp_: Callable[[np.ndarray], np.ndarray] = kernels.torch_exp_):
+                 exp_: Callable[[np.ndarray], np.ndarray] = kernels.torch_exp_) -> None:
         self.variance = variance
         self.confidence_threshold = confidence_threshold
         self.nms_threshold = nms_threshold

@@ -66,7 +66,7 @@ class PriorBox(object):
     the reference (which moves the result to its device itself).
     """
 
-    def __init__(self, cfg: dict, image_size: tuple[int, int] | None = None, phase: str = 'train'):
+    def __init__(self, cfg: dict, image_size: tuple[int, int] | None = None, phase: str = 'train') -> None:
         super().__init__()
         self.min_sizes = cfg['min_sizes']
         self.steps = cfg['steps']
@@ -77,7 +77,7 @@ class PriorBox(object):
         self.feature_maps = [[ceil(image_size[0] / step), ceil(image_size[1] / step)] for step in self.steps]
         self.name = "s"
 
-    def forward(self):
+    def forward(self) -> 'torch.Tensor':
         import torch  # here only, so that importing this module does not load torch
 
         # Callers may modify the result (the reference clamps in place), so hand out a copy.
