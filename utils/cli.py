@@ -13,8 +13,6 @@ from collections.abc import Callable, Sequence
 
 from utils.errors import InputError
 
-
-
 logger = logging.getLogger(__name__)
 
 _TRUE = ('true', '1', 'yes', 'y', 'on')
