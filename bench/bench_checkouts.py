@@ -5,8 +5,8 @@
 
 For a change that must not change speed (a refactor): each checkout runs in its own Python
 process, with its own code and built kernels, and the two take turns, photo by photo and
-round by round, so that the machine's load falls on both alike. Prints each checkout's
-median milliseconds per photo and the ratio new / old.
+round by round (each first in every other round), so that the machine's load falls on
+both alike. Prints each checkout's median milliseconds per photo and the ratio new / old.
 
 Each checkout needs its kernels built (`python setup.py build_ext --inplace` there) and the
 weights (default: this checkout's weights/mobilenet0.25_Final.pth, else the shared one).
@@ -73,10 +73,12 @@ def main(args):
             cwd=getattr(args, name), stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     times = {(name, photo): [] for name in children for photo in IMAGES}
     try:
-        for _ in range(args.rounds):
+        for r in range(args.rounds):
             for photo in IMAGES:
                 path = str(shared_path('images', f'{photo}.jpg'))
-                for name, child in children.items():
+                # Each checkout goes first in every other round, so that neither always
+                # follows the other (whose idle threads may still be spinning).
+                for name, child in sorted(children.items(), reverse=r % 2 == 1):
                     child.stdin.write(f"{path} {args.repeats}\n")
                     child.stdin.flush()
                     times[name, photo] += json.loads(child.stdout.readline())

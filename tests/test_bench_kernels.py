@@ -28,3 +28,22 @@ def test_kernels_benchmark_runs_every_configuration_with_identical_results(capsy
     assert 'identical (bit for bit) in every configuration' in out
     assert re.search(r'^box_overlaps\s+eval_perturbed_predictions\s', out, re.MULTILINE)
     assert 'APs: equal with and without the kernel' in out
+
+
+def test_checkouts_benchmark_times_two_checkouts_photo_by_photo(capsys):
+    """bench/bench_checkouts.py, this checkout against itself: one line per shared photo,
+    with both medians and their ratio."""
+    from bench import bench_checkouts
+    from bench.common import IMAGES
+    from tests.conftest import ROOT
+    need_shared('weights', 'mobilenet0.25_Final.pth')
+    args = bench_checkouts.get_args_parser().parse_args([str(ROOT), str(ROOT), '--rounds', '2', '--repeats', '1',
+                                                         '--threads', '1'])
+    assert bench_checkouts.main(args) == 0
+    rows = {}
+    for line in capsys.readouterr().out.splitlines()[2:]:
+        photo, old, new, ratio = line.split()
+        rows[photo] = (float(old), float(new), float(ratio))
+    assert list(rows) == list(IMAGES)
+    for old, new, ratio in rows.values():
+        assert old > 0 and new > 0 and abs(ratio - new / old) < 0.01
