@@ -572,11 +572,13 @@ def train_one_epoch(net: torch.nn.Module, criterion: MultiBoxLoss, optimizer: op
                     scaler: torch.amp.GradScaler, batches: Iterator, device: torch.device, first_iteration: int, *,
                     priors: torch.Tensor, loc_weight: float, image_size: int, world: World, stop: StopSignal,
                     schedule: Schedule, meters: MetricLogger, notes: RunNotes) -> tuple[int, bool, dict | None]:
-    """Train from first_iteration to the end of its epoch, logging progress every
-    schedule.log_interval steps, then build and log the epoch's record (meters: the epoch's
-    running sums, a resumed epoch's restored ones included). Returns (the next iteration,
-    True when a signal asked every rank to stop after it, the record or None when stopped
-    before the epoch's end)."""
+    """Train net (the model, or its DistributedDataParallel wrapper) from first_iteration to
+    the end of its epoch, one _train_step per batch at the schedule's learning rate, logging
+    progress every schedule.log_interval steps; then build and log the epoch's record from
+    meters (the epoch's running sums, a resumed epoch's restored ones included). Validation
+    and the history are the caller's, as in torchvision's references. Returns (the next
+    iteration, True when a signal asked every rank to stop after it, the record or None when
+    stopped before the epoch's end)."""
     epoch = first_iteration // schedule.epoch_size + 1
     end = epoch * schedule.epoch_size
     had_face = False
