@@ -23,12 +23,14 @@ NaN or infinite (nothing is saved then; the message names the last good checkpoi
 """
 import argparse
 import datetime
+import functools
 import logging
 import math
 import os
 import signal
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -54,7 +56,7 @@ from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
 from utils.train_state import (ResumableDistributedSampler, StopSignal, gather_rng_states, load_training_state,
                                save_training_state, seed_everything, set_rng_state, warn_changed_settings)
-from models.validation import validate_epoch, validator_from_args
+from models.validation import Validator, validate_epoch, validator_from_args
 
 logger = logging.getLogger('train')
 
@@ -218,11 +220,6 @@ def adjust_learning_rate(optimizer: optim.Optimizer, initial_lr: float, gamma: f
     return lr
 
 
-def _is_checkpoint_epoch(epoch, cfg):
-    """The reference's cadence: after every 10th epoch, and every 5th once past decay1."""
-    return (epoch % 10 == 0 and epoch > 0) or (epoch % 5 == 0 and epoch > cfg['decay1'])
-
-
 def _worker_init_fn(worker_id):
     """DataLoader workers: PyTorch has already seeded random / numpy / torch per worker.
     Leave Ctrl-C to the main process (it saves and shuts the workers down), restore the
@@ -233,42 +230,55 @@ def _worker_init_fn(worker_id):
     cv2.setNumThreads(1)
 
 
-# --------------------------------------------------------------------------- training
+# --------------------------------------------------------------------------- what a run is built from
+
+@dataclass(frozen=True)
+class Schedule:
+    """When things happen in a run: fixed once the dataset, the batch and the number of
+    processes are known. The reference counts in iterations: an epoch is ceil(images per
+    process / batch) of them, and the learning rate is multiplied by gamma at the decay1
+    and decay2 epochs."""
+    epochs: int  # cfg['epoch']
+    epoch_size: int  # iterations per epoch
+    max_iter: int  # epochs * epoch_size
+    lr: float  # the initial learning rate (--lr)
+    gamma: float  # what each LR step multiplies it by (--gamma)
+    stepvalues: tuple[int, int]  # the iterations of the two LR steps
+    decay1: int  # the epoch of the first LR step: checkpoints come every 5 epochs after it
+    log_interval: int  # a progress line every N iterations (--log_interval)
+    eval_every: int  # validate every N epochs (--eval_every)
+
+    @classmethod
+    def for_run(cls, cfg: dict, args: argparse.Namespace, images_per_process: int) -> 'Schedule':
+        """The schedule of cfg (build_config's) and the flags, for this many images per process."""
+        epoch_size = math.ceil(images_per_process / cfg['batch_size'])
+        return cls(epochs=cfg['epoch'], epoch_size=epoch_size, max_iter=cfg['epoch'] * epoch_size, lr=args.lr,
+                   gamma=args.gamma, stepvalues=(cfg['decay1'] * epoch_size, cfg['decay2'] * epoch_size),
+                   decay1=cfg['decay1'], log_interval=args.log_interval, eval_every=args.eval_every)
+
+    def logs_step(self, iteration: int) -> bool:
+        """Whether this iteration logs a progress line (the last one always does)."""
+        return iteration % self.log_interval == 0 or iteration + 1 == self.max_iter
+
+    def saves_checkpoint_after(self, epoch: int) -> bool:
+        """The reference's cadence: after every 10th epoch, and every 5th once past decay1."""
+        return (epoch % 10 == 0 and epoch > 0) or (epoch % 5 == 0 and epoch > self.decay1)
+
+    def validates_after(self, epoch: int) -> bool:
+        """With --val_dataset: every eval_every epochs, and after the last one."""
+        return epoch % self.eval_every == 0 or epoch == self.epochs
+
 
 @dataclass
-class Run:
-    """What one training run works with, built by _prepare() and shared by the steps below."""
-    args: argparse.Namespace
-    cfg: dict
-    device: torch.device
-    world: World  # this process's rank among torchrun's processes
-    stop: StopSignal
-    amp: bool = False
-    seed: int = 0
-    model: torch.nn.Module = None  # the plain model, whose state_dict is saved
-    net: torch.nn.Module = None  # what the steps call: the model, or its DistributedDataParallel wrapper
-    optimizer: optim.Optimizer = None
-    scaler: torch.amp.GradScaler = None
-    criterion: MultiBoxLoss = None
-    priors: torch.Tensor = None
-    sampler: ResumableDistributedSampler = None
-    loader: data.DataLoader = None
-    validator: object = None  # a models.validation.Validator, or None without --val_dataset
-    epoch_size: int = 0
-    max_iter: int = 0
-    stepvalues: tuple = ()
-    start_iter: int = 0
-    resumed: bool = False  # started from a --resume training state
-    last_saved: str = None  # named when the loss becomes non-finite
-    history: RunHistory = None
-    meters: MetricLogger = None
-    result: TrainResult = None
+class RunNotes:
+    """What a run keeps track of from one epoch to the next, besides its records (which
+    RunHistory keeps): the last file saved, which the non-finite-loss message names, and
+    whether the no-face warning was given (once a run)."""
+    last_saved: str | None = None
     warned_no_face: bool = False
 
-    def path(self, suffix):
-        """The file <save_folder>/<name><suffix>."""
-        return os.path.join(self.args.save_folder, self.cfg['name'] + suffix)
 
+# --------------------------------------------------------------------------- training
 
 def main(args: argparse.Namespace) -> TrainResult:
     """Train as args say; returns a TrainResult. Raises NonFiniteLossError on a NaN/inf loss."""
@@ -279,8 +289,10 @@ def main(args: argparse.Namespace) -> TrainResult:
         return _main(args, device, world)
 
 
-def _main(args, device, world):
-    """main() inside the process group; only rank 0 logs progress."""
+def _main(args: argparse.Namespace, device: torch.device, world: World) -> TrainResult:
+    """main() inside the process group: the process-wide settings a run changes (the log level,
+    the signal handlers, torch's thread count, the --save_folder lock and log file), put back
+    however it ends; only rank 0 logs progress."""
     quiet_other_ranks(world, logger)
     if world.is_main and logger.getEffectiveLevel() > logging.INFO:
         logger.setLevel(logging.INFO)
@@ -294,16 +306,139 @@ def _main(args, device, world):
         # Training needs autograd whatever the caller's global mode (a script that called
         # torch.set_grad_enabled(False) before, as inference scripts do).
         with torch.enable_grad():
-            run = _prepare(args, world, stop, torch.device(world.device) if world.device else device, folder_lock)
-            if run.start_iter >= run.max_iter:  # finished already: _prepare said so
-                return TrainResult(iteration=run.start_iter, max_iter=run.max_iter, epoch_size=run.epoch_size,
-                                   state_path=args.resume)
-            return _train(run)
+            return _train(args, torch.device(world.device) if world.device else device, world, stop, folder_lock)
     finally:
         stop.restore()
         set_threads(threads)
         _close_log_file()
         folder_lock.release()
+
+
+def _train(args: argparse.Namespace, device: torch.device, world: World, stop: StopSignal,
+           folder_lock: FolderLock) -> TrainResult:
+    """The run, as torchvision's reference main() reads: check the settings and build what the
+    run needs, in the order the RNG draws depend on (the model's seed, the samplers, the
+    DataLoader's generator), then train epoch by epoch from the start iteration. Rank 0
+    takes folder_lock; the caller releases it."""
+    cfg = build_config(args)
+    amp = bool(args.amp)
+    if amp and device.type != 'cuda':
+        logger.warning("--amp needs CUDA; training in float32 on %s", device)
+        amp = False
+    if args.resume and args.resume_net:
+        raise InputError("give either --resume (a training state) or --resume_net (plain weights), not both")
+    # Every file the run writes is <save_folder>/<name><suffix>, as the reference names its checkpoints.
+    prefix = os.path.join(args.save_folder, cfg['name'])
+    best_path = prefix + '_best.pth'  # with --val_dataset: the weights of the best validation AP
+    # Only rank 0 writes into --save_folder, so only it locks it; if that fails, every
+    # rank stops (the others with status 1 and no message of their own).
+    on_rank0(lambda: claim_save_folder(args.save_folder, folder_lock), world)
+    if world.is_main:
+        _open_log_file(prefix + '_train.log')
+        logger.info("train.py %s", ' '.join(f"--{k} {v}" for k, v in vars(args).items() if v is not None))
+
+    state = load_training_state(args.resume) if args.resume else None
+    seed = _choose_seed(args, cfg, state, world, device)
+    model = build_model(args, cfg, state, seed, world.rank).to(device)  # the plain model, whose state_dict is saved
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    net = model  # what the steps call: the model, or its DistributedDataParallel wrapper
+    if world.distributed:
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == 'cuda' else None)
+    optimizer = optim.SGD(net.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
+    scaler = torch.amp.GradScaler('cuda', enabled=amp)
+    criterion = MultiBoxLoss(num_classes=NUM_CLASSES, overlap_thresh=MATCH_THRESHOLD, prior_for_matching=True,
+                             bkg_label=0, neg_mining=True, neg_pos=NEG_POS_RATIO, neg_overlap=MATCH_THRESHOLD,
+                             encode_target=False, faceless_negatives=args.faceless_negatives,
+                             variance=cfg['variance'])
+    img_dim = cfg['image_size']
+    priors = PriorBox(cfg, image_size=(img_dim, img_dim)).forward().to(device)  # [P, 4], computed once
+
+    logger.info('Loading Dataset...')
+    dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, BGR_MEAN))
+    if len(dataset) == 0:
+        raise InputError(f"{args.training_dataset} lists no images")
+    check_labels(dataset, args.training_dataset, args.faceless_negatives, log=logger)
+    # None without --val_dataset; its files are checked now, before training.
+    validator = validator_from_args(args, cfg, device, world, log=logger)
+    sampler = ResumableDistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
+                                          seed=seed)
+    schedule = Schedule.for_run(cfg, args, len(sampler))
+    if state is None:
+        # The reference's --resume_epoch: the weights were saved after that many epochs.
+        # The LR steps are counted from the iteration, so the rate is that epoch's.
+        start_iter, last_saved = args.resume_epoch * schedule.epoch_size, None
+    else:
+        start_iter = _resume_from_state(state, args.resume, schedule, optimizer, scaler, world=world, device=device,
+                                        seed=seed)
+        last_saved = args.resume
+    if start_iter >= schedule.max_iter:  # finished already (a resumed state warned about it)
+        return TrainResult(iteration=start_iter, max_iter=schedule.max_iter, epoch_size=schedule.epoch_size,
+                           state_path=args.resume)
+    # Worker seeds come from the loader's generator: different per rank, and fresh after a resume.
+    loader = _make_loader(dataset, sampler, cfg['batch_size'], args.num_workers, pin_memory=device.type == 'cuda',
+                          seed=(seed + 1000003 * world.rank + 7919 * start_iter) % 2 ** 63)
+    logger.info("%s: %d images, batch %d x %d process(es) = %d, %d iterations per epoch, %d epochs, "
+                "LR %g stepped x%g at epochs %d and %d, image %d, device %s%s, seed %d",
+                cfg['name'], len(dataset), cfg['batch_size'], world.world_size, cfg['batch_size'] * world.world_size,
+                schedule.epoch_size, cfg['epoch'], args.lr, args.gamma, cfg['decay1'], cfg['decay2'], img_dim, device,
+                ', AMP' if amp else '', seed)
+    # A fresh run starts a new metrics file; a resumed one continues the state's records.
+    history = (RunHistory.resume(prefix + '_metrics.jsonl', state, start_iter // schedule.epoch_size)
+               if state is not None else RunHistory(prefix + '_metrics.jsonl'))
+    # The training state, written at epoch boundaries, when a signal stops the run, and at the end.
+    save_state = functools.partial(_save_state, prefix + '_last_state.pth', model=model, optimizer=optimizer,
+                                   scaler=scaler, schedule=schedule, seed=seed, world=world, device=device, cfg=cfg,
+                                   args=args, history=history)
+
+    if world.is_main:
+        history.write(plot_records)
+    if validator is not None and state is None:  # the starting weights, as epoch 0 (or --resume_epoch's)
+        _add_record(history, {'epoch': start_iter // schedule.epoch_size}, validator=validator, model=model,
+                    best_path=best_path, is_main=world.is_main)
+    net.train()
+    notes = RunNotes(last_saved=last_saved)
+    records = []  # the epochs' records, for the TrainResult
+    iteration = start_iter
+    while iteration < schedule.max_iter:
+        completed = iteration // schedule.epoch_size
+        if iteration % schedule.epoch_size == 0:
+            # The reference's checkpoint, then (after this run's first step) the training state.
+            if world.is_main and schedule.saves_checkpoint_after(completed):
+                notes.last_saved = _save_weights(model, prefix + '_epoch_' + str(completed) + '.pth')
+            if iteration > start_iter:
+                notes.last_saved = save_state(iteration)
+        # One DataLoader for the whole run: reshuffle (seed + epoch) and skip what a resumed
+        # epoch already used.
+        sampler.set_epoch(completed)
+        sampler.set_start_index((iteration % schedule.epoch_size) * cfg['batch_size'])
+        batches = iter(loader)
+        meters = MetricLogger(window_size=20)
+        if iteration == start_iter and history.restore_partial(meters, iteration) and world.is_main:
+            logger.info("the record of epoch %d continues the sums saved in the state", completed + 1)
+
+        iteration, stopped, record = train_one_epoch(
+            net, criterion, optimizer, scaler, batches, device, iteration, priors=priors,
+            loc_weight=cfg['loc_weight'], image_size=img_dim, world=world, stop=stop, schedule=schedule,
+            meters=meters, notes=notes)
+        if record is not None:  # the epoch ended: validate when due, then keep its record
+            records.append(record)
+            _add_record(history, record, validator=validator if schedule.validates_after(record['epoch']) else None,
+                        model=model, best_path=best_path, is_main=world.is_main)
+        if stopped:
+            signum = int(stop.signum or signal.SIGTERM)  # a rank that got no signal itself says SIGTERM
+            state_path = save_state(iteration, meters=meters)
+            if world.is_main:
+                logger.warning("stopped by signal %d after iteration %d: resumable state saved in %s "
+                               "(continue with --resume %s)", signum, iteration, state_path, state_path)
+            return TrainResult(exit_code=128 + signum, iteration=iteration, max_iter=schedule.max_iter,
+                               epoch_size=schedule.epoch_size, epochs=records,
+                               state_path=state_path if world.is_main else None, history=history)
+    final = _save_weights(model, prefix + '_Final.pth') if world.is_main else None
+    state_path = save_state(schedule.max_iter)
+    return TrainResult(iteration=schedule.max_iter, max_iter=schedule.max_iter, epoch_size=schedule.epoch_size,
+                       epochs=records, final_checkpoint=final, state_path=state_path if world.is_main else None,
+                       history=history)
 
 
 def check_save_folder(folder):
@@ -345,78 +480,11 @@ def _close_log_file():
         _log_file_handler = None
 
 
-def _prepare(args, world, stop, device, folder_lock):
-    """Check the settings and build what the run needs, in the order the RNG draws depend
-    on. Returns the Run; its start_iter >= max_iter when a resumed run has nothing left.
-    Rank 0 takes folder_lock (a FolderLock on --save_folder); the caller releases it."""
-    cfg = build_config(args)
-    run = Run(args, cfg, device, world, stop)
-    run.amp = bool(args.amp)
-    if run.amp and device.type != 'cuda':
-        logger.warning("--amp needs CUDA; training in float32 on %s", device)
-        run.amp = False
-    if args.resume and args.resume_net:
-        raise InputError("give either --resume (a training state) or --resume_net (plain weights), not both")
-    # Only rank 0 writes into --save_folder, so only it locks it; if that fails, every
-    # rank stops (the others with status 1 and no message of their own).
-    on_rank0(lambda: claim_save_folder(args.save_folder, folder_lock), world)
-    if run.world.is_main:
-        _open_log_file(run.path('_train.log'))
-        logger.info("train.py %s", ' '.join(f"--{k} {v}" for k, v in vars(args).items() if v is not None))
-
-    state = load_training_state(args.resume) if args.resume else None
-    run.resumed = state is not None
-    run.seed = _choose_seed(run, state)
-    run.model = build_model(args, cfg, state, run.seed, world.rank).to(device)
-    if device.type == 'cuda':
-        torch.backends.cudnn.benchmark = True
-    run.net = run.model
-    if run.world.distributed:
-        run.net = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == 'cuda' else None)
-    run.optimizer = optim.SGD(run.net.parameters(), lr=args.lr, momentum=args.momentum,
-                              weight_decay=args.weight_decay)
-    run.scaler = torch.amp.GradScaler('cuda', enabled=run.amp)
-    run.criterion = MultiBoxLoss(num_classes=NUM_CLASSES, overlap_thresh=MATCH_THRESHOLD, prior_for_matching=True,
-                                 bkg_label=0, neg_mining=True, neg_pos=NEG_POS_RATIO, neg_overlap=MATCH_THRESHOLD,
-                                 encode_target=False, faceless_negatives=args.faceless_negatives,
-                                 variance=cfg['variance'])
-    img_dim = cfg['image_size']
-    run.priors = PriorBox(cfg, image_size=(img_dim, img_dim)).forward().to(device)  # [P, 4], computed once
-
-    logger.info('Loading Dataset...')
-    dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, BGR_MEAN))
-    if len(dataset) == 0:
-        raise InputError(f"{args.training_dataset} lists no images")
-    check_labels(dataset, args.training_dataset, args.faceless_negatives, log=logger)
-    # None without --val_dataset; its files are checked now, before training.
-    run.validator = validator_from_args(args, cfg, device, world, log=logger)
-    run.sampler = ResumableDistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
-                                              seed=run.seed)
-    run.epoch_size = math.ceil(len(run.sampler) / cfg['batch_size'])
-    run.max_iter = cfg['epoch'] * run.epoch_size
-    run.stepvalues = (cfg['decay1'] * run.epoch_size, cfg['decay2'] * run.epoch_size)
-    _resume_position(run, state)
-    if run.start_iter >= run.max_iter:
-        return run
-    run.loader = _make_loader(run, dataset)
-    logger.info("%s: %d images, batch %d x %d process(es) = %d, %d iterations per epoch, %d epochs, "
-                "LR %g stepped x%g at epochs %d and %d, image %d, device %s%s, seed %d",
-                cfg['name'], len(dataset), cfg['batch_size'], world.world_size, cfg['batch_size'] * world.world_size,
-                run.epoch_size, cfg['epoch'], args.lr, args.gamma, cfg['decay1'], cfg['decay2'], img_dim, device,
-                ', AMP' if run.amp else '', run.seed)
-    run.result = TrainResult(iteration=run.start_iter, max_iter=run.max_iter, epoch_size=run.epoch_size)
-    # A fresh run starts a new metrics file; a resumed one continues the state's records.
-    metrics_path = run.path('_metrics.jsonl')
-    run.history = (RunHistory.resume(metrics_path, state, run.start_iter // run.epoch_size) if state is not None
-                   else RunHistory(metrics_path))
-    run.result.history = run.history
-    return run
-
-
-def _choose_seed(run, state):
-    """The run's seed: the state's when resuming, else --seed, else a random one (the same
-    on every rank, which must shuffle alike)."""
-    args, cfg = run.args, run.cfg
+def _choose_seed(args: argparse.Namespace, cfg: dict, state: dict | None, world: World,
+                 device: torch.device) -> int:
+    """The run's seed: the state's when resuming (which must be the same network's; changed
+    settings are warned about), else --seed, else a random one (the same on every rank,
+    which must shuffle alike)."""
     if state is not None:
         if state['cfg'].get('name') != cfg['name']:
             raise InputError(f"{args.resume} was trained with {state['cfg'].get('name')}, not {cfg['name']} "
@@ -424,13 +492,13 @@ def _choose_seed(run, state):
         seed = int(state['seed'])
         if args.seed is not None and args.seed != seed:
             logger.warning("--seed %d ignored: resuming with the state's seed %d", args.seed, seed)
-        warn_changed_settings(state, cfg, args, run.world.world_size, logger)
+        warn_changed_settings(state, cfg, args, world.world_size, logger)
         return seed
     if args.seed is not None:
         return args.seed
     seed = int.from_bytes(os.urandom(4), 'little')
-    if run.world.distributed:  # every rank must shuffle with the same seed
-        t = torch.tensor([seed], dtype=torch.int64, device=run.device if run.device.type == 'cuda' else 'cpu')
+    if world.distributed:  # every rank must shuffle with the same seed
+        t = torch.tensor([seed], dtype=torch.int64, device=device if device.type == 'cuda' else 'cpu')
         dist.broadcast(t, src=0)
         seed = int(t.item())
     return seed
@@ -459,216 +527,182 @@ def build_model(args, cfg, state, seed, rank):
     return net
 
 
-def _resume_position(run, state):
-    """Set run.start_iter (and with a state: the optimizer, the AMP scaler and this rank's
-    RNG states, unless nothing is left to train, which it warns about)."""
-    args, epoch_size = run.args, run.epoch_size
-    if state is None:
-        # The reference's --resume_epoch: the weights were saved after that many epochs.
-        # The LR steps are counted from the iteration, so the rate is that epoch's.
-        run.start_iter = args.resume_epoch * epoch_size if args.resume_epoch > 0 else 0
-        return
-    run.optimizer.load_state_dict(state['optimizer'])
-    if run.amp and state.get('scaler'):
-        run.scaler.load_state_dict(state['scaler'])
+def _resume_from_state(state: dict, path: str, schedule: Schedule, optimizer: optim.Optimizer,
+                       scaler: torch.amp.GradScaler, *, world: World, device: torch.device, seed: int) -> int:
+    """Continue the training state read from path (--resume): load the optimizer and the AMP
+    scaler, and return the iteration to start at. Unless nothing is left to train (which it
+    warns about), put back this rank's RNG states, or reseed when the number of processes
+    changed."""
+    optimizer.load_state_dict(state['optimizer'])
+    if scaler.is_enabled() and state.get('scaler'):  # on with --amp on CUDA only
+        scaler.load_state_dict(state['scaler'])
     start_iter = int(state['iteration'])
-    run.last_saved = args.resume
-    if int(state['epoch_size']) != epoch_size:
+    if int(state['epoch_size']) != schedule.epoch_size:
         completed = start_iter // int(state['epoch_size'])
         logger.warning("the state was saved with %d iterations per epoch, now %d (dataset, batch size or "
                        "number of processes changed): resuming at the start of epoch %d",
-                       state['epoch_size'], epoch_size, completed + 1)
-        start_iter = completed * epoch_size
-    run.start_iter = start_iter
-    if start_iter >= run.max_iter:
+                       state['epoch_size'], schedule.epoch_size, completed + 1)
+        start_iter = completed * schedule.epoch_size
+    if start_iter >= schedule.max_iter:
         logger.warning("training had already finished: %s is at iteration %d of %d (epoch %d of %d); nothing "
                        "was trained or saved (to train longer, resume with a larger --max_epoch)",
-                       args.resume, start_iter, run.max_iter, start_iter // epoch_size, run.cfg['epoch'])
-        return
+                       path, start_iter, schedule.max_iter, start_iter // schedule.epoch_size, schedule.epochs)
+        return start_iter
     rng = state['rng']
-    if int(state.get('world_size', 1)) == run.world.world_size and run.world.rank < len(rng):
-        set_rng_state(rng[run.world.rank], run.device)
+    if int(state.get('world_size', 1)) == world.world_size and world.rank < len(rng):
+        set_rng_state(rng[world.rank], device)
     else:
-        seed_everything(run.seed + run.world.rank + 7919 * start_iter)
+        seed_everything(seed + world.rank + 7919 * start_iter)
+    return start_iter
 
 
-def _make_loader(run, dataset):
-    """One DataLoader for the whole run (the sampler reshuffles it each epoch)."""
-    # Worker seeds come from this generator: different per rank, and fresh after a resume.
+def _make_loader(dataset: data.Dataset, sampler: ResumableDistributedSampler, batch_size: int, num_workers: int, *,
+                 pin_memory: bool, seed: int) -> data.DataLoader:
+    """One DataLoader for the whole run (the sampler reshuffles it each epoch); seed seeds
+    the generator its workers' seeds come from."""
     loader_generator = torch.Generator()
-    loader_generator.manual_seed((run.seed + 1000003 * run.world.rank + 7919 * run.start_iter) % 2 ** 63)
-    workers = run.args.num_workers
+    loader_generator.manual_seed(seed)
     return data.DataLoader(
-        dataset, run.cfg['batch_size'], sampler=run.sampler, num_workers=workers, collate_fn=detection_collate,
-        pin_memory=run.device.type == 'cuda', persistent_workers=workers > 0,
-        worker_init_fn=_worker_init_fn if workers > 0 else None, generator=loader_generator)
+        dataset, batch_size, sampler=sampler, num_workers=num_workers, collate_fn=detection_collate,
+        pin_memory=pin_memory, persistent_workers=num_workers > 0,
+        worker_init_fn=_worker_init_fn if num_workers > 0 else None, generator=loader_generator)
 
 
-def _train(run):
-    """The epochs from run.start_iter on; returns the TrainResult."""
-    if run.world.is_main:
-        run.history.write(plot_records)
-    if run.validator is not None and not run.resumed:
-        start_epoch = run.start_iter // run.epoch_size
-        run.history.add_record({'epoch': start_epoch, **validate_epoch(
-            run.validator, run.model, run.history, start_epoch, run.path('_best.pth'), run.world.is_main, logger)})
-        if run.world.is_main:
-            run.history.write(plot_records)
-    run.net.train()
-    run.meters = MetricLogger(window_size=20)
-    iteration = run.start_iter
-    while iteration < run.max_iter:
-        batches = _begin_epoch(run, iteration)
-        iteration, stopped = train_one_epoch(run, batches, iteration)
-        if stopped:
-            signum = int(run.stop.signum or signal.SIGTERM)  # a rank that got no signal itself says SIGTERM
-            state_path = _save_state(run, iteration)
-            if run.world.is_main:
-                logger.warning("stopped by signal %d after iteration %d: resumable state saved in %s "
-                               "(continue with --resume %s)", signum, iteration, state_path, state_path)
-            run.result.exit_code = 128 + signum
-            return run.result
-    if run.world.is_main:
-        final = run.path('_Final.pth')
-        atomic_save(run.model.state_dict(), final)
-        run.last_saved = final
-        run.result.final_checkpoint = final
-        logger.info("saved %s", final)
-    _save_state(run, run.max_iter)
-    return run.result
-
-
-def _begin_epoch(run, iteration):
-    """At an epoch boundary, the reference's checkpoint and (after the first iteration of
-    this run) the training state; then the epoch's data order from this iteration on.
-    Returns the batch iterator."""
-    completed = iteration // run.epoch_size
-    if iteration % run.epoch_size == 0:
-        if run.world.is_main and _is_checkpoint_epoch(completed, run.cfg):
-            path = run.path('_epoch_' + str(completed) + '.pth')
-            atomic_save(run.model.state_dict(), path)
-            run.last_saved = path
-            logger.info("saved %s", path)
-        if iteration > run.start_iter:
-            run.last_saved = _save_state(run, iteration)
-    # One DataLoader for the whole run: reshuffle (seed + epoch) and skip what a resumed
-    # epoch already used.
-    run.sampler.set_epoch(completed)
-    run.sampler.set_start_index((iteration % run.epoch_size) * run.cfg['batch_size'])
-    batches = iter(run.loader)
-    run.meters.reset()
-    if iteration == run.start_iter and run.history.restore_partial(run.meters, iteration) and run.world.is_main:
-        logger.info("the record of epoch %d continues the sums saved in the state", completed + 1)
-    return batches
-
-
-def train_one_epoch(run, batches, first):
-    """Train from iteration `first` to the end of its epoch, then record the epoch. Returns
-    (the next iteration, True when a signal asked every rank to stop after it)."""
-    epoch = first // run.epoch_size + 1
-    end = epoch * run.epoch_size
+def train_one_epoch(net: torch.nn.Module, criterion: MultiBoxLoss, optimizer: optim.Optimizer,
+                    scaler: torch.amp.GradScaler, batches: Iterator, device: torch.device, first_iteration: int, *,
+                    priors: torch.Tensor, loc_weight: float, image_size: int, world: World, stop: StopSignal,
+                    schedule: Schedule, meters: MetricLogger, notes: RunNotes) -> tuple[int, bool, dict | None]:
+    """Train net (the model, or its DistributedDataParallel wrapper) from first_iteration to
+    the end of its epoch, one _train_step per batch at the schedule's learning rate, logging
+    progress every schedule.log_interval steps; then build and log the epoch's record from
+    meters (the epoch's running sums, a resumed epoch's restored ones included). Validation
+    and the history are the caller's, as in torchvision's references. Returns (the next
+    iteration, True when a signal asked every rank to stop after it, the record or None when
+    stopped before the epoch's end)."""
+    epoch = first_iteration // schedule.epoch_size + 1
+    end = epoch * schedule.epoch_size
     had_face = False
-    for iteration in range(first, end):
-        lr = adjust_learning_rate(run.optimizer, run.args.lr, run.args.gamma, iteration, run.stepvalues)
-        (loc_v, cla_v, landm_v), stop, batch_time, data_time = _train_step(run, batches, iteration, epoch)
-        run.meters.update(loc=loc_v, cla=cla_v, landm=landm_v, loss=run.cfg['loc_weight'] * loc_v + cla_v + landm_v,
-                          step_time=batch_time, data_time=data_time)
-        run.result.iteration = iteration + 1
-        if run.world.is_main and (iteration % run.args.log_interval == 0 or iteration + 1 == run.max_iter):
-            eta = int(run.meters['step_time'].median * (run.max_iter - iteration))
+    record = None
+    for iteration in range(first_iteration, end):
+        lr = adjust_learning_rate(optimizer, schedule.lr, schedule.gamma, iteration, schedule.stepvalues)
+        (loc_v, cla_v, landm_v), stop_now, batch_time, data_time = _train_step(
+            net, criterion, optimizer, scaler, batches, device, priors=priors, loc_weight=loc_weight, world=world,
+            stop=stop, iteration=iteration, epoch=epoch, last_saved=notes.last_saved)
+        meters.update(loc=loc_v, cla=cla_v, landm=landm_v, loss=loc_weight * loc_v + cla_v + landm_v,
+                      step_time=batch_time, data_time=data_time)
+        if world.is_main and schedule.logs_step(iteration):
+            eta = int(meters['step_time'].median * (schedule.max_iter - iteration))
             logger.info('Epoch:{}/{} || Epochiter: {}/{} || Iter: {}/{} || Loc: {:.4f} Cla: {:.4f} Landm: {:.4f} '
                         '|| LR: {:.8f} || Batchtime: {:.4f} s || ETA: {}'
-                        .format(epoch, run.cfg['epoch'], (iteration % run.epoch_size) + 1, run.epoch_size,
-                                iteration + 1, run.max_iter, loc_v, cla_v, landm_v, lr, batch_time,
+                        .format(epoch, schedule.epochs, (iteration % schedule.epoch_size) + 1, schedule.epoch_size,
+                                iteration + 1, schedule.max_iter, loc_v, cla_v, landm_v, lr, batch_time,
                                 str(datetime.timedelta(seconds=eta))))
         # No positive prior in a step gives a box loss of exactly 0.
         had_face = had_face or loc_v != 0
         if iteration + 1 == end:
-            _end_epoch(run, epoch, lr, had_face)
-        if stop:
-            return iteration + 1, True
-    return end, False
+            if not had_face and not notes.warned_no_face and world.is_main:
+                notes.warned_no_face = True
+                logger.warning("epoch %d: no face matched a prior in any step, so nothing was learnt (loss 0); the "
+                               "faces may be too small for the priors at --image_size %d", epoch, image_size)
+            record = _epoch_record(meters, epoch, lr, schedule, world.is_main)
+        if stop_now:
+            return iteration + 1, True, record
+    return end, False, record
 
 
-def _train_step(run, batches, iteration, epoch):
-    """One SGD step on the next batch. Returns ((loc, cla, landm) averaged over the ranks,
-    whether any rank was asked to stop, the step's time, its data-loading time)."""
+def _train_step(net: torch.nn.Module, criterion: MultiBoxLoss, optimizer: optim.Optimizer,
+                scaler: torch.amp.GradScaler, batches: Iterator, device: torch.device, *, priors: torch.Tensor,
+                loc_weight: float, world: World, stop: StopSignal, iteration: int, epoch: int,
+                last_saved: str | None) -> tuple[tuple[float, float, float], bool, float, float]:
+    """One SGD step on the next batch (in autocast when the scaler is on: --amp on CUDA).
+    Returns ((loc, cla, landm) averaged over the ranks, whether any rank was asked to stop,
+    the step's time, its data-loading time). Raises NonFiniteLossError, naming last_saved,
+    before a NaN or infinite loss reaches the weights."""
     load_t0 = time.perf_counter()
     images, targets = next(batches)
-    images = images.to(run.device, non_blocking=True)  # [B, 3, img_dim, img_dim]
-    targets = [anno.to(run.device, non_blocking=True) for anno in targets]  # B x [N_i, 15]
+    images = images.to(device, non_blocking=True)  # [B, 3, img_dim, img_dim]
+    targets = [anno.to(device, non_blocking=True) for anno in targets]  # B x [N_i, 15]
     data_time = time.perf_counter() - load_t0
 
     # forward
-    with torch.autocast(device_type=run.device.type, enabled=run.amp):
-        out = run.net(images)
-    loss_l, loss_c, loss_landm = run.criterion(out, run.priors, targets)
-    loss = run.cfg['loc_weight'] * loss_l + loss_c + loss_landm
+    with torch.autocast(device_type=device.type, enabled=scaler.is_enabled()):
+        out = net(images)
+    loss_l, loss_c, loss_landm = criterion(out, priors, targets)
+    loss = loc_weight * loss_l + loss_c + loss_landm
 
     # One sync per step: the losses (averaged over ranks, for logging) and whether any
     # rank was asked to stop, so that every rank stops at the same iteration.
     stats = torch.stack([loss_l.detach(), loss_c.detach(), loss_landm.detach(),
-                         torch.tensor(1.0 if run.stop.signum else 0.0, device=run.device)]).float()
-    if run.world.distributed:
+                         torch.tensor(1.0 if stop.signum else 0.0, device=device)]).float()
+    if world.distributed:
         dist.all_reduce(stats)
-        stats[:3] /= run.world.world_size
+        stats[:3] /= world.world_size
     loc_v, cla_v, landm_v, stop_v = stats.tolist()
     if not all(math.isfinite(v) for v in (loc_v, cla_v, landm_v)):
         msg = (f"non-finite loss at iteration {iteration + 1} (epoch {epoch}): Loc {loc_v} Cla {cla_v} "
                f"Landm {landm_v}; stopping. The last good checkpoint is "
-               f"{run.last_saved or 'none (nothing was saved yet)'}")
+               f"{last_saved or 'none (nothing was saved yet)'}")
         logger.error(msg)
         raise NonFiniteLossError(msg)
 
     # backprop
-    run.optimizer.zero_grad(set_to_none=True)
-    run.scaler.scale(loss).backward()
-    run.scaler.step(run.optimizer)
-    run.scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
     return (loc_v, cla_v, landm_v), stop_v > 0, time.perf_counter() - load_t0, data_time
 
 
-def _end_epoch(run, epoch, lr, had_face):
-    """The epoch's record: mean losses, median times, validation when due; logged and
-    appended to the metrics file."""
-    meters = run.meters
-    if not had_face and not run.warned_no_face and run.world.is_main:
-        run.warned_no_face = True
-        logger.warning("epoch %d: no face matched a prior in any step, so nothing was learnt (loss 0); the "
-                       "faces may be too small for the priors at --image_size %d", epoch, run.cfg['image_size'])
-    summary = {'epoch': epoch, **{k: v for k, v in meters.global_avgs().items()
-                                  if k in ('loc', 'cla', 'landm', 'loss')},
-               'step_time': meters['step_time'].median, 'data_time': meters['data_time'].median,
-               'lr': lr, 'iterations': meters['loss'].count}
-    if summary['iterations'] < run.epoch_size:  # resumed from a state without the epoch's sums
-        summary['partial'] = True
-    run.result.epochs.append(summary)
-    if run.world.is_main:
+def _epoch_record(meters: MetricLogger, epoch: int, lr: float, schedule: Schedule, is_main: bool) -> dict:
+    """The epoch's record from its meters: mean losses, median times, the learning rate and
+    the number of steps; logged by rank 0."""
+    record = {'epoch': epoch, **{k: v for k, v in meters.global_avgs().items()
+                                 if k in ('loc', 'cla', 'landm', 'loss')},
+              'step_time': meters['step_time'].median, 'data_time': meters['data_time'].median,
+              'lr': lr, 'iterations': meters['loss'].count}
+    if record['iterations'] < schedule.epoch_size:  # resumed from a state without the epoch's sums
+        record['partial'] = True
+    if is_main:
         logger.info("epoch %d/%d: mean Loc %.4f Cla %.4f Landm %.4f loss %.4f | median step %.4f s, "
-                    "data %.4f s", epoch, run.cfg['epoch'], summary['loc'], summary['cla'], summary['landm'],
-                    summary['loss'], summary['step_time'], summary['data_time'])
-    if run.validator is not None and (epoch % run.args.eval_every == 0 or epoch == run.cfg['epoch']):
-        summary.update(validate_epoch(run.validator, run.model, run.history, epoch, run.path('_best.pth'),
-                                      run.world.is_main, logger))
-    run.history.add_record(summary)
-    if run.world.is_main:
-        run.history.write(plot_records)
+                    "data %.4f s", epoch, schedule.epochs, record['loc'], record['cla'], record['landm'],
+                    record['loss'], record['step_time'], record['data_time'])
+    return record
 
 
-def _save_state(run, next_iteration):
-    """All ranks call this together (it gathers their RNG states); rank 0 writes
-    <name>_last_state.pth. Returns its path."""
-    rng = gather_rng_states(run.device, run.world.world_size)
-    path = run.path('_last_state.pth')
-    if run.world.is_main:
-        # the epoch in progress too, when stopped mid-epoch
-        partial = run.meters if next_iteration % run.epoch_size else None
-        save_training_state(path, model=run.model, optimizer=run.optimizer, scaler=run.scaler,
-                            next_iteration=next_iteration, epoch_size=run.epoch_size, max_iter=run.max_iter,
-                            seed=run.seed, world_size=run.world.world_size, rng=rng, cfg=run.cfg, args=run.args,
-                            history=run.history.state_dict(partial, next_iteration))
-        run.result.state_path = path
+def _add_record(history: RunHistory, record: dict, *, validator: Validator | None, model: torch.nn.Module,
+                best_path: str, is_main: bool) -> None:
+    """Add an epoch's record to the history, with a validator first its validation (every
+    rank together; the best weights go to best_path), and rank 0 rewrites the metrics file
+    and its plot."""
+    if validator is not None:
+        record.update(validate_epoch(validator, model, history, record['epoch'], best_path, is_main, logger))
+    history.add_record(record)
+    if is_main:
+        history.write(plot_records)
+
+
+def _save_weights(model: torch.nn.Module, path: str) -> str:
+    """Save the model's plain state_dict (the reference's checkpoint format) to path; returns path."""
+    atomic_save(model.state_dict(), path)
+    logger.info("saved %s", path)
     return path
+
+
+def _save_state(path: str, next_iteration: int, *, model: torch.nn.Module, optimizer: optim.Optimizer,
+                scaler: torch.amp.GradScaler, schedule: Schedule, seed: int, world: World, device: torch.device,
+                cfg: dict, args: argparse.Namespace, history: RunHistory, meters: MetricLogger | None = None) -> str:
+    """All ranks call this together (it gathers their RNG states); rank 0 writes the training
+    state to path, with meters, the epoch in progress, when next_iteration is mid-epoch (a
+    signal stopped it there). Returns path."""
+    rng = gather_rng_states(device, world.world_size)
+    if world.is_main:
+        partial = meters if next_iteration % schedule.epoch_size else None
+        save_training_state(path, model=model, optimizer=optimizer, scaler=scaler, next_iteration=next_iteration,
+                            epoch_size=schedule.epoch_size, max_iter=schedule.max_iter, seed=seed,
+                            world_size=world.world_size, rng=rng, cfg=cfg, args=args,
+                            history=history.state_dict(partial, next_iteration))
+    return path
+
 
 def _log_to_stdout() -> None:
     """train.py's logging, set up once by run_cli: progress goes to stdout, where the reference

@@ -44,9 +44,10 @@ def recorded_steps():
     records = []
     real = train._train_step
 
-    def recording(run, batches, iteration, epoch):
-        lr = run.optimizer.param_groups[0]['lr']
-        (loc, cla, landm), stop, step_time, data_time = real(run, batches, iteration, epoch)
+    def recording(net, criterion, optimizer, *args, iteration, **kwargs):
+        lr = optimizer.param_groups[0]['lr']
+        (loc, cla, landm), stop, step_time, data_time = real(net, criterion, optimizer, *args, iteration=iteration,
+                                                             **kwargs)
         records.append({'iteration': iteration, 'lr': lr, 'loc': loc, 'cla': cla, 'landm': landm,
                         'step_time': step_time, 'data_time': data_time})
         return (loc, cla, landm), stop, step_time, data_time

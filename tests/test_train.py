@@ -112,6 +112,22 @@ def test_run_writes_loadable_checkpoints(full_run):
     assert all(k in epochs[0] for k in ('loc', 'cla', 'landm', 'loss', 'step_time', 'data_time'))
 
 
+def test_schedule_counts_iterations_and_cadences_by_hand():
+    """10 images per process at batch 4: ceil(10 / 4) = 3 iterations per epoch; 30 epochs
+    make 90 iterations, the LR steps at epochs 15 and 25 are iterations 45 and 75."""
+    args = train.get_args_parser().parse_args(['--batch_size', '4', '--max_epoch', '30', '--decay1', '15',
+                                               '--decay2', '25', '--lr', '0.01', '--gamma', '0.5',
+                                               '--log_interval', '4', '--eval_every', '7'])
+    s = train.Schedule.for_run(train.build_config(args), args, images_per_process=10)
+    assert (s.epochs, s.epoch_size, s.max_iter, s.stepvalues, s.lr, s.gamma) == (30, 3, 90, (45, 75), 0.01, 0.5)
+    # Checkpoints after every 10th epoch, and every 5th once past decay1 (15, not at it).
+    assert [e for e in range(31) if s.saves_checkpoint_after(e)] == [10, 20, 25, 30]
+    # Progress lines every 4 iterations and at the very last one (89).
+    assert [i for i in range(90) if s.logs_step(i)] == list(range(0, 90, 4)) + [89]
+    # Validation every 7 epochs and after the last one (30).
+    assert [e for e in range(1, 31) if s.validates_after(e)] == [7, 14, 21, 28, 30]
+
+
 def test_epoch_checkpoint_cadence(subset, backbone, tmp_path):
     """Every 10 epochs, and every 5 after decay1: with decay1 = 1, epoch 5 is saved (at the
     start of epoch 6). AMP is ignored on CPU with a warning."""
