@@ -157,7 +157,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------- setup helpers
 
 
-def train_device(args):
+def train_device(args: argparse.Namespace) -> torch.device:
     """--device as a torch.device (utils.device.resolve_device): 'auto' is CUDA when there is
     one and the network's config trains on GPUs (cfg['gpu_train'], as in the reference)."""
     device = args.device
@@ -166,7 +166,7 @@ def train_device(args):
     return resolve_device(device)
 
 
-def resolve_pretrained(arg, cfg):
+def resolve_pretrained(arg: str | None, cfg: dict) -> str | None:
     """Path of the ImageNet backbone to load, or None to start from scratch."""
     if arg is None or str(arg).lower() == 'none':
         return None
@@ -441,14 +441,14 @@ def _train(args: argparse.Namespace, device: torch.device, world: World, stop: S
                        history=history)
 
 
-def check_save_folder(folder):
+def check_save_folder(folder: str) -> None:
     """Create folder if needed once files can be created in it, so that an unwritable
     --save_folder fails before training rather than at the first checkpoint."""
     check_writable(folder, '--save_folder', folder=True)
     os.makedirs(folder, exist_ok=True)
 
 
-def claim_save_folder(folder, lock):
+def claim_save_folder(folder: str, lock: FolderLock) -> None:
     """Make --save_folder this run's: check it, take its lock (a second run into it fails at
     once, naming the first one's PID, instead of silently replacing its checkpoints, state
     and metrics), then remove the temporary files a killed save left there. Only files
@@ -504,7 +504,7 @@ def _choose_seed(args: argparse.Namespace, cfg: dict, state: dict | None, world:
     return seed
 
 
-def build_model(args, cfg, state, seed, rank):
+def build_model(args: argparse.Namespace, cfg: dict, state: dict | None, seed: int, rank: int) -> RetinaFace:
     """The RetinaFace to train, on the CPU: initialised from seed (identically on every rank;
     DDP also broadcasts rank 0's), with the weights of the training state, --resume_net or
     the pretrained backbone. Then each rank seeds its own augmentation (seed + rank)."""

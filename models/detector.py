@@ -582,8 +582,9 @@ def _check_modes(pyramid, pyramid_merge, tile, origin_size):
         raise InputError("pyramid_merge applies to the pyramid only (--pyramid)")
 
 
-def load_detector(network: str, trained_model: str | os.PathLike, device='cpu', backend: str | None = None,
-                  onnx_model: str | os.PathLike | None = None, **detector_kwargs) -> Detector:
+def load_detector(network: str, trained_model: str | os.PathLike, device: str | torch.device = 'cpu',
+                  backend: str | None = None, onnx_model: str | os.PathLike | None = None,
+                  **detector_kwargs) -> Detector:
     """Build RetinaFace for network, load trained_model into it and wrap it in a Detector.
 
     Args:
@@ -681,10 +682,11 @@ class PyramidFlag(argparse.Action):
     """--pyramid (no value): refused next to an explicit --origin_size, whose scale the
     pyramid replaces (OriginSizeFlag refuses the other order)."""
 
-    def __init__(self, option_strings, dest, default=False, **kwargs):
+    def __init__(self, option_strings: Sequence[str], dest: str, default: bool = False, **kwargs) -> None:
         super().__init__(option_strings, dest, nargs=0, default=default, **kwargs)
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: object,
+                 option_string: str | None = None) -> None:
         if getattr(namespace, '_origin_size_given', False):
             parser.error("--pyramid cannot be combined with --origin_size: the pyramid chooses its own scales")
         setattr(namespace, self.dest, True)
@@ -694,7 +696,8 @@ class OriginSizeFlag(argparse.Action):
     """--origin_size true|false (the scripts' str2bool flag), remembered as given, so that
     --pyramid next to it is a usage error."""
 
-    def __call__(self, parser, namespace, values, option_string=None):
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: str,
+                 option_string: str | None = None) -> None:
         if getattr(namespace, 'pyramid', False):
             parser.error("--pyramid cannot be combined with --origin_size: the pyramid chooses its own scales")
         setattr(namespace, self.dest, str2bool(values))
