@@ -112,7 +112,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help='epoch --resume_net was saved after: training continues from there, with the '
                              'learning rate of that epoch (a fresh optimizer: use --resume for an exact resume)')
     parser.add_argument('--weight_decay', default=5e-4, type=non_negative_float, help='Weight decay for SGD')
-    parser.add_argument('--gamma', default=0.1, type=number_in(float, 0, 1, exclusive_minimum=True), help='Gamma update for SGD')
+    parser.add_argument('--gamma', default=0.1, type=number_in(float, 0, 1, exclusive_minimum=True),
+                        help='Gamma update for SGD')
     parser.add_argument('--save_folder', default='./weights/',
                         help='Location to save checkpoint models (created if needed; a copy of the log goes there too)')
     # Additions.
