@@ -169,7 +169,8 @@ class Detector:
         confidence_threshold (float): keep priors whose face score is > this.
         nms_threshold (float): IoU above which NMS suppresses a box.
         top_k (int | None): keep at most this many candidates before NMS (None or <= 0: all).
-        keep_top_k (int | None): keep at most this many detections after NMS (None or <= 0: all).
+        keep_top_k (int | None): keep at most this many detections after NMS (<= 0: all;
+            None: all, but at most PYRAMID_KEEP_TOP_K, insightface's limit, with pyramid).
         origin_size (bool): detect at the original size (True) or at the reference's
             test scale (short side TARGET_SIZE, long side at most MAX_SIZE).
         backend (str): 'torch' (eager PyTorch: the reference's exact numbers) or
@@ -219,6 +220,9 @@ class Detector:
         self._hint_lock = threading.Lock()  # preprocess runs in several reading threads
         self.pyramid = bool(pyramid)
         self.pyramid_merge = pyramid_merge
+        # The pyramid's limit on detections: keep_top_k when given (0: none), else insightface's.
+        self.pyramid_keep_top_k = (PYRAMID_KEEP_TOP_K if keep_top_k is None
+                                   else keep_top_k if keep_top_k > 0 else None)
         self.tile = None if tile is None else int(tile)
         _check_modes(self.pyramid, pyramid_merge, self.tile, origin_size)
         if not 0 <= nms_threshold <= 1:
@@ -305,7 +309,10 @@ class Detector:
             'top_k': self.postprocessor.top_k,
             'keep_top_k': self.postprocessor.keep_top_k,
             # The modes appear only when on, so that the default run's record is unchanged.
-            **({'pyramid': {'sizes': list(PYRAMID_SIZES), 'flip': True, 'merge': self.pyramid_merge}}
+            **({'pyramid': {'sizes': list(PYRAMID_SIZES), 'flip': True, 'merge': self.pyramid_merge,
+                            # Recorded only when not insightface's limit, as records before it was settable.
+                            **({'keep_top_k': self.pyramid_keep_top_k}
+                               if self.pyramid_keep_top_k != PYRAMID_KEEP_TOP_K else {})}}
                if self.pyramid else {}),
             **({'tile': self.tile} if self.tile is not None else {}),
         }
@@ -500,10 +507,9 @@ class Detector:
 
     def _merge_pyramid(self, candidates):
         settings = self.postprocessor
-        keep_top_k = settings.keep_top_k or PYRAMID_KEEP_TOP_K
         if self.pyramid_merge == 'nms':
-            return nms_merge(candidates, settings.nms_threshold, keep_top_k, settings.top_k)
-        return box_vote(candidates, settings.nms_threshold, keep_top_k)
+            return nms_merge(candidates, settings.nms_threshold, self.pyramid_keep_top_k, settings.top_k)
+        return box_vote(candidates, settings.nms_threshold, self.pyramid_keep_top_k)
 
     def _preprocess_passes(self, images):
         """preprocess for pyramid and tile: one plan per image."""
@@ -650,7 +656,8 @@ def add_detector_arguments(parser: argparse.ArgumentParser, trained_model: str, 
                         help="keep the top_k highest-scoring candidates before NMS (0 or 'none': all)")
     parser.add_argument('--nms_threshold', default=0.4, type=probability, help='nms_threshold')
     parser.add_argument('--keep_top_k', default=keep_top_k, type=optional_top_k,
-                        help="keep the keep_top_k highest-scoring detections after NMS (0 or 'none': all)")
+                        help="keep the keep_top_k highest-scoring detections after NMS (0 or 'none': all; "
+                             f"left out with --pyramid: {PYRAMID_KEEP_TOP_K})")
     parser.add_argument('--backend', default=None, choices=BACKENDS,
                         help="'torch' (eager PyTorch, the reference's exact numbers; the default) or "
                              "'onnxruntime' (the same network in onnxruntime: faster on CPU, "

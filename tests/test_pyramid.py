@@ -317,6 +317,23 @@ def test_pyramid_with_origin_size_is_a_usage_error_naming_both(script, argv, cap
     assert '--pyramid cannot be combined with --origin_size' in err
 
 
+@pytest.mark.parametrize('merge', ['vote', 'nms'])
+@pytest.mark.parametrize('flag, cap', [(None, 750), ('none', None), ('0', None), ('300', 300)])
+def test_keep_top_k_sets_the_pyramid_s_limit_and_none_lifts_it(weights, merge, flag, cap):
+    """Left out, the pyramid keeps insightface's 750; --keep_top_k N keeps N, and 'none' all
+    (it once gave 750 too), and the results folder's record tells them apart."""
+    argv = ['-m', weights, '--network', 'mobile0.25', '--pyramid', '--pyramid_merge', merge]
+    args = wider_script.get_args_parser().parse_args(argv + ([] if flag is None else ['--keep_top_k', flag]))
+    detector = load_detector('mobile0.25', weights, pyramid=True, pyramid_merge=merge, keep_top_k=args.keep_top_k)
+    rows = []  # 800 disjoint pairs: 800 faces, each voted by two candidates
+    for k in range(800):
+        x, y = 30 * (k % 40), 30 * (k // 40)
+        rows += [row(x, y, x + 20, y + 20, 0.9 - k * 1e-4), row(x + 1, y, x + 21, y + 20, 0.5)]
+    assert len(detector._merge_pyramid(dets(*rows))) == (cap or 800)
+    recorded = detector.settings()['pyramid']
+    assert recorded.get('keep_top_k', 750) == cap and ('keep_top_k' in recorded) == (cap != 750)
+
+
 def test_pyramid_flag_reaches_the_detector():
     args = detect.get_args_parser().parse_args(['--pyramid', '--pyramid_merge', 'nms'])
     assert (args.pyramid, args.pyramid_merge) == (True, 'nms')

@@ -154,7 +154,8 @@ def test_top_k_flags_default_to_the_reference_behaviour(script):
     assert args.top_k is None and args.keep_top_k is None  # declared but never applied by the reference
     args = parser.parse_args(['--top_k', '5000', '--keep_top_k', '750'])
     assert (args.top_k, args.keep_top_k) == (5000, 750)
-    assert parser.parse_args(['--keep_top_k', '-1']).keep_top_k is None
+    # Turned off (0: all) is not left out (None: the default, which a mode may fill in).
+    assert [parser.parse_args(['--keep_top_k', v]).keep_top_k for v in ('-1', '0', 'none', 'off')] == [0] * 4
     assert args.network == 'resnet50' and args.trained_model == './weights/Resnet50_Final.pth'
 
 

@@ -35,15 +35,17 @@ def str2bool(value: str | bool) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean (true/false, 1/0, yes/no), got {value!r}")
 
 
-def optional_top_k(value: str | int | None) -> int | None:
-    """An optional count: a positive int applies it; 0, a negative value or 'none' turns it off."""
+def optional_top_k(value: str | int | None) -> int:
+    """An optional count: a positive int applies it; 0, a negative value or 'none' turns it
+    off, as 0. (A flag left out keeps its default, None, so that a mode with a limit of its
+    own, the pyramid's, can tell "not given" from "none".)"""
     if str(value).strip().lower() in ('none', 'off', ''):
-        return None
+        return 0
     try:
         n = int(value)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected an integer (or 'none'), got {value!r}") from None
-    return n if n > 0 else None
+    return max(n, 0)
 
 
 def _number(kind, value):
