@@ -44,7 +44,7 @@ def get_args_parser():
 
 
 def main(args):
-    """Export and verify; returns {'path', 'verification': [...]}. Raises ValueError if the check fails."""
+    """Export and verify; returns {'path', 'verification': [...]}. Raises InputError if the check fails."""
     if args.long_side < 1:
         raise InputError(f"--long_side must be a positive number of pixels, got {args.long_side}")
     check_writable(args.output, '--output')

@@ -73,7 +73,8 @@ def resolve_backend(backend: str | None, onnx_model: object) -> str:
     """The backend to run: an ONNX model file selects 'onnxruntime', otherwise 'torch' is the default.
 
     Raises:
-        ValueError: backend is 'torch' and an ONNX model is given (eager PyTorch cannot run it).
+        ValueError: backend is not one of BACKENDS.
+        InputError: backend is 'torch' and an ONNX model is given (eager PyTorch cannot run it).
     """
     if backend is None:
         return 'onnxruntime' if onnx_model is not None else 'torch'
@@ -605,8 +606,8 @@ def load_detector(network: str, trained_model: str | os.PathLike, device: str | 
             without it: the network from the graph, read with the onnx package, and the
             config of that network).
     Raises:
-        FileNotFoundError: the weights file is missing; the message says where to put it.
-        ValueError: the file is not a checkpoint for this network.
+        InputNotFoundError: the weights file is missing; the message says where to put it.
+        InputError: the file is not a checkpoint for this network, or a setting is refused.
     """
     backend = resolve_backend(backend, onnx_model)
     cfg = cfg_for_network(network)  # an unknown name is an error even when the file names another

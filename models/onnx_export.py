@@ -202,7 +202,7 @@ def pipeline_metadata(session: onnxruntime.InferenceSession, name: str = 'the ON
         (network str | None, config dict | None with CONFIG_KEYS, mean tuple | None):
         None for what the file does not carry (older exports).
     Raises:
-        ValueError: a value is there but malformed; the message names the file and key.
+        InputError: a value is there but malformed; the message names the file and key.
     """
     props = session.get_modelmeta().custom_metadata_map
     network = props.get(NETWORK_KEY)
@@ -265,8 +265,8 @@ def make_session(model: str | os.PathLike | bytes, num_threads: int | None = Non
             operator on an idle machine, but on a machine shared with other busy processes
             the spinning threads take the cores the working ones need.
     Raises:
-        FileNotFoundError: model is a path that does not exist.
-        ValueError: the model is not a RetinaFace export (inputs / outputs do not match),
+        InputNotFoundError: model is a path that does not exist.
+        InputError: the model is not a RetinaFace export (inputs / outputs do not match),
             its metadata disagrees with its graph (check_metadata_matches_graph), or
             device is CUDA and this onnxruntime has no CUDA provider.
     """
@@ -378,7 +378,7 @@ def verify_onnx(net: torch.nn.Module, model: str | os.PathLike | bytes, inputs: 
     Returns:
         list[dict]: per input, {'size': (H, W), 'max_abs_diff': {output name: float}}.
     Raises:
-        ValueError: an output differs by more than atol, or has another shape; the
+        InputError: an output differs by more than atol, or has another shape; the
             message names the output, the input size and the difference.
     """
     import torch

@@ -151,7 +151,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def check_writable(path: str | os.PathLike, what: str | None = None, folder: bool = False) -> None:
     """Check, before any work, that a file (folder=True: a folder and files in it) can be
-    created at path; raise ValueError with one clear line if not.
+    created at path; raise InputError with one clear line if not.
 
     Walks up from path to the nearest folder that exists (the missing ones would be
     created) and creates and removes a temporary file there, as atomic_write will: a
@@ -163,7 +163,7 @@ def check_writable(path: str | os.PathLike, what: str | None = None, folder: boo
         what (str | None): how to name it in the message, e.g. '--json'.
         folder (bool): path is a folder to write files into, not a file.
     Raises:
-        ValueError: path (or a folder on the way) is a file where a folder is needed, a
+        InputError: path (or a folder on the way) is a file where a folder is needed, a
             folder where a file is needed, or its nearest existing folder is not writable.
     """
     path = os.fspath(path)

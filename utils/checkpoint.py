@@ -71,7 +71,7 @@ def _strip_prefix(state_dict, prefix='module.'):
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file and return a plain {key: Tensor} dict on the CPU.
 
-    Raises FileNotFoundError if path does not exist, and ValueError if it is not a
+    Raises InputNotFoundError if path does not exist, and InputError if it is not a
     PyTorch checkpoint (a truncated or text file) or holds no state_dict.
     """
     path = os.fspath(path)
@@ -108,7 +108,7 @@ def _guess_network(keys):
 def load_model(model: _Model, path: str | os.PathLike) -> _Model:
     """Load a checkpoint file into model with strict key and shape checking.
 
-    Returns the model. Raises ValueError naming the file, the counts of missing and
+    Returns the model. Raises InputError naming the file, the counts of missing and
     unexpected keys with a few examples, and the network the file seems to be for.
     """
     state_dict = load_state_dict_file(path)

@@ -51,7 +51,7 @@ def resolve_device(device: str | torch.device = 'auto', backend: str = 'torch') 
             never imports torch ('auto' then asks onnxruntime for its CUDA provider, and
             onnxruntime checks an explicit CUDA device when it loads the model).
     Raises:
-        ValueError: device is not a device, or is CUDA while torch sees no CUDA device.
+        InputError: device is not a device, or is CUDA while torch sees no CUDA device.
     """
     if backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}: expected one of {list(BACKENDS)}")

@@ -309,7 +309,7 @@ def read_pred_file(path: str | os.PathLike) -> tuple[str, np.ndarray]:
         float64 ``[x, y, w, h, score]`` in file order.
 
     Raises:
-        ValueError naming the file and line of the first malformed line.
+        InputError naming the file and line of the first malformed line.
     """
     lines = read_text(path).splitlines()
     if not lines or not lines[0].strip():
@@ -426,7 +426,7 @@ def _examples(items):
 
 
 def check_predictions_match(preds: dict[str, np.ndarray], gt: GroundTruth, pred_dir: str | os.PathLike) -> None:
-    """Raise a ValueError when not one prediction file belongs to an image of gt.
+    """Raise an InputError when not one prediction file belongs to an image of gt.
 
     The reference's protocol counts a missing file as an image without detections; when
     every file is missing, the folder is the wrong one (empty, or a level too high or too
