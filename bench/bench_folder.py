@@ -22,8 +22,6 @@
    (1 thread each), start-up included, each in a fresh output folder.
 """
 import argparse
-import contextlib
-import io
 import logging
 import os
 import socket
@@ -33,10 +31,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import test_widerface
-from bench.common import ROOT, default_weights
+from bench.common import ROOT, default_weights, script_seconds
 from utils.atomic import atomic_write_text
 from utils.cli import set_threads, setup_logging
 from utils.datapaths import shared_path
@@ -84,12 +81,7 @@ def script_args(weights, folder, image_list, save_folder, backend, origin, threa
 
 def folder_seconds(args, detector):
     """Seconds of test_widerface.main(args) with detector already built (start-up excluded)."""
-    # The progress bar is drawn as for a user, into a buffer instead of the terminal.
-    with mock.patch.object(test_widerface, 'detector_from_args', lambda *_, **__: detector), \
-            contextlib.redirect_stderr(io.StringIO()):
-        tic = time.perf_counter()
-        result = test_widerface.main(args)
-        seconds = time.perf_counter() - tic
+    seconds, result = script_seconds(test_widerface, args, detector)
     assert result['written'] == len(test_widerface.read_image_list(args.image_list)), result
     return seconds
 

@@ -15,19 +15,16 @@ processes on a shared machine only ever slow a round down). 'real time' is the v
 run's frames per second over the clip's --fps: 1.0x keeps up with the clip as it plays.
 """
 import argparse
-import contextlib
-import io
 import logging
 import os
 import tempfile
 import time
 from pathlib import Path
-from unittest import mock
 
 import cv2
 
 import detect
-from bench.common import default_weights
+from bench.common import default_weights, script_seconds
 from utils.cli import set_threads, setup_logging
 from utils.datapaths import shared_path
 
@@ -79,17 +76,6 @@ def make_clip(path, size, frames, fps):
     return decoded
 
 
-def video_seconds(args, detector):
-    """Seconds of detect.main(args) (--video) with detector already built (start-up excluded)."""
-    # The progress bar is drawn as for a user, into a buffer instead of the terminal.
-    with mock.patch.object(detect, 'detector_from_args', lambda *_, **__: detector), \
-            contextlib.redirect_stderr(io.StringIO()):
-        tic = time.perf_counter()
-        result = detect.main(args)
-        seconds = time.perf_counter() - tic
-    return seconds, result
-
-
 def detect_seconds(detector, frames):
     tic = time.perf_counter()
     for frame in frames:
@@ -123,9 +109,9 @@ def main(args):
                 detector.detect(frames[0])  # the first pass of a size sets up its kernels
                 videos, bares, detects = [], [], []
                 for _ in range(args.rounds):
-                    seconds, result = video_seconds(run_args, detector)
+                    seconds, result = script_seconds(detect, run_args, detector)
                     videos.append(seconds)
-                    bares.append(video_seconds(bare, detector)[0])
+                    bares.append(script_seconds(detect, bare, detector)[0])
                     detects.append(detect_seconds(detector, frames))
                 assert result['frames'] == args.frames, result
                 fps, detect_fps = args.frames / min(videos), args.frames / min(detects)

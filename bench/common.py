@@ -5,9 +5,12 @@ The scripts under bench/ run as `python -m bench.<name>` from the repository roo
 imported as `bench.<name>` by the tests. This module loads no torch at import: some
 benchmarks time start-up, and a CPU-only `_sync` needs none.
 """
+import contextlib
+import io
 import os
 import statistics
 import time
+from unittest import mock
 
 import numpy as np
 
@@ -21,6 +24,18 @@ IMAGES = ('test', 'kids_group', 'street_crowd', 'largest_selfie')
 def default_weights():
     local = os.path.join(ROOT, 'weights', 'mobilenet0.25_Final.pth')
     return local if os.path.isfile(local) else str(shared_path('weights', 'mobilenet0.25_Final.pth'))
+
+
+def script_seconds(script, args, detector):
+    """(seconds, result) of script.main(args), a script module that builds its detector with
+    detector_from_args, run with detector already built: start-up is not timed. The progress
+    bar is drawn as for a user, into a buffer instead of the terminal."""
+    with mock.patch.object(script, 'detector_from_args', lambda *_, **__: detector), \
+            contextlib.redirect_stderr(io.StringIO()):
+        tic = time.perf_counter()
+        result = script.main(args)
+        seconds = time.perf_counter() - tic
+    return seconds, result
 
 
 def _sync(device):
