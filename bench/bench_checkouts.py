@@ -88,10 +88,19 @@ def main(args):
             child.wait()
     print(f"{args.backend}, {args.threads} threads, {args.rounds} x {args.repeats} runs per photo and checkout")
     print(f"{'photo':16s} {'old ms':>8s} {'new ms':>8s} {'new / old':>10s}")
+    for photo, old, new, ratio in medians(times):
+        print(f"{photo:16s} {old:8.1f} {new:8.1f} {ratio:10.3f}")
+    return 0
+
+
+def medians(times):
+    """[(photo, old median ms, new median ms, new / old)] in IMAGES order, from
+    times {(checkout, photo): [ms, ...]}."""
+    rows = []
     for photo in IMAGES:
         old, new = (statistics.median(times[name, photo]) for name in ('old', 'new'))
-        print(f"{photo:16s} {old:8.1f} {new:8.1f} {new / old:10.3f}")
-    return 0
+        rows.append((photo, old, new, new / old))
+    return rows
 
 
 if __name__ == '__main__':

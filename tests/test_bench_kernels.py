@@ -47,3 +47,16 @@ def test_checkouts_benchmark_times_two_checkouts_photo_by_photo(capsys):
     assert list(rows) == list(IMAGES)
     for old, new, ratio in rows.values():
         assert old > 0 and new > 0 and abs(ratio - new / old) < 0.01
+
+
+def test_checkouts_benchmark_reports_medians_and_new_over_old():
+    from bench import bench_checkouts
+    from bench.common import IMAGES
+    times = {(name, photo): [] for name in ('old', 'new') for photo in IMAGES}
+    times['old', 'test'] = [10.0, 30.0, 20.0]
+    times['new', 'test'] = [5.0, 25.0, 15.0, 99.0]
+    for photo in IMAGES[1:]:
+        times['old', photo], times['new', photo] = [8.0], [12.0]
+    rows = bench_checkouts.medians(times)
+    assert rows[0] == ('test', 20.0, 20.0, 1.0)
+    assert rows[1:] == [(photo, 8.0, 12.0, 1.5) for photo in IMAGES[1:]]
