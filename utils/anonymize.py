@@ -34,7 +34,7 @@ BLUR_KERNEL_FRACTION = 0.5
 BLUR_PASSES = 2
 # Pixelate: blocks across the face's box (its width; as many rows as make square blocks),
 # and the smallest block in pixels (so that a face a few pixels wide still changes).
-PIXELATE_BLOCKS = 6
+PIXELATE_BLOCKS = 5
 MIN_PIXELATE_BLOCK = 2
 SOLID_COLOUR = 0  # black, in every channel
 BOX_COLUMNS = 4  # x1 y1 x2 y2
