@@ -11,7 +11,7 @@ import pytest
 import utils.anonymize as anon
 from bench.bench_anonymize import masked_face_correlations, other_face_correlations
 from tests.conftest import need_shared
-from utils.anonymize import METHODS, MASK_SHAPES, anonymize, mask_rectangles, scale_boxes
+from utils.anonymize import METHODS, MASK_SHAPES, anonymize, mask_rectangles, masked_detections, scale_boxes
 from utils.errors import InputError
 from utils.image import read_image
 
@@ -106,6 +106,15 @@ def test_it_works_in_place_and_returns_which_were_masked():
     assert masked.tolist() == [True, False]
     assert (img[5:15, 5:15] == 0).all()
     assert (img[:, 20:] == 200).all()  # the low-score face is not touched
+
+
+def test_masked_detections_tells_the_same_without_touching_the_image():
+    img = np.full((40, 60, 3), 200, np.uint8)
+    dets = np.array([[5, 5, 15, 15, 0.9], [30, 5, 40, 15, 0.1], [-30, -30, -20, -20, 0.9], [55, 35, 70, 50, 0.5]])
+    flags = masked_detections(dets, img.shape, mask_scale=1.3, thres=0.5)
+    assert flags.tolist() == [True, False, False, True]
+    assert (img == 200).all()
+    assert np.array_equal(anonymize(img, dets, 'blur', mask_scale=1.3, thres=0.5), flags)
 
 
 def test_boxes_without_scores_are_all_masked():
@@ -232,6 +241,8 @@ def test_pixelate_changes_a_face_a_few_pixels_wide():
     ({'mask_scale': float('nan')}, 'mask_scale must be a finite number > 0'),
     ({'mask_scale': float('inf')}, 'mask_scale must be a finite number > 0'),
     ({'mask_scale': '1.3'}, 'mask_scale must be a finite number > 0'),
+    ({'thres': float('nan')}, 'thres must be a finite number, got nan'),
+    ({'thres': None}, 'thres must be a finite number, got None'),
 ])
 def test_bad_settings_are_clear_errors(kwargs, match):
     img = np.zeros((10, 10, 3), np.uint8)

@@ -96,6 +96,29 @@ def mask_rectangles(masks: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
     return np.hstack([lo, hi]).astype(np.int64)
 
 
+def masked_detections(dets: ArrayLike, shape: tuple[int, ...], mask_scale: float = DEFAULT_MASK_SCALE,
+                      thres: float = 0.0) -> np.ndarray:
+    """ndarray[N] bool: which of dets anonymize(img, dets, ..., mask_scale, thres=thres) masks
+    in an image of shape (H, W, ...), without touching any pixel: for a JSON record written
+    before the image is (score >= thres, or no score column; the mask not wholly outside).
+
+    Raises:
+        InputError: as anonymize, for dets, mask_scale or thres.
+    """
+    d = _as_dets(dets)
+    return _chosen(d, thres) & _nonempty(mask_rectangles(scale_boxes(d, mask_scale), shape))
+
+
+def _chosen(d, thres):
+    if not (isinstance(thres, (int, float, np.number)) and np.isfinite(thres)):
+        raise InputError(f"thres must be a finite number, got {thres!r}")
+    return d[:, SCORE_COLUMN] >= thres if d.shape[1] > SCORE_COLUMN else np.ones(len(d), dtype=bool)
+
+
+def _nonempty(rects):
+    return (rects[:, 0] < rects[:, 2]) & (rects[:, 1] < rects[:, 3])
+
+
 def _ellipse_inside(mask, x0, y0, x1, y1):
     """[y1 - y0, x1 - x0] bool: the pixels of rectangle (x0, y0)-(x1, y1) whose centres lie
     inside the ellipse inscribed in mask (x1 y1 x2 y2, continuous)."""
@@ -133,9 +156,9 @@ def anonymize(img: np.ndarray, dets: ArrayLike, method: str = 'blur', mask_scale
     """Hide the faces of dets in img, in place: each detection's box, scaled by mask_scale about
     its centre and clipped at the image borders, is blurred, pixelated or filled.
 
-    In place, as draw_detections draws: the scripts anonymise a frame they own (the writer's
-    thread gets it after its crops were cut) and a 1080p frame is not copied per frame. Pass
-    img.copy() to keep the original.
+    In place, as draw_detections draws: a script anonymises a frame it owns (as detect.py's
+    writer thread draws on its frame once the crops are cut from it), and a 1080p frame is
+    not copied per frame. Pass img.copy() to keep the original.
 
     Masks are applied in the order of dets; where two overlap, the later one works on the
     earlier one's result, so no pixel of either face comes back.
@@ -149,13 +172,15 @@ def anonymize(img: np.ndarray, dets: ArrayLike, method: str = 'blur', mask_scale
             (PIXELATE_BLOCKS blocks across the face's box) or 'solid' (black).
         mask_scale (float): > 0: the mask's size relative to the box, about its centre.
         mask_shape (str): 'ellipse' (inscribed in the scaled box) or 'box'.
-        thres (float): the lowest score masked.
+        thres (float): the lowest score masked (a finite number).
     Returns:
         ndarray[N] bool: which detections were masked (score >= thres, and the mask not
-        wholly outside the image), for the JSON outputs to mark.
+        wholly outside the image), for the JSON outputs to mark; masked_detections gives
+        the same without masking.
     Raises:
         InputError (a ValueError): an unknown method or shape, mask_scale <= 0, dets not of
-            shape [N, 4] or [N, >= 5] or holding a box that is not one, img not an image array.
+            shape [N, 4] or [N, >= 5] or holding a box that is not one, thres not a finite
+            number, img not a writable image array.
     """
     if method not in METHODS:
         raise InputError(f"unknown anonymize method {method!r}: expected one of {', '.join(METHODS)}")
@@ -169,8 +194,7 @@ def anonymize(img: np.ndarray, dets: ArrayLike, method: str = 'blur', mask_scale
     d = _as_dets(dets)
     masks = scale_boxes(d, mask_scale)  # [N, 4]
     rects = mask_rectangles(masks, img.shape)  # [N, 4]
-    chosen = d[:, SCORE_COLUMN] >= thres if d.shape[1] > SCORE_COLUMN else np.ones(len(d), dtype=bool)
-    masked = chosen & (rects[:, 0] < rects[:, 2]) & (rects[:, 1] < rects[:, 3])
+    masked = _chosen(d, thres) & _nonempty(rects)  # as masked_detections
     for k in np.flatnonzero(masked):
         x0, y0, x1, y1 = rects[k]
         roi = img[y0:y1, x0:x1]  # a view: written in place
