@@ -541,6 +541,7 @@ class RunRecord:
     start_weights: str | None
     resume: str | None
     replace: bool
+    inputs: tuple[str, ...]  # the files the run reads, which --no-resume must never remove
 
     @classmethod
     def of(cls, args: argparse.Namespace, cfg: dict, state: dict | None, seed: int) -> 'RunRecord':
@@ -548,8 +549,9 @@ class RunRecord:
             start = args.resume_net or resolve_pretrained(args.pretrained, cfg)
         else:
             start = args.resume
+        inputs = tuple(p for p in (start, args.training_dataset, args.val_dataset) if p)
         return cls(cfg=cfg, run_id=state_run_id(state) if state is not None else uuid.uuid4().hex[:12], seed=seed,
-                   start_weights=start, resume=args.resume, replace=args.no_resume)
+                   start_weights=start, resume=args.resume, replace=args.no_resume, inputs=inputs)
 
     @property
     def settings(self) -> dict:
@@ -564,7 +566,7 @@ class RunRecord:
         prepare_training_folder(
             folder, training_record_name(name), self.settings, run_files(self.cfg), script=SCRIPT,
             resume=self.resume, replace=self.replace, state_name=name + STATE_SUFFIX,
-            model_path=self.start_weights, check_only=check_only,
+            model_path=self.start_weights, inputs=self.inputs, check_only=check_only,
             unrecorded_run=functools.partial(_older_run_record, folder, name))
 
 

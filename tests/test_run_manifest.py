@@ -167,6 +167,15 @@ def test_replace_removes_exactly_the_recorded_files(run_folder, caplog):
     assert 'removed the 4 files of an earlier training run' in caplog.text
 
 
+def test_replace_never_removes_an_input_of_the_run(run_folder):
+    before = _files(run_folder)
+    with pytest.raises(InputError, match=rf'^--no-resume would remove {run_folder}/{NAME}_Final\.pth, which this run '
+                                         r'reads'):
+        prepare_training_folder(str(run_folder), RECORD, {**RUN, 'run_id': 'run1'}, PLANNED, script='train.py',
+                                resume=None, replace=True, state_name=STATE, inputs=[str(run_folder / PLANNED[0])])
+    assert _files(run_folder) == before
+
+
 def test_resume_of_the_same_run_keeps_its_files_and_adds_its_own(run_folder):
     before = _files(run_folder)
     prepare_training_folder(str(run_folder), RECORD, RUN, PLANNED + [f'{NAME}_epoch_20.pth'], script='train.py',

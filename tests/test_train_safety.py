@@ -538,3 +538,20 @@ def test_an_unfinished_older_run_never_replaces_the_published_weights_beside_it(
                          '--resume', str(weights / f'{NAME}_last_state.pth')))
     assert sorted(p.name for p in weights.iterdir()) == [f'{NAME}_Final.pth', f'{NAME}_last_state.pth']
     assert (weights / f'{NAME}_Final.pth').is_symlink()
+
+
+def test_no_resume_never_removes_a_file_the_run_reads(finished_run, subset, backbone, tmp_path):
+    """Fine-tuning from the earlier run's epoch 10 checkpoint, in its folder: --no-resume would
+    have removed the very weights the run starts from."""
+    folder = tmp_path / 'run'
+    shutil.copytree(finished_run, folder)
+    shutil.copyfile(folder / f'{NAME}_Final.pth', folder / f'{NAME}_epoch_10.pth')
+    record = json.loads((folder / f'{NAME}_run.json').read_text())
+    record['files'].append(f'{NAME}_epoch_10.pth')
+    (folder / f'{NAME}_run.json').write_text(json.dumps(record))
+    before = _contents(folder)
+    with pytest.raises(ValueError, match=rf'^--no-resume would remove {folder}/{NAME}_epoch_10\.pth, which this run '
+                                         rf'reads: copy it out of --save_folder {folder} first'):
+        train.main(_args(subset, folder, backbone, '--max_epoch', '1', '--image_size', '64', '--no-resume',
+                         '--resume_net', str(folder / f'{NAME}_epoch_10.pth')))
+    assert _contents(folder) == before

@@ -226,7 +226,7 @@ def training_record_name(name: str) -> str:
 
 def prepare_training_folder(folder: str, record_name: str, settings: dict[str, object], planned_files: Iterable[str],
                             *, script: str, resume: str | None, replace: bool, state_name: str,
-                            model_path: str | None = None,
+                            model_path: str | None = None, inputs: Iterable[str] = (),
                             unrecorded_run: Callable[[list[str]], dict[str, object] | None] | None = None,
                             replace_flag: str = '--no-resume', folder_flag: str = '--save_folder',
                             check_only: bool = False) -> None:
@@ -242,7 +242,8 @@ def prepare_training_folder(folder: str, record_name: str, settings: dict[str, o
     - all recorded by an earlier run of script: a run resuming that same run (equal
       settings: its network, run id and seed) may continue and replace them; a fresh run is an
       InputError naming the ways out (resume the state_name, replace_flag, another
-      folder_flag), unless replace: then exactly the recorded files are removed first;
+      folder_flag), unless replace: then exactly the recorded files are removed first
+      (never one of the run's inputs: an InputError then);
     - any that no run recorded (the published weights, a user's own file, the files of
       another script): an InputError, whatever the flags, since nothing says whose they are.
       unrecorded_run(files), for a folder without a record, may return the record an older
@@ -258,6 +259,7 @@ def prepare_training_folder(folder: str, record_name: str, settings: dict[str, o
         replace (bool): replace_flag was given: a fresh run replaces an earlier one's files.
         state_name (str): the file name of the resumable state in folder, for the message.
         model_path (str | None): the weights the run starts from, recorded for people.
+        inputs (Iterable[str]): the files the run reads, which replace must never remove.
         unrecorded_run (callable | None): see above.
         check_only (bool): check, but neither remove nor write anything.
     Raises:
@@ -301,14 +303,20 @@ def prepare_training_folder(folder: str, record_name: str, settings: dict[str, o
                              f"{_some(sorted(present))} ({record_path}). To keep them, {continue_it}or choose "
                              f"another {folder_flag}; to replace that run, pass {replace_flag} (its files are "
                              f"removed first)")
-        elif not check_only:
+        else:  # replace: exactly the recorded files go, never one that this run reads
+            read = {os.path.realpath(p) for p in inputs if p}
             for f in sorted(present):
-                try:
-                    os.unlink(os.path.join(folder, f))
-                except FileNotFoundError:
-                    pass
-            logger.warning("removed the %d files of an earlier training run from %s (%s): %s", len(present), folder,
-                           replace_flag, _some(sorted(present)))
+                if os.path.realpath(os.path.join(folder, f)) in read:
+                    raise InputError(f"{replace_flag} would remove {os.path.join(folder, f)}, which this run reads: "
+                                     f"copy it out of {folder_flag} {folder} first, or choose another {folder_flag}")
+            if not check_only:
+                for f in sorted(present):
+                    try:
+                        os.unlink(os.path.join(folder, f))
+                    except FileNotFoundError:
+                        pass
+                logger.warning("removed the %d files of an earlier training run from %s (%s): %s", len(present),
+                               folder, replace_flag, _some(sorted(present)))
     if check_only:
         return
     # A resumed run's files are those of the run it continues, and those it may add.
