@@ -520,6 +520,13 @@ def test_a_save_folder_of_an_older_train_py_resumes_as_before(finished_run, subs
                               '--resume', str(state_path)))
     assert result.exit_code == 0 and result.iteration == 2 * EPOCH_SIZE
     assert json.loads((folder / f'{NAME}_run.json').read_text())['settings']['run_id'] == run_id
+    # A fresh run there is refused as over any earlier run, and --no-resume replaces it.
+    (folder / f'{NAME}_run.json').unlink()
+    with pytest.raises(ValueError, match=rf"holds the files of an earlier training run: .* \(an older version's run: "
+                                         rf"{folder}/{NAME}_last_state\.pth\)\. To keep them, continue it"):
+        train.main(_args(subset, folder, backbone, '--max_epoch', '1', '--image_size', '64'))
+    assert train.main(_args(subset, folder, backbone, '--max_epoch', '1', '--image_size', '64',
+                            '--no-resume')).exit_code == 0
 
 
 def test_an_unfinished_older_run_never_replaces_the_published_weights_beside_it(finished_run, subset, backbone,

@@ -299,8 +299,9 @@ def prepare_training_folder(folder: str, record_name: str, settings: dict[str, o
                     f"continues: resume into that run's own folder, or into another {folder_flag}")
         elif not replace:
             continue_it = f"continue it with --resume {state_path}, " if os.path.isfile(state_path) else ''
+            source = record_path if written else f"an older version's run: {state_path}"
             raise InputError(f"{folder_flag} {folder} holds the files of an earlier training run: "
-                             f"{_some(sorted(present))} ({record_path}). To keep them, {continue_it}or choose "
+                             f"{_some(sorted(present))} ({source}). To keep them, {continue_it}or choose "
                              f"another {folder_flag}; to replace that run, pass {replace_flag} (its files are "
                              f"removed first)")
         else:  # replace: exactly the recorded files go, never one that this run reads
