@@ -1,9 +1,10 @@
 """Train RetinaFace on WIDER FACE (label.txt format), on CPU, one GPU, or many with torchrun.
 
-    python train.py --network mobile0.25                       # one device (CUDA if there is one)
+    python train.py --network mobile0.25 --save_folder weights/mnet   # one device (CUDA if there is one)
     python train.py --training_dataset ../shared/minitrain/train/label.txt --device cpu \\
-        --batch_size 8 --max_epoch 20 --pretrained ../shared/weights/mobilenetV1X0.25_pretrain.tar
-    torchrun --nproc_per_node=4 train.py --network resnet50 --batch_size 6   # 4 GPUs, global batch 24
+        --batch_size 8 --max_epoch 20 --pretrained ../shared/weights/mobilenetV1X0.25_pretrain.tar \\
+        --save_folder /tmp/minitrain_run
+    torchrun --nproc_per_node=4 train.py --network resnet50 --batch_size 6 --save_folder weights/r50   # 4 GPUs
 
 The reference's flags keep their meaning and defaults. The loop is the reference's: SGD,
 an epoch of ceil(len(dataset) / global batch) iterations, the learning rate multiplied by
@@ -17,7 +18,14 @@ and on SIGINT/SIGTERM; `--resume` continues from it at the same iteration, with 
 learning rate and the same data order. All files are written atomically. The log goes to
 stdout and is appended to `<name>_train.log` there too.
 
-Exit status: 0 when training finished; 128 + the signal number (130 for SIGINT, 143 for
+Every input is checked before --save_folder is touched. `<name>_run.json` there records the
+run and its files (utils.run_manifest.prepare_training_folder): a fresh run never writes
+over another run's files (--resume continues that run, --no-resume replaces it), and no
+run ever replaces a file that no run recorded, such as the published
+weights/mobilenet0.25_Final.pth in the default --save_folder.
+
+Exit status: 0 when training finished (a --resume of a finished run trains and writes
+nothing, and says so); 128 + the signal number (130 for SIGINT, 143 for
 SIGTERM) when stopped by a signal after saving a resumable state; 3 when the loss became
 NaN or infinite (nothing is saved then; the message names the last good checkpoint).
 """
@@ -25,11 +33,13 @@ import argparse
 import datetime
 import functools
 import logging
+import logging.handlers
 import math
 import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -54,6 +64,7 @@ from utils.distributed import World, on_rank0, process_group, quiet_other_ranks
 from utils.errors import InputError, InputNotFoundError
 from utils.metric_logger import MetricLogger
 from utils.run_history import RunHistory
+from utils.run_manifest import prepare_training_folder, training_record_name
 from utils.train_state import (ResumableDistributedSampler, StopSignal, gather_rng_states, load_training_state,
                                save_training_state, seed_everything, set_rng_state, warn_changed_settings)
 from models.validation import Validator, validate_epoch, validator_from_args
@@ -73,9 +84,16 @@ DEFAULT_PRETRAINED = {
 }
 EXIT_NONFINITE_LOSS = 3
 LOG_FORMAT = '%(asctime)s %(message)s'
+SCRIPT = 'train.py'
+# The files of a run in --save_folder besides the epoch checkpoints: <name><suffix>.
+FINAL_SUFFIX = '_Final.pth'
+STATE_SUFFIX = '_last_state.pth'
+RUN_FILE_SUFFIXES = (FINAL_SUFFIX, STATE_SUFFIX, '_best.pth', '_metrics.jsonl', '_metrics.png', '_train.log')
 
-# The <name>_train.log handler rank 0 adds to the root logger; main() removes it.
+# The <name>_train.log handler rank 0 adds to the root logger, and the buffer that keeps the
+# records of the checks made before it exists; main() removes both.
 _log_file_handler = None
+_log_buffer = None
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -137,6 +155,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument('--seed', type=int, default=None, help='random seed (default: a random one, logged)')
     parser.add_argument('--resume', default=None,
                         help='a <name>_last_state.pth written by this script: continue exactly where it stopped')
+    parser.add_argument('--no-resume', dest='no_resume', action='store_true',
+                        help="start afresh in a --save_folder that holds an earlier run's files: removes exactly "
+                             "the files <name>_run.json records (never a file no run recorded, such as the "
+                             "published weights)")
     parser.add_argument('--log_interval', type=positive_int, default=1, help='log a progress line every N iterations')
     parser.add_argument('--faceless_negatives', type=non_negative_int, default=0,
                         help='hard negatives mined in each image without faces (default 0, the reference: '
@@ -233,6 +255,20 @@ def _worker_init_fn(worker_id):
 
 # --------------------------------------------------------------------------- what a run is built from
 
+def saves_checkpoint_after(epoch: int, decay1: int) -> bool:
+    """Whether <name>_epoch_<epoch>.pth is saved: the reference's cadence, after every 10th
+    epoch, and every 5th once past decay1."""
+    return (epoch % 10 == 0 and epoch > 0) or (epoch % 5 == 0 and epoch > decay1)
+
+
+def run_files(cfg: dict) -> list[str]:
+    """The names of the files a run of cfg (build_config's) may write in --save_folder: the
+    epoch checkpoints before the last epoch (whose weights are <name>_Final.pth) and the rest."""
+    name = cfg['name']
+    return [name + suffix for suffix in RUN_FILE_SUFFIXES] + [
+        f"{name}_epoch_{epoch}.pth" for epoch in range(1, cfg['epoch']) if saves_checkpoint_after(epoch, cfg['decay1'])]
+
+
 @dataclass(frozen=True)
 class Schedule:
     """When things happen in a run: fixed once the dataset, the batch and the number of
@@ -263,7 +299,7 @@ class Schedule:
 
     def saves_checkpoint_after(self, epoch: int) -> bool:
         """The reference's cadence: after every 10th epoch, and every 5th once past decay1."""
-        return (epoch % 10 == 0 and epoch > 0) or (epoch % 5 == 0 and epoch > self.decay1)
+        return saves_checkpoint_after(epoch, self.decay1)
 
     def validates_after(self, epoch: int) -> bool:
         """With --val_dataset: every eval_every epochs, and after the last one."""
@@ -317,30 +353,58 @@ def _main(args: argparse.Namespace, device: torch.device, world: World) -> Train
 
 def _train(args: argparse.Namespace, device: torch.device, world: World, stop: StopSignal,
            folder_lock: FolderLock) -> TrainResult:
-    """The run, as torchvision's reference main() reads: check the settings and build what the
-    run needs, in the order the RNG draws depend on (the model's seed, the samplers, the
-    DataLoader's generator), then train epoch by epoch from the start iteration. Rank 0
-    takes folder_lock; the caller releases it."""
+    """The run, as torchvision's reference main() reads: check the settings and every input,
+    and build what the run needs, in the order the RNG draws depend on (the model's seed,
+    the samplers, the DataLoader's generator); only then claim --save_folder (rank 0 takes
+    folder_lock, which the caller releases), so that a refused run leaves nothing behind;
+    then train epoch by epoch from the start iteration."""
     cfg = build_config(args)
     amp = bool(args.amp)
     if amp and device.type != 'cuda':
         logger.warning("--amp needs CUDA; training in float32 on %s", device)
         amp = False
-    if args.resume and args.resume_net:
-        raise InputError("give either --resume (a training state) or --resume_net (plain weights), not both")
+    check_resume_flags(args, cfg)
     # Every file the run writes is <save_folder>/<name><suffix>, as the reference names its checkpoints.
     prefix = os.path.join(args.save_folder, cfg['name'])
     best_path = prefix + '_best.pth'  # with --val_dataset: the weights of the best validation AP
-    # Only rank 0 writes into --save_folder, so only it locks it; if that fails, every
-    # rank stops (the others with status 1 and no message of their own).
-    on_rank0(lambda: claim_save_folder(args.save_folder, folder_lock), world)
     if world.is_main:
-        _open_log_file(prefix + '_train.log')
+        _buffer_log_records()  # for <name>_train.log, which is opened once the inputs are checked
         logger.info("train.py %s", ' '.join(f"--{k} {v}" for k, v in vars(args).items() if v is not None))
 
+    # ---- inputs: all checked before anything is written
     state = load_training_state(args.resume) if args.resume else None
     seed = _choose_seed(args, cfg, state, world, device)
+    record = RunRecord.of(args, cfg, state, seed)
+    # Only rank 0 writes into --save_folder, so only it checks and claims it; if that fails,
+    # every rank stops (the others with status 1 and no message of their own).
+    on_rank0(lambda: record.prepare(args.save_folder, check_only=True), world)
+    img_dim = cfg['image_size']
+    logger.info('Loading Dataset...')
+    dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, BGR_MEAN))
+    if len(dataset) == 0:
+        raise InputError(f"{args.training_dataset} lists no images")
+    check_labels(dataset, args.training_dataset, args.faceless_negatives, log=logger)
+    # None without --val_dataset; its files are checked now, before training.
+    validator = validator_from_args(args, cfg, device, world, log=logger)
     model = build_model(args, cfg, state, seed, world.rank).to(device)  # the plain model, whose state_dict is saved
+    sampler = ResumableDistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
+                                          seed=seed)
+    schedule = Schedule.for_run(cfg, args, len(sampler))
+    if state is None:
+        # The reference's --resume_epoch: the weights were saved after that many epochs.
+        # The LR steps are counted from the iteration, so the rate is that epoch's.
+        start_iter, last_saved = args.resume_epoch * schedule.epoch_size, None
+    else:
+        start_iter, last_saved = resume_iteration(state, schedule), args.resume
+        if start_iter >= schedule.max_iter:
+            _nothing_left_to_resume(state, args.resume, start_iter, schedule)
+            return TrainResult(iteration=start_iter, max_iter=schedule.max_iter, epoch_size=schedule.epoch_size,
+                               state_path=args.resume)
+
+    # ---- outputs
+    on_rank0(lambda: claim_save_folder(args.save_folder, folder_lock, record), world)
+    if world.is_main:
+        _open_log_file(prefix + '_train.log')
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     net = model  # what the steps call: the model, or its DistributedDataParallel wrapper
@@ -352,30 +416,9 @@ def _train(args: argparse.Namespace, device: torch.device, world: World, stop: S
                              bkg_label=0, neg_mining=True, neg_pos=NEG_POS_RATIO, neg_overlap=MATCH_THRESHOLD,
                              encode_target=False, faceless_negatives=args.faceless_negatives,
                              variance=cfg['variance'])
-    img_dim = cfg['image_size']
     priors = PriorBox(cfg, image_size=(img_dim, img_dim)).forward().to(device)  # [P, 4], computed once
-
-    logger.info('Loading Dataset...')
-    dataset = WiderFaceDetection(args.training_dataset, preproc(img_dim, BGR_MEAN))
-    if len(dataset) == 0:
-        raise InputError(f"{args.training_dataset} lists no images")
-    check_labels(dataset, args.training_dataset, args.faceless_negatives, log=logger)
-    # None without --val_dataset; its files are checked now, before training.
-    validator = validator_from_args(args, cfg, device, world, log=logger)
-    sampler = ResumableDistributedSampler(dataset, num_replicas=world.world_size, rank=world.rank, shuffle=True,
-                                          seed=seed)
-    schedule = Schedule.for_run(cfg, args, len(sampler))
-    if state is None:
-        # The reference's --resume_epoch: the weights were saved after that many epochs.
-        # The LR steps are counted from the iteration, so the rate is that epoch's.
-        start_iter, last_saved = args.resume_epoch * schedule.epoch_size, None
-    else:
-        start_iter = _resume_from_state(state, args.resume, schedule, optimizer, scaler, world=world, device=device,
-                                        seed=seed)
-        last_saved = args.resume
-    if start_iter >= schedule.max_iter:  # finished already (a resumed state warned about it)
-        return TrainResult(iteration=start_iter, max_iter=schedule.max_iter, epoch_size=schedule.epoch_size,
-                           state_path=args.resume)
+    if state is not None:
+        _resume_from_state(state, start_iter, optimizer, scaler, world=world, device=device, seed=seed)
     # Worker seeds come from the loader's generator: different per rank, and fresh after a resume.
     loader = _make_loader(dataset, sampler, cfg['batch_size'], args.num_workers, pin_memory=device.type == 'cuda',
                           seed=(seed + 1000003 * world.rank + 7919 * start_iter) % 2 ** 63)
@@ -387,6 +430,7 @@ def _train(args: argparse.Namespace, device: torch.device, world: World, stop: S
     # A fresh run starts a new metrics file; a resumed one continues the state's records.
     history = (RunHistory.resume(prefix + '_metrics.jsonl', state, start_iter // schedule.epoch_size)
                if state is not None else RunHistory(prefix + '_metrics.jsonl'))
+    history.run_id = record.run_id  # the one <name>_run.json knows this run by
     # The training state, written at epoch boundaries, when a signal stops the run, and at the end.
     save_state = functools.partial(_save_state, prefix + '_last_state.pth', model=model, optimizer=optimizer,
                                    scaler=scaler, schedule=schedule, seed=seed, world=world, device=device, cfg=cfg,
@@ -442,39 +486,163 @@ def _train(args: argparse.Namespace, device: torch.device, world: World, stop: S
                        history=history)
 
 
-def check_save_folder(folder: str) -> None:
-    """Create folder if needed once files can be created in it, so that an unwritable
-    --save_folder fails before training rather than at the first checkpoint."""
-    check_writable(folder, '--save_folder', folder=True)
-    os.makedirs(folder, exist_ok=True)
+def check_resume_flags(args: argparse.Namespace, cfg: dict) -> None:
+    """Refuse flags that contradict each other, or leave nothing to train."""
+    if args.resume and args.resume_net:
+        raise InputError("give either --resume (a training state) or --resume_net (plain weights), not both")
+    if args.resume and args.no_resume:
+        raise InputError("give either --resume (continue the run of a training state) or --no-resume (start afresh, "
+                         "replacing an earlier run's files), not both")
+    if not args.resume and args.resume_epoch >= cfg['epoch']:
+        # It used to return at once, with status 0 and no word, having trained nothing.
+        raise InputError(f"nothing to train: --resume_epoch {args.resume_epoch} starts after epoch "
+                         f"{args.resume_epoch}, and the run ends at epoch {cfg['epoch']} (--max_epoch); pass a "
+                         f"--max_epoch larger than {args.resume_epoch}")
 
 
-def claim_save_folder(folder: str, lock: FolderLock) -> None:
-    """Make --save_folder this run's: check it, take its lock (a second run into it fails at
+def resume_iteration(state: dict, schedule: Schedule) -> int:
+    """The iteration a --resume of state starts at: the saved one, or the start of the epoch
+    it was in when the iterations per epoch changed (dataset, batch size or number of
+    processes), which is said."""
+    start_iter = int(state['iteration'])
+    if int(state['epoch_size']) != schedule.epoch_size:
+        completed = start_iter // int(state['epoch_size'])
+        logger.warning("the state was saved with %d iterations per epoch, now %d (dataset, batch size or "
+                       "number of processes changed): resuming at the start of epoch %d",
+                       state['epoch_size'], schedule.epoch_size, completed + 1)
+        start_iter = completed * schedule.epoch_size
+    return start_iter
+
+
+def _nothing_left_to_resume(state: dict, path: str, start_iter: int, schedule: Schedule) -> None:
+    """A --resume with nothing left to train. Of a run that has finished, that is not an error
+    (resuming until done is a loop a job scheduler runs): say so, and where its weights are.
+    Of a run stopped before its end, at or past this run's last epoch, it is an InputError."""
+    completed = start_iter // schedule.epoch_size
+    if int(state['iteration']) < int(state.get('max_iter', 0)):
+        raise InputError(f"nothing to train: {path} is at the end of epoch {completed}, and the run ends at epoch "
+                         f"{schedule.epochs} (--max_epoch); pass a --max_epoch larger than {completed} (its run was "
+                         f"to end at epoch {int(state['max_iter']) // int(state['epoch_size'])})")
+    final = path[:-len(STATE_SUFFIX)] + FINAL_SUFFIX if path.endswith(STATE_SUFFIX) else None
+    logger.warning("nothing to train: %s is the end of a finished run, after epoch %d%s; nothing was written. "
+                   "To train longer, resume it with a --max_epoch larger than %d", path, completed,
+                   f" (its weights: {final})" if final and os.path.isfile(final) else '', completed)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """What <name>_run.json in --save_folder says of a run (utils.run_manifest's
+    prepare_training_folder): its network, its run_id (RunHistory's, kept in the training
+    state, so that a --resume is known for the same run) and seed, the files it may write,
+    and the weights it started from."""
+    cfg: dict
+    run_id: str
+    seed: int
+    start_weights: str | None
+    resume: str | None
+    replace: bool
+    inputs: tuple[str, ...]  # the files the run reads, which --no-resume must never remove
+
+    @classmethod
+    def of(cls, args: argparse.Namespace, cfg: dict, state: dict | None, seed: int) -> 'RunRecord':
+        if state is None:
+            start = args.resume_net or resolve_pretrained(args.pretrained, cfg)
+        else:
+            start = args.resume
+        inputs = tuple(p for p in (start, args.training_dataset, args.val_dataset) if p)
+        return cls(cfg=cfg, run_id=state_run_id(state) if state is not None else uuid.uuid4().hex[:12], seed=seed,
+                   start_weights=start, resume=args.resume, replace=args.no_resume, inputs=inputs)
+
+    @property
+    def settings(self) -> dict:
+        return {'network': self.cfg['name'], 'run_id': self.run_id, 'seed': self.seed}
+
+    def prepare(self, folder: str, check_only: bool = False) -> None:
+        """Check (check_only) or prepare folder for this run's files; InputError if it holds
+        files this run must not write over."""
+        name = self.cfg['name']
+        if check_only:
+            check_writable(folder, '--save_folder', folder=True)
+        prepare_training_folder(
+            folder, training_record_name(name), self.settings, run_files(self.cfg), script=SCRIPT,
+            resume=self.resume, replace=self.replace, state_name=name + STATE_SUFFIX,
+            model_path=self.start_weights, inputs=self.inputs, check_only=check_only,
+            unrecorded_run=functools.partial(_older_run_record, folder, name))
+
+
+def state_run_id(state: dict) -> str:
+    """The run_id of the run a training state belongs to: its history's, or for a state saved
+    before histories had one, one made from its seed (the same at every resume)."""
+    run_id = (state.get('history') or {}).get('run_id')
+    return str(run_id) if run_id else f"seed-{state['seed']}"
+
+
+def _older_run_record(folder: str, name: str, files: list[str]) -> dict | None:
+    """For a --save_folder without <name>_run.json: the record an older train.py (which kept
+    none) would have written for the run whose <name>_last_state.pth is there, or None when
+    there is no such state. Its <name>_Final.pth is that run's only once the state says it
+    finished (the published weights in ./weights/ sit beside no state, or beside an
+    unfinished one)."""
+    state_path = os.path.join(folder, name + STATE_SUFFIX)
+    try:
+        state = load_training_state(state_path)
+    except InputError:
+        return None
+    if state['cfg'].get('name') != name:
+        return None
+    finished = 'max_iter' in state and int(state['iteration']) >= int(state['max_iter'])
+    return {'script': SCRIPT, 'settings': {'network': name, 'run_id': state_run_id(state), 'seed': state['seed']},
+            'files': [f for f in files if f != name + FINAL_SUFFIX or finished]}
+
+
+def claim_save_folder(folder: str, lock: FolderLock, record: RunRecord) -> None:
+    """Make --save_folder this run's: create it, take its lock (a second run into it fails at
     once, naming the first one's PID, instead of silently replacing its checkpoints, state
-    and metrics), then remove the temporary files a killed save left there. Only files
-    directly in it: a sub-folder may be another run's --save_folder, busy now."""
-    check_save_folder(folder)
+    and metrics), prepare it for the run's files (record.prepare: the check made before the
+    inputs, made again now that no other run can change the folder), then remove the
+    temporary files a killed save left there. Only files directly in it: a sub-folder may be
+    another run's --save_folder, busy now."""
     lock.acquire()
+    record.prepare(folder)
     removed = remove_stale_temp_files(folder, recursive=False)
     if removed:
         logger.info("removed %d temporary file(s) that an interrupted save left in %s: %s", len(removed), folder,
                     ', '.join(os.path.basename(p) for p in removed))
 
 
-def _open_log_file(path):
-    """Copy every log record to path (appended: a resumed run continues the same file)."""
-    global _log_file_handler
+def _buffer_log_records():
+    """Keep the log records from now until _open_log_file, which copies them to the file: the
+    checks of the inputs log before --save_folder may be written to."""
+    global _log_buffer
     _close_log_file()
+    # Without a target a MemoryHandler keeps every record, whatever its capacity, until one is set.
+    _log_buffer = logging.handlers.MemoryHandler(capacity=1, flushLevel=logging.CRITICAL + 1, target=None)
+    _log_buffer.setLevel(logging.INFO)
+    logging.getLogger().addHandler(_log_buffer)
+
+
+def _open_log_file(path):
+    """Copy every log record to path (appended: a resumed run continues the same file), the
+    ones _buffer_log_records kept first."""
+    global _log_file_handler, _log_buffer
     handler = logging.FileHandler(path, mode='a', encoding='utf-8')
     handler.setFormatter(logging.Formatter(LOG_FORMAT, datefmt='%Y-%m-%d %H:%M:%S'))
     handler.setLevel(logging.INFO)
+    if _log_buffer is not None:
+        logging.getLogger().removeHandler(_log_buffer)
+        _log_buffer.setTarget(handler)
+        _log_buffer.close()  # flushes the kept records to the file
+        _log_buffer = None
     logging.getLogger().addHandler(handler)
     _log_file_handler = handler
 
 
 def _close_log_file():
-    global _log_file_handler
+    global _log_file_handler, _log_buffer
+    if _log_buffer is not None:
+        logging.getLogger().removeHandler(_log_buffer)
+        _log_buffer.close()  # no target: the records are dropped
+        _log_buffer = None
     if _log_file_handler is not None:
         logging.getLogger().removeHandler(_log_file_handler)
         _log_file_handler.close()
@@ -528,33 +696,19 @@ def build_model(args: argparse.Namespace, cfg: dict, state: dict | None, seed: i
     return net
 
 
-def _resume_from_state(state: dict, path: str, schedule: Schedule, optimizer: optim.Optimizer,
-                       scaler: torch.amp.GradScaler, *, world: World, device: torch.device, seed: int) -> int:
-    """Continue the training state read from path (--resume): load the optimizer and the AMP
-    scaler, and return the iteration to start at. Unless nothing is left to train (which it
-    warns about), put back this rank's RNG states, or reseed when the number of processes
-    changed."""
+def _resume_from_state(state: dict, start_iter: int, optimizer: optim.Optimizer, scaler: torch.amp.GradScaler, *,
+                       world: World, device: torch.device, seed: int) -> None:
+    """Continue the training state (--resume) at start_iter (resume_iteration's): load the
+    optimizer and the AMP scaler, and put back this rank's RNG states, or reseed when the
+    number of processes changed."""
     optimizer.load_state_dict(state['optimizer'])
     if scaler.is_enabled() and state.get('scaler'):  # on with --amp on CUDA only
         scaler.load_state_dict(state['scaler'])
-    start_iter = int(state['iteration'])
-    if int(state['epoch_size']) != schedule.epoch_size:
-        completed = start_iter // int(state['epoch_size'])
-        logger.warning("the state was saved with %d iterations per epoch, now %d (dataset, batch size or "
-                       "number of processes changed): resuming at the start of epoch %d",
-                       state['epoch_size'], schedule.epoch_size, completed + 1)
-        start_iter = completed * schedule.epoch_size
-    if start_iter >= schedule.max_iter:
-        logger.warning("training had already finished: %s is at iteration %d of %d (epoch %d of %d); nothing "
-                       "was trained or saved (to train longer, resume with a larger --max_epoch)",
-                       path, start_iter, schedule.max_iter, start_iter // schedule.epoch_size, schedule.epochs)
-        return start_iter
     rng = state['rng']
     if int(state.get('world_size', 1)) == world.world_size and world.rank < len(rng):
         set_rng_state(rng[world.rank], device)
     else:
         seed_everything(seed + world.rank + 7919 * start_iter)
-    return start_iter
 
 
 def _make_loader(dataset: data.Dataset, sampler: ResumableDistributedSampler, batch_size: int, num_workers: int, *,

@@ -14,7 +14,7 @@ from pathlib import Path
 
 
 from data.wider_face import read_label_file
-from utils.atomic import atomic_write_text
+from utils.atomic import atomic_write_text, check_writable
 from utils.cli import run_cli
 from utils.errors import InputError
 from utils.input_files import open_text
@@ -48,13 +48,25 @@ def split_blocks(label_path, every, offset=0):
     return train, val
 
 
+def _check_part(folder, image_root):
+    """Refuse, before anything is written, a part folder that cannot be written or whose
+    images/ is something other than a link to image_root (a rerun finds its own link)."""
+    check_writable(folder / 'label.txt', '--out')
+    link = folder / 'images'
+    if link.is_symlink():
+        if Path(os.readlink(link)) != image_root:
+            raise InputError(f"--out {folder.parent}: {link} is a link to {os.readlink(link)}, not to {image_root}, "
+                             f"the images of the label file split: choose another --out folder")
+    elif link.exists():
+        raise InputError(f"--out {folder.parent}: {link} exists and is not a link (split_labels writes train/ and "
+                         f"val/, each with an 'images' link to {image_root}, and never over a folder of "
+                         f"images): choose another --out folder, a new one")
+
+
 def _write_part(folder, blocks, image_root):
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / 'images'
-    if link.is_symlink() or link.exists():
-        if not (link.is_symlink() and Path(os.readlink(link)) == image_root):
-            raise FileExistsError(f"{link} exists and is not a link to {image_root}")
-    else:
+    if not link.is_symlink():
         link.symlink_to(image_root, target_is_directory=True)
     atomic_write_text(folder / 'label.txt', ''.join(line + '\n' for block in blocks for line in block))
     return len(blocks), sum(len(b) == 1 for b in blocks), sum(len(b) - 1 for b in blocks)
@@ -65,6 +77,8 @@ def main(args):
     image_root = label.parent / 'images'
     train, val = split_blocks(label, args.every, args.offset)
     out = Path(args.out)
+    for name in ('train', 'val'):
+        _check_part(out / name, image_root)
     counts = {}
     for name, blocks in (('train', train), ('val', val)):
         n, faceless, faces = _write_part(out / name, blocks, image_root)

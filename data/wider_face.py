@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.utils.data as data
 
-from .label_file import TRAIN_LINE_VALUES, read_label_file
+from .label_file import LANDMARK_INDICES, TRAIN_LINE_VALUES, read_label_file
 
 from utils.errors import InputError, InputNotFoundError
 
@@ -34,10 +34,6 @@ logger = logging.getLogger(__name__)
 # Above this fraction of unusable boxes (no area, or outside the image) check_labels warns.
 DROPPED_BOXES_WARNING = 0.1
 
-# Positions of the five landmarks' x, y in a 20-value line (the flags at 6, 9, ... and
-# the score at 19 are not used), in the target's order: left eye, right eye, nose,
-# left mouth corner, right mouth corner.
-LANDMARK_INDICES = [4, 5, 7, 8, 10, 11, 13, 14, 16, 17]
 # A target row: x1 y1 x2 y2, ten landmark coordinates, label.
 TARGET_COLUMNS = 15
 # Target labels: a face with landmarks, and a face without (it still trains the box and

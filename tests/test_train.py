@@ -98,8 +98,8 @@ def test_run_writes_loadable_checkpoints(full_run):
     # The reference's names (and the hidden lock file that kept the folder this run's);
     # plain state_dicts without 'module.', loadable by our loader ...
     files = sorted(p.name for p in out.iterdir())
-    assert files == ['.retinaface.lock', f'{NAME}_Final.pth', f'{NAME}_last_state.pth', f'{NAME}_metrics.jsonl', f'{NAME}_metrics.png',
-                     f'{NAME}_train.log']
+    assert files == ['.retinaface.lock', f'{NAME}_Final.pth', f'{NAME}_last_state.pth', f'{NAME}_metrics.jsonl',
+                     f'{NAME}_metrics.png', f'{NAME}_run.json', f'{NAME}_train.log']
     final = torch.load(out / f'{NAME}_Final.pth', map_location='cpu', weights_only=True)
     assert not any(k.startswith('module.') for k in final)
     _weights(out / f'{NAME}_Final.pth')

@@ -2,9 +2,11 @@
 refused up front, an unwritable --save_folder fails before the first step, expected
 errors are one 'error:' line, the log goes to stdout and beside the checkpoints, and the
 opt-in --faceless_negatives loss."""
+import json
 import logging
 import math
 import runpy
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -16,7 +18,7 @@ import train
 from data import cfg_mnet
 from layers.modules import MultiBoxLoss
 from tests.conftest import ROOT, need_shared, recorded_steps
-from tests.test_train import _args, _subprocess_env, backbone, one_thread, subset  # noqa: F401 (fixtures)
+from tests.test_train import EPOCH_SIZE, _args, _subprocess_env, backbone, one_thread, subset  # noqa: F401 (fixtures)
 
 NAME = cfg_mnet['name']
 # The first minitrain photos (416 x 416): 0_102 has faces, 0_125 and 0_137 have none.
@@ -273,11 +275,16 @@ def test_log_goes_to_stdout(subset, backbone, tmp_path):
 
 
 def test_log_copy_beside_the_checkpoints_is_appended(subset, backbone, tmp_path):
-    for _ in range(2):
-        train.main(_args(subset, tmp_path, backbone, '--max_epoch', '1', '--image_size', '64'))
+    """A resumed run continues the log of the run it resumes, from its first line (the
+    checks of the inputs, logged before the folder is claimed, included)."""
+    train.main(_args(subset, tmp_path, backbone, '--max_epoch', '1', '--image_size', '64'))
+    train.main(_args(subset, tmp_path, backbone, '--max_epoch', '2', '--image_size', '64',
+                     '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
     log = (tmp_path / f'{NAME}_train.log').read_text()
-    assert log.count('train.py --training_dataset') == 2
-    assert log.count('Iter: 2/2') == 2 and log.count(f'saved {tmp_path}/{NAME}_Final.pth') == 2
+    assert log.count('train.py --training_dataset') == 2 and log.count('Loading Dataset...') == 2
+    assert log.splitlines()[0].split(' ', 2)[2].startswith('train.py --training_dataset')
+    assert log.count('Iter: 2/2') == 1 and log.count('Iter: 3/4') == 1 and log.count('Iter: 4/4') == 1
+    assert log.count(f'saved {tmp_path}/{NAME}_Final.pth') == 2
     # The handler is gone once main returns.
     log_path = str(tmp_path / f'{NAME}_train.log')
     assert not any(getattr(h, 'baseFilename', None) == log_path for h in logging.getLogger().handlers)
@@ -311,3 +318,247 @@ def test_image_size_from_the_header_follows_exif_rotation(tmp_path):
         img = cv2.imread(str(tmp_path / name), cv2.IMREAD_COLOR)
         assert image_size(str(tmp_path / name)) == (img.shape[1], img.shape[0])
     assert image_size(str(tmp_path / 'rotated.jpg')) == (20, 40)
+
+
+# --------------------------------------------------------------------------- inputs before outputs (T6, T1, T3, T11)
+
+def _landmark_far_away(faces):
+    """The face lines with the first one's nose at (5000, -5000) (it has landmarks)."""
+    values = faces[0].split()
+    values[10], values[11] = '5000', '-5000'
+    return [' '.join(values)] + faces[1:]
+
+
+@pytest.mark.parametrize('case', ['missing --val_dataset', 'missing --resume', 'bad --resume_net', 'missing backbone',
+                                  'image listed twice', 'landmark far outside', 'nothing to train'])
+def test_refused_input_leaves_no_save_folder(case, tmp_path, backbone, capsys, monkeypatch, restore_logging):
+    """Every input is checked before --save_folder is made: a refused run leaves no folder,
+    no lock and no log (a missing --val_dataset used to leave all three)."""
+    faces = _real_faces(FACE_IMAGE)
+    entries = [(FACE_IMAGE, faces)]
+    label = tmp_path / 'label.txt'
+    out = tmp_path / 'out'
+    flags = ['--pretrained', backbone]
+    if case == 'missing --val_dataset':
+        flags += ['--val_dataset', tmp_path / 'no_such_val' / 'label.txt']
+        expected = f"error: --val_dataset not found: {tmp_path}/no_such_val/label.txt"
+    elif case == 'missing --resume':
+        flags += ['--resume', tmp_path / 'no_such_state.pth']
+        expected = f"error: training state not found: {tmp_path}/no_such_state.pth"
+    elif case == 'bad --resume_net':
+        (tmp_path / 'weights.pth').write_text('not weights\n')
+        flags += ['--resume_net', tmp_path / 'weights.pth']
+        expected = f"error: {tmp_path}/weights.pth"
+    elif case == 'missing backbone':
+        flags = ['--pretrained', tmp_path / 'no_such_backbone.tar']
+        expected = f"error: pretrained backbone not found: {tmp_path}/no_such_backbone.tar"
+    elif case == 'image listed twice':  # T1: it trained twice an epoch without a word
+        entries = [(FACE_IMAGE, faces), (BIG_FACES_IMAGE, []), (FACE_IMAGE, faces)]
+        expected = (f"error: {label}:1 and {label}:{len(faces) + 3}: duplicate entry '{FACE_IMAGE}' (each image "
+                    f"is listed once")
+    elif case == 'landmark far outside':  # T3: accepted, with a landmark loss of 263 against about 20
+        entries = [(BIG_FACES_IMAGE, _landmark_far_away(_real_faces(BIG_FACES_IMAGE)))]
+        expected = f"error: {label}:2: landmark 3 (5000, -5000) is far outside its face's box"
+    else:  # T11: it returned at once, with status 0 and no word
+        (tmp_path / 'weights.pth').write_bytes(need_shared('weights', 'mobilenet0.25_Final.pth').read_bytes())
+        flags += ['--resume_net', tmp_path / 'weights.pth', '--resume_epoch', 5, '--max_epoch', 2]
+        expected = ("error: nothing to train: --resume_epoch 5 starts after epoch 5, and the run ends at epoch 2 "
+                    "(--max_epoch); pass a --max_epoch larger than 5")
+    _label_file(tmp_path, entries)
+    status, output = _cli(['--training_dataset', label, '--save_folder', out, '--device', 'cpu', '--num_workers', 0,
+                           '--image_size', 64, *flags], capsys, monkeypatch)
+    assert status == 1
+    lines = output.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(expected), output.err
+    assert not out.exists()
+
+
+def test_resume_epoch_at_the_last_epoch_leaves_nothing_to_train(subset, backbone, tmp_path):
+    with pytest.raises(ValueError, match=r'^nothing to train: --resume_epoch 3 starts after epoch 3, and the run '
+                                         r'ends at epoch 3'):
+        train.main(_args(subset, tmp_path / 'out', backbone, '--max_epoch', '3', '--resume_epoch', '3'))
+
+
+def test_resume_and_no_resume_together_are_refused(subset, backbone, tmp_path):
+    with pytest.raises(ValueError, match=r'^give either --resume .* or --no-resume .*, not both'):
+        train.main(_args(subset, tmp_path / 'out', backbone, '--resume', str(tmp_path / 'state.pth'), '--no-resume'))
+    assert not (tmp_path / 'out').exists()
+
+
+# --------------------------------------------------------------------------- another run's files (T9, T10)
+
+@pytest.fixture(scope='module')
+def finished_run(subset, backbone, tmp_path_factory):
+    """The --save_folder of a finished one-epoch run (2 iterations at 64 px)."""
+    out = tmp_path_factory.mktemp('finished')
+    assert train.main(_args(subset, out, backbone, '--max_epoch', '1', '--image_size', '64')).exit_code == 0
+    return out
+
+
+def test_resume_of_a_stopped_run_at_its_last_epoch_is_an_error(finished_run, subset, backbone, tmp_path):
+    """T11 for --resume: a run stopped after epoch 1 of 4, resumed with --max_epoch 1. (Of a
+    finished run it is not an error: tests/test_validation.py.)"""
+    state = torch.load(finished_run / f'{NAME}_last_state.pth', map_location='cpu', weights_only=True)
+    state['max_iter'] = 4 * state['epoch_size']
+    torch.save(state, tmp_path / 'state.pth')
+    with pytest.raises(ValueError, match=rf'^nothing to train: {tmp_path}/state\.pth is at the end of epoch 1, and '
+                                         r'the run ends at epoch 1 \(--max_epoch\); pass a --max_epoch larger than 1 '
+                                         r'\(its run was to end at epoch 4\)$'):
+        train.main(_args(subset, tmp_path / 'out', backbone, '--max_epoch', '1', '--image_size', '64',
+                         '--resume', str(tmp_path / 'state.pth')))
+    assert not (tmp_path / 'out').exists()
+
+
+def _contents(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() or p.is_symlink()}
+
+
+def test_fresh_run_into_a_finished_run_is_refused_naming_the_ways_out(finished_run, subset, backbone, capsys,
+                                                                      monkeypatch, restore_logging):
+    """T9: it exited 0, its Final.pth, resumable state and metrics replaced."""
+    before = _contents(finished_run)
+    calls = _count_forward_calls(monkeypatch)
+    status, output = _cli(['--training_dataset', subset, '--save_folder', finished_run, '--device', 'cpu',
+                           '--num_workers', 0, '--image_size', 64, '--pretrained', backbone, '--max_epoch', 1],
+                          capsys, monkeypatch)
+    assert status == 1 and calls == []
+    assert output.err.splitlines() == [
+        f"error: --save_folder {finished_run} holds the files of an earlier training run: {NAME}_Final.pth, "
+        f"{NAME}_last_state.pth, {NAME}_metrics.jsonl, {NAME}_metrics.png and 1 more ({finished_run}/{NAME}_run.json)."
+        f" To keep them, continue it with --resume {finished_run}/{NAME}_last_state.pth, or choose another "
+        f"--save_folder; to replace that run, pass --no-resume (its files are removed first)"]
+    assert _contents(finished_run) == before  # not even the log copy was appended to
+
+
+def test_no_resume_replaces_exactly_the_recorded_run(finished_run, subset, backbone, tmp_path, caplog):
+    """--no-resume removes the files <name>_run.json lists, then trains afresh; a user's file
+    and another network's run stay."""
+    folder = tmp_path / 'run'
+    shutil.copytree(finished_run, folder)
+    theirs = {'notes.txt': b'my notes\n', 'Resnet50_Final.pth': b'another network\n'}
+    for name, data in theirs.items():
+        (folder / name).write_bytes(data)
+    old_record = json.loads((folder / f'{NAME}_run.json').read_text())
+    with caplog.at_level(logging.WARNING, logger='utils.run_manifest'):
+        result = train.main(_args(subset, folder, backbone, '--max_epoch', '1', '--image_size', '64', '--no-resume'))
+    assert result.exit_code == 0
+    assert f'removed the 5 files of an earlier training run from {folder} (--no-resume)' in caplog.text
+    assert all((folder / name).read_bytes() == data for name, data in theirs.items())
+    # The log and the record are the new run's alone.
+    assert (folder / f'{NAME}_train.log').read_text().count('train.py --training_dataset') == 1
+    new_record = json.loads((folder / f'{NAME}_run.json').read_text())
+    assert new_record['settings']['run_id'] != old_record['settings']['run_id']
+
+
+def test_resume_into_another_runs_folder_is_refused(finished_run, subset, backbone, tmp_path):
+    """--resume of one run's state into a folder that another run's record owns."""
+    folder = tmp_path / 'other'
+    shutil.copytree(finished_run, folder)
+    record = json.loads((folder / f'{NAME}_run.json').read_text())
+    record['settings']['run_id'] = 'another0run'
+    (folder / f'{NAME}_run.json').write_text(json.dumps(record))
+    before = _contents(folder)
+    with pytest.raises(ValueError, match=rf'^--save_folder {folder} holds the files of another training run '
+                                         rf'\({folder}/{NAME}_run\.json: run_id "another0run" -> "\w+"\), not of the '
+                                         rf'run {finished_run}/{NAME}_last_state\.pth continues'):
+        train.main(_args(subset, folder, backbone, '--max_epoch', '2', '--image_size', '64',
+                         '--resume', str(finished_run / f'{NAME}_last_state.pth')))
+    assert _contents(folder) == before
+
+
+@pytest.fixture(params=['link', 'copy'])
+def user_folder(request, tmp_path, monkeypatch):
+    """A user's working folder, the current one: weights/ holds the published weights (a
+    link into the shared folder, as in CI, or a downloaded copy) and the backbone."""
+    published = need_shared('weights', 'mobilenet0.25_Final.pth')
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    if request.param == 'link':
+        (weights / f'{NAME}_Final.pth').symlink_to(published)
+    else:
+        shutil.copyfile(published, weights / f'{NAME}_Final.pth')
+    (weights / 'mobilenetV1X0.25_pretrain.tar').symlink_to(need_shared('weights', 'mobilenetV1X0.25_pretrain.tar'))
+    monkeypatch.chdir(tmp_path)
+    return weights, published
+
+
+@pytest.mark.parametrize('flags', [[], ['--no-resume'], ['--resume']], ids=['fresh', 'no-resume', 'resume'])
+def test_default_save_folder_never_replaces_the_published_weights(user_folder, flags, subset, finished_run, capsys,
+                                                                  monkeypatch, restore_logging):
+    """T10: `train.py --training_dataset X` with the default --save_folder ./weights/ replaced
+    the published weights/mobilenet0.25_Final.pth (which detect.py loads by default) with a
+    one-epoch model. Now it refuses up front, whatever the flags."""
+    weights, published = user_folder
+    assert train.get_args_parser().get_default('save_folder') == './weights/'  # the reference's, kept
+    published_bytes = published.read_bytes()
+    listing = {p.name: (p.is_symlink(), p.stat().st_ino) for p in weights.iterdir()}
+    if flags == ['--resume']:
+        flags = ['--resume', finished_run / f'{NAME}_last_state.pth', '--max_epoch', 2]
+    calls = _count_forward_calls(monkeypatch)
+    status, output = _cli(['--training_dataset', subset, '--device', 'cpu', '--num_workers', 0, '--image_size', 64,
+                           *flags], capsys, monkeypatch)
+    assert status == 1 and calls == []
+    way_out = (f"Resume into another folder (--save_folder OTHER --resume {finished_run}/{NAME}_last_state.pth)"
+               if '--resume' in flags else "Pass --save_folder FOLDER to train into another folder")
+    assert output.err.splitlines() == [
+        f"error: --save_folder ./weights/ holds {NAME}_Final.pth, which no training run of this project recorded "
+        f"making: train.py never replaces a file it did not make (such as the published weights), whatever the "
+        f"flags. {way_out}"]
+    assert {p.name: (p.is_symlink(), p.stat().st_ino) for p in weights.iterdir()} == listing  # no lock, no record
+    assert (weights / f'{NAME}_Final.pth').read_bytes() == published_bytes == published.read_bytes()
+
+
+def test_a_save_folder_of_an_older_train_py_resumes_as_before(finished_run, subset, backbone, tmp_path):
+    """An older train.py kept no <name>_run.json: its run's state says whose files they are,
+    so that --resume in its folder works as it did."""
+    folder = tmp_path / 'older'
+    shutil.copytree(finished_run, folder)
+    (folder / f'{NAME}_run.json').unlink()
+    state_path = folder / f'{NAME}_last_state.pth'
+    run_id = torch.load(state_path, map_location='cpu', weights_only=True)['history']['run_id']
+    result = train.main(_args(subset, folder, backbone, '--max_epoch', '2', '--image_size', '64',
+                              '--resume', str(state_path)))
+    assert result.exit_code == 0 and result.iteration == 2 * EPOCH_SIZE
+    assert json.loads((folder / f'{NAME}_run.json').read_text())['settings']['run_id'] == run_id
+    # A fresh run there is refused as over any earlier run, and --no-resume replaces it.
+    (folder / f'{NAME}_run.json').unlink()
+    with pytest.raises(ValueError, match=rf"holds the files of an earlier training run: .* \(an older version's run: "
+                                         rf"{folder}/{NAME}_last_state\.pth\)\. To keep them, continue it"):
+        train.main(_args(subset, folder, backbone, '--max_epoch', '1', '--image_size', '64'))
+    assert train.main(_args(subset, folder, backbone, '--max_epoch', '1', '--image_size', '64',
+                            '--no-resume')).exit_code == 0
+
+
+def test_an_unfinished_older_run_never_replaces_the_published_weights_beside_it(finished_run, subset, backbone,
+                                                                                tmp_path):
+    """Its state had not finished, so the Final.pth beside it is not its own."""
+    weights = tmp_path / 'weights'
+    weights.mkdir()
+    published = need_shared('weights', 'mobilenet0.25_Final.pth')
+    (weights / f'{NAME}_Final.pth').symlink_to(published)
+    state = torch.load(finished_run / f'{NAME}_last_state.pth', map_location='cpu', weights_only=True)
+    state['max_iter'] = 4 * state['epoch_size']
+    torch.save(state, weights / f'{NAME}_last_state.pth')
+    with pytest.raises(ValueError, match=rf'^--save_folder {weights} holds {NAME}_Final\.pth, which no training run '
+                                         r'of this project recorded making'):
+        train.main(_args(subset, weights, backbone, '--max_epoch', '4', '--image_size', '64',
+                         '--resume', str(weights / f'{NAME}_last_state.pth')))
+    assert sorted(p.name for p in weights.iterdir()) == [f'{NAME}_Final.pth', f'{NAME}_last_state.pth']
+    assert (weights / f'{NAME}_Final.pth').is_symlink()
+
+
+def test_no_resume_never_removes_a_file_the_run_reads(finished_run, subset, backbone, tmp_path):
+    """Fine-tuning from the earlier run's epoch 10 checkpoint, in its folder: --no-resume would
+    have removed the very weights the run starts from."""
+    folder = tmp_path / 'run'
+    shutil.copytree(finished_run, folder)
+    shutil.copyfile(folder / f'{NAME}_Final.pth', folder / f'{NAME}_epoch_10.pth')
+    record = json.loads((folder / f'{NAME}_run.json').read_text())
+    record['files'].append(f'{NAME}_epoch_10.pth')
+    (folder / f'{NAME}_run.json').write_text(json.dumps(record))
+    before = _contents(folder)
+    with pytest.raises(ValueError, match=rf'^--no-resume would remove {folder}/{NAME}_epoch_10\.pth, which this run '
+                                         rf'reads: copy it out of --save_folder {folder} first'):
+        train.main(_args(subset, folder, backbone, '--max_epoch', '1', '--image_size', '64', '--no-resume',
+                         '--resume_net', str(folder / f'{NAME}_epoch_10.pth')))
+    assert _contents(folder) == before

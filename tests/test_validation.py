@@ -21,7 +21,6 @@ from models.retinaface import RetinaFace
 from models.validation import Validator
 from tests.conftest import ROOT, need_shared, recorded_steps
 from tests.test_train import _assert_same_weights, _weights, backbone  # noqa: F401 (fixture)
-from utils.atomic import LOCK_NAME
 from utils.checkpoint import load_model
 from utils.run_history import RunHistory
 from widerface_evaluate.validation import load_validation_set, score_detections, wider_boxes
@@ -287,19 +286,21 @@ def test_resumed_epoch_record_covers_the_whole_epoch(split, backbone, val_run, t
 
 
 def test_resume_of_a_finished_run_says_so_and_writes_nothing(split, backbone, tmp_path, caplog):
+    """Resuming a run that has finished trains nothing, which is not an error (a job
+    scheduler may resume until done): it says so, names the run's weights, and touches no
+    file, not even the log copy or the lock (it stops before --save_folder is claimed)."""
     train.main(_args(split, tmp_path, backbone, '--max_epoch', '1', val=False))
-    # The log copy records the attempt, and the folder's lock file the PID of the run that
-    # holds it; nothing else may change.
+
     def files():
-        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in tmp_path.iterdir()
-                if p.name not in (f'{NAME}_train.log', LOCK_NAME)}
+        return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns, p.stat().st_size) for p in tmp_path.iterdir()}
     before = files()
     result = train.main(_args(split, tmp_path, backbone, '--max_epoch', '1',
                               '--resume', str(tmp_path / f'{NAME}_last_state.pth'), val=False))
     assert result.exit_code == 0 and result.final_checkpoint is None
-    assert 'training had already finished' in caplog.text and 'larger --max_epoch' in caplog.text
+    assert (f'nothing to train: {tmp_path}/{NAME}_last_state.pth is the end of a finished run, after epoch 1 '
+            f'(its weights: {tmp_path}/{NAME}_Final.pth); nothing was written. To train longer, resume it with a '
+            f'--max_epoch larger than 1') in caplog.text
     assert files() == before
-    assert 'training had already finished' in (tmp_path / f'{NAME}_train.log').read_text()
 
 
 # --------------------------------------------------------------------------- errors
@@ -314,8 +315,8 @@ def test_bad_validation_flags_are_named(split, backbone, tmp_path):
         train.main(_args(split, tmp_path, backbone, '--val_dataset', str(tmp_path / 'no_such_label.txt')))
     with pytest.raises(SystemExit):  # argparse: a usage error naming the flag
         _args(split, tmp_path, backbone, '--eval_every', '0')
-    # nothing trained, the errors logged (beside the folder's lock file)
-    assert [p.name for p in tmp_path.iterdir() if p.name != LOCK_NAME] == [f"{NAME}_train.log"]
+    # Refused before --save_folder is touched: no log, no lock, no record.
+    assert list(tmp_path.iterdir()) == []
 
 
 # --------------------------------------------------------------------------- the plot

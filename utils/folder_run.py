@@ -42,6 +42,7 @@ from utils.atomic import FolderLock, lock_folder, remove_stale_temp_files
 from utils.distributed import World, on_rank0
 from utils.errors import InputError
 from utils.image import read_image
+from utils.input_files import note_listed_once
 
 logger = logging.getLogger(__name__)
 
@@ -241,10 +242,7 @@ def check_list_entries(list_path: str, entries: list[tuple[int, str, str]],
             kind = 'an absolute path' if os.path.isabs(norm) else 'outside the images folder'
             raise InputError(f"{where}: entry {shown!r} is {kind}: its results would be read and written "
                              f"outside the folders given; entries are paths below the images folder")
-        if norm in first_line:
-            raise InputError(f"{first_line[norm][0]} and {where}: duplicate entry {shown!r} (each image is "
-                             f"listed once; remove one of the lines)")
-        first_line[norm] = (where, shown)
+        note_listed_once(first_line, norm, where, shown)
         if output_of is not None:
             out = output_of(norm)
             if out in first_output:

@@ -139,3 +139,29 @@ def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         for block in iter(lambda: f.read(chunk), b''):
             h.update(block)
     return h.hexdigest()
+
+
+def note_listed_once(first_listed: dict[str, str], entry: str, where: str, shown: str | None = None,
+                     remedy: str = 'remove one of the lines') -> str:
+    """Note that a list file (an image list, a label.txt) names entry, a path below its
+    folder, at where ('list.txt:3'); return the entry normalised (os.path.normpath, so that
+    'a//b.jpg' and './a/b.jpg' are 'a/b.jpg').
+
+    An image listed twice would be used twice (detected and counted twice, trained twice an
+    epoch), which is never what the list's author meant.
+
+    Args:
+        first_listed (dict): normalised entry -> where it was first listed; updated.
+        entry (str): the entry as the script reads it.
+        where (str): the file and line, for the message.
+        shown (str | None): the entry as written, for the message (default: entry).
+        remedy (str): what the message tells the user to do.
+    Raises:
+        InputError: entry was listed before; the message names both lines.
+    """
+    norm = os.path.normpath(entry)
+    if norm in first_listed:
+        raise InputError(f"{first_listed[norm]} and {where}: duplicate entry {shown or entry!r} (each image is "
+                         f"listed once; {remedy})")
+    first_listed[norm] = where
+    return norm

@@ -4,7 +4,13 @@ A script that resumes into an output folder writes MANIFEST_NAME there before it
 result: the model file's sha256 and every setting that changes a number. A later run with
 other weights or settings would otherwise skip the complete files of the first run and
 leave a folder whose evaluation reports the first model's numbers. The manifest also lists
-the files the run writes, so that --no-resume removes those, and never a file of the user's.
+the files the run writes and the script that wrote them, so that --no-resume removes those,
+and never a file of the user's or of another script.
+
+train.py keeps the same record per network, <name>_run.json (training_record_name), since
+one --save_folder may hold a run of each network (the reference saves both into ./weights/):
+prepare_training_folder never lets a fresh run write over another run's files, and never
+replaces a file that no run recorded (the published weights in ./weights/).
 
     model_path = args.onnx_model or args.trained_model
     prepare_results_folder(args.save_folder, run_settings(model_path, detector.settings()), planned_files,
@@ -23,6 +29,10 @@ from utils.input_files import file_sha256
 logger = logging.getLogger(__name__)
 
 MANIFEST_NAME = 'retinaface_run.json'
+# train.py's record of a run of network <name> in --save_folder: <name>_run.json.
+TRAINING_RECORD_SUFFIX = '_run.json'
+# How many of a run's files a message names before it says "and N more".
+_SHOWN_FILES = 4
 # Format 2 added 'files'; a format-1 manifest (without it) is still read, its run's files
 # found by the script's is_result in the event folders.
 MANIFEST_FORMAT = 2
@@ -41,9 +51,9 @@ def run_settings(model_path: str | os.PathLike, detector_settings: dict[str, obj
     return {'model_sha256': file_sha256(model_path), **detector_settings}
 
 
-def read_manifest(folder: str | os.PathLike) -> dict[str, object] | None:
-    """The manifest of folder: a dict, None when there is none, {} when it is unreadable."""
-    path = os.path.join(folder, MANIFEST_NAME)
+def read_manifest(folder: str | os.PathLike, name: str = MANIFEST_NAME) -> dict[str, object] | None:
+    """The manifest of folder (folder/name): a dict, None when there is none, {} when it is unreadable."""
+    path = os.path.join(folder, name)
     if not os.path.exists(path):
         return None
     try:
@@ -98,12 +108,21 @@ def describe_differences(manifest: dict[str, object], settings: dict[str, object
     return ", ".join(parts)
 
 
-def write_manifest(folder: str | os.PathLike, settings: dict[str, object], model_path: str | os.PathLike, script: str,
-                   files: Iterable[str] = ()) -> None:
-    """Write folder/MANIFEST_NAME (atomically) for a run with settings that writes files."""
-    manifest = {'format': MANIFEST_FORMAT, 'script': script, 'model_file': os.fspath(model_path),
+def write_manifest(folder: str | os.PathLike, settings: dict[str, object], model_path: str | os.PathLike | None,
+                   script: str, files: Iterable[str] = (), name: str = MANIFEST_NAME) -> None:
+    """Write folder/name (atomically) for a run of script with settings that writes files
+    (model_path: the weights it started from, None for none)."""
+    manifest = {'format': MANIFEST_FORMAT, 'script': script,
+                'model_file': None if model_path is None else os.fspath(model_path),
                 'settings': settings, 'files': sorted(files)}
-    atomic_write_text(os.path.join(folder, MANIFEST_NAME), json.dumps(manifest, indent=1) + "\n")
+    atomic_write_text(os.path.join(folder, name), json.dumps(manifest, indent=1) + "\n")
+
+
+def _some(files):
+    """'a, b, c, d and 3 more': the first few of files, for a message."""
+    files = list(files)
+    shown = ', '.join(files[:_SHOWN_FILES])
+    return shown + (f" and {len(files) - _SHOWN_FILES} more" if len(files) > _SHOWN_FILES else '')
 
 
 def _existing_results(folder, candidates, is_result):
@@ -138,10 +157,13 @@ def prepare_results_folder(folder: str, settings: dict[str, object], planned_fil
     - no result files yet: the manifest is written (replacing any other);
     - result files of the same run (equal settings and script): the run may resume; the
       manifest then lists the files of both;
-    - result files of another run, or of an unknown one (no or unreadable manifest): with
-      recompute, those files are removed and the manifest rewritten, so that the folder
-      never mixes two runs; without it, an InputError says what differs and names
-      recompute_flag.
+    - result files of another run of this script, or of an unknown one (no or unreadable
+      manifest): with recompute, those files are removed and the manifest rewritten, so
+      that the folder never mixes two runs; without it, an InputError says what differs
+      and names recompute_flag;
+    - result files that the manifest records as another script's (test_widerface.py's in
+      test_fddb.py's --save_folder): an InputError, with recompute too. They are not this
+      script's to remove: recompute would delete files this run never writes.
 
     Args:
         folder (str): the output folder.
@@ -161,7 +183,13 @@ def prepare_results_folder(folder: str, settings: dict[str, object], planned_fil
     recorded = recorded_files(manifest)
     result_files = _existing_results(folder, set(recorded) | set(planned_files), is_result)
     same_run = bool(manifest) and not manifest_differences(manifest, settings, script)
+    other_script = manifest.get('script') if manifest else None
     files = set(planned_files)
+    if result_files and other_script is not None and other_script != script:
+        n = len(result_files)
+        raise InputError(f"{folder} holds {n} result file{'s' * (n != 1)} of {other_script} "
+                         f"({os.path.join(folder, MANIFEST_NAME)}): {_some(result_files)}. {script} never "
+                         f"replaces or removes another script's results: choose another {folder_flag}")
     if result_files:
         if same_run:
             files |= set(recorded)
@@ -189,3 +217,110 @@ def prepare_results_folder(folder: str, settings: dict[str, object], planned_fil
     if not same_run or set(recorded) != files or not isinstance(manifest.get('files'), list):
         write_manifest(folder, settings, model_path, script, files)
     return same_run and bool(result_files)
+
+
+def training_record_name(name: str) -> str:
+    """The file train.py records a run of network name (cfg['name']) in: <name>_run.json."""
+    return name + TRAINING_RECORD_SUFFIX
+
+
+def prepare_training_folder(folder: str, record_name: str, settings: dict[str, object], planned_files: Iterable[str],
+                            *, script: str, resume: str | None, replace: bool, state_name: str,
+                            model_path: str | None = None, inputs: Iterable[str] = (),
+                            unrecorded_run: Callable[[list[str]], dict[str, object] | None] | None = None,
+                            replace_flag: str = '--no-resume', folder_flag: str = '--save_folder',
+                            check_only: bool = False) -> None:
+    """Make folder ready for a training run's files, as prepare_results_folder does for the
+    inference scripts; call before the first file is written, while holding the folder's
+    lock (check_only=True: only the checks, before anything is created, then again under
+    the lock).
+
+    The run's files are planned_files (what it may write) and the files its record
+    (folder/record_name) lists, of those that exist:
+
+    - none: the record is written (replacing any other);
+    - all recorded by an earlier run of script: a run resuming that same run (equal
+      settings: its network, run id and seed) may continue and replace them; a fresh run is an
+      InputError naming the ways out (resume the state_name, replace_flag, another
+      folder_flag), unless replace: then exactly the recorded files are removed first
+      (never one of the run's inputs: an InputError then);
+    - any that no run recorded (the published weights, a user's own file, the files of
+      another script): an InputError, whatever the flags, since nothing says whose they are.
+      unrecorded_run(files), for a folder without a record, may return the record an older
+      train.py would have written (it wrote none), so that its runs resume as before.
+
+    Args:
+        folder (str): --save_folder.
+        record_name (str): training_record_name(cfg['name']).
+        settings (dict): what identifies the run (its network, run id and seed).
+        planned_files (Iterable[str]): the file names the run may write, in folder.
+        script (str): the script's name, recorded.
+        resume (str | None): the training state the run resumes (--resume), or None.
+        replace (bool): replace_flag was given: a fresh run replaces an earlier one's files.
+        state_name (str): the file name of the resumable state in folder, for the message.
+        model_path (str | None): the weights the run starts from, recorded for people.
+        inputs (Iterable[str]): the files the run reads, which replace must never remove.
+        unrecorded_run (callable | None): see above.
+        check_only (bool): check, but neither remove nor write anything.
+    Raises:
+        InputError: as above.
+    """
+    record_path = os.path.join(folder, record_name)
+    written = manifest = read_manifest(folder, record_name)
+    planned = set(planned_files)
+    present = {f for f in planned | set(recorded_files(manifest)) if os.path.lexists(os.path.join(folder, f))}
+    if manifest is None and present and unrecorded_run is not None:
+        manifest = unrecorded_run(sorted(present))
+    ours = bool(manifest) and manifest.get('script') == script
+    recorded = set(recorded_files(manifest)) if ours else set()
+    unrecorded = sorted(present - recorded)
+    if unrecorded:
+        if written == {}:
+            why = f"and its record {record_path} is unreadable"
+        elif written is not None and ours:
+            why = f"which its record {record_path} does not list"
+        elif written is not None:
+            why = f"and {record_path} is a record of {written.get('script')}"
+        else:
+            why = "which no training run of this project recorded making"
+        way_out = (f"resume into another folder ({folder_flag} OTHER --resume {resume})" if resume is not None
+                   else f"pass {folder_flag} FOLDER to train into another folder")
+        raise InputError(f"{folder_flag} {folder} holds {_some(unrecorded)}, {why}: {script} never replaces a file "
+                         f"it did not make (such as the published weights), whatever the flags. {way_out[0].upper()}"
+                         f"{way_out[1:]}")
+    if present:
+        state_path = os.path.join(folder, state_name)
+        if resume is not None:
+            differences = manifest_differences(manifest, settings, script)
+            if differences:
+                raise InputError(
+                    f"{folder_flag} {folder} holds the files of another training run ({record_path}: "
+                    f"{describe_differences(manifest, settings, resume, script)}), not of the run {resume} "
+                    f"continues: resume into that run's own folder, or into another {folder_flag}")
+        elif not replace:
+            continue_it = f"continue it with --resume {state_path}, " if os.path.isfile(state_path) else ''
+            source = record_path if written else f"an older version's run: {state_path}"
+            raise InputError(f"{folder_flag} {folder} holds the files of an earlier training run: "
+                             f"{_some(sorted(present))} ({source}). To keep them, {continue_it}or choose "
+                             f"another {folder_flag}; to replace that run, pass {replace_flag} (its files are "
+                             f"removed first)")
+        else:  # replace: exactly the recorded files go, never one that this run reads
+            read = {os.path.realpath(p) for p in inputs if p}
+            for f in sorted(present):
+                if os.path.realpath(os.path.join(folder, f)) in read:
+                    raise InputError(f"{replace_flag} would remove {os.path.join(folder, f)}, which this run reads: "
+                                     f"copy it out of {folder_flag} {folder} first, or choose another {folder_flag}")
+            if not check_only:
+                for f in sorted(present):
+                    try:
+                        os.unlink(os.path.join(folder, f))
+                    except FileNotFoundError:
+                        pass
+                logger.warning("removed the %d files of an earlier training run from %s (%s): %s", len(present),
+                               folder, replace_flag, _some(sorted(present)))
+    if check_only:
+        return
+    # A resumed run's files are those of the run it continues, and those it may add.
+    files = planned | recorded if resume is not None else planned
+    if not written or set(recorded_files(written)) != files or manifest_differences(written, settings, script):
+        write_manifest(folder, settings, model_path, script, files, name=record_name)
