@@ -223,7 +223,8 @@ def _detect_all(args, names, paths, vis_paths, images_folder, out_path, world):
             cv2.imwrite(vis_paths[index], draw_detections(img_raw, dets, args.vis_thres))
 
     blocks, skipped = [], []
-    with closing(detect_images(detector, jobs, skipped, progress=world.is_main)) as results, \
+    with closing(detect_images(detector, jobs, skipped, progress=world.is_main,
+                               batch_size=args.batch_size)) as results, \
             BackgroundWriter() as writer:
         for (index, _, name), img_raw, dets, _ in results:
             block = fddb_block(name, dets)

@@ -195,7 +195,8 @@ def _detect_all(args, names, world):
             cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"), draw_detections(img_raw, dets, args.vis_thres))
 
     skipped, written = [], 0
-    with closing(detect_images(detector, todo, skipped, progress=world.is_main)) as results, \
+    with closing(detect_images(detector, todo, skipped, progress=world.is_main,
+                               batch_size=args.batch_size)) as results, \
             BackgroundWriter() as writer:
         for job, img_raw, dets, _ in results:
             writer.submit(write, job, img_raw, dets)
