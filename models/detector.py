@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import numbers
 import os
 import threading
 from collections.abc import Sequence
@@ -688,15 +689,19 @@ def _size_rule(origin_size, target_size, max_size):
         if origin_size is None or origin_size:
             return True, None, None
         return False, TARGET_SIZE, MAX_SIZE
-    given = ' and '.join(f"{name} {value}" for name, value in (('target_size', target_size), ('max_size', max_size))
-                         if value is not None)
     if origin_size:
-        raise InputError(f"origin_size True cannot be combined with {given}: a size replaces the original size "
-                         f"(leave origin_size out)")
+        raise InputError(f"origin_size True cannot be combined with {_sizes_given(target_size, max_size)}: a size "
+                         f"replaces the original size (leave origin_size out)")
     for name, value in (('target_size', target_size), ('max_size', max_size)):
-        if value is not None and (isinstance(value, bool) or int(value) != value or value < 1):
-            raise InputError(f"{name} must be a positive number of pixels, got {value!r}")
+        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1):
+            raise InputError(f"{name} must be a positive whole number of pixels, got {value!r}")
     return (False, None if target_size is None else int(target_size), None if max_size is None else int(max_size))
+
+
+def _sizes_given(target_size, max_size):
+    """'target_size 480 and max_size 640', naming the sizes that are set."""
+    return ' and '.join(f"{name} {value}" for name, value in (('target_size', target_size), ('max_size', max_size))
+                        if value is not None)
 
 
 def _check_modes(pyramid, pyramid_merge, tile, origin_size, target_size=None, max_size=None):
@@ -704,8 +709,8 @@ def _check_modes(pyramid, pyramid_merge, tile, origin_size, target_size=None, ma
     if pyramid_merge not in PYRAMID_MERGES:
         raise InputError(f"unknown pyramid merge {pyramid_merge!r}: expected one of {list(PYRAMID_MERGES)}")
     if pyramid and (target_size is not None or max_size is not None):
-        given = 'target_size' if max_size is None else 'max_size'
-        raise InputError(f"the pyramid chooses its own scales: it cannot run with {given}")
+        raise InputError(f"the pyramid chooses its own scales: it cannot run with "
+                         f"{_sizes_given(target_size, max_size)}")
     if pyramid and not origin_size:
         raise InputError("the pyramid chooses its own scales: it cannot run with origin_size False")
     if pyramid and tile is not None:

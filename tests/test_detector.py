@@ -82,10 +82,11 @@ def test_max_size_equal_to_the_long_side_is_the_original_size_to_the_bit(detecto
     ({'origin_size': True, 'max_size': 640}, 'origin_size True cannot be combined with max_size 640'),
     ({'origin_size': True, 'target_size': 480, 'max_size': 640},
      'origin_size True cannot be combined with target_size 480 and max_size 640'),
-    ({'pyramid': True, 'max_size': 640}, 'the pyramid chooses its own scales: it cannot run with max_size'),
-    ({'pyramid': True, 'target_size': 640}, 'the pyramid chooses its own scales: it cannot run with target_size'),
-    ({'max_size': 0}, 'max_size must be a positive number of pixels, got 0'),
-    ({'target_size': 2.5}, 'target_size must be a positive number of pixels, got 2.5'),
+    ({'pyramid': True, 'max_size': 640}, 'the pyramid chooses its own scales: it cannot run with max_size 640'),
+    ({'pyramid': True, 'target_size': 640}, 'the pyramid chooses its own scales: it cannot run with target_size 640'),
+    ({'max_size': 0}, 'max_size must be a positive whole number of pixels, got 0'),
+    ({'target_size': 2.5}, 'target_size must be a positive whole number of pixels, got 2.5'),
+    ({'max_size': '640'}, "max_size must be a positive whole number of pixels, got '640'"),
 ])
 def test_refused_sizes_in_the_api(detector, kwargs, message):
     with pytest.raises(InputError, match=message):
