@@ -170,7 +170,7 @@ def _detect_all(args, names, world):
     # Rank 0 alone prepares the folder (it may remove another run's files) before any rank
     # looks for files to resume or writes one.
     on_rank0(lambda: prepare_results_folder(
-        args.save_folder, run_settings(model_path, detector.settings()), [result_name(n) for n in names], model_path,
+        args.save_folder, run_settings(model_path, detector.settings(args.batch_size)), [result_name(n) for n in names], model_path,
         script='test_widerface.py', recompute=not args.resume, recompute_flag='--no-resume',
         is_result=looks_like_prediction), world)
 

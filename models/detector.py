@@ -325,9 +325,14 @@ class Detector:
             self.mean = mean
         return session, cfg
 
-    def settings(self) -> dict:
+    def settings(self, batch_size: int = 1) -> dict:
         """Everything about this detector that changes its detections, as JSON-ready values
-        (a results folder's manifest records them; see utils.run_manifest)."""
+        (a results folder's manifest records them; see utils.run_manifest).
+
+        Args:
+            batch_size (int): the images per detect_batch of the run, recorded where it changes
+                detections: not on the CPU (every batch is exactly detect()), but on a GPU (one
+                forward pass per batch, mixed sizes padded)."""
         return {
             'network': self.network,
             'backend': self.backend,
@@ -344,6 +349,7 @@ class Detector:
                                if self.pyramid_keep_top_k != PYRAMID_KEEP_TOP_K else {})}}
                if self.pyramid else {}),
             **({'tile': self.tile} if self.tile is not None else {}),
+            **({'batch_size': batch_size} if batch_size != 1 and self.device.type != 'cpu' else {}),
         }
 
     def _scale_text(self):

@@ -52,6 +52,13 @@ def test_the_results_folder_record_names_the_size(detector, kwargs, text):
     assert Detector(detector.net, cfg_mnet, **kwargs).settings()['test_scale'] == text
 
 
+def test_the_record_names_the_batch_size_only_where_it_changes_detections(detector, monkeypatch):
+    det = Detector(detector.net, cfg_mnet)
+    assert det.settings(8) == det.settings(1) == det.settings()  # the CPU: every batch is exactly detect()
+    monkeypatch.setattr(det, 'device', type('Device', (), {'type': 'cuda'})())
+    assert det.settings(8) == {**det.settings(1), 'batch_size': 8}
+
+
 def test_the_network_sees_the_size_of_the_rule(detector, images):
     det = Detector(detector.net, cfg_mnet, max_size=320)
     _, sizes, resizes = det.preprocess([images['test']])  # 1024x624 -> 320x195
