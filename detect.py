@@ -211,6 +211,8 @@ def main(args):
     if args.video is not None:
         if args.image is not None:
             raise InputError(f"give --image or --video, not both (--image {args.image}, --video {args.video})")
+        if args.batch_size != 1:
+            raise InputError(f"--batch_size {args.batch_size} applies to --image runs: --video detects frame by frame")
         return detect_video(args)
     for flag in ('every', 'max_frames'):
         if getattr(args, flag) is not None:
@@ -251,7 +253,8 @@ def _detect_all(args, files, out_paths, world, crop_stems=None):
 
     results, skipped = [], []
     try:
-        with closing(detect_images(detector, jobs, skipped)) as detected, BackgroundWriter() as writer:
+        with closing(detect_images(detector, jobs, skipped, batch_size=args.batch_size)) as detected, \
+                BackgroundWriter() as writer:
             for (index, path, out_path), img_raw, dets, ms in detected:
                 faces = int((dets[:, 4] >= args.vis_thres).sum())
                 line = (f"{printable(path)}: {faces} faces >= {args.vis_thres} ({len(dets)} detections > "

@@ -204,7 +204,7 @@ def _detect_all(args, names, paths, vis_paths, images_folder, out_path, world):
         # Rank 0 alone: it may remove another run's results before any rank writes a block.
         relative = [os.path.relpath(p, args.save_folder) for p in [out_path] + parts]
         same_run = prepare_results_folder(
-            args.save_folder, run_settings(model_path, detector.settings()), relative, model_path,
+            args.save_folder, run_settings(model_path, detector.settings(args.batch_size)), relative, model_path,
             script='test_fddb.py', recompute=not args.resume, recompute_flag='--no-resume')
         return done_blocks(out_path, names, parts) if same_run and args.resume else {}
     done = on_rank0(prepare, world)
@@ -223,7 +223,8 @@ def _detect_all(args, names, paths, vis_paths, images_folder, out_path, world):
             cv2.imwrite(vis_paths[index], draw_detections(img_raw, dets, args.vis_thres))
 
     blocks, skipped = [], []
-    with closing(detect_images(detector, jobs, skipped, progress=world.is_main)) as results, \
+    with closing(detect_images(detector, jobs, skipped, progress=world.is_main,
+                               batch_size=args.batch_size)) as results, \
             BackgroundWriter() as writer:
         for (index, _, name), img_raw, dets, _ in results:
             block = fddb_block(name, dets)

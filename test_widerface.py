@@ -170,7 +170,7 @@ def _detect_all(args, names, world):
     # Rank 0 alone prepares the folder (it may remove another run's files) before any rank
     # looks for files to resume or writes one.
     on_rank0(lambda: prepare_results_folder(
-        args.save_folder, run_settings(model_path, detector.settings()), [result_name(n) for n in names], model_path,
+        args.save_folder, run_settings(model_path, detector.settings(args.batch_size)), [result_name(n) for n in names], model_path,
         script='test_widerface.py', recompute=not args.resume, recompute_flag='--no-resume',
         is_result=looks_like_prediction), world)
 
@@ -195,7 +195,8 @@ def _detect_all(args, names, world):
             cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"), draw_detections(img_raw, dets, args.vis_thres))
 
     skipped, written = [], 0
-    with closing(detect_images(detector, todo, skipped, progress=world.is_main)) as results, \
+    with closing(detect_images(detector, todo, skipped, progress=world.is_main,
+                               batch_size=args.batch_size)) as results, \
             BackgroundWriter() as writer:
         for job, img_raw, dets, _ in results:
             writer.submit(write, job, img_raw, dets)

@@ -160,7 +160,9 @@ def main(args):
               f"present), faces with score >= 0.5:")
         det = detectors.get('torch') or next(iter(detectors.values()))
         names = list(images)
+        padding, det.pad_mixed_sizes = det.pad_mixed_sizes, True  # as on a GPU: the CPU runs them unpadded
         batched = det.detect_batch([images[n] for n in names])
+        det.pad_mixed_sizes = padding
         for n, other in zip(names, batched):
             c = compare_detections(det.detect(images[n]), other, min_score=0.5)
             print(f"  {n:<16} detections {c['n_ref']} vs {c['n_other']} (all scores); faces >= 0.5: "

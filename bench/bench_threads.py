@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.bench_threads                  # test.jpg, both backends, < 1 min
     .venv/bin/python -m bench.bench_threads --busy 1 2 --repeats 9
+    .venv/bin/python -m bench.bench_threads --when_read    # when libgomp reads OMP_WAIT_POLICY
 
 Each setting runs in its own child process (thread counts and OpenMP's wait policy are
 fixed when the libraries start): it loads the detector as the scripts do, warms up, and
@@ -22,6 +23,12 @@ Settings:
   ort    spin        onnxruntime at the same thread count with its default spinning threads
   ort    no-spin     the same with session.intra_op.allow_spinning = 0 (the scripts' default)
   ort    1           one thread
+
+--when_read answers when OMP_WAIT_POLICY must be set: a child sets OMP_WAIT_POLICY=ACTIVE
+(waiting threads spin without end) before `import torch`, or after it but before torch's first
+parallel operation, or not at all; runs a few parallel operations on 2 threads; then sleeps
+half a second and prints the CPU time its idle threads used meanwhile. Spinning threads use
+about a core's worth; sleeping ones none.
 """
 import argparse
 import json
@@ -46,6 +53,9 @@ SETTINGS = {
     'ort 1': ('onnxruntime', 1, {}, False),
 }
 BUSY_LOOP = 'while True: pass'
+# --when_read: where the child sets OMP_WAIT_POLICY=ACTIVE, and how long it then sleeps.
+WHEN_READ_CASES = ('not set', 'before import torch', 'after import torch')
+IDLE_SECONDS = 0.5
 
 
 def get_args_parser():
@@ -60,8 +70,49 @@ def get_args_parser():
                         help='stop timing a setting after this long (at least one run is always timed)')
     parser.add_argument('--busy', default=[1], type=int, nargs='+',
                         help='competing busy processes in the loaded runs, one run per count (e.g. 1 2)')
+    parser.add_argument('--when_read', action='store_true',
+                        help='only measure whether OMP_WAIT_POLICY set after `import torch` still counts')
     parser.add_argument('--child', default=None, choices=list(SETTINGS), help=argparse.SUPPRESS)
+    parser.add_argument('--when_read_child', default=None, choices=WHEN_READ_CASES, help=argparse.SUPPRESS)
     return parser
+
+
+def when_read_child(case):
+    """Print the CPU seconds this process's idle threads use in IDLE_SECONDS after parallel work."""
+    import resource
+
+    def cpu_seconds():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        return usage.ru_utime + usage.ru_stime
+
+    if case == 'before import torch':
+        os.environ['OMP_WAIT_POLICY'] = 'ACTIVE'
+    import torch
+
+    if case == 'after import torch':
+        os.environ['OMP_WAIT_POLICY'] = 'ACTIVE'  # OpenMP's threads have not started yet
+    torch.set_num_threads(2)
+    x = torch.randn(256, 256, 64)
+    for _ in range(3):
+        (x * 2).sum()
+    before = cpu_seconds()
+    time.sleep(IDLE_SECONDS)
+    print(json.dumps({'idle_cpu_seconds': cpu_seconds() - before}))
+    return 0
+
+
+def when_read(args):
+    print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; OMP_WAIT_POLICY=ACTIVE set ..., then "
+          f"CPU seconds used by torch's idle threads (2) in a {IDLE_SECONDS} s sleep after parallel work")
+    env = {k: v for k, v in os.environ.items() if k not in ('OMP_WAIT_POLICY', 'GOMP_SPINCOUNT', 'OMP_NUM_THREADS')}
+    for case in WHEN_READ_CASES:
+        proc = subprocess.run([sys.executable, '-m', 'bench.bench_threads', '--when_read_child', case], env=env,
+                              cwd=ROOT, capture_output=True, text=True, check=False)
+        if proc.returncode != 0:
+            raise SystemExit(f"child {case!r} failed:\n{proc.stderr[-2000:]}")
+        seconds = json.loads(proc.stdout.strip().splitlines()[-1])['idle_cpu_seconds']
+        print(f"  {case:<22} {seconds:6.3f} s")
+    return 0
 
 
 def child(args):
@@ -115,6 +166,9 @@ def run_child(args, name):
 def main(args):
     from utils.datapaths import shared_path
 
+    if args.when_read:
+        return when_read(args)
+
     args.image = args.image or str(shared_path('images', 'test.jpg'))
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; "
           f"{os.path.basename(args.image)}, end-to-end ms (median of up to {args.repeats} runs)")
@@ -149,4 +203,6 @@ def main(args):
 
 if __name__ == '__main__':
     cli_args = get_args_parser().parse_args()
+    if cli_args.when_read_child:
+        raise SystemExit(when_read_child(cli_args.when_read_child))
     raise SystemExit(child(cli_args) if cli_args.child else main(cli_args))

@@ -54,7 +54,8 @@ cfg_re50 = {
 BGR_MEAN = (104, 117, 123)
 # The reference's test scale (test_widerface.py without --origin_size): the short side
 # becomes TARGET_SIZE unless the long side would then exceed MAX_SIZE, in which case the
-# long side becomes MAX_SIZE.
+# long side becomes MAX_SIZE. The defaults of the size rule
+# (layers.functions.detection.resize_factor), which --target_size and --max_size replace.
 TARGET_SIZE = 1600
 MAX_SIZE = 2150
 

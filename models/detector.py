@@ -21,27 +21,30 @@ from __future__ import annotations
 
 import argparse
 import logging
+import numbers
 import os
 import threading
 from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from typing import TYPE_CHECKING
 
-import cv2
 import numpy as np
 
 from data.config import BGR_MEAN, MAX_SIZE, NETWORKS, TARGET_SIZE, cfg_for_network
-from layers.functions.detection import PAD_MULTIPLE, Detect, grid_crop_rows, resize_factor, to_input
+from layers.functions.detection import (PAD_MULTIPLE, Detect, grid_crop_rows, resize_factor, resize_image,
+                                        resized_size, to_input)
 from layers.functions.prior_box import prior_boxes
 from layers.functions.pyramid import (PYRAMID_KEEP_TOP_K, PYRAMID_MERGES, PYRAMID_SIZES, box_vote, in_core,
                                       mirror_candidates, nms_merge, pyramid_scales, tile_cores, tile_grid,
                                       tile_overlap)
 from models.onnx_export import INPUT_NAME, export_onnx_bytes, make_session, onnx_network, pipeline_metadata
 from utils import kernels
-from utils.cli import (add_threads_argument, choose_openmp_wait_policy, number_in, optional_top_k,
-                       other_busy_processes, probability, set_threads, str2bool, warn_if_cpus_busy)
+from utils.cli import (add_threads_argument, choose_openmp_wait_policy, number_in, openmp_runtime_loaded,
+                       optional_top_k, other_busy_processes, positive_int, probability, set_threads, str2bool,
+                       warn_if_cpus_busy)
 from utils.device import BACKENDS, resolve_device
-from utils.errors import InputError, InputNotFoundError
+from utils.errors import InputError, InputNotFoundError, InputTooLargeError
+from utils.memory import is_out_of_memory, out_of_memory_reason
 
 if TYPE_CHECKING:  # neither is imported on the torch-free path
     import onnxruntime
@@ -56,6 +59,9 @@ logger = logging.getLogger(__name__)
 # 8000x6000 takes tens of seconds and gigabytes on a CPU, at a scale the detector was not
 # trained for. The reference's test scale feeds at most 1600x2150 (3.4 megapixels).
 LARGE_IMAGE_PIXELS = 16_000_000
+# What the message on an image that does not fit in memory suggests to a Python caller (the
+# scripts name their flags instead, through large_image_hints).
+API_MEMORY_HINTS = ('max_size=2048 detects at a smaller size', 'tile=2048 detects in tiles in bounded memory')
 
 # Tiles batched into one forward pass on a GPU: few enough that a batch of large tiles fits
 # next to the network's activations. The CPU runs a batch image by image anyway, so there
@@ -172,8 +178,16 @@ class Detector:
         top_k (int | None): keep at most this many candidates before NMS (None or <= 0: all).
         keep_top_k (int | None): keep at most this many detections after NMS (<= 0: all;
             None: all, but at most PYRAMID_KEEP_TOP_K, insightface's limit, with pyramid).
-        origin_size (bool): detect at the original size (True) or at the reference's
-            test scale (short side TARGET_SIZE, long side at most MAX_SIZE).
+        origin_size (bool | None): detect at the original size (True, the default when no
+            size is given) or at the reference's test scale (False: short side TARGET_SIZE,
+            long side at most MAX_SIZE). True next to target_size or max_size is an error.
+        target_size, max_size (int | None): the size the network sees, by the reference's rule
+            (layers.functions.detection.resize_factor): the short side becomes target_size
+            unless the long side would then round to more than max_size, in which case the
+            long side becomes max_size. Either turns the original size off. max_size alone:
+            the long side becomes max_size, up or down, for any image; target_size alone:
+            the short side becomes target_size, the long side uncapped. With tile, the image
+            is resized first, then tiled where it is still larger than a tile; not with pyramid.
         backend (str): 'torch' (eager PyTorch: the reference's exact numbers) or
             'onnxruntime' (the same network exported to ONNX: faster on CPU, numbers
             equal to ~1e-5). None: 'onnxruntime' when onnx_model is given, else 'torch'.
@@ -194,7 +208,8 @@ class Detector:
             without tiles. At least smallest_tile(cfg); not with pyramid.
         large_image_hints (tuple[str]): what the hint on an image of more than
             LARGE_IMAGE_PIXELS at the original size suggests, e.g. the script's flags
-            ('--origin_size false detects at the test scale instead').
+            ('--origin_size false detects at the test scale instead'); also the way out
+            named when an image does not fit in memory (default there: API_MEMORY_HINTS).
 
     Attributes:
         network (str | None): the --network name of cfg ('mobile0.25', 'resnet50'), or the
@@ -205,16 +220,30 @@ class Detector:
             owns the settings that does it with (confidence_threshold, nms_threshold, top_k,
             keep_top_k); the pyramid and tile merges use them too.
         net, session: the PyTorch module and the onnxruntime session (None when unused).
+        origin_size (bool), target_size, max_size (int | None): the size rule in effect
+            (origin_size False without sizes given: TARGET_SIZE and MAX_SIZE).
+        pad_mixed_sizes (bool): whether a batch of images of different sizes is padded to one
+            size (where a batch runs as one forward pass: a GPU) or run image by image at each
+            image's own size (the CPU, which runs a batch image by image anyway; its detections
+            are then exactly detect()'s).
+
+    Raises:
+        InputError: a refused combination of settings (origin_size True with a size, pyramid
+            with a size or with tile, a tile too small); InputTooLargeError (an InputError and
+            a MemoryError) from preprocess and detect_preprocessed where an image does not fit in
+            memory at its size, naming that size and the way out.
     """
 
     def __init__(self, net: RetinaFace | None, cfg: dict, device: str | torch.device = 'cpu',
                  confidence_threshold: float = 0.02,
                  nms_threshold: float = 0.4, top_k: int | None = None, keep_top_k: int | None = None,
-                 origin_size: bool = True, backend: str | None = None,
+                 origin_size: bool | None = None, backend: str | None = None,
                  onnx_model: str | os.PathLike | bytes | onnxruntime.InferenceSession | None = None,
                  num_threads: int | None = None, allow_spinning: bool = True, large_image_hints: Sequence[str] = (),
-                 pyramid: bool = False, pyramid_merge: str = 'vote', tile: int | None = None) -> None:
+                 pyramid: bool = False, pyramid_merge: str = 'vote', tile: int | None = None,
+                 target_size: int | None = None, max_size: int | None = None) -> None:
         backend = resolve_backend(backend, onnx_model)
+        self.origin_size, self.target_size, self.max_size = _size_rule(origin_size, target_size, max_size)
         self.large_image_pixels = LARGE_IMAGE_PIXELS
         self.large_image_hints = tuple(large_image_hints)
         self._large_image_hinted = False
@@ -225,7 +254,7 @@ class Detector:
         self.pyramid_keep_top_k = (PYRAMID_KEEP_TOP_K if keep_top_k is None
                                    else keep_top_k if keep_top_k > 0 else None)
         self.tile = None if tile is None else int(tile)
-        _check_modes(self.pyramid, pyramid_merge, self.tile, origin_size)
+        _check_modes(self.pyramid, pyramid_merge, self.tile, self.origin_size, target_size, max_size)
         if not 0 <= nms_threshold <= 1:
             raise ValueError(f"nms_threshold must be in [0, 1], got {nms_threshold}")
         if not 0 <= confidence_threshold <= 1:  # nan fails too
@@ -235,7 +264,7 @@ class Detector:
         # The one place where a device setting becomes a device, on every path (scripts,
         # load_detector, direct use): the backend that runs the network decides 'auto'.
         self.device = resolve_device(device, backend)
-        self.origin_size = bool(origin_size)
+        self.pad_mixed_sizes = self.device.type != 'cpu'
         self.backend = backend
         self.net = None
         self.session = None
@@ -296,15 +325,19 @@ class Detector:
             self.mean = mean
         return session, cfg
 
-    def settings(self) -> dict:
+    def settings(self, batch_size: int = 1) -> dict:
         """Everything about this detector that changes its detections, as JSON-ready values
-        (a results folder's manifest records them; see utils.run_manifest)."""
+        (a results folder's manifest records them; see utils.run_manifest).
+
+        Args:
+            batch_size (int): the images per detect_batch of the run, recorded where it changes
+                detections: not on the CPU (every batch is exactly detect()), but on a GPU (one
+                forward pass per batch, mixed sizes padded)."""
         return {
             'network': self.network,
             'backend': self.backend,
             'device': self.device.type,  # CUDA kernels round differently from the CPU's
-            'test_scale': ('original size' if self.origin_size
-                           else f'short side {TARGET_SIZE}, long side at most {MAX_SIZE}'),
+            'test_scale': self._scale_text(),
             'confidence_threshold': self.postprocessor.confidence_threshold,
             'nms_threshold': self.postprocessor.nms_threshold,
             'top_k': self.postprocessor.top_k,
@@ -316,7 +349,27 @@ class Detector:
                                if self.pyramid_keep_top_k != PYRAMID_KEEP_TOP_K else {})}}
                if self.pyramid else {}),
             **({'tile': self.tile} if self.tile is not None else {}),
+            **({'batch_size': batch_size} if batch_size != 1 and self.device.type != 'cpu' else {}),
         }
+
+    def _scale_text(self):
+        # The reference's test scale keeps the text records made before the sizes were settings.
+        if self.origin_size:
+            return 'original size'
+        if self.target_size is None:
+            return f'long side {self.max_size}'
+        if self.max_size is None:
+            return f'short side {self.target_size}'
+        return f'short side {self.target_size}, long side at most {self.max_size}'
+
+    def resize_factor(self, height: int, width: int) -> float:
+        """The factor an image of height x width is resized by before the network (1 at the
+        original size; layers.functions.detection.resize_factor with this detector's sizes)."""
+        return resize_factor(height, width, self.origin_size, self.target_size, self.max_size)
+
+    def input_size(self, height: int, width: int) -> tuple[int, int]:
+        """(h, w) of the network input for an image of height x width (before any tiling)."""
+        return resized_size(height, width, self.resize_factor(height, width))
 
     # -- stages, public so that benchmarks can time them one by one ----------------------
 
@@ -326,7 +379,8 @@ class Detector:
         Each image is converted to float32, resized by resize_factor (cv2.INTER_LINEAR),
         made BGR minus the mean and laid out as CHW, in the reference's order of operations.
         Images of one size are stacked as they are; mixed sizes are padded at the bottom
-        and right with zeros (the mean colour) to a common size rounded up to PAD_MULTIPLE.
+        and right with zeros (the mean colour) to a common size rounded up to PAD_MULTIPLE
+        where pad_mixed_sizes (a GPU), and kept apart otherwise (the CPU).
 
         Args:
             images (list[ndarray[H, W, 3] uint8]): BGR images.
@@ -334,32 +388,73 @@ class Detector:
             (batch ndarray[B, 3, H', W'] float32 on the host,
              sizes list[(h, w)] of each image after resizing,
              resizes list[float] of the resize factors).
+            Mixed sizes without padding: batch is a list of B ndarray[1, 3, h, w], one per image.
             With pyramid or tile, batch is instead a list with one plan per image (what
             detect_preprocessed runs for it), sizes the images' sizes and resizes None.
+        Raises:
+            InputTooLargeError: the images do not fit in memory at their size.
+            InputError: an image would be resized to less than one pixel on a side.
         """
         if not images:
             raise ValueError("no images to detect on (empty list)")
-        if self.pyramid or self.tile is not None:
-            return self._preprocess_passes(images)
-        return self._preprocess_plain(images)
+        try:
+            if self.pyramid or self.tile is not None:
+                return self._preprocess_passes(images)
+            return self._preprocess_plain(images)
+        except Exception as e:  # noqa: BLE001 - only an allocation failure is turned into an input error
+            if not is_out_of_memory(e):
+                raise
+            message = self._out_of_memory_message(e, [img.shape[:2] for img in images])
+        # Raised outside the handler, so that the failed allocation's frames (and arrays) are freed.
+        raise InputTooLargeError(message)
+
+    def _out_of_memory_message(self, error, originals, inputs=None):
+        """What an InputTooLargeError says: the size that did not fit, the error, the way out.
+
+        Args:
+            error: the allocation failure.
+            originals (list[(h, w)] | None): the images' sizes, None where unknown.
+            inputs (list[(h, w)] | None): the network inputs' sizes (default: input_size of originals).
+        """
+        if inputs is None:
+            inputs = [self.input_size(h, w) for h, w in originals]
+        h, w = max(inputs, key=lambda size: size[0] * size[1])
+        pixels = f"{w * h / 1e6:.1f} megapixels"
+        if len(inputs) > 1:
+            what = f"a batch of {len(inputs)} images, the largest a {w}x{h} input ({pixels})"
+        elif originals is None:
+            what = f"an image resized to {w}x{h} ({pixels})"
+        elif self.pyramid:
+            what = f"the {originals[0][1]}x{originals[0][0]} image in the pyramid's passes"
+        elif tuple(originals[0]) == (h, w):
+            what = f"the {w}x{h} image at its original size ({pixels})"
+        else:
+            what = f"the {originals[0][1]}x{originals[0][0]} image, resized to {w}x{h} ({pixels})"
+        hints = '; '.join(self.large_image_hints or API_MEMORY_HINTS)
+        return f"out of memory: {what} does not fit ({out_of_memory_reason(error)}); {hints}"
 
     def _preprocess_plain(self, images):
         """preprocess of the default pipeline."""
         sources, sizes, resizes = [], [], []
         for i, img in enumerate(images):
             _check_image(img, i if len(images) > 1 else None)
-            resize = resize_factor(img.shape[0], img.shape[1], self.origin_size)
+            resize = self.resize_factor(img.shape[0], img.shape[1])
             if self.origin_size:
                 self._hint_if_large(img.shape[1], img.shape[0])
-            if resize != 1:
-                # The reference resizes the float32 image before subtracting the mean.
-                img = cv2.resize(np.float32(img), None, None, fx=resize, fy=resize, interpolation=cv2.INTER_LINEAR)
+            # The reference resizes the float32 image before subtracting the mean.
+            img = resize_image(img, resize)
             sources.append(img)
             sizes.append(img.shape[:2])
             resizes.append(resize)
         if len(set(sizes)) == 1:
             height, width = sizes[0]
             batch = np.empty((len(images), 3, height, width), dtype=np.float32)
+        elif not self.pad_mixed_sizes:
+            # Each image at its own size: what detect() feeds the network, to the bit.
+            batch = [np.empty((1, 3) + size, dtype=np.float32) for size in sizes]
+            for src, x in zip(sources, batch):
+                to_input(src, x[0], self.mean)
+            return batch, sizes, resizes
         else:
             height = -(-max(h for h, _ in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
             width = -(-max(w for _, w in sizes) // PAD_MULTIPLE) * PAD_MULTIPLE
@@ -433,10 +528,12 @@ class Detector:
     def detect_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Detect faces in several images with one forward pass.
 
-        Images of one size give exactly the detections of detect() on each. Images of
-        different sizes are padded (see preprocess); each image's detections then come
-        from its own part of the padded feature maps, and differ slightly from detect()'s
-        because the network sees the padding near the bottom and right edges.
+        On the CPU every batch gives exactly the detections of detect() on each image: the
+        CPU runs a batch image by image, each at its own size. On a GPU a batch runs as one
+        forward pass (kernels chosen for the batch round differently), and images of
+        different sizes are padded (see preprocess): each image's detections then come from
+        its own part of the padded feature maps, and differ from detect()'s near the bottom
+        and right edges, where the network sees the padding (bench/README.md, *Batching*).
 
         Args:
             images (list[ndarray[H, W, 3] uint8]): BGR images.
@@ -449,13 +546,29 @@ class Detector:
         """detect_batch(images) given preprocess(images): the forward pass and what follows.
 
         Folder runs preprocess the next images in reading threads while the network runs.
+
+        Raises:
+            InputTooLargeError: the network's activations for these inputs do not fit in memory.
         """
-        if self.pyramid or self.tile is not None:
-            return self._detect_passes(batch)
-        return self._detect_plain(batch, sizes, resizes)
+        try:
+            if self.pyramid or self.tile is not None:
+                return self._detect_passes(batch)
+            return self._detect_plain(batch, sizes, resizes)
+        except Exception as e:  # noqa: BLE001 - only an allocation failure is turned into an input error
+            if not is_out_of_memory(e):
+                raise
+            if resizes is None:  # pyramid and tile plans: sizes are the images' own
+                message = self._out_of_memory_message(e, sizes)
+            else:
+                at_origin = all(r == 1 for r in resizes)
+                message = self._out_of_memory_message(e, sizes if at_origin else None, sizes)
+        # Raised outside the handler, so that the failed allocation's frames (and arrays) are freed.
+        raise InputTooLargeError(message)
 
     def _detect_plain(self, batch, sizes, resizes):
         """detect_preprocessed of the default pipeline."""
+        if isinstance(batch, list):  # images of different sizes, unpadded: one at a time
+            return [self._detect_plain(x, [size], [resize])[0] for x, size, resize in zip(batch, sizes, resizes)]
         outputs = self.forward(batch)
         padded = tuple(batch.shape[2:])
         results = []
@@ -487,8 +600,7 @@ class Detector:
 
     def _pyramid_input(self, img, resize):
         """The network input [3, H', W'] of img at one pyramid scale (resized as preprocess does)."""
-        if resize != 1:
-            img = cv2.resize(np.float32(img), None, None, fx=resize, fy=resize, interpolation=cv2.INTER_LINEAR)
+        img = resize_image(img, resize)
         x = np.empty((3,) + img.shape[:2], dtype=np.float32)
         to_input(img, x, self.mean)
         return x
@@ -521,9 +633,8 @@ class Detector:
             if self.pyramid:
                 plans.append(('pyramid', [(self._pyramid_input(img, r), r) for r in pyramid_scales(h, w)]))
                 continue
-            resize = resize_factor(h, w, self.origin_size)
-            if resize != 1:
-                img = cv2.resize(np.float32(img), None, None, fx=resize, fy=resize, interpolation=cv2.INTER_LINEAR)
+            resize = self.resize_factor(h, w)
+            img = resize_image(img, resize)
             if img.shape[0] <= self.tile and img.shape[1] <= self.tile:
                 # One tile: the untiled pipeline, to the bit.
                 plans.append(('whole', self._preprocess_plain([images[i]])))
@@ -545,7 +656,7 @@ class Detector:
         return results
 
     def _detect_tiles(self, img, resize):
-        """Detections in img (at the test scale, resize from the original) from its tiles."""
+        """Detections in img (resized by resize from the original) from its tiles."""
         h, w = img.shape[:2]
         overlap = tile_overlap(self.tile, max(max(s) for s in self.cfg['min_sizes']))
         grid, cores = tile_grid(h, w, self.tile, overlap), tile_cores(h, w, self.tile, overlap)
@@ -577,10 +688,35 @@ class Detector:
         return nms_merge(candidates, settings.nms_threshold, settings.keep_top_k, settings.top_k)
 
 
-def _check_modes(pyramid, pyramid_merge, tile, origin_size):
-    """The combinations of pyramid, tile and origin_size that make sense."""
+def _size_rule(origin_size, target_size, max_size):
+    """(origin_size, target_size, max_size) as a Detector runs them: the original size (the
+    default), the reference's test scale (origin_size False alone), or the sizes given."""
+    if target_size is None and max_size is None:
+        if origin_size is None or origin_size:
+            return True, None, None
+        return False, TARGET_SIZE, MAX_SIZE
+    if origin_size:
+        raise InputError(f"origin_size True cannot be combined with {_sizes_given(target_size, max_size)}: a size "
+                         f"replaces the original size (leave origin_size out)")
+    for name, value in (('target_size', target_size), ('max_size', max_size)):
+        if value is not None and (not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < 1):
+            raise InputError(f"{name} must be a positive whole number of pixels, got {value!r}")
+    return (False, None if target_size is None else int(target_size), None if max_size is None else int(max_size))
+
+
+def _sizes_given(target_size, max_size):
+    """'target_size 480 and max_size 640', naming the sizes that are set."""
+    return ' and '.join(f"{name} {value}" for name, value in (('target_size', target_size), ('max_size', max_size))
+                        if value is not None)
+
+
+def _check_modes(pyramid, pyramid_merge, tile, origin_size, target_size=None, max_size=None):
+    """The combinations of pyramid, tile, origin_size and the sizes that make sense."""
     if pyramid_merge not in PYRAMID_MERGES:
         raise InputError(f"unknown pyramid merge {pyramid_merge!r}: expected one of {list(PYRAMID_MERGES)}")
+    if pyramid and (target_size is not None or max_size is not None):
+        raise InputError(f"the pyramid chooses its own scales: it cannot run with "
+                         f"{_sizes_given(target_size, max_size)}")
     if pyramid and not origin_size:
         raise InputError("the pyramid chooses its own scales: it cannot run with origin_size False")
     if pyramid and tile is not None:
@@ -591,8 +727,13 @@ def _check_modes(pyramid, pyramid_merge, tile, origin_size):
 
 def load_detector(network: str, trained_model: str | os.PathLike, device: str | torch.device = 'cpu',
                   backend: str | None = None, onnx_model: str | os.PathLike | None = None,
-                  **detector_kwargs) -> Detector:
+                  threads: int | None = None, **detector_kwargs) -> Detector:
     """Build RetinaFace for network, load trained_model into it and wrap it in a Detector.
+
+    On a busy machine it protects eager PyTorch as the scripts do: when torch's OpenMP runtime
+    is not loaded yet (torch not imported), it sets OMP_WAIT_POLICY=PASSIVE if other processes
+    keep a core busy (utils.cli.choose_openmp_wait_policy); when it is loaded already, the
+    policy can no longer change, and a busy machine gets one warning naming the remedy.
 
     Args:
         network (str): 'mobile0.25' or 'resnet50'. An ONNX model file that holds the other
@@ -600,6 +741,9 @@ def load_detector(network: str, trained_model: str | os.PathLike, device: str | 
             what runs, and detector.network names it.
         trained_model (str | PathLike): the weights (.pth), loaded with utils.checkpoint.load_model.
             Not read when onnx_model is given.
+        threads (int | None): CPU threads for the network, as the scripts' --threads: torch's
+            intra-op thread count (torch.set_num_threads, process-wide) and onnxruntime's
+            (num_threads). None leaves torch's default.
         device, backend, onnx_model, **detector_kwargs: as for Detector (an onnx_model
             selects the 'onnxruntime' backend). With an onnx_model torch is not imported:
             the network, config and mean come from the file's metadata (older files
@@ -610,9 +754,47 @@ def load_detector(network: str, trained_model: str | os.PathLike, device: str | 
         InputError: the file is not a checkpoint for this network, or a setting is refused.
     """
     backend = resolve_backend(backend, onnx_model)
+    # Looked at before the network is loaded: loading it imports torch, which loads OpenMP.
+    too_late = backend == 'torch' and openmp_runtime_loaded()
+    if backend == 'torch' and not too_late:
+        choose_openmp_wait_policy()
+    detector = _build_detector(network, trained_model, device, backend, onnx_model, threads, detector_kwargs)
+    if too_late and detector.device.type == 'cpu':
+        _warn_once_if_threads_spin()
+    return detector
+
+
+def _build_detector(network, trained_model, device, backend, onnx_model, threads, detector_kwargs):
+    """load_detector without its busy-machine check (detector_from_args makes the scripts' own)."""
     cfg = cfg_for_network(network)  # an unknown name is an error even when the file names another
     net = None if onnx_model is not None else _load_network(cfg, trained_model)
+    if threads is not None:
+        threads = set_threads(threads)  # torch's count when torch is loaded
+        detector_kwargs = {'num_threads': threads, **detector_kwargs}
     return Detector(net, cfg, device=device, backend=backend, onnx_model=onnx_model, **detector_kwargs)
+
+
+# Whether load_detector has warned that torch's threads spin on a busy machine (once per process).
+_warned_threads_spin = False
+
+
+def _warn_once_if_threads_spin():
+    """The API's warning where OpenMP was loaded before load_detector could choose its wait
+    policy: on a busy machine (and more than one torch thread, no policy set by the user),
+    eager PyTorch's waiting threads spin on the cores the working ones need."""
+    global _warned_threads_spin
+    import torch
+
+    if _warned_threads_spin or 'OMP_WAIT_POLICY' in os.environ or torch.get_num_threads() <= 1:
+        return
+    busy = other_busy_processes()
+    if busy < 1:
+        return
+    _warned_threads_spin = True
+    logger.warning("the CPUs are busy (%.1f other busy processes) and torch was imported before load_detector, so "
+                   "its %d OpenMP threads spin while they wait for each other and can run many times slower: set "
+                   "OMP_WAIT_POLICY=PASSIVE in the environment before torch is imported, or pass threads=1 to "
+                   "load_detector (this warning is shown once)", busy, torch.get_num_threads())
 
 
 def _load_network(cfg: dict, trained_model: str | os.PathLike) -> RetinaFace:
@@ -645,7 +827,9 @@ def add_detector_arguments(parser: argparse.ArgumentParser, trained_model: str, 
                            top_k: int | None = None, keep_top_k: int | None = None) -> argparse.ArgumentParser:
     """The flags every inference script shares, with that script's reference defaults:
     -m/--trained_model, --network, --cpu, --confidence_threshold, --top_k, --nms_threshold,
-    --keep_top_k, --backend, --onnx_model and --threads."""
+    --keep_top_k, --backend, --onnx_model, --pyramid, --tile, --pyramid_merge, --target_size,
+    --max_size, --batch_size and --threads. (--origin_size is each script's own, for its help
+    text: declare it with action=OriginSizeFlag.)"""
     parser.add_argument('-m', '--trained_model', default=trained_model, type=str,
                         help='Trained state_dict file path to open')
     parser.add_argument('--network', default=network, choices=sorted(NETWORKS),
@@ -678,12 +862,33 @@ def add_detector_arguments(parser: argparse.ArgumentParser, trained_model: str, 
     parser.add_argument('--pyramid_merge', default='vote', choices=PYRAMID_MERGES,
                         help="with --pyramid: 'vote' (score-weighted means of each group of overlapping "
                              "candidates; the default) or 'nms'")
+    parser.add_argument('--target_size', default=None, type=positive_int, action=SizeFlag,
+                        help=f"detect with the photo's short side resized to this many pixels, by the reference's "
+                             f"rule (its test scale is --target_size {TARGET_SIZE} --max_size {MAX_SIZE}): unless "
+                             f"the long side would then be more than --max_size, which then becomes the long side. "
+                             f"Alone, the long side is not capped. Either size turns the original size off "
+                             f"(--origin_size true next to one is an error); not with --pyramid. With --tile the "
+                             f"photo is resized first, then tiled where it is still larger than a tile")
+    parser.add_argument('--max_size', default=None, type=positive_int, action=SizeFlag,
+                        help="the most pixels the long side may have (see --target_size). Alone, only it decides: "
+                             "the long side becomes exactly this, up or down, for every photo (e.g. --max_size 640 "
+                             "for speed: time grows with the pixel count)")
+    parser.add_argument('--batch_size', default=1, type=BATCH_SIZE,
+                        help="images per forward pass in folder runs (default 1). On the CPU every N gives the same "
+                             "bytes as 1, at about the same speed: the CPU runs a batch image by image, each at its "
+                             "own size. On a GPU a batch is one forward pass: faster, with detections equal to N=1's "
+                             "only to float rounding, and images of different sizes are padded to one size, which "
+                             "moves detections near their bottom and right edges (bench/README.md, Batching)")
     add_threads_argument(parser)
     return parser
 
 
 # --tile: two cells of the coarsest feature map of any network, at least.
 TILE_SIZE = number_in(int, min(smallest_tile(cfg) for cfg in NETWORKS.values()), name='tile size')
+# --batch_size: a folder run holds a batch in the network and reads the next one ahead, so at
+# the test scale (up to 1600x2150, 41 MB of network input each) this bounds it to a few GB.
+MAX_BATCH_SIZE = 64
+BATCH_SIZE = number_in(int, 1, MAX_BATCH_SIZE, name='batch size')
 
 
 class PyramidFlag(argparse.Action):
@@ -697,18 +902,45 @@ class PyramidFlag(argparse.Action):
                  option_string: str | None = None) -> None:
         if getattr(namespace, '_origin_size_given', False):
             parser.error("--pyramid cannot be combined with --origin_size: the pyramid chooses its own scales")
+        for flag in _given_sizes(namespace):
+            parser.error(f"--pyramid cannot be combined with {flag}: the pyramid chooses its own scales")
         setattr(namespace, self.dest, True)
+
+
+def _given_sizes(namespace):
+    """The size flags given so far on the command line ('--target_size', '--max_size')."""
+    return [f'--{dest}' for dest in ('target_size', 'max_size') if getattr(namespace, dest, None) is not None]
+
+
+class SizeFlag(argparse.Action):
+    """--target_size N / --max_size N: refused next to --pyramid and an explicit
+    --origin_size true, in either order (PyramidFlag and OriginSizeFlag refuse the other)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: int,
+                 option_string: str | None = None) -> None:
+        if getattr(namespace, 'pyramid', False):
+            parser.error(f"--pyramid cannot be combined with {option_string}: the pyramid chooses its own scales")
+        if getattr(namespace, '_origin_size_given', False) and getattr(namespace, 'origin_size', False):
+            parser.error(f"--origin_size true cannot be combined with {option_string}: {option_string} sets the "
+                         f"size the network sees (leave --origin_size out)")
+        setattr(namespace, self.dest, values)
 
 
 class OriginSizeFlag(argparse.Action):
     """--origin_size true|false (the scripts' str2bool flag), remembered as given, so that
-    --pyramid next to it is a usage error."""
+    --pyramid next to it, and --origin_size true next to --target_size or --max_size, are
+    usage errors (--origin_size false next to a size changes nothing: a size turns the
+    original size off)."""
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: str,
                  option_string: str | None = None) -> None:
         if getattr(namespace, 'pyramid', False):
             parser.error("--pyramid cannot be combined with --origin_size: the pyramid chooses its own scales")
-        setattr(namespace, self.dest, str2bool(values))
+        value = str2bool(values)
+        for flag in _given_sizes(namespace) if value else ():
+            parser.error(f"--origin_size true cannot be combined with {flag}: {flag} sets the size the network "
+                         f"sees (leave --origin_size out)")
+        setattr(namespace, self.dest, value)
         namespace._origin_size_given = True
 
 
@@ -732,13 +964,19 @@ def detector_from_args(args: argparse.Namespace, **overrides) -> Detector:
         choose_openmp_wait_policy(busy)
         import torch  # noqa: F401
     threads = set_threads(getattr(args, 'threads', None))
+    target_size, max_size = getattr(args, 'target_size', None), getattr(args, 'max_size', None)
+    origin_size = getattr(args, 'origin_size', True)
+    if (target_size is not None or max_size is not None) and not getattr(args, '_origin_size_given', False):
+        origin_size = None  # the flag's default, not the user's: the sizes decide
     kwargs = dict(
         device='cpu' if getattr(args, 'cpu', False) else 'auto',  # the Detector resolves it
         confidence_threshold=args.confidence_threshold,
         nms_threshold=args.nms_threshold,
         top_k=getattr(args, 'top_k', None),
         keep_top_k=getattr(args, 'keep_top_k', None),
-        origin_size=getattr(args, 'origin_size', True),
+        origin_size=origin_size,
+        target_size=target_size,
+        max_size=max_size,
         backend=getattr(args, 'backend', None),
         onnx_model=onnx_model,
         num_threads=threads,
@@ -746,19 +984,22 @@ def detector_from_args(args: argparse.Namespace, **overrides) -> Detector:
         # The hint on a huge photo names the flags of the script at hand.
         large_image_hints=((('--origin_size false detects at the test scale instead',)
                             if hasattr(args, 'origin_size') else ())
+                           + (('--max_size 2048 detects at a smaller size',) if hasattr(args, 'max_size') else ())
                            + (('--tile 2048 detects in tiles in bounded memory',) if hasattr(args, 'tile') else ())),
         pyramid=getattr(args, 'pyramid', False),
         pyramid_merge=getattr(args, 'pyramid_merge', 'vote'),
         tile=getattr(args, 'tile', None),
     )
     kwargs.update(overrides)
-    detector = load_detector(args.network, args.trained_model, **kwargs)
+    # The scripts' own busy-machine protection is above: not load_detector's.
+    device, backend, onnx_model = kwargs.pop('device'), kwargs.pop('backend'), kwargs.pop('onnx_model')
+    detector = _build_detector(args.network, args.trained_model, device, backend, onnx_model, None, kwargs)
     # The backend and device that run, not the flags as given (--backend is None unless given).
     if (detector.backend == 'torch' and detector.device.type == 'cpu' and threads > 1
             and getattr(args, 'threads', None) is None):
         warn_if_cpus_busy(threads, busy)
     args.backend = detector.backend
     args.network = detector.network or args.network
-    logger.info("%s (%s) on %s with the %s backend", args.network, kwargs['onnx_model'] or args.trained_model,
+    logger.info("%s (%s) on %s with the %s backend", args.network, onnx_model or args.trained_model,
                 detector.device, detector.backend)
     return detector

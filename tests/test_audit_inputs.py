@@ -392,8 +392,8 @@ def test_detect_names_origin_size_in_the_large_image_hint(weights, monkeypatch, 
     assert _run_detect(weights, '--image', folder, '--no-save_image') == 0
     hints = [line for line in capsys.readouterr().err.splitlines() if 'megapixels' in line]
     assert hints == ["a 416x416 image goes into the network at its original size (0.17 megapixels): slow, and "
-                     "memory-hungry; --origin_size false detects at the test scale instead; --tile 2048 detects in "
-                     "tiles in bounded memory (this hint is shown once)"]
+                     "memory-hungry; --origin_size false detects at the test scale instead; --max_size 2048 detects "
+                     "at a smaller size; --tile 2048 detects in tiles in bounded memory (this hint is shown once)"]
 
 
 def test_detect_origin_size_false_runs_at_the_test_scale(weights, tmp_path):

@@ -1,7 +1,9 @@
-"""utils.memory.keep_freed_memory: malloc settings for fast eager CPU inference."""
+"""utils.memory: keep_freed_memory (malloc settings for fast eager CPU inference) and
+is_out_of_memory (an allocation failure told from other errors)."""
 import sys
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 
 import utils.memory as memory
@@ -72,3 +74,66 @@ def test_detect_keeps_freed_memory_when_the_network_runs_on_the_cpu(monkeypatch,
                                                 '--image', str(golden_image_path('val416_0_Parade_Parade_0_102'))])
     assert len(detect.main(args)['results']) == 1
     assert len(calls) == expected
+
+
+# -- telling an allocation failure from other errors ----------------------------------------------
+
+def _cv2_error(code):
+    import cv2
+
+    try:  # a real cv2.error, with OpenCV's own code
+        cv2.resize(np.zeros((1, 5000, 3), np.float32), None, None, fx=0.064, fy=0.064)
+    except cv2.error as e:
+        assert e.code == -215  # the assertion that the size is not empty
+        error = e
+    error.code = code
+    return error
+
+
+def _numpy_error():
+    try:  # 1 PiB: more than any x86-64 process can map, whatever the overcommit setting
+        np.empty(2 ** 50, np.uint8)
+    except MemoryError as e:
+        return e
+    pytest.fail('a 1 PiB array was allocated')
+
+
+def _torch_error(message):
+    import torch
+
+    return torch.OutOfMemoryError(message)
+
+
+def _onnxruntime_fail(message):
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail
+
+    return Fail(message)
+
+
+@pytest.mark.parametrize('make, expected', [
+    (lambda: MemoryError(), True),
+    (_numpy_error, True),
+    (lambda: RuntimeError("[enforce fail at alloc_cpu.cpp:127] err == 0. DefaultCPUAllocator: can't allocate memory: "
+                          "you tried to allocate 576000000 bytes. Error code 12 (Cannot allocate memory)"), True),
+    (lambda: _torch_error('CUDA out of memory. Tried to allocate 2.00 GiB'), True),
+    (lambda: _onnxruntime_fail('[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv '
+                               'node. Status Message: bfc_arena.cc:360 Failed to allocate memory for requested '
+                               'buffer of size 576000000'), True),
+    (lambda: _onnxruntime_fail('[ONNXRuntimeError] : 1 : FAIL : Got invalid dimensions for input'), False),
+    (lambda: _cv2_error(-4), True),
+    (lambda: _cv2_error(-215), False),
+    (lambda: RuntimeError('Given groups=1, weight of size [8, 3, 3, 3]'), False),
+    (lambda: ValueError('out of memory'), False),  # not a runtime error of a library: a bug's message
+])
+def test_is_out_of_memory(make, expected):
+    assert memory.is_out_of_memory(make()) is expected
+
+
+def test_out_of_memory_reason_keeps_what_failed():
+    error = _onnxruntime_fail('[ONNXRuntimeError] : 1 : FAIL : Non-zero status code returned while running Conv node. '
+                              "Name:'/body/stage1' Status Message: /onnxruntime_src/onnxruntime/core/framework/"
+                              'bfc_arena.cc:360 void* onnxruntime::BFCArena::AllocateRawInternal(size_t, bool) Failed '
+                              'to allocate memory for requested buffer of size 576000000\n')
+    assert memory.out_of_memory_reason(error) == 'Fail: Failed to allocate memory for requested buffer of size 576000000'
+    assert memory.out_of_memory_reason(MemoryError()) == 'MemoryError'
+    assert len(memory.out_of_memory_reason(RuntimeError('x' * 1000))) < 200

@@ -114,6 +114,18 @@ def test_widerface_files_match_golden(wider_run, detector, name):
                        wider_script.wider_text(name, dets))
 
 
+def test_widerface_batches_write_the_bytes_of_one_by_one(wider_run, weights, wider_dataset, tmp_path):
+    """--batch_size 3 over the seven photos of four sizes: on the CPU every file is the bytes of
+    the default run (a batch runs image by image, each at its own size)."""
+    out, _ = wider_run
+    result = wider_script.main(_wider_args(weights, wider_dataset, tmp_path / 'b3', '--batch_size', '3'))
+    assert result['written'] == len(GOLDEN_IMAGES)
+    files = {p.relative_to(out).as_posix(): p.read_bytes() for p in out.rglob('*.txt')}
+    assert len(files) == len(GOLDEN_IMAGES)
+    assert {p.relative_to(tmp_path / 'b3').as_posix(): p.read_bytes() for p in (tmp_path / 'b3').rglob('*.txt')} \
+        == files
+
+
 def test_widerface_at_test_scale(weights, tmp_path):
     images = tmp_path / 'val' / 'images'
     _link(golden_image_path('test'), images / PHOTOS_EVENT / 'test.jpg')
@@ -278,6 +290,20 @@ def test_fddb_reference_keep_top_k_would_cut_the_golden_block(weights, tmp_path)
     assert _golden_text('largest_selfie', 'fddb').splitlines()[1] == '2850.0'
 
 
+def test_fddb_batches_skip_bad_images_and_write_the_bytes_of_one_by_one(weights, tmp_path):
+    """Bad images inside a batch are skipped alone; the file and the skipped list are those of --batch_size 1."""
+    images = tmp_path / 'images'
+    names, bad = _bad_images(images)
+    jpgs = [n[:-4] for n in names if n.endswith('.jpg')]
+    (tmp_path / 'list.txt').write_text("\n".join(jpgs) + "\n")
+    runs = {n: fddb_script.main(_fddb_args(weights, tmp_path / 'list.txt', images, tmp_path / f'eval{n}',
+                                           '--batch_size', n)) for n in ('1', '4')}
+    assert runs['1']['written'] == runs['4']['written'] == 2
+    assert runs['4']['skipped'] == runs['1']['skipped'] and {os.path.basename(p) for p, _ in runs['4']['skipped']} \
+        == bad - {'alpha.png'}
+    assert Path(runs['4']['path']).read_bytes() == Path(runs['1']['path']).read_bytes()
+
+
 def test_fddb_default_paths_follow_the_reference():
     args = fddb_script.get_args_parser().parse_args([])
     assert (args.dataset, args.save_folder, args.image_list, args.images_folder) == ('FDDB', 'eval/', None, None)
@@ -337,6 +363,39 @@ def test_detect_json_annotated_image_and_summary(weights, detector, tmp_path, ca
     out = capsys.readouterr().out
     assert 'kids_group.jpg: 8 faces >= 0.6 (11 detections > 0.02)' in out
     assert len(result['results']) == 1 and len(result['skipped']) == 1
+
+
+def test_detect_batches_give_the_json_and_images_of_one_by_one(weights, tmp_path):
+    images = tmp_path / 'in'
+    for name in ('kids_group', 'val416_0_Parade_Parade_0_102', 'test'):
+        _link(golden_image_path(name), images / f'{name}.jpg')
+    (images / 'broken.jpg').write_text('not an image')
+    for n in ('1', '3'):
+        detect.main(_detect_args(weights, images, '--output', str(tmp_path / f'out{n}'), '--json',
+                                 str(tmp_path / f'dets{n}.json'), '--batch_size', n))
+    one, three = (json.loads((tmp_path / f'dets{n}.json').read_text()) for n in ('1', '3'))
+    assert len(one['images']) == 3 and len(one['skipped']) == 1 and three == one
+    for name in ('kids_group', 'test'):
+        assert (tmp_path / 'out3' / f'{name}.jpg').read_bytes() == (tmp_path / 'out1' / f'{name}.jpg').read_bytes()
+
+
+def test_detect_at_max_size(weights, detector, tmp_path):
+    """--max_size 320: test.jpg goes into the network at 320x195; the JSON is that detector's, in the photo's pixels."""
+    detect.main(_detect_args(weights, golden_image_path('test'), '--no-save_image', '--max_size', '320',
+                             '--json', str(tmp_path / 'dets.json')))
+    (entry,) = json.loads((tmp_path / 'dets.json').read_text())['images']
+    small = Detector(detector.net, detector.cfg, top_k=5000, keep_top_k=750, max_size=320)
+    expected = small.detect(read_image(golden_image_path('test')))
+    assert small.input_size(624, 1024) == (195, 320) and (entry['width'], entry['height']) == (1024, 624)
+    assert [d['score'] for d in entry['detections']] == [float(str(v)) for v in expected[:, 4]]
+    assert np.allclose([d['box'] for d in entry['detections']], expected[:, :4], atol=1e-3)
+
+
+def test_detect_batch_size_is_for_photos(weights, tmp_path, capsys):
+    status = run_cli(detect.main, detect.get_args_parser(),
+                     ['-m', weights, '--video', str(tmp_path / 'clip.avi'), '--batch_size', '4'])
+    assert status == 1
+    assert "error: --batch_size 4 applies to --image runs: --video detects frame by frame" in capsys.readouterr().err
 
 
 def test_detect_save_image_can_be_turned_off(weights, tmp_path):

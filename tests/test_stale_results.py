@@ -122,7 +122,10 @@ def test_same_model_and_settings_resume(folder, weights, dataset, tmp_path):
     (['--origin_size', 'false'], 'test_scale "original size" -> "short side 1600, long side at most 2150"'),
     (['--keep_top_k', '750'], 'keep_top_k null -> 750'),
     (['--top_k', '5000'], 'top_k null -> 5000'),
-], ids=['confidence', 'nms', 'origin_size', 'keep_top_k', 'top_k'])
+    (['--max_size', '320'], 'test_scale "original size" -> "long side 320"'),
+    (['--target_size', '320', '--max_size', '640'],
+     'test_scale "original size" -> "short side 320, long side at most 640"'),
+], ids=['confidence', 'nms', 'origin_size', 'keep_top_k', 'top_k', 'max_size', 'target_size'])
 def test_other_settings_are_an_error_naming_the_difference(folder, weights, dataset, capsys, extra, expected):
     before = _results(folder)
     status = run_cli(wider_script.main, wider_script.get_args_parser(), _argv(weights, dataset, folder, *extra))
@@ -132,6 +135,19 @@ def test_other_settings_are_an_error_naming_the_difference(folder, weights, data
     assert expected in line and 'already holds 2 result files' in line
     assert 'Pass --no-resume' in line and 'another --save_folder' in line
     assert _results(folder) == before
+
+
+def test_a_rerun_at_another_size_never_resumes(weights, dataset, tmp_path, capsys):
+    """A folder made at --max_size 320 resumes at --max_size 320 only."""
+    out = tmp_path / 'small'
+    assert _run(*_argv(weights, dataset, out, '--max_size', '320'))['written'] == 2
+    assert _run(*_argv(weights, dataset, out, '--max_size', '320'))['resumed'] == 2
+    before = _results(out)
+    for extra in (['--max_size', '640'], ['--target_size', '320'], []):
+        status = run_cli(wider_script.main, wider_script.get_args_parser(), _argv(weights, dataset, out, *extra))
+        (line,) = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+        assert status == 1 and 'test_scale "long side 320" -> ' in line, extra
+    assert _results(out) == before
 
 
 def test_other_weights_are_an_error_naming_both_files(folder, weights, other_weights, dataset, capsys):

@@ -134,6 +134,20 @@ def test_every_frame_matches_detector_and_the_copy_keeps_frames_rate_and_size(we
     assert np.abs(written[5].astype(int) - drawn).mean() < np.abs(written[5].astype(int) - frames[5]).mean()
 
 
+def test_video_at_max_size_matches_its_detector(weights, detector, clip, tmp_path):
+    """--max_size with --video: every frame goes into the network at that long side, the JSON in
+    the frame's pixels."""
+    detect.main(_args(weights, clip, '--no-save_image', '--max_size', '160', '--max_frames', '4',
+                      '--json', str(tmp_path / 'f.jsonl')))
+    small = load_detector('mobile0.25', weights, top_k=5000, keep_top_k=750, max_size=160)
+    assert small.input_size(SIZE[1], SIZE[0]) == (120, 160)
+    lines = _read_lines(tmp_path / 'f.jsonl')
+    frames, _ = _decode(clip)
+    assert len(lines) == 4
+    for line, frame in zip(lines, frames):
+        np.testing.assert_array_equal(_as_array(line['detections']), small.detect(frame))
+
+
 def test_every_nth_frame_and_aligned_crops(weights, detector, clip, tmp_path):
     crops_dir = tmp_path / 'crops'
     detect.main(_args(weights, clip, '--every', '3', '--output', str(tmp_path / 'out'), '--json',

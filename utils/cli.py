@@ -189,6 +189,23 @@ def other_busy_processes(samples: int = 8, interval: float = 0.015) -> float:
         return 0.0
 
 
+# The OpenMP runtimes whose wait policy OMP_WAIT_POLICY sets (torch's wheels bring libgomp).
+_OPENMP_LIBRARIES = ('libgomp', 'libiomp')
+
+
+def openmp_runtime_loaded() -> bool:
+    """Whether an OpenMP runtime is loaded into this process already. libgomp reads
+    OMP_WAIT_POLICY once, when it is loaded (by `import torch`), not when its thread pool
+    starts: set between the import and torch's first parallel operation, the variable
+    changes nothing (bench/README.md, *CPU threads*). So once this is True the policy can
+    no longer be chosen. Where /proc/self/maps cannot be read, 'torch is imported' stands in."""
+    try:
+        with open('/proc/self/maps') as f:
+            return any(name in line for line in f for name in _OPENMP_LIBRARIES)
+    except OSError:
+        return 'torch' in sys.modules
+
+
 def choose_openmp_wait_policy(busy: float | None = None) -> str:
     """Set OMP_WAIT_POLICY=PASSIVE for torch's OpenMP threads when other processes already
     keep a core busy, unless the user set a policy; returns the policy in effect.
@@ -203,12 +220,12 @@ def choose_openmp_wait_policy(busy: float | None = None) -> str:
     the default (set OMP_WAIT_POLICY=PASSIVE yourself there).
 
     libgomp reads the variable once, when torch first loads it: this must run before the
-    first `import torch`, and changes nothing afterwards.
+    first `import torch`, and changes nothing afterwards (see openmp_runtime_loaded).
 
     Args:
         busy (float | None): other busy processes (default: other_busy_processes()).
     """
-    if 'torch' not in sys.modules and 'OMP_WAIT_POLICY' not in os.environ:
+    if 'OMP_WAIT_POLICY' not in os.environ and not openmp_runtime_loaded():
         if (other_busy_processes() if busy is None else busy) >= 1:
             os.environ['OMP_WAIT_POLICY'] = 'PASSIVE'
     return os.environ.get('OMP_WAIT_POLICY', 'default').strip().upper() or 'DEFAULT'

@@ -21,3 +21,9 @@ class InputError(ValueError):
 
 class InputNotFoundError(InputError, FileNotFoundError):
     """A file or folder the user named does not exist."""
+
+
+class InputTooLargeError(InputError, MemoryError):
+    """An input that does not fit in memory at the size it is processed at (a huge photo at
+    its original size): the message names the size and the way out. A MemoryError too, so
+    that callers that caught the allocation failure still catch it."""

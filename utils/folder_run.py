@@ -20,7 +20,8 @@ writer runs its jobs one at a time in the order submitted. Both are bounded, so 
 does not grow with the folder. Neither imports torch.
 
 detect_images is the loop the inference scripts share (detect.py, test_widerface.py,
-test_fddb.py): read and preprocess ahead, detect, report unreadable images.
+test_fddb.py): read and preprocess ahead, detect, one image or a batch at a time, and report
+the images that cannot be read, or do not fit in memory, and go on.
 check_list_entries, check_not_over_inputs and lock_results_folder keep a run's outputs where
 the user pointed, apart from each other and from its inputs, and away from other runs.
 """
@@ -66,12 +67,14 @@ _Loaded = TypeVar('_Loaded')
 
 class _Detector(Protocol):
     """What detect_images needs of a models.detector.Detector (which utils cannot import):
-    its preprocess, and its detect_preprocessed taking what preprocess returned, with
-    Detector's signatures."""
+    its preprocess, its detect_preprocessed taking what preprocess returned, and its
+    detect_batch, with Detector's signatures."""
 
     def preprocess(self, images: Sequence[np.ndarray]) -> tuple[np.ndarray | list, list, list | None]: ...
 
     def detect_preprocessed(self, batch: np.ndarray | list, sizes: list, resizes: list | None) -> list[np.ndarray]: ...
+
+    def detect_batch(self, images: Sequence[np.ndarray]) -> list[np.ndarray]: ...
 
 
 def prefetch(items: Iterable[_Item], load: Callable[[_Item], _Loaded], depth: int = PREFETCH_DEPTH,
@@ -104,11 +107,13 @@ def prefetch(items: Iterable[_Item], load: Callable[[_Item], _Loaded], depth: in
             item, future = pending.popleft()
             fill()
             try:
-                value = future.result()
+                out = [(item, future.result(), None)]
             except INPUT_ERRORS as e:
-                yield item, None, e
-            else:
-                yield item, value, None
+                out = [(item, None, e)]
+            del future
+            # Popped as it is yielded, so that the caller alone holds what was loaded: a large
+            # image is freed as soon as the caller is done with it.
+            yield out.pop()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -175,42 +180,108 @@ class BackgroundWriter:
 
 
 def detect_images(detector: _Detector, jobs: list[tuple], skipped: list[tuple[int, tuple[str, str]]],
-                  progress: bool = False) -> Generator[tuple[tuple, np.ndarray, np.ndarray, float], None, None]:
+                  progress: bool = False, batch_size: int = 1
+                  ) -> Generator[tuple[tuple, np.ndarray, np.ndarray, float], None, None]:
     """Detect faces in each job's image, reading and preprocessing the next images in
     threads while the network runs.
 
     Args:
-        detector: a models.detector.Detector (anything with preprocess and detect_preprocessed).
+        detector: a models.detector.Detector (anything with preprocess, detect_preprocessed
+            and detect_batch).
         jobs (list[tuple]): (index, image path, anything else the caller needs), in order.
-        skipped (list): an unreadable image is logged ("skipping <path>: <reason>") and
-            appended here as (index, (path, reason)), in job order.
+        skipped (list): an unreadable image, or one that does not fit in memory (the
+            detector's InputTooLargeError, an InputError), is logged ("skipping <path>:
+            <reason>") and appended here as (index, (path, reason)), in job order; the run goes on.
         progress (bool): show a tqdm bar (log messages then go around it).
+        batch_size (int): images per detect_batch: the readable images of each run of
+            batch_size jobs go through the network together. A batch that fails with an
+            InputError (an image that does not fit in memory) is retried image by image, so
+            that only the image at fault is skipped.
     Yields:
         (job, img ndarray[H, W, 3] uint8, dets ndarray[N, 15] float32, ms float): each
-        readable image in job order; ms is its detection time, preprocessing included.
+        image detected in, in job order; ms is its detection time, preprocessing included
+        (a batch's time shared equally by its images).
     Use it in a `with closing(...)` block, so that an interrupted loop stops the readers.
     """
-    def load(job):
-        img = read_image(job[1])
-        tic = time.perf_counter()
-        return img, detector.preprocess([img]), time.perf_counter() - tic
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
 
+    def load(chunk):
+        # Each image is read on its own, so that one unreadable image skips only itself.
+        # Errors are kept as their messages: an exception's traceback would hold its arrays.
+        entries = []
+        for job in chunk:
+            try:
+                entries.append([job, read_image(job[1]), None])
+            except INPUT_ERRORS as e:
+                entries.append([job, None, str(e)])
+        readable = [entry for entry in entries if entry[2] is None]
+        tic = time.perf_counter()
+        prepared = None
+        if readable:
+            try:
+                prepared = detector.preprocess([entry[1] for entry in readable])
+            except INPUT_ERRORS as e:
+                if len(readable) == 1:
+                    readable[0][2] = str(e)
+                # else: prepared stays None, and the images go through the network one by one
+        return entries, prepared, time.perf_counter() - tic
+
+    chunks = [jobs[i:i + batch_size] for i in range(0, len(jobs), batch_size)]
+    # Read ahead by images, not by batches, so that memory does not grow with the batch size.
+    depth = max(1, -(-PREFETCH_DEPTH // batch_size))
     done, start = 0, time.perf_counter()
     bar = tqdm(total=len(jobs), desc='im_detect', unit='img', dynamic_ncols=True, disable=not (progress and jobs))
-    with (logging_redirect_tqdm() if progress else nullcontext()), closing(prefetch(jobs, load)) as images, bar:
-        for job, loaded, error in images:
-            bar.update()
-            if error is not None:
-                logger.warning("skipping %s: %s", job[1], error)
-                skipped.append((job[0], (job[1], str(error))))
-                continue
-            img, prepared, preprocess_seconds = loaded
-            tic = time.perf_counter()
-            dets = detector.detect_preprocessed(*prepared)[0]
-            ms = 1000 * (time.perf_counter() - tic + preprocess_seconds)
-            done += 1
-            bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / done:.0f}", refresh=False)
-            yield job, img, dets, ms
+    with (logging_redirect_tqdm() if progress else nullcontext()), \
+            closing(prefetch(chunks, load, depth=depth)) as loaded, bar:
+        for _, value, _ in loaded:  # load reports each image's error in its entry
+            entries, seconds = value[0], value[2]
+            prepared = [value[1]]  # handed over: _detect_chunk frees it before any retry
+            del value
+            results = _detect_chunk(detector, entries, prepared, seconds)
+            for (job, img, error), (dets, ms) in zip(entries, results):
+                bar.update()
+                if error is None and isinstance(dets, str):
+                    error = dets
+                if error is not None:
+                    logger.warning("skipping %s: %s", job[1], error)
+                    skipped.append((job[0], (job[1], error)))
+                    continue
+                done += 1
+                bar.set_postfix(ms_per_img=f"{1000 * (time.perf_counter() - start) / done:.0f}", refresh=False)
+                yield job, img, dets, ms
+
+
+def _detect_chunk(detector, entries, handed_over, preprocess_seconds):
+    """[(dets, ms)] per entry of a loaded chunk: dets an ndarray[N, 15], or the reason (str)
+    the image was not detected in; (None, 0.0) for an entry that was not readable.
+    handed_over: [what preprocess returned for the readable images, or None], emptied here."""
+    prepared = handed_over.pop()
+    readable = [i for i, entry in enumerate(entries) if entry[2] is None]
+    results = [(None, 0.0)] * len(entries)
+    if not readable:
+        return results
+    if prepared is not None:
+        tic = time.perf_counter()
+        try:
+            found = detector.detect_preprocessed(*prepared)
+        except INPUT_ERRORS as e:
+            if len(readable) == 1:
+                return [(str(e), 0.0) if i == readable[0] else r for i, r in enumerate(results)]
+            found = None  # retried image by image below, so that only the image at fault is skipped
+        if found is not None:
+            ms = 1000 * (time.perf_counter() - tic + preprocess_seconds) / len(readable)
+            for i, dets in zip(readable, found):
+                results[i] = (dets, ms)
+            return results
+    prepared = None  # the failed batch's input, freed before its images are tried one by one
+    for i in readable:
+        tic = time.perf_counter()
+        try:
+            results[i] = (detector.detect_batch([entries[i][1]])[0], 1000 * (time.perf_counter() - tic))
+        except INPUT_ERRORS as e:
+            results[i] = (str(e), 0.0)
+    return results
 
 
 def check_list_entries(list_path: str, entries: list[tuple[int, str, str]],

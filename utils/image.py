@@ -12,8 +12,9 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 from utils.atomic import atomic_write
-from utils.errors import InputError
+from utils.errors import InputError, InputTooLargeError
 from utils.input_files import open_input_file, printable
+from utils.memory import is_out_of_memory, out_of_memory_reason
 
 logger = logging.getLogger(__name__)
 
@@ -63,6 +64,7 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
         InputNotFoundError: path does not exist.
         InputError: path is not a regular file (a folder, a FIFO, a device), empty,
             truncated (JPEG without its end marker), or not an image OpenCV can decode. The message names the file.
+        InputTooLargeError: the decoded image does not fit in memory.
     """
     path = os.fspath(path)
     # Only a regular file is opened: /dev/zero would be read until memory runs out, and a
@@ -79,7 +81,15 @@ def read_image(path: str | os.PathLike) -> np.ndarray:
     # end-of-image marker after the last start-of-scan marker.
     if data.startswith(_JPEG_SOI) and data.rfind(_JPEG_EOI) < data.rfind(_JPEG_SOS):
         raise InputError(f"{path} is a truncated or corrupt JPEG (no end-of-image marker after the image data)")
-    img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    failure = None
+    try:
+        img = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        if not is_out_of_memory(e):
+            raise
+        failure = out_of_memory_reason(e)
+    if failure is not None:  # raised outside the handler, so that the failed decoder's memory is freed
+        raise InputTooLargeError(f"out of memory decoding {path} (a {len(data) / 1e6:.1f} MB file): {failure}")
     if img is None or img.size == 0:
         raise InputError(f"{path} is not a readable image (unknown format, or corrupt)")
     mode = _source_mode(data)

@@ -1,4 +1,5 @@
-"""Process-wide memory settings for fast CPU inference.
+"""Process-wide memory settings for fast CPU inference, and telling an allocation failure
+from other errors.
 
 Eager PyTorch on the CPU allocates every intermediate tensor of a forward pass with
 malloc and frees it soon after. glibc's malloc serves large blocks with fresh mmap'd pages
@@ -28,6 +29,48 @@ MMAP_THRESHOLD = 32 * 1024 * 1024
 TRIM_THRESHOLD = 1024 * 1024 * 1024
 
 _applied = None
+
+# How the libraries the detector runs on report a failed allocation when it is not a
+# MemoryError: torch's CPU allocator and onnxruntime's arena raise plain runtime errors with
+# these words, torch's CUDA allocator a torch.OutOfMemoryError.
+_OUT_OF_MEMORY_PHRASES = ("can't allocate memory", 'not enough memory', 'Failed to allocate memory',
+                          'out of memory', 'std::bad_alloc')
+_OUT_OF_MEMORY_CLASS = 'OutOfMemoryError'
+# OpenCV's error code for a failed allocation (cv::Error::StsNoMem).
+_CV_NO_MEMORY = -4
+# The longest reason out_of_memory_reason gives.
+_MAX_REASON_CHARS = 160
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether error is a failed allocation: a MemoryError (numpy's too), torch's
+    OutOfMemoryError or CPU allocator failure, onnxruntime's failed arena allocation, or
+    OpenCV's Insufficient memory. Reads the error only; imports nothing."""
+    if isinstance(error, MemoryError):
+        return True
+    kind = type(error)
+    if any(c.__name__ == _OUT_OF_MEMORY_CLASS for c in kind.__mro__):
+        return True
+    if kind.__module__.split('.')[0] == 'cv2':
+        return getattr(error, 'code', None) == _CV_NO_MEMORY
+    if isinstance(error, RuntimeError) or kind.__module__.split('.')[0] == 'onnxruntime':
+        text = str(error)
+        return any(phrase in text for phrase in _OUT_OF_MEMORY_PHRASES)
+    return False
+
+
+def out_of_memory_reason(error: BaseException) -> str:
+    """A short account of an allocation failure: its type and the words of its message that
+    say what failed (a library's message may hold file paths and node names before them)."""
+    text = ' '.join(str(error).split())
+    for phrase in _OUT_OF_MEMORY_PHRASES + ('Unable to allocate', 'Failed to allocate'):
+        start = text.find(phrase)
+        if start >= 0:
+            text = text[start:]
+            break
+    if len(text) > _MAX_REASON_CHARS:
+        text = text[:_MAX_REASON_CHARS - 3] + '...'
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
 def keep_freed_memory():

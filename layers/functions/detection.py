@@ -2,7 +2,8 @@
 from the network's outputs (ssd.pytorch's Detect layer, for RetinaFace).
 
     image (H x W x 3 uint8 BGR)
-      -> test_scale resize, minus the mean, HWC -> CHW           (to_input)
+      -> resize (resize_factor: the reference's rule, its target_size and max_size
+         settings; resize_image), minus the mean, HWC -> CHW     (to_input)
       -> the network (models.detector runs it)
       -> score threshold, sort, optional top_k, decode, NMS (+1 convention), optional
          keep_top_k, landmarks of the kept boxes                  (Detect)
@@ -36,6 +37,7 @@ import numpy as np
 
 from data.config import BGR_MEAN, MAX_SIZE, TARGET_SIZE
 from utils import kernels
+from utils.errors import InputError
 from utils.nms import fast_nms
 
 if TYPE_CHECKING:  # the torch-free path imports this module
@@ -56,25 +58,66 @@ def empty_detections() -> np.ndarray:
     return np.zeros((0, DET_COLUMNS), dtype=np.float32)
 
 
-def resize_factor(height: int, width: int, origin_size: bool) -> float:
-    """The resize factor the reference applies before detection.
+def resize_factor(height: int, width: int, origin_size: bool, target_size: int | None = TARGET_SIZE,
+                  max_size: int | None = MAX_SIZE) -> float:
+    """The resize factor applied before detection: the reference's rule, with its two sizes as settings.
+
+    resize = target_size / short side; if round(resize * long side) > max_size, then
+    resize = max_size / long side. Without a target_size only max_size decides: the long
+    side becomes max_size, up or down, whatever the short side. Without a max_size the short
+    side becomes target_size, whatever the long side.
 
     Args:
         height, width (int): the image size in pixels.
-        origin_size (bool): True keeps the original size (the factor is 1).
+        origin_size (bool): True keeps the original size (the factor is 1; the sizes are not read).
+        target_size (int | None): the short side's size (the reference's test scale: TARGET_SIZE).
+        max_size (int | None): the most the long side may round to (the reference's: MAX_SIZE).
     Returns:
-        int | float: 1 when origin_size, else TARGET_SIZE / short side, or
-        MAX_SIZE / long side when the long side would exceed MAX_SIZE.
+        int | float: 1 when origin_size, else the factor (see resized_size for the size it gives).
     """
     if origin_size:
         return 1
+    if target_size is None and max_size is None:
+        raise ValueError("resize_factor needs a target_size or a max_size when origin_size is False")
     im_size_min = np.min([height, width])
     im_size_max = np.max([height, width])
-    resize = float(TARGET_SIZE) / float(im_size_min)
-    # prevent the bigger axis from being more than MAX_SIZE
-    if np.round(resize * im_size_max) > MAX_SIZE:
-        resize = float(MAX_SIZE) / float(im_size_max)
+    if target_size is None:
+        return float(max_size) / float(im_size_max)
+    resize = float(target_size) / float(im_size_min)
+    # prevent the bigger axis from being more than max_size
+    if max_size is not None and np.round(resize * im_size_max) > max_size:
+        resize = float(max_size) / float(im_size_max)
     return resize
+
+
+def resized_size(height: int, width: int, resize: float) -> tuple[int, int]:
+    """(h, w) of an image of height x width resized by resize as resize_image does it
+    (OpenCV rounds each side's scaled size to the nearest integer, halves to even)."""
+    if resize == 1:
+        return int(height), int(width)
+    return round(height * resize), round(width * resize)
+
+
+def resize_image(img: np.ndarray, resize: float) -> np.ndarray:
+    """img resized by resize as the reference does it before detection: converted to float32,
+    then cv2.resize with fx = fy = resize and INTER_LINEAR; img itself when resize is 1.
+
+    Args:
+        img (ndarray[H, W, 3] uint8): a BGR image.
+        resize (float): the factor (resize_factor).
+    Returns:
+        ndarray[H', W', 3] float32 (uint8: img itself when resize is 1), H', W' = resized_size.
+    Raises:
+        InputError: a side would be resized to less than one pixel (a very thin image at a
+            small size), which OpenCV cannot make.
+    """
+    if resize == 1:
+        return img
+    h, w = resized_size(img.shape[0], img.shape[1], resize)
+    if h < 1 or w < 1:
+        raise InputError(f"a {img.shape[1]}x{img.shape[0]} image resized by {resize:.6g} would be {w}x{h} pixels: "
+                         f"too thin to detect in at this size (a larger size, or the original size, keeps it)")
+    return cv2.resize(np.float32(img), None, None, fx=resize, fy=resize, interpolation=cv2.INTER_LINEAR)
 
 
 @lru_cache(maxsize=128)
