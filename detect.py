@@ -7,8 +7,8 @@
 exists is that file, even when its name holds glob characters ('photo[1].jpg'). Only regular
 files are read (a FIFO or a device is refused, not waited on). Annotated images go to
 --output/<path below the inputs' common folder> (never over an input); an input without an
-image extension is drawn to <name>.jpg. Each image gets a one-line summary. Ctrl-C writes the
---json of the images done so far, marked partial.
+image extension is drawn to <name>.jpg. Each image gets a one-line summary. Ctrl-C (or
+SIGTERM, exit 143) writes the --json of the images done so far, marked partial.
 
 File names that are not valid UTF-8 (Linux allows any bytes) are shown with the undecodable
 bytes as \\xNN, in the summary and in the JSON's "image"; the JSON then also holds the name's
@@ -206,7 +206,7 @@ def main(args):
     """Detect, draw and summarise; returns {'results': [...], 'skipped': [(path, reason)]}.
 
     Ctrl-C still writes the JSON of the images done so far, marked "partial": true, then
-    raises KeyboardInterrupt. With --video, see detect_video.
+    raises KeyboardInterrupt (SIGTERM too, under utils.cli.run_cli). With --video, see detect_video.
     """
     if args.video is not None:
         if args.image is not None:
