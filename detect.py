@@ -39,12 +39,12 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
 from utils.atomic import atomic_write_text, check_writable
-from utils.cli import positive_int, probability, report_skipped, run_cli, str2bool
+from utils.cli import number_in, positive_int, probability, report_skipped, run_cli, str2bool
 from utils.datapaths import shared_path
 from utils.distributed import gather_to_rank0, merge_in_order, process_group, quiet_other_ranks, shard
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
-from utils.image import ARCFACE_SIZE, IMAGE_EXTENSIONS, align_faces, draw_detections, write_image
+from utils.image import ARCFACE_SIZE, IMAGE_EXTENSIONS, MAX_CROP_SIZE, align_faces, draw_detections, write_image
 from utils.input_files import check_regular_file, printable
 from utils.memory import keep_freed_memory
 from utils.video import DEFAULT_CODEC, VideoWriter, fourcc, open_video, read_frames
@@ -98,8 +98,9 @@ def get_args_parser():
                         help='write each face >= --vis_thres, aligned for face recognition (the ArcFace landmark '
                              'template), to this folder: <image>_<k>.jpg, or <video>_<frame>_<k>.jpg (k: the '
                              'detection\'s index, highest score first); the JSON records each crop and its matrix')
-    parser.add_argument('--crop_size', default=ARCFACE_SIZE, type=positive_int,
-                        help=f'the aligned crops\' width and height (default {ARCFACE_SIZE}, the template\'s own size)')
+    parser.add_argument('--crop_size', default=ARCFACE_SIZE, type=number_in(int, 1, MAX_CROP_SIZE, name='crop_size'),
+                        help=f'the aligned crops\' width and height, 1 to {MAX_CROP_SIZE} (default {ARCFACE_SIZE}, '
+                             f'the template\'s own size)')
     return parser
 
 
