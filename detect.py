@@ -38,7 +38,7 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
-from utils.atomic import atomic_write_text, check_writable
+from utils.atomic import LineFile, atomic_write_text, check_writable
 from utils.cli import number_in, positive_int, probability, report_skipped, run_cli, str2bool
 from utils.datapaths import shared_path
 from utils.distributed import gather_to_rank0, merge_in_order, process_group, quiet_other_ranks, shard
@@ -354,13 +354,17 @@ def detect_video(args):
     Every frame, or every args.every-th, goes through the detector; the next frames are
     decoded (and preprocessed) in a thread meanwhile. Outputs, each checked before the
     first frame: --output/<name>.mp4 (unless --no-save_image), every frame at the input's
-    size and frame rate, the processed ones annotated; --json, JSON Lines, one
-    {"frame", "time", "detections"} line per processed frame; --save_crops, aligned faces.
+    size (an odd width or height one pixel larger: see utils.video.VideoWriter) and frame
+    rate, the processed ones annotated; --json, JSON Lines, one {"frame", "time",
+    "detections"} line per processed frame; --save_crops, aligned faces.
 
     The JSON Lines file is written line by line as frames are done, so that it can be
-    read while it grows (a camera has no end); each line is written whole. The video is
-    moved into place when the run ends. Ctrl-C ends the run there: the video then holds
-    every frame done, the JSON the lines of those frames, and KeyboardInterrupt is raised.
+    read while it grows (a camera has no end); each line is written whole, and a full disk
+    leaves the lines before it whole (an InputError). The video is checked and moved into
+    place when the run ends; a video the encoder failed to write (a full disk) is an
+    InputError and leaves an earlier file there as it was. Ctrl-C (or SIGTERM) ends the run
+    there: the video then holds every frame done, the JSON the lines of those frames, and
+    KeyboardInterrupt is raised.
 
     Returns:
         {'frames': frames read, 'processed': frames detected in, 'faces': faces >= --vis_thres,
@@ -386,16 +390,30 @@ def detect_video(args):
             detector = detector_from_args(args)
             if detector.device.type == 'cpu':
                 keep_freed_memory()  # a process-wide malloc setting: this script owns its process
-            return _detect_frames(args, video, detector, writer)
-        finally:
+            result = _detect_frames(args, video, detector, writer)
+        except BaseException:
+            # Ctrl-C, SIGTERM or a failed --json write: the video of the frames done is still kept.
             if writer is not None:
-                if writer.frames:
-                    writer.close()
-                    logger.info("wrote %d frames to %s", writer.frames, out_path)
-                else:
-                    writer.discard()
+                try:
+                    _finish_video(writer)
+                except InputError as e:
+                    logger.warning("%s", e)  # the run's own error is the one reported
+            raise
+        if writer is not None:
+            _finish_video(writer)
+        return result
     finally:
         video.close()
+
+
+def _finish_video(writer):
+    """Move the annotated copy into place (checked: utils.video.VideoWriter.close), or drop it
+    when no frame was written."""
+    if writer.frames:
+        writer.close()
+        logger.info("wrote %d frames to %s", writer.frames, writer.path)
+    else:
+        writer.discard()
 
 
 def _refuse_overwriting(video, path, flag):
@@ -415,8 +433,7 @@ def _frame_outputs(args, video, index, frame, dets, jsonl, writer):
                                os.path.join(args.save_crops, f"{video.stem}_{index}"),
                                f"{video.name} frame {index}", record['detections']))
     if jsonl is not None:
-        jsonl.write(json.dumps(record) + "\n")
-        jsonl.flush()
+        jsonl.write_line(json.dumps(record))
     if writer is not None:
         writer.write(draw_detections(frame, dets, args.vis_thres))
 
@@ -434,10 +451,7 @@ def _detect_frames(args, video, detector, writer):
                unit='frame', dynamic_ncols=True)
     try:
         if args.json:
-            try:
-                jsonl = open(args.json, 'w', encoding='utf-8')
-            except OSError as e:
-                raise InputError(f"cannot write --json {args.json}: {e.strerror or e}") from e
+            jsonl = LineFile(args.json)  # a full disk truncates it to its last whole line, and says so
         with logging_redirect_tqdm(), bar, BackgroundWriter() as out, \
                 closing(read_frames(video, every, args.max_frames, keep_skipped=writer is not None,
                                     prepare=lambda frame: detector.preprocess([frame]))) as frames:
