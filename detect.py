@@ -47,6 +47,7 @@ from utils.folder_run import BackgroundWriter, detect_images
 from utils.image import ARCFACE_SIZE, IMAGE_EXTENSIONS, MAX_CROP_SIZE, align_faces, draw_detections, write_image
 from utils.input_files import check_regular_file, printable
 from utils.memory import keep_freed_memory
+from utils.signals import deferred_interrupts
 from utils.video import DEFAULT_CODEC, VideoWriter, fourcc, open_video, read_frames
 
 logger = logging.getLogger(__name__)
@@ -276,7 +277,8 @@ def _detect_all(args, files, out_paths, world, crop_stems=None):
         if args.json and world.is_main:
             if world.distributed:
                 logger.warning("interrupted under torchrun: the partial --json holds rank 0's images only")
-            write_json(args, [r for _, r in results], [s for _, s in skipped], len(files), partial=True)
+            with deferred_interrupts():  # a second Ctrl-C or SIGTERM waits for the file
+                write_json(args, [r for _, r in results], [s for _, s in skipped], len(files), partial=True)
         raise
     # Rank 0 gets every rank's results and skipped images, and puts them back in list order.
     parts = gather_to_rank0((results, skipped), world)

@@ -1,18 +1,14 @@
 """utils.cli.run_cli and utils.signals: SIGTERM (what `timeout`, `docker stop` and systemd
 send) is handled as Ctrl-C is, by the same code paths, and exits with 143; a few lines can
-hold a signal back until they are done."""
+hold a signal back until they are done. (The scripts' own Ctrl-C / SIGTERM runs, in real
+processes: tests/test_script_safety.py for a folder run, tests/test_video.py for a video.)"""
 import argparse
-import json
 import os
-import shutil
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, golden_image_path, need_shared
 from utils.cli import run_cli
 from utils.signals import EXIT_TERMINATED, Terminated, deferred_interrupts, terminate_as_interrupt
 
@@ -87,33 +83,3 @@ def test_deferred_interrupts_let_the_blocks_own_error_through():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.05)
             raise OSError('disk full')
-
-
-def test_sigterm_during_a_folder_run_writes_the_partial_json_and_exits_143(tmp_path):
-    """K7: a real detect.py process, SIGTERMed after its first image: the JSON of the images
-    done, marked partial, as Ctrl-C gives."""
-    weights = need_shared('weights', 'mobilenet0.25_Final.pth')
-    photos = tmp_path / 'photos'
-    photos.mkdir()
-    for i in range(60):  # about two seconds of work at --threads 1: the signal comes long before the end
-        shutil.copyfile(golden_image_path('val416_0_Parade_Parade_0_102'), photos / f'{i:02d}.jpg')
-    out = tmp_path / 'faces.json'
-    proc = subprocess.Popen([sys.executable, 'detect.py', '-m', str(weights), '--image', str(photos),
-                             '--no-save_image', '--json', str(out), '--threads', '1'],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        first = proc.stdout.readline()  # the first image's summary line: the run is under way
-        proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert first.startswith(str(photos / '00.jpg')), (first, stderr)
-    assert proc.returncode == 143, stderr
-    assert stderr.rstrip().endswith('terminated (SIGTERM)')
-    assert 'Traceback' not in stderr
-    payload = json.loads(out.read_text())
-    assert payload['partial'] is True and payload['images_total'] == 60
-    assert 1 <= payload['images_done'] < 60
-    assert [r['image'] for r in payload['images']] == [str(photos / f'{i:02d}.jpg')
-                                                       for i in range(payload['images_done'])]
