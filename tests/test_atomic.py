@@ -1,6 +1,7 @@
 """utils/atomic.py: files written atomically get the permissions a plain open(path, 'w') gives."""
 import os
 import stat
+import threading
 
 import pytest
 import torch
@@ -186,3 +187,17 @@ def test_a_line_file_is_cut_back_to_its_last_whole_line_on_a_full_disk(tmp_path)
     assert path.read_text() == '{"frame": 0}\n'
     with atomic.LineFile(tmp_path / 'g.jsonl') as other, pytest.raises(ValueError, match='line break'):
         other.write_line('two\nlines')
+
+
+def test_a_line_file_writes_into_a_fifo_in_place(tmp_path):
+    """A FIFO (or /dev/stdout) has no position to count or cut back to: the lines still pass."""
+    fifo = tmp_path / 'lines'
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    with atomic.LineFile(fifo) as lines:
+        lines.write_line('{"frame": 0}')
+        lines.write_line('{"frame": 1}')
+    reader.join(timeout=10)
+    assert received == [b'{"frame": 0}\n{"frame": 1}\n']

@@ -365,7 +365,8 @@ class LineFile:
         """Append text and a newline (text must not hold a newline itself)."""
         if '\n' in text or '\r' in text:
             raise ValueError("a line must not hold a line break")
-        data = memoryview((text + '\n').encode('utf-8'))
+        line = (text + '\n').encode('utf-8')
+        data = memoryview(line)
         try:
             while data:
                 data = data[self._f.write(data):]  # a short write at a size limit, then the error
@@ -374,12 +375,12 @@ class LineFile:
                 os.ftruncate(self._f.fileno(), self._end)  # shrinking needs no space
                 self._f.seek(self._end)
             except OSError:
-                pass
+                pass  # a FIFO or a device (written in place): there is nothing to cut back
             if isinstance(e, OSError):
                 raise InputError(f"{_write_error(self.path, e)}; it holds the {self.lines} whole lines written "
                                  f"before") from e
             raise
-        self._end = self._f.tell()
+        self._end += len(line)  # counted, not tell(): a FIFO or a device has no position
         self.lines += 1
 
     def close(self) -> None:
