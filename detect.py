@@ -7,8 +7,8 @@
 exists is that file, even when its name holds glob characters ('photo[1].jpg'). Only regular
 files are read (a FIFO or a device is refused, not waited on). Annotated images go to
 --output/<path below the inputs' common folder> (never over an input); an input without an
-image extension is drawn to <name>.jpg. Each image gets a one-line summary. Ctrl-C writes the
---json of the images done so far, marked partial.
+image extension is drawn to <name>.jpg. Each image gets a one-line summary. Ctrl-C (or
+SIGTERM, exit 143) writes the --json of the images done so far, marked partial.
 
 File names that are not valid UTF-8 (Linux allows any bytes) are shown with the undecodable
 bytes as \\xNN, in the summary and in the JSON's "image"; the JSON then also holds the name's
@@ -38,15 +38,16 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
-from utils.atomic import atomic_write_text, check_writable
-from utils.cli import positive_int, probability, report_skipped, run_cli, str2bool
+from utils.atomic import LineFile, atomic_write_text, check_writable
+from utils.cli import number_in, positive_int, probability, report_skipped, run_cli, str2bool
 from utils.datapaths import shared_path
 from utils.distributed import gather_to_rank0, merge_in_order, process_group, quiet_other_ranks, shard
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
-from utils.image import ARCFACE_SIZE, IMAGE_EXTENSIONS, align_faces, draw_detections, write_image
+from utils.image import ARCFACE_SIZE, IMAGE_EXTENSIONS, MAX_CROP_SIZE, align_faces, draw_detections, write_image
 from utils.input_files import check_regular_file, printable
 from utils.memory import keep_freed_memory
+from utils.signals import deferred_interrupts
 from utils.video import DEFAULT_CODEC, VideoWriter, fourcc, open_video, read_frames
 
 logger = logging.getLogger(__name__)
@@ -98,8 +99,9 @@ def get_args_parser():
                         help='write each face >= --vis_thres, aligned for face recognition (the ArcFace landmark '
                              'template), to this folder: <image>_<k>.jpg, or <video>_<frame>_<k>.jpg (k: the '
                              'detection\'s index, highest score first); the JSON records each crop and its matrix')
-    parser.add_argument('--crop_size', default=ARCFACE_SIZE, type=positive_int,
-                        help=f'the aligned crops\' width and height (default {ARCFACE_SIZE}, the template\'s own size)')
+    parser.add_argument('--crop_size', default=ARCFACE_SIZE, type=number_in(int, 1, MAX_CROP_SIZE, name='crop_size'),
+                        help=f'the aligned crops\' width and height, 1 to {MAX_CROP_SIZE} (default {ARCFACE_SIZE}, '
+                             f'the template\'s own size)')
     return parser
 
 
@@ -206,7 +208,7 @@ def main(args):
     """Detect, draw and summarise; returns {'results': [...], 'skipped': [(path, reason)]}.
 
     Ctrl-C still writes the JSON of the images done so far, marked "partial": true, then
-    raises KeyboardInterrupt. With --video, see detect_video.
+    raises KeyboardInterrupt (SIGTERM too, under utils.cli.run_cli). With --video, see detect_video.
     """
     if args.video is not None:
         if args.image is not None:
@@ -278,7 +280,8 @@ def _detect_all(args, files, out_paths, world, crop_stems=None):
         if args.json and world.is_main:
             if world.distributed:
                 logger.warning("interrupted under torchrun: the partial --json holds rank 0's images only")
-            write_json(args, [r for _, r in results], [s for _, s in skipped], len(files), partial=True)
+            with deferred_interrupts():  # a second Ctrl-C or SIGTERM waits for the file
+                write_json(args, [r for _, r in results], [s for _, s in skipped], len(files), partial=True)
         raise
     # Rank 0 gets every rank's results and skipped images, and puts them back in list order.
     parts = gather_to_rank0((results, skipped), world)
@@ -356,13 +359,17 @@ def detect_video(args):
     Every frame, or every args.every-th, goes through the detector; the next frames are
     decoded (and preprocessed) in a thread meanwhile. Outputs, each checked before the
     first frame: --output/<name>.mp4 (unless --no-save_image), every frame at the input's
-    size and frame rate, the processed ones annotated; --json, JSON Lines, one
-    {"frame", "time", "detections"} line per processed frame; --save_crops, aligned faces.
+    size (an odd width or height one pixel larger: see utils.video.VideoWriter) and frame
+    rate, the processed ones annotated; --json, JSON Lines, one {"frame", "time",
+    "detections"} line per processed frame; --save_crops, aligned faces.
 
     The JSON Lines file is written line by line as frames are done, so that it can be
-    read while it grows (a camera has no end); each line is written whole. The video is
-    moved into place when the run ends. Ctrl-C ends the run there: the video then holds
-    every frame done, the JSON the lines of those frames, and KeyboardInterrupt is raised.
+    read while it grows (a camera has no end); each line is written whole, and a full disk
+    leaves the lines before it whole (an InputError). The video is checked and moved into
+    place when the run ends; a video the encoder failed to write (a full disk) is an
+    InputError and leaves an earlier file there as it was. Ctrl-C (or SIGTERM) ends the run
+    there: the video then holds every frame done, the JSON the lines of those frames, and
+    KeyboardInterrupt is raised.
 
     Returns:
         {'frames': frames read, 'processed': frames detected in, 'faces': faces >= --vis_thres,
@@ -388,16 +395,30 @@ def detect_video(args):
             detector = detector_from_args(args)
             if detector.device.type == 'cpu':
                 keep_freed_memory()  # a process-wide malloc setting: this script owns its process
-            return _detect_frames(args, video, detector, writer)
-        finally:
+            result = _detect_frames(args, video, detector, writer)
+        except BaseException:
+            # Ctrl-C, SIGTERM or a failed --json write: the video of the frames done is still kept.
             if writer is not None:
-                if writer.frames:
-                    writer.close()
-                    logger.info("wrote %d frames to %s", writer.frames, out_path)
-                else:
-                    writer.discard()
+                try:
+                    _finish_video(writer)
+                except InputError as e:
+                    logger.warning("%s", e)  # the run's own error is the one reported
+            raise
+        if writer is not None:
+            _finish_video(writer)
+        return result
     finally:
         video.close()
+
+
+def _finish_video(writer):
+    """Move the annotated copy into place (checked: utils.video.VideoWriter.close), or drop it
+    when no frame was written."""
+    if writer.frames:
+        writer.close()
+        logger.info("wrote %d frames to %s", writer.frames, writer.path)
+    else:
+        writer.discard()
 
 
 def _refuse_overwriting(video, path, flag):
@@ -417,8 +438,7 @@ def _frame_outputs(args, video, index, frame, dets, jsonl, writer):
                                os.path.join(args.save_crops, f"{video.stem}_{index}"),
                                f"{video.name} frame {index}", record['detections']))
     if jsonl is not None:
-        jsonl.write(json.dumps(record) + "\n")
-        jsonl.flush()
+        jsonl.write_line(json.dumps(record))
     if writer is not None:
         writer.write(draw_detections(frame, dets, args.vis_thres))
 
@@ -436,10 +456,7 @@ def _detect_frames(args, video, detector, writer):
                unit='frame', dynamic_ncols=True)
     try:
         if args.json:
-            try:
-                jsonl = open(args.json, 'w', encoding='utf-8')
-            except OSError as e:
-                raise InputError(f"cannot write --json {args.json}: {e.strerror or e}") from e
+            jsonl = LineFile(args.json)  # a full disk truncates it to its last whole line, and says so
         with logging_redirect_tqdm(), bar, BackgroundWriter() as out, \
                 closing(read_frames(video, every, args.max_frames, keep_skipped=writer is not None,
                                     prepare=lambda frame: detector.preprocess([frame]))) as frames:

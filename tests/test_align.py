@@ -224,3 +224,18 @@ def test_crops_inside_the_input_folder_are_not_read_back_as_photos(tmp_path):
         images = [entry['image'] for entry in json.loads((tmp_path / 'f.json').read_text())['images']]
         assert images == [str(tmp_path / 'in' / 'kids.jpg')]
     assert len(list((tmp_path / 'in' / 'crops').glob('*.jpg'))) == 8
+
+
+def test_crop_size_has_an_upper_bound(capsys):
+    """R24: --crop_size 60000 made a 10.8 GB crop per face, then a cv2.error."""
+    import detect
+    from utils.image import MAX_CROP_SIZE
+
+    parser = detect.get_args_parser()
+    assert parser.parse_args(['--crop_size', str(MAX_CROP_SIZE)]).crop_size == MAX_CROP_SIZE == 1024
+    for value in ('60000', str(MAX_CROP_SIZE + 1), '0'):
+        with pytest.raises(SystemExit) as stopped:
+            parser.parse_args(['--crop_size', value])
+        assert stopped.value.code == 2  # a usage error, before any work
+        assert (f"error: argument --crop_size: expected an integer in [1, 1024], got '{value}'"
+                in capsys.readouterr().err)

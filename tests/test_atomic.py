@@ -1,6 +1,7 @@
 """utils/atomic.py: files written atomically get the permissions a plain open(path, 'w') gives."""
 import os
 import stat
+import threading
 
 import pytest
 import torch
@@ -113,3 +114,90 @@ def test_a_failed_write_names_the_file_and_the_free_space_and_keeps_the_old_file
         atomic.atomic_write(target, full_disk)
     assert target.read_bytes() == b'previous state'
     assert os.listdir(tmp_path) == ['state.pth']  # no temporary file left
+
+
+def _stale_temp_folder(folder, name):
+    """What a killed writer leaves: a TempFolder whose lock no process holds."""
+    path = folder / f'.{name}.k1ll3d{atomic.TEMP_SUFFIX}'
+    path.mkdir(parents=True)
+    (path / atomic.TEMP_FOLDER_LOCK).write_text('')
+    (path / name).write_bytes(b'half a file')
+    return path
+
+
+def test_stale_temp_folders_are_removed_and_live_ones_and_other_files_kept(tmp_path):
+    stale = [_stale_temp_folder(tmp_path, 'a.mp4'), _stale_temp_folder(tmp_path, 'b.mp4')]
+    unlocked = tmp_path / f'.c.mp4.0ld{atomic.TEMP_SUFFIX}'  # a folder made before folders were locked
+    unlocked.mkdir()
+    stale.append(unlocked)
+    theirs = [tmp_path / f'visible{atomic.TEMP_SUFFIX}', tmp_path / '.hidden', tmp_path / 'a.mp4']
+    for p in theirs:
+        p.mkdir()
+    file_of_ours = tmp_path / f'.d.txt.x1{atomic.TEMP_SUFFIX}'  # remove_stale_temp_files' business, under a lock
+    file_of_ours.write_text('x')
+    with atomic.TempFolder(tmp_path / 'e.mp4') as live:  # flock: another open file, so as another process
+        assert sorted(atomic.remove_stale_temp_folders(tmp_path)) == sorted(map(str, stale))
+        assert os.path.isdir(live.path) and os.listdir(live.path) == [atomic.TEMP_FOLDER_LOCK]
+    assert not os.path.exists(live.path)  # closing removes it
+    assert all(p.exists() for p in theirs + [file_of_ours]) and not any(p.exists() for p in stale)
+
+
+def test_a_temp_folder_taken_before_it_was_locked_is_made_again(tmp_path, monkeypatch):
+    """A sweep by another run between mkdtemp and the lock: the writer makes a new folder."""
+    real = atomic.tempfile.mkdtemp
+    swept = []
+
+    def mkdtemp_then_swept(**kwargs):
+        path = real(**kwargs)
+        if not swept:
+            swept.extend(atomic.remove_stale_temp_folders(kwargs['dir']))
+        return path
+
+    monkeypatch.setattr(atomic.tempfile, 'mkdtemp', mkdtemp_then_swept)
+    with atomic.TempFolder(tmp_path / 'v.mp4') as folder:
+        assert len(swept) == 1 and swept[0] != folder.path
+        assert os.listdir(tmp_path) == [os.path.basename(folder.path)]
+
+
+class _FullDisk:
+    """A raw file that takes `room` bytes, then fails as a full disk does: a short write, then ENOSPC."""
+
+    def __init__(self, f, room):
+        self.f, self.room = f, room
+
+    def write(self, data):
+        if self.room <= 0:
+            raise OSError(28, 'No space left on device')
+        n = self.f.write(bytes(data[:self.room]))
+        self.room -= n
+        return n
+
+    def __getattr__(self, name):
+        return getattr(self.f, name)
+
+
+def test_a_line_file_is_cut_back_to_its_last_whole_line_on_a_full_disk(tmp_path):
+    path = tmp_path / 'f.jsonl'
+    with atomic.LineFile(path) as lines:
+        lines.write_line('{"frame": 0}')
+        lines._f = _FullDisk(lines._f, room=5)
+        with pytest.raises(InputError, match=rf"cannot write {path}: No space left on device \(.* free in "
+                                             rf"{tmp_path}\); it holds the 1 whole lines written before"):
+            lines.write_line('{"frame": 1}')
+    assert path.read_text() == '{"frame": 0}\n'
+    with atomic.LineFile(tmp_path / 'g.jsonl') as other, pytest.raises(ValueError, match='line break'):
+        other.write_line('two\nlines')
+
+
+def test_a_line_file_writes_into_a_fifo_in_place(tmp_path):
+    """A FIFO (or /dev/stdout) has no position to count or cut back to: the lines still pass."""
+    fifo = tmp_path / 'lines'
+    os.mkfifo(fifo)
+    received = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()))
+    reader.start()
+    with atomic.LineFile(fifo) as lines:
+        lines.write_line('{"frame": 0}')
+        lines.write_line('{"frame": 1}')
+    reader.join(timeout=10)
+    assert received == [b'{"frame": 0}\n{"frame": 1}\n']

@@ -1,6 +1,7 @@
 """The checkpoint loader: wrappers, prefixes, legacy files and clear errors."""
 import hashlib
 import logging
+import os
 
 import pytest
 import torch
@@ -9,7 +10,8 @@ from data import cfg_mnet, cfg_re50
 from models.retinaface import RetinaFace
 from tests.conftest import need_shared
 from utils.atomic import atomic_save
-from utils.checkpoint import OFFICIAL_WEIGHTS, load_model, load_state_dict_file
+from utils.checkpoint import OFFICIAL_WEIGHTS, load_model, load_state_dict_file, non_finite_keys
+from utils.errors import InputError
 from utils.input_files import file_sha256
 
 
@@ -134,3 +136,45 @@ def test_unknown_weights_log_their_sha256_once(tmp_path, mnet_state, caplog):
         load_state_dict_file(path)
     lines = [r.message for r in caplog.records if sha in r.message]
     assert lines == [f"{path} is not one of the published weight files: sha256 {sha}"]
+
+
+def test_weights_that_are_all_nan_are_refused_naming_the_file_and_keys(tmp_path, mnet_state):
+    """W7: a network of NaN weights gives NaN scores, which no threshold keeps: '0 detections'."""
+    path = tmp_path / 'nan.pth'
+    torch.save({k: torch.full_like(v, float('nan')) if v.is_floating_point() else v for k, v in mnet_state.items()},
+               path)
+    floating = sum(v.is_floating_point() for v in mnet_state.values())
+    with pytest.raises(InputError, match=rf"{path} holds NaN or infinite values in {floating} weight tensors "
+                                         r"\(e\.g\. \['body\.stage1\.0\.0\.weight', 'body\.stage1\.0\.1\.weight', "
+                                         r"'body\.stage1\.0\.1\.bias'\]\): it was saved by a training run that "
+                                         r"diverged"):
+        load_model(RetinaFace(cfg_mnet, phase='test'), path)
+
+
+def test_one_infinite_value_is_refused_and_named(tmp_path, mnet_state):
+    state = {k: v.clone() for k, v in mnet_state.items()}
+    state['ClassHead.1.conv1x1.bias'][1] = float('inf')
+    torch.save(state, tmp_path / 'inf.pth')
+    with pytest.raises(InputError, match=r"in 1 weight tensors \(e\.g\. \['ClassHead\.1\.conv1x1\.bias'\]\)"):
+        load_state_dict_file(tmp_path / 'inf.pth')
+
+
+def test_non_finite_keys_searches_nested_optimizer_state():
+    state = {'model': {'w': torch.zeros(2), 'n': torch.tensor(3)},
+             'optimizer': {'state': {0: {'momentum_buffer': torch.tensor([1.0, float('nan')])}}, 'param_groups': []}}
+    assert non_finite_keys(state) == ['optimizer.state.0.momentum_buffer']
+
+
+def test_detect_with_nan_weights_is_one_error_line(tmp_path, mnet_state, capsys):
+    import detect
+    from utils.cli import run_cli
+
+    path = tmp_path / 'nan.pth'
+    torch.save({k: torch.full_like(v, float('nan')) if v.is_floating_point() else v for k, v in mnet_state.items()},
+               path)
+    status = run_cli(detect.main, detect.get_args_parser(),
+                     ['-m', str(path), '--image', str(need_shared('images', 'test.jpg')), '--output',
+                      str(tmp_path / 'out'), '--threads', '1'])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith('error:')]
+    assert status == 1 and len(errors) == 1 and errors[0].startswith(f"error: {path} holds NaN or infinite values")
+    assert not (tmp_path / 'out').exists() or os.listdir(tmp_path / 'out') == []

@@ -173,9 +173,11 @@ def test_check_writable_creates_nothing_and_refuses_a_folder_for_a_file(tmp_path
         check_writable(tmp_path / 'f', '--output', folder=True)
 
 
-# -- item 8: Ctrl-C writes the detections done so far -------------------------------------------------
+# -- item 8: Ctrl-C (and SIGTERM, K7) writes the detections done so far ------------------------------
 
-def test_detect_ctrl_c_writes_partial_json_and_exits_130(weights, tmp_path):
+@pytest.mark.parametrize('signum, status, message', [(signal.SIGINT, 130, 'interrupted'),
+                                                     (signal.SIGTERM, 143, 'terminated (SIGTERM)')])
+def test_detect_ctrl_c_or_sigterm_writes_partial_json(weights, tmp_path, signum, status, message):
     photo = golden_image_path(PHOTOS[0])
     images = tmp_path / 'in'
     images.mkdir()
@@ -195,12 +197,13 @@ def test_detect_ctrl_c_writes_partial_json_and_exits_130(weights, tmp_path):
             done += ' faces >= ' in line
             if done >= 2 or time.time() > deadline:
                 break
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         err = proc.communicate(timeout=120)[1]
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err[-3000:]
+    assert proc.returncode == status, err[-3000:]
+    assert err.rstrip().endswith(message) and 'Traceback' not in err
     payload = json.loads((tmp_path / 'dets.json').read_text())
     assert payload['partial'] is True and payload['images_total'] == 60
     assert 2 <= len(payload['images']) == payload['images_done'] < 60

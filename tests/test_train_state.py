@@ -35,6 +35,17 @@ def test_load_training_state_rejects_plain_weights(tmp_path):
         load_training_state(tmp_path / 'no_such_state.pth')
 
 
+def test_load_training_state_refuses_a_diverged_state(tmp_path):
+    """As the weights loader does (W7): a state with a NaN momentum would give a NaN loss again."""
+    path = tmp_path / 'x_last_state.pth'
+    torch.save({'model': {'conv.weight': torch.zeros(2)}, 'iteration': 4, 'epoch_size': 2, 'cfg': {}, 'seed': 0,
+                'rng': [], 'optimizer': {'state': {0: {'momentum_buffer': torch.tensor([0.0, float('nan')])}},
+                                         'param_groups': []}}, path)
+    with pytest.raises(ValueError, match=r"x_last_state\.pth holds NaN or infinite values in 1 training state "
+                                         r"tensors \(e\.g\. \['optimizer\.state\.0\.momentum_buffer'\]\)"):
+        load_training_state(path)
+
+
 def test_sampler_skips_the_start_of_one_pass_only():
     sampler = ResumableDistributedSampler(range(10), num_replicas=1, rank=0, shuffle=True, seed=5)
     full = list(sampler)

@@ -10,6 +10,7 @@ only the cv2.VideoCapture source differing.
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,8 +27,9 @@ import detect
 from models.detector import load_detector
 from tests.conftest import need_shared
 from utils.cli import run_cli
+from utils.errors import InputError
 from utils.image import align_faces, draw_detections
-from utils.video import open_video, parse_source, read_frames
+from utils.video import MAX_CAMERA_INDEX, open_video, parse_source, read_frames
 
 ROOT = Path(__file__).resolve().parent.parent
 FPS = 12.0
@@ -103,6 +105,12 @@ def detector(weights):
 @pytest.fixture(scope='module')
 def clip(tmp_path_factory):
     return _write_clip(tmp_path_factory.mktemp('clip') / 'pan.avi', _pan(FRAMES, SIZE))
+
+
+@pytest.fixture(scope='module')
+def long_clip(tmp_path_factory):
+    """300 frames: a run that a signal stops long before its end."""
+    return _write_clip(tmp_path_factory.mktemp('long') / 'long.avi', _pan(300, SIZE, step=1))
 
 
 def _args(weights, video, *extra):
@@ -226,8 +234,11 @@ def test_a_damaged_frame_is_reported_once_and_the_run_continues(weights, clip, t
     assert len(written) == FRAMES
 
 
-def test_ctrl_c_leaves_a_playable_video_and_whole_json_lines(weights, tmp_path):
-    long_clip = _write_clip(tmp_path / 'long.avi', _pan(300, SIZE, step=1))
+@pytest.mark.parametrize('signum, status, message', [(signal.SIGINT, 130, 'interrupted'),
+                                                     (signal.SIGTERM, 143, 'terminated (SIGTERM)')])
+def test_ctrl_c_or_sigterm_leaves_a_playable_video_and_whole_json_lines(weights, long_clip, tmp_path, signum, status,
+                                                                      message):
+    """Ctrl-C, and SIGTERM (K6: what `timeout`, `docker stop` and systemd send), take the same path."""
     out, jsonl = tmp_path / 'out', tmp_path / 'f.jsonl'
     proc = subprocess.Popen([sys.executable, 'detect.py', '-m', weights, '--video', str(long_clip), '--output',
                              str(out), '--json', str(jsonl), '--threads', '1'],
@@ -239,13 +250,13 @@ def test_ctrl_c_leaves_a_playable_video_and_whole_json_lines(weights, tmp_path):
                 break
             time.sleep(0.01)
         assert proc.poll() is None, "the run ended before it could be interrupted"
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, stderr = proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, stderr
-    assert 'interrupted' in stderr
+    assert proc.returncode == status, stderr
+    assert stderr.rstrip().endswith(message) and 'Traceback' not in stderr
     text = jsonl.read_text()
     assert text.endswith('\n')
     lines = [json.loads(line) for line in text.splitlines()]
@@ -338,6 +349,151 @@ def test_a_camera_runs_the_file_code_until_max_frames(weights, clip, tmp_path, m
 def test_camera_sources_parse_as_indices():
     assert parse_source('0') == 0 and parse_source(' 2 ') == 2 and parse_source(1) == 1
     assert parse_source('clip.mp4') == 'clip.mp4' and parse_source(Path('0.mp4')) == '0.mp4'
+
+
+def test_only_a_plain_ascii_number_is_a_camera_index():
+    """V13: '²'.isdigit() is true, and int() refuses it; V12: OpenCV takes a C int only."""
+    for name in ('²', '٣', '1.5', '-1', '+1', '0x1', '1e3', '0.mp4'):
+        assert parse_source(name) == name  # file names
+    assert parse_source(str(MAX_CAMERA_INDEX)) == MAX_CAMERA_INDEX
+    for number in (str(MAX_CAMERA_INDEX + 1), '99999999999999999999'):
+        with pytest.raises(InputError, match=f"camera index {number} is out of range: OpenCV takes 0 to "
+                                             f"{MAX_CAMERA_INDEX} .*read as ./{number}"):
+            parse_source(number)
+    # The bound is OpenCV's own: it takes the largest index (there is no such camera) and
+    # refuses the next with an error of its argument parsing.
+    assert not cv2.VideoCapture(MAX_CAMERA_INDEX).isOpened()
+    with pytest.raises(cv2.error):
+        cv2.VideoCapture(MAX_CAMERA_INDEX + 1)
+
+
+def test_a_huge_camera_index_or_a_missing_digit_like_name_is_one_error_line(tmp_path, capsys):
+    for source, expected in [('99999999999999999999', 'error: camera index 99999999999999999999 is out of range'),
+                             ('²', 'error: video not found: ²')]:
+        assert run_cli(detect.main, detect.get_args_parser(), ['-m', str(tmp_path / 'none.pth'), '--video',
+                                                               source]) == 1
+        lines = _error_lines(capsys)
+        assert len(lines) == 1 and lines[0].startswith(expected), lines
+
+
+def test_a_video_named_like_a_digit_is_read_as_a_file(weights, clip, tmp_path, monkeypatch):
+    shutil.copyfile(clip, tmp_path / '²')
+    monkeypatch.chdir(tmp_path)
+    result = detect.main(_args(weights, '²', '--max_frames', '2', '--no-save_image', '--json', 'f.jsonl'))
+    assert result['frames'] == 2 and len(_read_lines(tmp_path / 'f.jsonl')) == 2
+
+
+def _odd_clip(path, frames):
+    """An MJPG .avi of odd size, by OpenCV's own MJPEG writer (its FFmpeg writer drops an odd
+    last column and row)."""
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(path), cv2.CAP_OPENCV_MJPEG, cv2.VideoWriter_fourcc(*'MJPG'), FPS, (w, h))
+    assert writer.isOpened()
+    for f in frames:
+        writer.write(f)
+    writer.release()
+    return path
+
+
+def test_an_odd_sized_video_keeps_every_pixel_and_gets_one_black_column_and_row(weights, detector, tmp_path, caplog):
+    """V5: OpenCV writes 160x120 for 161x121 frames, the last column and row dropped; the copy
+    is 162x122 instead, the input at the same pixels, and the JSON in those pixels."""
+    size = (161, 121)
+    frames = [cv2.resize(f, size, interpolation=cv2.INTER_AREA) for f in _pan(4, SIZE)]
+    for f in frames:
+        f[:, -1] = f[-1, :] = 255  # a white last column and row, to find in the copy
+    clip = _odd_clip(tmp_path / 'odd.avi', frames)
+    decoded, (_, width, height, count) = _decode(clip)
+    assert (width, height, count) == (*size, 4)
+    with caplog.at_level(logging.WARNING):
+        detect.main(_args(weights, clip, '--output', str(tmp_path / 'out'), '--json', str(tmp_path / 'f.jsonl')))
+    out = tmp_path / 'out' / 'odd.mp4'
+    assert (f"the video is 161x121 and OpenCV writes even sizes only: {out} is 162x122, every frame with a black "
+            f"column at the right and a black row at the bottom") in caplog.text
+    written, (_, out_w, out_h, out_count) = _decode(out)
+    assert (out_w, out_h, out_count, len(written)) == (162, 122, 4, 4)
+    for frame, line, copy in zip(decoded, _read_lines(tmp_path / 'f.jsonl'), written):
+        np.testing.assert_array_equal(_as_array(line['detections']), detector.detect(frame))
+        luma = cv2.cvtColor(copy, cv2.COLOR_BGR2GRAY).astype(int)
+        assert luma[:121, 160].mean() > 200 and luma[120, :161].mean() > 200  # the input's last column and row
+        assert luma[:, 161].mean() < 40 and luma[121, :].mean() < 40  # the black ones added
+        # mp4v is lossy: the copy is near the annotated input frame.
+        drawn = draw_detections(frame.copy(), detector.detect(frame), 0.6)
+        assert np.abs(copy[:121, :161].astype(int) - drawn).mean() < 12
+
+
+_HOLD_TEMP_FOLDER = ("import sys, time; from utils.atomic import TempFolder; folder = TempFolder(sys.argv[1]); "
+                     "print(folder.path, flush=True); time.sleep(120)")
+
+
+def _temp_folder_in_another_process(path):
+    """(process, folder): a process holding a video writer's temporary folder for path."""
+    proc = subprocess.Popen([sys.executable, '-c', _HOLD_TEMP_FOLDER, str(path)], cwd=ROOT, stdout=subprocess.PIPE,
+                            text=True)
+    return proc, Path(proc.stdout.readline().strip())
+
+
+def test_a_killed_runs_temp_folder_goes_with_the_next_run_and_a_running_ones_stays(weights, clip, tmp_path):
+    """K5: SIGKILL leaves a hidden folder holding an unplayable MP4."""
+    out = tmp_path / 'out'
+    killed, stale = _temp_folder_in_another_process(out / 'pan.mp4')
+    (stale / 'pan.mp4').write_bytes(b'an MP4 cut short: no index')
+    killed.kill()
+    killed.wait()
+    running, live = _temp_folder_in_another_process(out / 'other.mp4')
+    try:
+        assert stale.is_dir() and live.is_dir() and live.name.startswith('.other.mp4.')
+        detect.main(_args(weights, clip, '--max_frames', '2', '--output', str(out)))
+        assert sorted(os.listdir(out)) == sorted([live.name, 'pan.mp4'])
+    finally:
+        running.kill()
+        running.wait()
+
+
+# Runs a command with a file size limit: a write beyond it fails with EFBIG, as on a full
+# disk (Python ignores SIGXFSZ, which would otherwise kill it; set here too, to be sure).
+# It works as any user, root included, and needs no mount.
+_WITH_FILE_SIZE_LIMIT = ("import os, resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                         "limit = int(sys.argv[1]); resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)); "
+                         "os.execv(sys.executable, [sys.executable, *sys.argv[2:]])")
+
+
+def _detect_on_a_full_disk(limit, weights, *argv):
+    return subprocess.run([sys.executable, '-c', _WITH_FILE_SIZE_LIMIT, str(limit), 'detect.py', '-m', weights,
+                           '--threads', '1', *map(str, argv)], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_a_video_the_encoder_failed_to_write_is_an_error_and_the_earlier_copy_stays(weights, clip, tmp_path):
+    """V14: on a full disk OpenCV only logs warnings, and the MP4 has no index: it was
+    reported as written, and replaced a good earlier copy."""
+    out = tmp_path / 'out'
+    detect.main(_args(weights, clip, '--output', str(out)))
+    earlier = (out / 'pan.mp4').read_bytes()
+    run = _detect_on_a_full_disk(len(earlier) // 2, weights, '--video', clip, '--output', out)
+    assert run.returncode == 1, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith('error:')]
+    assert len(errors) == 1 and errors[0].startswith(f"error: cannot write {out / 'pan.mp4'}: the video encoder's "
+                                                     f"writes failed"), run.stderr
+    assert f"free in {out}" in errors[0] and errors[0].endswith(f"the earlier {out / 'pan.mp4'} is kept")
+    assert 'wrote 20 frames' not in run.stderr and 'Traceback' not in run.stderr
+    assert (out / 'pan.mp4').read_bytes() == earlier
+    assert os.listdir(out) == ['pan.mp4']  # no temporary folder left
+
+
+def test_a_full_disk_under_the_json_lines_is_one_error_and_never_half_a_line(weights, clip, tmp_path):
+    """V15: it was an OSError traceback, and the file ended in half a line."""
+    detect.main(_args(weights, clip, '--max_frames', '3', '--no-save_image', '--json', str(tmp_path / 'all.jsonl')))
+    lines = (tmp_path / 'all.jsonl').read_bytes().splitlines(keepends=True)
+    jsonl = tmp_path / 'f.jsonl'
+    # Room for two lines and half the third.
+    run = _detect_on_a_full_disk(len(lines[0]) + len(lines[1]) + len(lines[2]) // 2, weights, '--video', clip,
+                                 '--no-save_image', '--json', jsonl)
+    assert run.returncode == 1, run.stderr
+    errors = [line for line in run.stderr.splitlines() if line.startswith('error:')]
+    assert errors == [f"error: cannot write {jsonl}: File too large ({errors[0].split('(', 1)[1].split(')')[0]}); "
+                      f"it holds the 2 whole lines written before"], run.stderr
+    assert f"free in {tmp_path})" in errors[0] and 'Traceback' not in run.stderr
+    assert jsonl.read_bytes() == lines[0] + lines[1]
 
 
 def test_reader_every_and_early_close(clip):

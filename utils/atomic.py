@@ -5,11 +5,15 @@ The file gets the permissions a plain open(path, 'w') would give it, not mkstemp
 
 Results folders are also locked for the length of a run (lock_folder), so that two runs
 never write into one folder at once, and the temporary files a killed run left behind
-are removed when the next run takes the lock (remove_stale_temp_files).
+are removed when the next run takes the lock (remove_stale_temp_files). A temporary folder
+(TempFolder, for a writer that names its own file) is locked by the process using it, so that
+the next run removes a killed run's folders (remove_stale_temp_folders) and never a live one.
+LineFile writes a growing text file a whole line at a time.
 """
 import errno
 import fcntl
 import os
+import shutil
 import stat
 import tempfile
 from collections.abc import Callable
@@ -223,6 +227,171 @@ def remove_stale_temp_files(folder: str | os.PathLike, recursive: bool = True) -
         if not recursive:
             break
     return removed
+
+
+# The lock file inside a TempFolder, held by the process writing there.
+TEMP_FOLDER_LOCK = 'lock'
+# What flock raises on a file system without locks (some network and FUSE file systems).
+_NO_FLOCK = (errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)
+# Tries at making a TempFolder when another run's remove_stale_temp_folders takes each new
+# one before it is locked (it can only happen between the two calls; twice is already rare).
+TEMP_FOLDER_ATTEMPTS = 5
+
+
+class TempFolder:
+    """A hidden temporary folder beside path, `.<name>.XXXXXXXX` + TEMP_SUFFIX, for writers
+    that name their file themselves (OpenCV picks a video's container from its extension):
+    write into it, rename the result over path, then close() removes the folder.
+
+    The folder holds a lock file that this process keeps an flock on until close(), so that
+    another run's remove_stale_temp_folders never takes a folder in use. The kernel drops
+    the lock however the process ends: the folder of a killed run is stale at once.
+
+    Raises (on making it):
+        InputError: the folder cannot be made there (named, with the free space).
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        target = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(target))
+        try:
+            os.makedirs(directory, exist_ok=True)
+            for _ in range(TEMP_FOLDER_ATTEMPTS):
+                folder = tempfile.mkdtemp(dir=directory, prefix='.' + os.path.basename(target) + '.',
+                                          suffix=TEMP_SUFFIX)
+                fd = _lock_in(folder, block=True)
+                if fd is not None:
+                    break
+            else:
+                raise OSError(errno.EAGAIN, f"another run kept removing new temporary folders in {directory}")
+        except OSError as e:
+            raise _write_error(target, e) from e
+        self.path = folder
+        self._fd = fd
+
+    def close(self) -> None:
+        """Remove the folder and what is left in it (still holding the lock), then release the lock."""
+        if self._fd is None:
+            return
+        shutil.rmtree(self.path, ignore_errors=True)
+        os.close(self._fd)
+        self._fd = None
+
+    def __enter__(self) -> 'TempFolder':
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        self.close()
+        return False
+
+
+def _lock_in(folder, block):
+    """An flock'ed descriptor of folder's TEMP_FOLDER_LOCK (made if missing), or None when
+    the folder has gone (another run removed it) or, with block false, another process
+    holds the lock. Raises OSError when the folder cannot be written."""
+    lock = os.path.join(folder, TEMP_FOLDER_LOCK)
+    try:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if block else fcntl.LOCK_NB))
+        # Whoever removed the folder held this lock while doing it: a lock file that is no
+        # longer at its path means the folder is gone.
+        if os.stat(lock).st_ino == os.fstat(fd).st_ino:
+            return fd
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if block and e.errno in _NO_FLOCK:
+            return fd  # writing still works there; the stale-folder sweep cannot lock it either, so keeps it
+        if block or e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES, *_NO_FLOCK):
+            os.close(fd)
+            raise
+    os.close(fd)
+    return None
+
+
+def remove_stale_temp_folders(folder: str | os.PathLike) -> list[str]:
+    """Remove the TempFolders (.*TEMP_SUFFIX folders) in folder that no running process
+    holds: those a killed run left. A folder in use by another run (its lock held) is kept,
+    and so is one this user cannot write. Files and other folders are never touched.
+    Returns the folders removed."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not (entry.name.startswith('.') and entry.name.endswith(TEMP_SUFFIX)
+                and entry.is_dir(follow_symlinks=False)):
+            continue
+        try:
+            fd = _lock_in(entry.path, block=False)
+        except OSError:
+            continue  # not ours to remove
+        if fd is None:
+            continue  # in use, or already gone
+        try:
+            shutil.rmtree(entry.path, ignore_errors=True)
+        finally:
+            os.close(fd)
+        removed.append(entry.path)
+    return removed
+
+
+class LineFile:
+    """A text file written one whole line at a time (JSON Lines), readable while it grows:
+    a reader, or the file left by a killed run, never sees half a line.
+
+    Each line goes to the file system in one unbuffered write; a write it refuses (a full
+    disk, a size limit) truncates the file back to the end of the last whole line and raises
+    InputError naming the file and the free space.
+
+    Raises (on opening):
+        InputError: the file cannot be created.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = os.fspath(path)
+        try:
+            self._f = open(self.path, 'wb', buffering=0)
+        except OSError as e:
+            raise _write_error(self.path, e) from e
+        self._end = 0  # the end of the last whole line
+        self.lines = 0
+
+    def write_line(self, text: str) -> None:
+        """Append text and a newline (text must not hold a newline itself)."""
+        if '\n' in text or '\r' in text:
+            raise ValueError("a line must not hold a line break")
+        line = (text + '\n').encode('utf-8')
+        data = memoryview(line)
+        try:
+            while data:
+                data = data[self._f.write(data):]  # a short write at a size limit, then the error
+        except BaseException as e:
+            try:
+                os.ftruncate(self._f.fileno(), self._end)  # shrinking needs no space
+                self._f.seek(self._end)
+            except OSError:
+                pass  # a FIFO or a device (written in place): there is nothing to cut back
+            if isinstance(e, OSError):
+                raise InputError(f"{_write_error(self.path, e)}; it holds the {self.lines} whole lines written "
+                                 f"before") from e
+            raise
+        self._end += len(line)  # counted, not tell(): a FIFO or a device has no position
+        self.lines += 1
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> 'LineFile':
+        return self
+
+    def __exit__(self, *exc: object) -> bool:
+        self.close()
+        return False
 
 
 class FolderLock:

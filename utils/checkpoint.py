@@ -7,7 +7,8 @@ legacy non-zip torch format of the published weights. Tensors are always loaded 
 CPU first, so a checkpoint saved on a GPU opens on a machine without one.
 
 Unlike the reference, which loads with strict=False and carries on with whatever
-matched, a checkpoint that does not fit the model is an error that names the file.
+matched, a checkpoint that does not fit the model is an error that names the file, and so
+is one holding a NaN or an infinity (it would detect nothing, silently).
 """
 import logging
 import os
@@ -95,7 +96,44 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
         desc = list(obj.keys())[:5] if isinstance(obj, dict) else type(obj).__name__
         raise InputError(f"{path} does not hold a state_dict of tensors (found {desc})")
-    return _strip_prefix(obj)
+    state_dict = _strip_prefix(obj)
+    check_finite(state_dict, path)
+    return state_dict
+
+
+def non_finite_keys(tensors: dict[str, object]) -> list[str]:
+    """The keys of the floating-point tensors holding a NaN or an infinity, in order; nested
+    dicts and lists (an optimizer's state) are searched too, their keys joined by '.'."""
+    bad = []
+
+    def visit(key, value):
+        if torch.is_tensor(value):
+            if (value.is_floating_point() or value.is_complex()) and not bool(torch.isfinite(value).all()):
+                bad.append(key)
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                visit(f"{key}.{k}" if key else str(k), v)
+        elif isinstance(value, (list, tuple)):
+            for i, v in enumerate(value):
+                visit(f"{key}.{i}" if key else str(i), v)
+
+    visit('', tensors)
+    return bad
+
+
+def check_finite(tensors: dict[str, object], path: str | os.PathLike, what: str = 'weight') -> None:
+    """Refuse a checkpoint with a NaN or an infinity in any of its tensors: a network with
+    one gives NaN scores, which no threshold keeps, so it would detect nothing without a
+    word. Such a file comes from a training run that diverged, or is damaged.
+
+    Raises:
+        InputError: naming path, the count and the first keys that hold them.
+    """
+    bad = non_finite_keys(tensors)
+    if bad:
+        raise InputError(f"{os.fspath(path)} holds NaN or infinite values in {len(bad)} {what} tensors "
+                         f"(e.g. {bad[:3]}): it was saved by a training run that diverged, or is damaged; "
+                         f"use a checkpoint saved before the loss became NaN")
 
 
 def _guess_network(keys):

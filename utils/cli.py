@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from utils.errors import InputError
+from utils.signals import EXIT_TERMINATED, Terminated, terminate_as_interrupt
 
 logger = logging.getLogger(__name__)
 
@@ -282,20 +283,26 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
 
     Bad input (utils.errors.InputError: a missing or unwritable file, a malformed line, a
     value out of range) prints one clear line, 'error: ...', instead of a traceback, and
-    gives status 1; Ctrl-C gives 130. A reader of stdout that has gone (`detect.py ... | head`)
+    gives status 1; Ctrl-C gives 130. SIGTERM (what `timeout`, `docker stop` and systemd
+    send) is handled as Ctrl-C is, by the same code paths, so that the work a Ctrl-C keeps
+    is kept (utils.signals), and gives 143. A reader of stdout that has gone (`detect.py ... | head`)
     stops the run quietly with 141, the status of a Unix tool stopped by SIGPIPE. Any other
     exception is a bug and keeps its traceback.
     """
     args = parser.parse_args(argv)
     configure_logging()
     try:
-        main(args)
+        with terminate_as_interrupt():
+            main(args)
     except InputError as e:
         # Under torchrun every rank checks the same flags and files and fails the same way:
         # rank 0 says it once (torchrun's own summary names every rank that exited 1).
         if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or os.environ.get('RANK', '0') == '0':
             print(f"error: {e}", file=sys.stderr)
         return 1
+    except Terminated as e:
+        print(f"terminated ({signal.Signals(e.signum).name})", file=sys.stderr)
+        return EXIT_TERMINATED
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

@@ -136,6 +136,10 @@ def draw_detections(img: np.ndarray, dets: np.ndarray, vis_thres: float) -> np.n
 ARCFACE_TEMPLATE = np.array([[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366],
                              [41.5493, 92.3655], [70.7299, 92.2041]], dtype=np.float64)
 ARCFACE_SIZE = 112
+# The largest crop size --crop_size takes. The crops are inputs for face recognition (and
+# face restoration) models, which take 112 to 512 pixels; a larger crop only upsamples the
+# face, and each crop is held in memory and encoded whole (at 60000 pixels, 10.8 GB each).
+MAX_CROP_SIZE = 1024
 # Landmarks whose spread across their best line is below this fraction of their spread
 # along it lie on a line: no face looks like that, and the rotation it would give is noise.
 COLLINEAR_TOLERANCE = 1e-3

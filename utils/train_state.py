@@ -16,6 +16,7 @@ import torch
 import torch.utils.data as data
 
 from utils.atomic import atomic_save
+from utils.checkpoint import check_finite
 from utils.errors import InputError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ def load_training_state(path):
         raise InputError(f"{path} is not a training state written by train.py (it lacks "
                          f"{[k for k in required if not isinstance(state, dict) or k not in state]}); "
                          f"to start from plain weights use --resume_net")
+    # A diverged state would go on giving a NaN loss: refused, as weights are (utils.checkpoint).
+    check_finite({'model': state['model'], 'optimizer': state['optimizer']}, path, 'training state')
     return state
 
 

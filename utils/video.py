@@ -15,8 +15,7 @@ import logging
 import math
 import os
 import queue
-import shutil
-import tempfile
+import re
 import threading
 from collections.abc import Callable, Generator, Iterator
 from typing import TypeVar
@@ -24,8 +23,9 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from utils.atomic import TEMP_SUFFIX
+from utils.atomic import TempFolder, free_space, remove_stale_temp_folders
 from utils.errors import InputError, InputNotFoundError
+from utils.signals import deferred_interrupts
 
 logger = logging.getLogger(__name__)
 
@@ -40,16 +40,34 @@ FALLBACK_FPS = 25.0
 # The codec of the annotated copy: MPEG-4 Part 2, which every OpenCV build with FFmpeg
 # writes into .mp4 and common players read.
 DEFAULT_CODEC = 'mp4v'
+# The largest camera index cv2.VideoCapture takes: it is a C int, and a larger number is
+# a cv2.error from its argument parsing.
+MAX_CAMERA_INDEX = 2 ** 31 - 1
+# A camera index: ASCII decimal digits only. str.isdigit() also takes '²' or '٣', which
+# int() refuses or OpenCV has no camera for: such a name is a file name.
+_CAMERA_INDEX = re.compile(r'[0-9]+')
 # Whatever read_frames' prepare returns for a frame.
 _Prepared = TypeVar('_Prepared')
 
 
 def parse_source(source: str | int | os.PathLike) -> str | int:
-    """A camera index (int) for a string of digits, else the file path as given."""
+    """A camera index (int) for a plain decimal number of ASCII digits (surrounding spaces
+    allowed), else the file path as given ('²', './0' and '0.mp4' are file names).
+
+    Raises:
+        InputError: the number is beyond MAX_CAMERA_INDEX.
+    """
     if isinstance(source, int):
-        return source
-    text = os.fspath(source)
-    return int(text) if text.strip().isdigit() else text
+        index, text = source, str(source)
+    else:
+        text = os.fspath(source)
+        if not _CAMERA_INDEX.fullmatch(text.strip(' ')):
+            return text
+        index = int(text)
+    if not 0 <= index <= MAX_CAMERA_INDEX:
+        raise InputError(f"camera index {text.strip()} is out of range: OpenCV takes 0 to {MAX_CAMERA_INDEX} "
+                         f"(a video file of that name is read as ./{text})")
+    return index
 
 
 def fourcc(value: str) -> str:
@@ -254,8 +272,18 @@ class VideoWriter:
 
     Opening it is the check that OpenCV can encode codec into path's container; make it
     before any work. (The temporary file sits in a folder because OpenCV picks the
-    container from the file name's extension.)
+    container from the file name's extension.) It also removes the temporary folders that
+    killed runs left beside path, never one that a running writer holds (utils.atomic.TempFolder).
 
+    OpenCV's FFmpeg writer keeps even sizes only: it drops the last column of an odd width
+    and the last row of an odd height (whatever the codec). An odd-sized video is therefore
+    written one black column and/or row larger, at the right and bottom, with a warning: every
+    input pixel is kept, at the same coordinates, so the detections' pixels hold for the copy.
+
+    Attributes:
+        size (tuple[int, int]): the frames' (width, height), as given.
+        encoded_size (tuple[int, int]): the copy's (width, height): size rounded up to even.
+        frames (int): the frames written.
     Raises (on opening):
         InputError: the codec cannot be written (the message names it), or the folder is not writable.
     """
@@ -263,49 +291,96 @@ class VideoWriter:
     def __init__(self, path: str | os.PathLike, fps: float, size: tuple[int, int], codec: str = DEFAULT_CODEC) -> None:
         self.path = os.fspath(path)
         self.size = tuple(int(v) for v in size)
+        self.encoded_size = tuple(v + v % 2 for v in self.size)
         self.frames = 0
         folder = os.path.dirname(os.path.abspath(self.path))
         try:
             os.makedirs(folder, exist_ok=True)
-            self._folder = tempfile.mkdtemp(dir=folder, prefix='.' + os.path.basename(self.path) + '.',
-                                            suffix=TEMP_SUFFIX)
         except OSError as e:
             raise InputError(f"cannot write {self.path}: {e.strerror or e}") from e
-        self._tmp = os.path.join(self._folder, os.path.basename(self.path))
-        self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*codec), float(fps), self.size)
+        for stale in remove_stale_temp_folders(folder):
+            logger.info("removed %s, left by a run that was killed", stale)
+        self._folder = TempFolder(self.path)
+        self._tmp = os.path.join(self._folder.path, os.path.basename(self.path))
+        self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*codec), float(fps), self.encoded_size)
         if not self._writer.isOpened():
-            self._remove()
+            self._folder.close()
             raise InputError(f"cannot write {self.path}: OpenCV cannot encode {codec!r} video into a "
                              f"{os.path.splitext(self.path)[1] or 'file without extension'} file here "
                              f"(--video_codec {DEFAULT_CODEC} writes .mp4 with any OpenCV built with FFmpeg)")
+        if self.encoded_size != self.size:
+            added = [what for what, odd in (('a black column at the right', self.size[0] % 2),
+                                            ('a black row at the bottom', self.size[1] % 2)) if odd]
+            logger.warning("the video is %dx%d and OpenCV writes even sizes only: %s is %dx%d, every frame with "
+                           "%s (the detections' pixel coordinates hold for both)",
+                           *self.size, self.path, *self.encoded_size, ' and '.join(added))
 
     def write(self, frame: np.ndarray) -> None:
         """Append a BGR frame of the video's size (OpenCV would drop any other size silently)."""
         if (frame.shape[1], frame.shape[0]) != self.size:
             raise InputError(f"frame {self.frames} is {frame.shape[1]}x{frame.shape[0]}, the video's first "
                              f"frame {self.size[0]}x{self.size[1]}: a video's frames must keep one size")
+        if self.encoded_size != self.size:
+            frame = cv2.copyMakeBorder(frame, 0, self.encoded_size[1] - self.size[1], 0,
+                                       self.encoded_size[0] - self.size[0], cv2.BORDER_CONSTANT, value=0)
         self._writer.write(frame)
         self.frames += 1
 
     def close(self) -> None:
-        """Finish the file and move it to path."""
+        """Finish the file, check it and move it to path. A Ctrl-C or SIGTERM meanwhile is
+        raised once the file is in place (or the temporary one removed).
+
+        Raises:
+            InputError: the file does not hold the frames written (the encoder's writes
+                failed: a full disk); path keeps what it held before.
+        """
         if self._writer is None:
             return
-        self._writer.release()
-        self._writer = None
+        with deferred_interrupts():
+            try:
+                self._writer.release()
+                self._writer = None
+                self._check_written()
+                with open(self._tmp, 'rb') as f:
+                    os.fsync(f.fileno())
+                os.replace(self._tmp, self.path)
+            except OSError as e:
+                raise InputError(f"cannot write {self.path}: {e.strerror or e} ({self._free()}){self._kept()}") from e
+            finally:
+                self._folder.close()
+
+    def _check_written(self):
+        """Raise InputError unless the finished temporary file opens and holds every frame:
+        OpenCV only logs a warning for a frame the encoder failed to write, and a file whose
+        end could not be written (no MP4 index) does not open at all."""
+        cap = cv2.VideoCapture(self._tmp)
         try:
-            with open(self._tmp, 'rb') as f:
-                os.fsync(f.fileno())
-            os.replace(self._tmp, self.path)
+            opened = cap.isOpened()
+            count = int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) if opened else 0
+            size = (int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))) if opened else None
         finally:
-            self._remove()
+            cap.release()
+        if not opened:
+            what = "the file it made does not open"
+        elif count != self.frames:
+            what = f"the file it made holds {max(count, 0)} of the {self.frames} frames"
+        elif size != self.encoded_size:
+            what = f"the file it made is {size[0]}x{size[1]}, not {self.encoded_size[0]}x{self.encoded_size[1]}"
+        else:
+            return
+        raise InputError(f"cannot write {self.path}: the video encoder's writes failed, {what} "
+                         f"(is the disk full? {self._free()}){self._kept()}")
+
+    def _free(self):
+        folder = os.path.dirname(os.path.abspath(self.path))
+        return f"{free_space(folder)} free in {folder}"
+
+    def _kept(self):
+        return f"; the earlier {self.path} is kept" if os.path.isfile(self.path) else ''
 
     def discard(self) -> None:
         """Drop the file (nothing was written worth keeping)."""
         if self._writer is not None:
             self._writer.release()
             self._writer = None
-        self._remove()
-
-    def _remove(self):
-        shutil.rmtree(self._folder, ignore_errors=True)
+        self._folder.close()
