@@ -17,6 +17,11 @@ REFERENCE_AP = {
     ("golden", "eval_perturbed_predictions"):
         {"easy": 0.7701224708178015, "medium": 0.7626427409846812, "hard": 0.4703584382534434},
 }
+# The reference matched each file's rows in file order. The official files are in score
+# order, so the default (rows sorted by score) gives their numbers; the perturbed set's rows
+# are shuffled (2724 of its 3036 files), so its numbers are the reference's file order's.
+SORT_ROWS = {("widerface", "predictions", "mobilenet0.25_official"): True,
+             ("golden", "eval_perturbed_predictions"): False}
 AP_TOL = 1e-12
 
 
@@ -34,7 +39,7 @@ def wider_gt():
 
 @pytest.mark.parametrize("pred_parts", list(REFERENCE_AP), ids=["official", "perturbed"])
 def test_reference_ap_reproduced(wider_gt, pred_parts):
-    results = ev.evaluate(ev.load_predictions(need_shared(*pred_parts)), wider_gt)
+    results = ev.evaluate(ev.load_predictions(need_shared(*pred_parts)), wider_gt, sort_rows=SORT_ROWS[pred_parts])
     for setting, expected in REFERENCE_AP[pred_parts].items():
         assert abs(results[setting]["ap"] - expected) <= AP_TOL, setting
 
@@ -147,7 +152,7 @@ def test_fallback_rejects_what_the_kernel_rejects():
 def test_unbuilt_kernel_gives_the_same_results_with_one_warning(wider_gt, pred_parts, unbuilt):
     preds = ev.load_predictions(need_shared(*pred_parts))
     unbuilt.clear()
-    results = ev.evaluate(preds, wider_gt)
+    results = ev.evaluate(preds, wider_gt, sort_rows=SORT_ROWS[pred_parts])
     for setting, expected in REFERENCE_AP[pred_parts].items():
         assert abs(results[setting]["ap"] - expected) <= AP_TOL, setting
     ev.bbox_overlaps(np.zeros((1, 4)), np.zeros((1, 4)))
@@ -239,6 +244,56 @@ def test_label_mode_hand_computed(label_set):
     results = ev.evaluate(ev.load_predictions(pred), ev.load_label_gt(label))
     assert list(results) == [ev.LABEL_SETTING]
     assert results["all"]["ap"] == pytest.approx(1 / 3, abs=AP_TOL)
+
+
+def test_rows_out_of_score_order_are_matched_in_score_order(label_set, tmp_path):
+    """The false detection (0.3) first, as NMS-order files hold it: sorted, the AP is the
+    sorted file's 1/3; the reference's file order gave 1/6 (each threshold then takes every
+    row up to the last one that passes, the false one included: precision 1/2)."""
+    label, _ = label_set
+    unsorted = tmp_path / "unsorted"
+    write_pred(unsorted / "ev" / "a.txt", "a", [[100, 100, 10, 10, 0.3], [0, 0, 10, 10, 0.9]])
+    gt = ev.load_label_gt(label)
+    assert ev.evaluate(ev.load_predictions(unsorted), gt)["all"]["ap"] == pytest.approx(1 / 3, abs=AP_TOL)
+    assert ev.evaluate(ev.load_predictions(unsorted), gt, sort_rows=False)["all"]["ap"] == \
+        pytest.approx(1 / 6, abs=AP_TOL)
+
+
+def test_by_score_is_a_stable_descending_sort():
+    rows = np.array([[0, 0, 1, 1, 0.5], [1, 0, 1, 1, 0.9], [2, 0, 1, 1, 0.5], [3, 0, 1, 1, 0.7]])
+    assert ev.by_score(rows)[:, 0].tolist() == [1, 3, 0, 2]  # the two 0.5 rows keep their order
+    ordered = rows[[1, 3, 0, 2]]
+    assert ev.by_score(ordered) is ordered  # already in order: not copied
+
+
+def test_shuffled_rows_give_the_sorted_files_ap_exactly(wider_gt):
+    """Every file of the official predictions with its rows shuffled: the APs and curves are
+    those of the same files sorted, to the bit; in file order (the reference's) they are not."""
+    preds = ev.load_predictions(need_shared(*list(REFERENCE_AP)[0]))
+    rng = np.random.default_rng(0)
+    shuffled = {key: boxes[rng.permutation(len(boxes))] for key, boxes in preds.items()}
+    assert sum(not np.array_equal(ev.by_score(b), b) for b in shuffled.values()) > 3000
+    # The sorted file of each shuffled one (rows of equal score in the shuffled order).
+    sorted_files = {key: ev.by_score(boxes) for key, boxes in shuffled.items()}
+    expected = ev.evaluate(sorted_files, wider_gt, sort_rows=False)
+    got = ev.evaluate(shuffled, wider_gt)
+    for setting, r in expected.items():
+        assert got[setting]["ap"] == r["ap"]
+        assert _same_bits(got[setting]["precision"], r["precision"])
+        assert _same_bits(got[setting]["recall"], r["recall"])
+        assert abs(r["ap"] - REFERENCE_AP[list(REFERENCE_AP)[0]][setting]) <= AP_TOL  # ties aside, the official ones
+    in_file_order = ev.evaluate(shuffled, wider_gt, sort_rows=False)
+    assert all(in_file_order[s]["ap"] < expected[s]["ap"] - 0.1 for s in ev.SETTINGS)
+
+
+def test_files_in_score_order_score_the_same_bits_sorted_or_not(wider_gt):
+    """The reference's own files (and this project's) are in score order: sorting them is a no-op."""
+    preds = ev.load_predictions(need_shared(*list(REFERENCE_AP)[0]))
+    default, file_order = ev.evaluate(preds, wider_gt), ev.evaluate(preds, wider_gt, sort_rows=False)
+    for setting, r in file_order.items():
+        assert default[setting]["ap"] == r["ap"]
+        assert _same_bits(default[setting]["precision"], r["precision"])
+        assert _same_bits(default[setting]["recall"], r["recall"])
 
 
 def test_only_predicted_restricts_images(label_set, capsys):
@@ -339,6 +394,11 @@ def test_matches_reference_style_implementation_on_synthetic_set(tmp_path):
     for s in ev.SETTINGS:
         savemat(gt_dir / f"wider_{s}_val.mat", {"gt_list": _cell(keeps[s])})
 
-    fast = ev.evaluate(ev.load_predictions(pred_dir), ev.load_wider_gt(gt_dir))
-    reference = bench_evaluation.reference_evaluation(str(pred_dir), str(gt_dir))
-    assert [fast[s]["ap"] for s in ev.SETTINGS] == reference
+    preds, gt = ev.load_predictions(pred_dir), ev.load_wider_gt(gt_dir)
+    # The reference's loops on the same rows sorted by score (as the evaluation sorts them),
+    # and in file order (as the reference reads them).
+    for sort_rows in (True, False):
+        fast = ev.evaluate(preds, gt, sort_rows=sort_rows)
+        reference = bench_evaluation.reference_evaluation(str(pred_dir), str(gt_dir), sort_rows=sort_rows)
+        assert [fast[s]["ap"] for s in ev.SETTINGS] == reference, sort_rows
+    assert ev.evaluate(preds, gt)["hard"]["ap"] != ev.evaluate(preds, gt, sort_rows=False)["hard"]["ap"]

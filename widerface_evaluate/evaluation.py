@@ -1,7 +1,10 @@
 """WIDER FACE validation AP (easy / medium / hard), as the reference computes it.
 
 This is the WiderFace-Evaluation algorithm the reference ships (wondervictor), giving the
-same AP to the last bit, reorganised to be many times faster (bench/bench_evaluation.py):
+same AP to the last bit, reorganised to be many times faster (bench/bench_evaluation.py).
+One fix: each image's rows are matched in score order (by_score), where the reference took
+the file's order; files in score order (the reference's, this project's) score the same.
+
 
 * every prediction file is parsed with one numpy conversion, and the ``.mat`` files once;
 * the best overlap of every detection is computed once by the Cython kernel (or, when it
@@ -498,8 +501,16 @@ def _segment_suffix_min(values, segment, n_values):
     return np.minimum.accumulate(key[::-1])[::-1] - segment * n_values
 
 
+def by_score(boxes: np.ndarray) -> np.ndarray:
+    """(N, 5) ``[x, y, w, h, score]`` rows ordered by score, highest first; rows of equal
+    score keep their order (a stable sort). Rows already in that order come back as they are."""
+    if len(boxes) < 2 or (boxes[1:, 4] <= boxes[:-1, 4]).all():
+        return boxes
+    return boxes[np.argsort(-boxes[:, 4], kind="stable")]
+
+
 def evaluate(preds: dict[str, np.ndarray], gt: GroundTruth, iou_thresh: float = IOU_THRESH,
-             thresh_num: int = THRESH_NUM, only_predicted: bool = False) -> dict[str, dict]:
+             thresh_num: int = THRESH_NUM, only_predicted: bool = False, sort_rows: bool = True) -> dict[str, dict]:
     """AP and PR curve of every setting of ``gt``.
 
     Args:
@@ -509,6 +520,11 @@ def evaluate(preds: dict[str, np.ndarray], gt: GroundTruth, iou_thresh: float = 
         gt: GroundTruth.
         only_predicted: evaluate only the images of ``gt`` that have an entry in ``preds``
             (their faces alone make up the recall denominator).
+        sort_rows: match each image's detections in score order (by_score), as the
+            protocol means: the reference matched them in the file's order, which gives
+            another detector's files written in another order (NMS order, say) a wrong AP.
+            For rows already in score order (the reference's files, this project's) both
+            are the same; False reproduces the reference's number for files that are not.
 
     Returns:
         dict setting -> dict with ``ap`` (float), ``thresholds``, ``precision`` and
@@ -529,6 +545,8 @@ def evaluate(preds: dict[str, np.ndarray], gt: GroundTruth, iou_thresh: float = 
     lo, hi = score_range(preds)
     empty = np.zeros((0, 5))
     pred_list = [preds.get(name, empty) for name in gt.names]
+    if sort_rows:
+        pred_list = [by_score(p) for p in pred_list]
     n_pred = np.array([len(p) for p in pred_list], dtype=np.int64)
     # The reference skips images without faces or without detections.
     active = np.flatnonzero(evaluated & (gt.box_count > 0) & (n_pred > 0))
