@@ -24,7 +24,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from utils.atomic import TEMP_SUFFIX
+from utils.atomic import TEMP_SUFFIX, move_into_place, write_target
 from utils.errors import InputError, InputNotFoundError
 
 logger = logging.getLogger(__name__)
@@ -264,7 +264,7 @@ class VideoWriter:
         self.path = os.fspath(path)
         self.size = tuple(int(v) for v in size)
         self.frames = 0
-        folder = os.path.dirname(os.path.abspath(self.path))
+        folder = os.path.dirname(write_target(self.path))  # beside a link's target: the rename goes there
         try:
             os.makedirs(folder, exist_ok=True)
             self._folder = tempfile.mkdtemp(dir=folder, prefix='.' + os.path.basename(self.path) + '.',
@@ -296,7 +296,7 @@ class VideoWriter:
         try:
             with open(self._tmp, 'rb') as f:
                 os.fsync(f.fileno())
-            os.replace(self._tmp, self.path)
+            move_into_place(self._tmp, self.path)  # over a link's target, never over the link
         finally:
             self._remove()
 
