@@ -41,6 +41,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from curve.plot_metrics import plot_records
 from data import BGR_MEAN, WiderFaceDetection, cfg_for_network, detection_collate, preproc
+from data.label_file import WIDER_IMAGE_LIST
 from data.wider_face import check_labels
 from layers.functions.prior_box import PriorBox
 from layers.modules import MultiBoxLoss
@@ -53,10 +54,12 @@ from utils.device import resolve_device
 from utils.distributed import World, on_rank0, process_group, quiet_other_ranks
 from utils.errors import InputError, InputNotFoundError
 from utils.metric_logger import MetricLogger
+from utils.outputs import RunOutputs
 from utils.run_history import RunHistory
 from utils.train_state import (ResumableDistributedSampler, StopSignal, gather_rng_states, load_training_state,
                                save_training_state, seed_everything, set_rng_state, warn_changed_settings)
 from models.validation import Validator, validate_epoch, validator_from_args
+from widerface_evaluate.evaluation import wider_gt_files
 
 logger = logging.getLogger('train')
 
@@ -331,6 +334,7 @@ def _train(args: argparse.Namespace, device: torch.device, world: World, stop: S
     # Every file the run writes is <save_folder>/<name><suffix>, as the reference names its checkpoints.
     prefix = os.path.join(args.save_folder, cfg['name'])
     best_path = prefix + '_best.pth'  # with --val_dataset: the weights of the best validation AP
+    check_outputs(args, cfg, prefix)  # before the folder is made: nothing written over an input
     # Only rank 0 writes into --save_folder, so only it locks it; if that fails, every
     # rank stops (the others with status 1 and no message of their own).
     on_rank0(lambda: claim_save_folder(args.save_folder, folder_lock), world)
@@ -440,6 +444,39 @@ def _train(args: argparse.Namespace, device: torch.device, world: World, stop: S
     return TrainResult(iteration=schedule.max_iter, max_iter=schedule.max_iter, epoch_size=schedule.epoch_size,
                        epochs=records, final_checkpoint=final, state_path=state_path if world.is_main else None,
                        history=history)
+
+
+def check_outputs(args: argparse.Namespace, cfg: dict, prefix: str) -> None:
+    """Every file the run may write in --save_folder (checkpoints, state, metrics, plot, log),
+    checked against the files it reads (utils.outputs) before any work. A resumed run
+    replaces its own --resume state, and re-saves --resume_net when that is the checkpoint of
+    --resume_epoch (the same weights, as the reference does); any other clash is refused."""
+    outputs = RunOutputs()
+    outputs.reads('--training_dataset', args.training_dataset, 'the label file')
+    outputs.reads('--resume', args.resume, 'the training state')
+    outputs.reads('--resume_net', args.resume_net, 'the weights')
+    if args.resume is None and args.resume_net is None and str(args.pretrained).lower() not in ('none', 'auto'):
+        outputs.reads('--pretrained', args.pretrained, 'the backbone')
+    if args.val_dataset is not None:
+        val_files = [os.path.join(args.val_dataset, WIDER_IMAGE_LIST)] if os.path.isdir(args.val_dataset) \
+            else [args.val_dataset]
+        outputs.reads('--val_dataset', val_files, 'the validation list')
+    if args.val_gt is not None:
+        outputs.reads('--val_gt', wider_gt_files(args.val_gt).values(), 'the ground-truth file')
+    outputs.folder('--save_folder', args.save_folder)
+    cadence = Schedule.for_run(cfg, args, images_per_process=1)  # only its checkpoint cadence is used
+    for epoch in range(1, cfg['epoch'] + 1):
+        if cadence.saves_checkpoint_after(epoch):
+            outputs.file('--save_folder', f"{prefix}_epoch_{epoch}.pth", given=args.save_folder,
+                         what=f"the checkpoint of epoch {epoch}",
+                         may_replace=('--resume_net',) if epoch == args.resume_epoch else ())
+    for suffix, what, may_replace in (('_Final.pth', 'the final weights', ()),
+                                      ('_best.pth', 'the best validation weights', ()),
+                                      ('_last_state.pth', 'the training state', ('--resume',)),
+                                      ('_metrics.jsonl', 'the metrics', ()), ('_metrics.png', 'the metrics plot', ()),
+                                      ('_train.log', 'the log', ())):
+        outputs.file('--save_folder', prefix + suffix, given=args.save_folder, what=what, may_replace=may_replace)
+    outputs.check()
 
 
 def check_save_folder(folder: str) -> None:

@@ -18,6 +18,7 @@ from utils.atomic import atomic_write_text
 from utils.cli import run_cli
 from utils.errors import InputError
 from utils.input_files import open_text
+from utils.outputs import RunOutputs
 
 
 def get_args_parser():
@@ -48,13 +49,30 @@ def split_blocks(label_path, every, offset=0):
     return train, val
 
 
+PARTS = ('train', 'val')
+
+
+def check_outputs(label, out, image_root):
+    """The two label files and images links can be made, and no label file is the source
+    (--out the source's dataset folder would replace it with its own train part): checked
+    before any work (utils.outputs)."""
+    outputs = RunOutputs()
+    outputs.reads('', label, 'the source label file')
+    outputs.folder('--out', out)
+    for name in PARTS:
+        outputs.file('--out', out / name / 'label.txt', given=out, what=f"the {name} part's label.txt")
+    outputs.check()
+    for name in PARTS:
+        link = out / name / 'images'
+        if (link.is_symlink() or link.exists()) and not (link.is_symlink() and Path(os.readlink(link)) == image_root):
+            raise InputError(f"--out {out}: {link} exists and is not a link to {image_root} (the source's "
+                             f"images): choose another --out")
+
+
 def _write_part(folder, blocks, image_root):
     folder.mkdir(parents=True, exist_ok=True)
     link = folder / 'images'
-    if link.is_symlink() or link.exists():
-        if not (link.is_symlink() and Path(os.readlink(link)) == image_root):
-            raise FileExistsError(f"{link} exists and is not a link to {image_root}")
-    else:
+    if not (link.is_symlink() or link.exists()):
         link.symlink_to(image_root, target_is_directory=True)
     atomic_write_text(folder / 'label.txt', ''.join(line + '\n' for block in blocks for line in block))
     return len(blocks), sum(len(b) == 1 for b in blocks), sum(len(b) - 1 for b in blocks)
@@ -63,10 +81,11 @@ def _write_part(folder, blocks, image_root):
 def main(args):
     label = Path(args.label).resolve()
     image_root = label.parent / 'images'
-    train, val = split_blocks(label, args.every, args.offset)
     out = Path(args.out)
+    check_outputs(label, out, image_root)
+    train, val = split_blocks(label, args.every, args.offset)
     counts = {}
-    for name, blocks in (('train', train), ('val', val)):
+    for name, blocks in zip(PARTS, (train, val)):
         n, faceless, faces = _write_part(out / name, blocks, image_root)
         counts[name] = (n, faceless, faces)
         print(f"{out / name / 'label.txt'}: {n} images ({faceless} without faces), {faces} faces")

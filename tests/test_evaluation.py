@@ -9,6 +9,7 @@ from scipy.io import savemat
 
 from bench import bench_evaluation
 from tests.conftest import need_shared
+from utils.cli import run_cli
 from widerface_evaluate import evaluation as ev
 
 REFERENCE_AP = {
@@ -328,6 +329,38 @@ def test_cli_prints_result_block_and_writes_curves(label_set, tmp_path, capsys):
     data = json.loads((out / "pr.json").read_text())
     assert len(data["all"]["precision"]) == ev.THRESH_NUM
     assert (out / "pr.png").stat().st_size > 0
+
+
+def test_curve_data_over_a_prediction_file_is_refused_before_the_evaluation(label_set, capsys):
+    """E7: exit 0, and an input prediction file overwritten with the CSV."""
+    label, pred = label_set
+    victim = pred / "ev" / "a.txt"
+    before = victim.read_bytes()
+    argv = ["-p", str(pred), "--label", str(label), "--curve-data", str(victim)]
+    assert run_cli(ev.main, ev.get_args_parser(), argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines()[-1] == (
+        f"error: --curve-data {victim} would overwrite the prediction file {victim} (-p) with the PR curves: "
+        f"choose another --curve-data")
+    assert victim.read_bytes() == before
+
+
+@pytest.mark.parametrize("flag, name, message", [
+    ("--curve-data", "wider_hard_val.mat", "would overwrite the ground-truth file {gt}/wider_hard_val.mat (-g)"),
+    ("--curve-plot", "pr.png", "--curve-plot {tmp}/pr.png and --curve-data {tmp}/pr.png would both write"),
+])
+def test_curves_over_the_ground_truth_or_each_other_are_refused(tmp_path, capsys, flag, name, message):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for f in ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat"):
+        (gt / f).write_bytes(b"not read: the check comes first")
+    target = gt / name if name.endswith(".mat") else tmp_path / name
+    argv = ["-p", str(tmp_path), "-g", str(gt), flag, str(target)]
+    if flag == "--curve-plot":
+        argv += ["--curve-data", str(target)]
+    assert run_cli(ev.main, ev.get_args_parser(), argv) == 1
+    assert message.format(gt=gt, tmp=tmp_path) in capsys.readouterr().err
+    assert (gt / "wider_hard_val.mat").read_bytes() == b"not read: the check comes first"
 
 
 def test_curve_csv(label_set, tmp_path):
