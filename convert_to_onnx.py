@@ -14,10 +14,11 @@ from data import NETWORKS
 from models.detector import load_detector
 from models.onnx_export import (DEFAULT_LONG_SIDE, DEFAULT_OPSET, MAX_OPSET, MIN_OPSET, VERIFY_ATOL, export_onnx,
                                 verification_inputs, verify_onnx)
-from utils.atomic import check_writable, temp_path
+from utils.atomic import move_into_place, temp_path
 from utils.cli import add_threads_argument, non_negative_float, number_in, positive_int, run_cli, set_threads
 from utils.device import resolve_device
 from utils.errors import InputError
+from utils.outputs import RunOutputs
 
 
 def get_args_parser():
@@ -47,7 +48,10 @@ def main(args):
     """Export and verify; returns {'path', 'verification': [...]}. Raises InputError if the check fails."""
     if args.long_side < 1:
         raise InputError(f"--long_side must be a positive number of pixels, got {args.long_side}")
-    check_writable(args.output, '--output')
+    outputs = RunOutputs()  # checked before the export: never over the weights it reads
+    outputs.reads('-m', args.trained_model, 'the weights')
+    outputs.file('--output', args.output, what='the ONNX model')
+    outputs.check()
     device = resolve_device('cpu' if args.cpu else 'auto')
     net = load_detector(args.network, args.trained_model, device=device).net
     set_threads(args.threads)  # torch is loaded now
@@ -63,7 +67,7 @@ def main(args):
         if args.verify:
             # verify_onnx logs each size's differences: one line per check, printed once.
             report = verify_onnx(net, tmp, verification_inputs(args.long_side), atol=args.tolerance)
-        os.replace(tmp, args.output)
+        move_into_place(tmp, args.output)  # over a link's target, never over the link
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -3,12 +3,16 @@
     python detect.py -m weights/mobilenet0.25_Final.pth --image photo.jpg
     python detect.py --image 'photos/*.jpg' --output annotated/ --json faces.json --no-save_image
 
---image takes a file, a folder (every image in it and its sub-folders) or a glob; a file that
-exists is that file, even when its name holds glob characters ('photo[1].jpg'). Only regular
-files are read (a FIFO or a device is refused, not waited on). Annotated images go to
---output/<path below the inputs' common folder> (never over an input); an input without an
-image extension is drawn to <name>.jpg. Each image gets a one-line summary. Ctrl-C (or
-SIGTERM, exit 143) writes the --json of the images done so far, marked partial.
+--image takes a file, a folder (every image in it and its sub-folders, links to folders
+followed) or a glob; a file that exists is that file, even when its name holds glob
+characters ('photo[1].jpg'). Images in the --output and --save_crops folders are not inputs
+(a rerun does not take its own annotated copies for photos). Only regular files are read (a
+FIFO or a device is refused, not waited on). Annotated images go to --output/<path below the
+inputs' common folder>; an input without an image extension is drawn to <name>.jpg. No
+output may replace an input or another output (utils.outputs checks them all before the
+first image). Each image gets a one-line summary (on stderr when --json is stdout, `-`).
+Ctrl-C (or SIGTERM, exit 143) writes the --json of the images done so far, marked
+partial.
 
 File names that are not valid UTF-8 (Linux allows any bytes) are shown with the undecodable
 bytes as \\xNN, in the summary and in the JSON's "image"; the JSON then also holds the name's
@@ -30,6 +34,7 @@ import glob
 import json
 import logging
 import os
+import sys
 import time
 from contextlib import closing
 
@@ -37,16 +42,17 @@ import numpy as np
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
-from utils.atomic import LineFile, atomic_write_text, check_writable
+from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args, model_input
+from utils.atomic import LineFile, atomic_write_text, stream_kind
 from utils.cli import number_in, positive_int, probability, report_skipped, run_cli, str2bool
 from utils.datapaths import shared_path
 from utils.distributed import gather_to_rank0, merge_in_order, process_group, quiet_other_ranks, shard
 from utils.errors import InputError, InputNotFoundError
 from utils.folder_run import BackgroundWriter, detect_images
 from utils.image import ARCFACE_SIZE, IMAGE_EXTENSIONS, MAX_CROP_SIZE, align_faces, draw_detections, write_image
-from utils.input_files import check_regular_file, printable
+from utils.input_files import check_regular_file, printable, valid_unicode
 from utils.memory import keep_freed_memory
+from utils.outputs import RunOutputs
 from utils.signals import deferred_interrupts
 from utils.video import DEFAULT_CODEC, VideoWriter, fourcc, open_video, read_frames
 
@@ -83,7 +89,8 @@ def get_args_parser():
     parser.add_argument('--output', default='./results/', type=str, help='folder for the annotated images')
     parser.add_argument('--json', default=None, type=str,
                         help='write every detection (box, score, five landmarks) of every image to this JSON file '
-                             '(with --video: JSON Lines, one line per processed frame)')
+                             '(with --video: JSON Lines, one line per processed frame); - or /dev/stdout writes '
+                             'it to stdout (the per-image lines then go to stderr)')
     parser.add_argument('--video', default=None, type=str,
                         help='detect in a video file, or a camera (its index: 0, 1, ...), instead of --image; '
                              '--output gets <name>.mp4 with the faces drawn')
@@ -107,23 +114,34 @@ def get_args_parser():
 
 def list_images(spec, exclude=()):
     """The image files named by spec: a file, a folder (its images and those of its
-    sub-folders, sorted) or a glob (sorted). A file that exists is taken as it is, even when
-    its name has glob characters. Only regular files are listed.
+    sub-folders, links to folders followed, sorted) or a glob (sorted). A file that exists is
+    taken as it is, even when its name has glob characters. Only regular files are listed.
 
     Args:
         spec (str): a file, a folder or a glob.
-        exclude (iterable of str): folders not to look into (the output and crops folders,
-            so that a rerun does not take the previous run's annotated images or crops for
-            inputs).
+        exclude (iterable of str): folders whose files are not inputs (the output and crops
+            folders, so that a rerun does not take the previous run's annotated images or
+            crops for inputs), whether a folder's walk or a glob reaches them.
     Raises:
         InputNotFoundError: nothing matches spec.
         InputError: spec is a FIFO, a device or a socket, not an image file.
     """
+    skip = {os.path.realpath(folder) for folder in exclude}
     if os.path.isdir(spec):
-        skip = {os.path.realpath(folder) for folder in exclude}
+        # Each folder is walked once, by the first name that reaches it: a link to a folder
+        # is followed, and a link back up (a cycle) or a second name of a folder is not.
+        walked = {os.path.realpath(spec)}
         files = []
-        for folder, subfolders, names in os.walk(spec):
-            subfolders[:] = sorted(d for d in subfolders if os.path.realpath(os.path.join(folder, d)) not in skip)
+        for folder, subfolders, names in os.walk(spec, followlinks=True):
+            kept = []
+            for d in sorted(subfolders):
+                real = os.path.realpath(os.path.join(folder, d))
+                if real in walked:
+                    logger.info("not following %s: it leads to %s, already listed", os.path.join(folder, d), real)
+                elif real not in skip:
+                    walked.add(real)
+                    kept.append(d)
+            subfolders[:] = kept
             files += [os.path.join(folder, f) for f in names
                       if f.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, f))]
         if not files:
@@ -132,22 +150,26 @@ def list_images(spec, exclude=()):
     if os.path.lexists(spec) or not glob.has_magic(spec):
         check_regular_file(spec, expected='an image file', missing='image')
         return [spec]
-    files = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
+    matches = sorted(f for f in glob.glob(spec) if os.path.isfile(f))
+    files = [f for f in matches if not _inside(f, skip)]
     if not files:
-        raise InputNotFoundError(f"no files match {spec}")
+        outside = f" outside {', '.join(exclude)}" if matches else ''
+        raise InputNotFoundError(f"no files match {spec}{outside}")
     return files
+
+
+def _inside(path, folders):
+    """Whether the file path lies in (or below) one of folders (real paths); its own link not followed."""
+    where = os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    return any(where == f or where.startswith(f + os.sep) for f in folders)
 
 
 def output_paths(files, output, base=None):
     """Where the annotated images go: output/<path below base>, base being the given folder
     or the inputs' common folder, so that photos of one name in different folders keep
     apart (a single file or a flat folder gives output/<file name>, as before). An input
-    without an image extension gets DEFAULT_OUTPUT_EXTENSION added.
-
-    Raises:
-        InputError: an output would overwrite one of the inputs (e.g. --output is the input
-            folder), or two inputs would be drawn to one output ('a' and 'a.jpg').
-    """
+    without an image extension gets DEFAULT_OUTPUT_EXTENSION added. (check_photo_outputs
+    refuses an output over an input, and two inputs with one output: 'a' and 'a.jpg'.)"""
     if base is None:
         base = os.path.commonpath([os.path.dirname(os.path.abspath(f)) for f in files])
     outs = []
@@ -156,36 +178,34 @@ def output_paths(files, output, base=None):
         if not out.lower().endswith(IMAGE_EXTENSIONS):
             out += DEFAULT_OUTPUT_EXTENSION
         outs.append(out)
-    inputs = {os.path.realpath(f): f for f in files}
-    drawn = {}
-    for f, out in zip(files, outs):
-        real = os.path.realpath(out)
-        if real in inputs:
-            raise InputError(f"--output {output} would overwrite the input {inputs[real]} "
-                             f"with its annotated copy: choose another --output folder")
-        if real in drawn:
-            raise InputError(f"{drawn[real]} and {f} would both be drawn to {out}: rename one of them")
-        drawn[real] = f
     return outs
 
 
-def check_json_path(json_path, files, out_paths):
-    """Refuse a --json that is one of the inputs or one of this run's annotated copies:
-    writing it would destroy the photo, or be overwritten by the drawing."""
-    real = os.path.realpath(json_path)
-    for f in files:
-        if os.path.realpath(f) == real:
-            raise InputError(f"--json {json_path} is one of the input images: choose another file")
-    for f, out in zip(files, out_paths):
-        if out is not None and os.path.realpath(out) == real:
-            raise InputError(f"--json {json_path} is where the annotated copy of {f} goes: choose another file")
+def check_photo_outputs(args, files, out_paths, crop_stems):
+    """Every output of a photo run, checked before the first image (utils.outputs): the
+    annotated copies, --json (a file or stdout) and the crops, against the images, the model
+    and each other."""
+    outputs = RunOutputs()
+    outputs.reads('--image', files, 'the input image')
+    outputs.reads(*model_input(args))
+    if args.save_image:
+        outputs.folder('--output', args.output)
+        for f, out in zip(files, out_paths):
+            outputs.file('--output', out, given=args.output, what=f"the annotated copy of {printable(f)}", source=f)
+    if args.json:
+        outputs.file('--json', args.json, what='the detections', stream=True)
+    if crop_stems is not None:
+        outputs.folder('--save_crops', args.save_crops)
+        outputs.numbered('--save_crops', args.save_crops, zip(crop_stems, files))
+    outputs.check()
 
 
 def json_path_fields(path):
     """The JSON fields naming an image file: {'image': path}, the undecodable bytes of a
     name that is not UTF-8 shown as \\xNN, plus 'image_path_hex' (the path's exact bytes)
-    for such a name, so that the file can still be found."""
-    shown = printable(path)
+    for such a name, so that the file can still be found. (JSON escapes control characters
+    itself: a name with a newline is written exactly.)"""
+    shown = valid_unicode(path)
     if shown == path:
         return {'image': path}
     return {'image': shown, 'image_path_hex': os.fsencode(path).hex()}
@@ -220,20 +240,13 @@ def main(args):
         if getattr(args, flag) is not None:
             raise InputError(f"--{flag} applies to --video only")
     spec = args.image or default_image()
-    outputs = ([args.output] if args.save_image else []) + ([args.save_crops] if args.save_crops else [])
-    files = list_images(spec, exclude=outputs)
+    output_folders = ([args.output] if args.save_image else []) + ([args.save_crops] if args.save_crops else [])
+    files = list_images(spec, exclude=output_folders)
+    base = spec if os.path.isdir(spec) else None
+    out_paths = output_paths(files, args.output, base) if args.save_image else [None] * len(files)
+    crop_stems = crop_stem_paths(files, args.save_crops, base) if args.save_crops else None
     # Every output is checked before the first image, not found unwritable after the last.
-    out_paths = [None] * len(files)
-    if args.save_image:
-        check_writable(args.output, '--output', folder=True)
-        out_paths = output_paths(files, args.output, base=spec if os.path.isdir(spec) else None)
-    if args.json:
-        check_json_path(args.json, files, out_paths)
-        check_writable(args.json, '--json')
-    crop_stems = None
-    if args.save_crops:
-        check_writable(args.save_crops, '--save_crops', folder=True)
-        crop_stems = crop_stem_paths(files, args.save_crops, base=spec if os.path.isdir(spec) else None)
+    check_photo_outputs(args, files, out_paths, crop_stems)
     with process_group(use_cuda=False if args.cpu else 'auto') as world:
         quiet_other_ranks(world, logger)
         return _detect_all(args, files, out_paths, world, crop_stems)
@@ -253,6 +266,8 @@ def _detect_all(args, files, out_paths, world, crop_stems=None):
         # when interrupted.
         write_image(out_path, draw_detections(img_raw, dets, args.vis_thres))
 
+    # With --json on stdout, stdout is the JSON's alone.
+    summary = sys.stderr if args.json and stream_kind(args.json) == 'stdout' else sys.stdout
     results, skipped = [], []
     try:
         with closing(detect_images(detector, jobs, skipped, batch_size=args.batch_size)) as detected, \
@@ -274,7 +289,7 @@ def _detect_all(args, files, out_paths, world, crop_stems=None):
                 if out_path is not None:
                     writer.submit(draw, img_raw, dets, out_path)
                     line += f" -> {printable(out_path)}"
-                print(line, flush=True)
+                print(line, file=summary, flush=True)
     except KeyboardInterrupt:
         # The other ranks are being interrupted too: no gathering now. Rank 0 writes what it has.
         if args.json and world.is_main:
@@ -341,13 +356,14 @@ def write_json(args, results, skipped, total, partial):
                'landmarks': 'left eye, right eye, nose, left mouth corner, right mouth corner (x, y pixels)',
                'partial': partial, 'images_total': total, 'images_done': len(results) + len(skipped),
                'images': results,
-               'skipped': [{**json_path_fields(p), 'error': printable(r)} for p, r in skipped]}
+               'skipped': [{**json_path_fields(p), 'error': valid_unicode(r)} for p, r in skipped]}
     atomic_write_text(args.json, json.dumps(payload, indent=1) + "\n")
+    where = stream_kind(args.json) if stream_kind(args.json) in ('stdout', 'stderr') else args.json
     if partial:
         logger.warning("interrupted: wrote the detections of the %d of %d images done so far to %s "
-                       "(marked \"partial\": true)", len(results), total, args.json)
+                       "(marked \"partial\": true)", len(results), total, where)
     else:
-        logger.info("wrote detections of %d images to %s", len(results), args.json)
+        logger.info("wrote detections of %d images to %s", len(results), where)
 
 
 # ---------------------------------------------------------------------------------------
@@ -379,16 +395,8 @@ def detect_video(args):
         raise InputError("--video runs in one process: start it without torchrun")
     video = open_video(args.video)
     try:
-        out_path = None
-        if args.save_image:
-            check_writable(args.output, '--output', folder=True)
-            out_path = os.path.join(args.output, video.stem + '.mp4')
-            _refuse_overwriting(video, out_path, '--output')
-        if args.json:
-            check_writable(args.json, '--json')
-            _refuse_overwriting(video, args.json, '--json')
-        if args.save_crops:
-            check_writable(args.save_crops, '--save_crops', folder=True)
+        out_path = os.path.join(args.output, video.stem + '.mp4') if args.save_image else None
+        check_video_outputs(args, video, out_path)
         # Opening the writer is the check that OpenCV can encode the codec.
         writer = VideoWriter(out_path, video.fps, (video.width, video.height), args.video_codec) if out_path else None
         try:
@@ -421,9 +429,24 @@ def _finish_video(writer):
         writer.discard()
 
 
-def _refuse_overwriting(video, path, flag):
-    if not video.is_camera and os.path.exists(path) and os.path.samefile(path, video.source):
-        raise InputError(f"{flag} {path} would overwrite the input video: choose another path")
+def check_video_outputs(args, video, out_path):
+    """Every output of a video run, checked before the first frame (utils.outputs): the
+    annotated video, the JSON Lines (a file or stdout) and the crops
+    (<video>_<frame>_<k>.jpg), against the video, the model and each other."""
+    outputs = RunOutputs()
+    if not video.is_camera:
+        outputs.reads('--video', video.source, 'the input video')
+    outputs.reads(*model_input(args))
+    if out_path is not None:
+        outputs.folder('--output', args.output)
+        outputs.file('--output', out_path, given=args.output, what=f"the annotated copy of {printable(video.name)}")
+    if args.json:
+        outputs.file('--json', args.json, what='the JSON Lines', stream=True)
+    if args.save_crops:
+        outputs.folder('--save_crops', args.save_crops)
+        outputs.numbered('--save_crops', args.save_crops, [(os.path.join(args.save_crops, video.stem), video.name)],
+                         suffix=r'_\d+_\d+\.jpg', shown='_<frame>_<k>.jpg')
+    outputs.check()
 
 
 def _frame_outputs(args, video, index, frame, dets, jsonl, writer):

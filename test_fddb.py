@@ -23,20 +23,18 @@ import logging
 import os
 from contextlib import closing
 
-import cv2
-
-from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
-from utils.atomic import atomic_write_text, check_writable
+from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args, model_input
+from utils.atomic import atomic_write_text
 from utils.cli import probability, report_skipped, run_cli, str2bool
 from utils.distributed import (broadcast_from_rank0, gather_to_rank0, merge_in_order, on_rank0, process_group,
                                quiet_other_ranks, shard)
 from utils.errors import InputError, InputNotFoundError
-from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
-                              lock_results_folder)
-from utils.image import draw_detections
+from utils.folder_run import BackgroundWriter, check_list_entries, detect_images, lock_results_folder
+from utils.image import draw_detections, write_image
 from utils.input_files import open_text, read_text
 from utils.memory import keep_freed_memory
-from utils.run_manifest import prepare_results_folder, run_settings
+from utils.outputs import RunOutputs
+from utils.run_manifest import MANIFEST_NAME, prepare_results_folder, run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -171,13 +169,9 @@ def main(args):
     paths = check_list_entries(list_path, entries)
     names = [n for _, n, _ in entries]  # as listed: the blocks name them so
     out_path = os.path.join(args.save_folder, args.dataset + '_dets.txt')
-    # Checked now: the file is written only at the end of the run.
-    check_writable(out_path, '--save_folder')
     vis_paths = [os.path.join(args.vis_folder, p + '.jpg') for p in paths]
-    if args.save_image:
-        check_writable(args.vis_folder, '--vis_folder', folder=True)
-        check_not_over_inputs([os.path.join(images_folder, n + '.jpg') for n in names], vis_paths,
-                              '--vis_folder', args.vis_folder)
+    # Checked now: the file is written only at the end of the run.
+    check_outputs(args, list_path, images_folder, names, paths, out_path, vis_paths)
 
     with process_group(use_cuda=False if args.cpu else 'auto') as world:
         quiet_other_ranks(world, logger)
@@ -188,6 +182,28 @@ def main(args):
         finally:
             if lock is not None:
                 lock.release()
+
+
+def check_outputs(args, list_path, images_folder, names, paths, out_path, vis_paths):
+    """Every output, checked before any work (utils.outputs): the detection file, its parts
+    and the record in --save_folder, the --save_image copies, against the list, images and model."""
+    outputs = RunOutputs()
+    outputs.reads('--image_list', list_path, 'the image list')
+    outputs.reads('--images_folder', [os.path.join(images_folder, n + '.jpg') for n in names],
+                  'the input image')
+    outputs.reads(*model_input(args))
+    outputs.file('--save_folder', out_path, given=args.save_folder, what='the detection file')
+    outputs.file('--save_folder', os.path.join(args.save_folder, MANIFEST_NAME), given=args.save_folder,
+                 what="the results folder's record")
+    parts_root = parts_folder(out_path)
+    for name, p in zip(names, paths):
+        outputs.file('--save_folder', os.path.join(parts_root, p + '.txt'), given=args.save_folder,
+                     what=f"the kept detections of {name}", source=name)
+    if args.save_image:
+        outputs.folder('--vis_folder', args.vis_folder)
+        for name, vis in zip(names, vis_paths):
+            outputs.file('--vis_folder', vis, given=args.vis_folder, what=f"the annotated copy of {name}", source=name)
+    outputs.check()
 
 
 def _detect_all(args, names, paths, vis_paths, images_folder, out_path, world):
@@ -219,8 +235,8 @@ def _detect_all(args, names, paths, vis_paths, images_folder, out_path, world):
     def keep(index, block, img_raw, dets):
         atomic_write_text(parts[index], block)
         if args.save_image:
-            os.makedirs(os.path.dirname(vis_paths[index]), exist_ok=True)
-            cv2.imwrite(vis_paths[index], draw_detections(img_raw, dets, args.vis_thres))
+            # Atomically, like every output (cv2.imwrite would leave half a file when interrupted).
+            write_image(vis_paths[index], draw_detections(img_raw, dets, args.vis_thres))
 
     blocks, skipped = [], []
     with closing(detect_images(detector, jobs, skipped, progress=world.is_main,

@@ -21,20 +21,18 @@ import logging
 import os
 from contextlib import closing
 
-import cv2
-
 from data.label_file import WIDER_IMAGE_LIST, read_wider_list
-from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args
-from utils.atomic import atomic_write_text, check_writable
+from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args, model_input
+from utils.atomic import atomic_write_text
 from utils.cli import probability, report_skipped, run_cli, str2bool
 from utils.distributed import all_gather, merge_in_order, on_rank0, process_group, quiet_other_ranks, shard
 from utils.errors import InputError, InputNotFoundError
-from utils.folder_run import (BackgroundWriter, check_list_entries, check_not_over_inputs, detect_images,
-                              lock_results_folder)
-from utils.image import draw_detections
+from utils.folder_run import BackgroundWriter, check_list_entries, detect_images, lock_results_folder
+from utils.image import draw_detections, write_image
 from utils.input_files import open_input_file, read_text
 from utils.memory import keep_freed_memory
-from utils.run_manifest import prepare_results_folder, run_settings
+from utils.outputs import RunOutputs
+from utils.run_manifest import MANIFEST_NAME, prepare_results_folder, run_settings
 
 logger = logging.getLogger(__name__)
 
@@ -144,12 +142,7 @@ def main(args):
     """
     list_path = args.image_list or image_list_path(args.dataset_folder)
     names = read_image_list(list_path)
-    check_writable(args.save_folder, '--save_folder', folder=True)
-    if args.save_image:
-        check_writable(args.vis_folder, '--vis_folder', folder=True)
-        check_not_over_inputs([os.path.join(args.dataset_folder, n) for n in names],
-                              [os.path.join(args.vis_folder, f"{i}.jpg") for i in range(len(names))],
-                              '--vis_folder', args.vis_folder)
+    check_outputs(args, list_path, names)
     with process_group(use_cuda=False if args.cpu else 'auto') as world:
         quiet_other_ranks(world, logger)
         # Held to the end: a second run with other settings would mix its files with these.
@@ -159,6 +152,28 @@ def main(args):
         finally:
             if lock is not None:
                 lock.release()
+
+
+def check_outputs(args, list_path, names):
+    """Every output, checked before any work (utils.outputs): the prediction files and the
+    record in --save_folder, the --save_image copies, against the list, images and model."""
+    outputs = RunOutputs()
+    outputs.reads('--image_list', list_path, 'the image list')
+    outputs.reads('--dataset_folder', [os.path.join(args.dataset_folder, n) for n in names],
+                  'the input image')
+    outputs.reads(*model_input(args))
+    outputs.folder('--save_folder', args.save_folder)
+    outputs.file('--save_folder', os.path.join(args.save_folder, MANIFEST_NAME), given=args.save_folder,
+                 what="the results folder's record")
+    for name in names:
+        outputs.file('--save_folder', os.path.join(args.save_folder, result_name(name)), given=args.save_folder,
+                     what=f"the prediction file of {name}", source=name)
+    if args.save_image:
+        outputs.folder('--vis_folder', args.vis_folder)
+        for i, name in enumerate(names):
+            outputs.file('--vis_folder', os.path.join(args.vis_folder, f"{i}.jpg"), given=args.vis_folder,
+                         what=f"the annotated copy of {name}", source=name)
+    outputs.check()
 
 
 def _detect_all(args, names, world):
@@ -191,8 +206,8 @@ def _detect_all(args, names, world):
         index, _, stem, save_name = job
         atomic_write_text(save_name, wider_text(os.path.basename(stem), dets))
         if args.save_image:
-            os.makedirs(args.vis_folder, exist_ok=True)
-            cv2.imwrite(os.path.join(args.vis_folder, f"{index}.jpg"), draw_detections(img_raw, dets, args.vis_thres))
+            # Atomically, like every output (cv2.imwrite would leave half a file when interrupted).
+            write_image(os.path.join(args.vis_folder, f"{index}.jpg"), draw_detections(img_raw, dets, args.vis_thres))
 
     skipped, written = [], 0
     with closing(detect_images(detector, todo, skipped, progress=world.is_main,

@@ -51,6 +51,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from curve.plot_metrics import plot_records
 from data import BGR_MEAN, WiderFaceDetection, cfg_for_network, detection_collate, preproc
+from data.label_file import WIDER_IMAGE_LIST
 from data.wider_face import check_labels
 from layers.functions.prior_box import PriorBox
 from layers.modules import MultiBoxLoss
@@ -63,11 +64,13 @@ from utils.device import resolve_device
 from utils.distributed import World, on_rank0, process_group, quiet_other_ranks
 from utils.errors import InputError, InputNotFoundError
 from utils.metric_logger import MetricLogger
+from utils.outputs import RunOutputs
 from utils.run_history import RunHistory
 from utils.run_manifest import prepare_training_folder, training_record_name
 from utils.train_state import (ResumableDistributedSampler, StopSignal, gather_rng_states, load_training_state,
                                save_training_state, seed_everything, set_rng_state, warn_changed_settings)
 from models.validation import Validator, validate_epoch, validator_from_args
+from widerface_evaluate.evaluation import wider_gt_files
 
 logger = logging.getLogger('train')
 
@@ -377,6 +380,7 @@ def _train(args: argparse.Namespace, device: torch.device, world: World, stop: S
     record = RunRecord.of(args, cfg, state, seed)
     # Only rank 0 writes into --save_folder, so only it checks and claims it; if that fails,
     # every rank stops (the others with status 1 and no message of their own).
+    check_outputs(args, cfg, prefix)  # nothing written over an input, or over another of the run's outputs
     on_rank0(lambda: record.prepare(args.save_folder, check_only=True), world)
     img_dim = cfg['image_size']
     logger.info('Loading Dataset...')
@@ -498,6 +502,39 @@ def check_resume_flags(args: argparse.Namespace, cfg: dict) -> None:
         raise InputError(f"nothing to train: --resume_epoch {args.resume_epoch} starts after epoch "
                          f"{args.resume_epoch}, and the run ends at epoch {cfg['epoch']} (--max_epoch); pass a "
                          f"--max_epoch larger than {args.resume_epoch}")
+
+
+def check_outputs(args: argparse.Namespace, cfg: dict, prefix: str) -> None:
+    """Every file the run may write in --save_folder (checkpoints, state, metrics, plot, log),
+    checked against the files it reads (utils.outputs) before any work. A resumed run
+    replaces its own --resume state, and re-saves --resume_net when that is the checkpoint of
+    --resume_epoch (the same weights, as the reference does); any other clash is refused."""
+    outputs = RunOutputs()
+    outputs.reads('--training_dataset', args.training_dataset, 'the label file')
+    outputs.reads('--resume', args.resume, 'the training state')
+    outputs.reads('--resume_net', args.resume_net, 'the weights')
+    if args.resume is None and args.resume_net is None and str(args.pretrained).lower() not in ('none', 'auto'):
+        outputs.reads('--pretrained', args.pretrained, 'the backbone')
+    if args.val_dataset is not None:
+        val_files = [os.path.join(args.val_dataset, WIDER_IMAGE_LIST)] if os.path.isdir(args.val_dataset) \
+            else [args.val_dataset]
+        outputs.reads('--val_dataset', val_files, 'the validation list')
+    if args.val_gt is not None:
+        outputs.reads('--val_gt', wider_gt_files(args.val_gt).values(), 'the ground-truth file')
+    outputs.folder('--save_folder', args.save_folder)
+    cadence = Schedule.for_run(cfg, args, images_per_process=1)  # only its checkpoint cadence is used
+    for epoch in range(1, cfg['epoch'] + 1):
+        if cadence.saves_checkpoint_after(epoch):
+            outputs.file('--save_folder', f"{prefix}_epoch_{epoch}.pth", given=args.save_folder,
+                         what=f"the checkpoint of epoch {epoch}",
+                         may_replace=('--resume_net',) if epoch == args.resume_epoch else ())
+    for suffix, what, may_replace in (('_Final.pth', 'the final weights', ()),
+                                      ('_best.pth', 'the best validation weights', ()),
+                                      ('_last_state.pth', 'the training state', ('--resume',)),
+                                      ('_metrics.jsonl', 'the metrics', ()), ('_metrics.png', 'the metrics plot', ()),
+                                      ('_train.log', 'the log', ())):
+        outputs.file('--save_folder', prefix + suffix, given=args.save_folder, what=what, may_replace=may_replace)
+    outputs.check()
 
 
 def resume_iteration(state: dict, schedule: Schedule) -> int:

@@ -2,9 +2,11 @@
 
 The straightforward implementation below is the reference's evaluation.py (WiderFace-
 Evaluation by wondervictor) loop for loop, with only what modern numpy and the data need
-changed: no ``np.float``, whitespace splitting of box lines, and a missing prediction file
-counted as an image without detections (the reference raised KeyError). Both run in this
-process on the same data and must print the same APs.
+changed: no ``np.float``, whitespace splitting of box lines, a missing prediction file
+counted as an image without detections (the reference raised KeyError), and each file's
+rows sorted by score (stable, highest first) as the project's evaluation does, unless
+``sort_rows=False`` (the reference's file order). Both run in this process on the same
+data and must print the same APs.
 
     python -m bench.bench_evaluation            # full val set, official MobileNet0.25 predictions
     python -m bench.bench_evaluation -p ../shared/golden/eval_perturbed_predictions
@@ -40,13 +42,15 @@ def ref_read_pred_file(filepath):
     return img_file.split("/")[-1], boxes
 
 
-def ref_get_preds(pred_dir):
+def ref_get_preds(pred_dir, sort_rows=True):
     boxes = dict()
     for event in os.listdir(pred_dir):
         event_dir = os.path.join(pred_dir, event)
         current_event = dict()
         for imgtxt in os.listdir(event_dir):
             imgname, _boxes = ref_read_pred_file(os.path.join(event_dir, imgtxt))
+            if sort_rows:
+                _boxes = _boxes[np.argsort(-_boxes[:, 4], kind="stable")]
             current_event[imgname.rstrip(".jpg")] = _boxes
         boxes[event] = current_event
     return boxes
@@ -124,9 +128,9 @@ def ref_dataset_pr_info(thresh_num, pr_curve, count_face):
     return _pr_curve
 
 
-def reference_evaluation(pred_dir, gt_dir, iou_thresh=fast.IOU_THRESH):
-    """The reference's evaluation(): returns [easy, medium, hard] AP."""
-    pred = ref_get_preds(pred_dir)
+def reference_evaluation(pred_dir, gt_dir, iou_thresh=fast.IOU_THRESH, sort_rows=True):
+    """The reference's evaluation(): returns [easy, medium, hard] AP (sort_rows: see ref_get_preds)."""
+    pred = ref_get_preds(pred_dir, sort_rows)
     ref_norm_score(pred)
     facebox_list, event_list, file_list, hard_gt_list, medium_gt_list, easy_gt_list = ref_get_gt_boxes(gt_dir)
     event_num = len(event_list)

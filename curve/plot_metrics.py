@@ -17,6 +17,7 @@ from utils.atomic import atomic_write
 from utils.cli import run_cli
 from utils.errors import InputError
 from utils.input_files import open_text
+from utils.outputs import RunOutputs
 
 LOSSES = (('loss', 'total (weighted sum)'), ('loc', 'box (Loc)'), ('cla', 'class (Cla)'), ('landm', 'landmarks (Landm)'))
 SETTING_COLOURS = {'easy': 'tab:green', 'medium': 'tab:orange', 'hard': 'tab:red', 'all': 'tab:blue'}
@@ -165,10 +166,14 @@ def get_args_parser():
 
 
 def main(args):
+    output = args.output or str(Path(args.metrics).with_suffix('.png'))
+    outputs = RunOutputs()  # checked before any work: never over the metrics it plots
+    outputs.reads('', args.metrics, 'the metrics file')
+    outputs.file('-o', output, what='the plot')
+    outputs.check()
     records = read_records(args.metrics)
     if not records:
         raise InputError(f"{args.metrics} holds no records")
-    output = args.output or str(Path(args.metrics).with_suffix('.png'))
     result = plot_records(records, output, title=args.title or Path(args.metrics).name)
     best = result['best']
     print(f"wrote {output}: {len(result['epochs'])} epochs"

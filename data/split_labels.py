@@ -14,10 +14,11 @@ from pathlib import Path
 
 
 from data.wider_face import read_label_file
-from utils.atomic import atomic_write_text, check_writable
+from utils.atomic import atomic_write_text
 from utils.cli import run_cli
 from utils.errors import InputError
 from utils.input_files import open_text
+from utils.outputs import RunOutputs
 
 
 def get_args_parser():
@@ -48,19 +49,29 @@ def split_blocks(label_path, every, offset=0):
     return train, val
 
 
-def _check_part(folder, image_root):
-    """Refuse, before anything is written, a part folder that cannot be written or whose
-    images/ is something other than a link to image_root (a rerun finds its own link)."""
-    check_writable(folder / 'label.txt', '--out')
-    link = folder / 'images'
-    if link.is_symlink():
-        if Path(os.readlink(link)) != image_root:
-            raise InputError(f"--out {folder.parent}: {link} is a link to {os.readlink(link)}, not to {image_root}, "
-                             f"the images of the label file split: choose another --out folder")
-    elif link.exists():
-        raise InputError(f"--out {folder.parent}: {link} exists and is not a link (split_labels writes train/ and "
-                         f"val/, each with an 'images' link to {image_root}, and never over a folder of "
-                         f"images): choose another --out folder, a new one")
+PARTS = ('train', 'val')
+
+
+def check_outputs(label, out, image_root):
+    """The two label files and images links can be made, and no label file is the source
+    (--out the source's dataset folder would replace it with its own train part): checked
+    before any work (utils.outputs). A rerun finds its own images links."""
+    outputs = RunOutputs()
+    outputs.reads('', label, 'the source label file')
+    outputs.folder('--out', out)
+    for name in PARTS:
+        outputs.file('--out', out / name / 'label.txt', given=out, what=f"the {name} part's label.txt")
+    outputs.check()
+    for name in PARTS:
+        link = out / name / 'images'
+        if link.is_symlink():
+            if Path(os.readlink(link)) != image_root:
+                raise InputError(f"--out {out}: {link} is a link to {os.readlink(link)}, not to {image_root}, "
+                                 f"the images of the label file split: choose another --out folder")
+        elif link.exists():
+            raise InputError(f"--out {out}: {link} exists and is not a link (split_labels writes train/ and "
+                             f"val/, each with an 'images' link to {image_root}, and never over a folder of "
+                             f"images): choose another --out folder, a new one")
 
 
 def _write_part(folder, blocks, image_root):
@@ -75,12 +86,11 @@ def _write_part(folder, blocks, image_root):
 def main(args):
     label = Path(args.label).resolve()
     image_root = label.parent / 'images'
-    train, val = split_blocks(label, args.every, args.offset)
     out = Path(args.out)
-    for name in ('train', 'val'):
-        _check_part(out / name, image_root)
+    check_outputs(label, out, image_root)
+    train, val = split_blocks(label, args.every, args.offset)
     counts = {}
-    for name, blocks in (('train', train), ('val', val)):
+    for name, blocks in zip(PARTS, (train, val)):
         n, faceless, faces = _write_part(out / name, blocks, image_root)
         counts[name] = (n, faceless, faces)
         print(f"{out / name / 'label.txt'}: {n} images ({faceless} without faces), {faces} faces")

@@ -30,6 +30,7 @@ plot column 2 against column 1.
 """
 import argparse
 import logging
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -43,10 +44,11 @@ if __package__ in (None, ""):
     # project's packages importable.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from utils.atomic import atomic_write_text, check_writable  # noqa: E402
+from utils.atomic import atomic_write_text  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.errors import InputError, InputNotFoundError  # noqa: E402
 from utils.input_files import open_text, read_text  # noqa: E402
+from utils.outputs import RunOutputs  # noqa: E402
 from widerface_evaluate.evaluation import check_figure_path, save_figure  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -349,12 +351,32 @@ def evaluate(annotations, detections):
 
 # ---- output ----
 
+ROC_FILES = ("DiscROC.txt", "ContROC.txt")
+
+
+def check_outputs(args):
+    """The ROC files and the plot can be written, and never over the detections, an
+    annotation file or each other: checked before any work (utils.outputs)."""
+    if args.plot:
+        check_figure_path(args.plot, '--plot')
+    outputs = RunOutputs()
+    outputs.reads('-d', args.dets, 'the detections')
+    for p in args.annotations:
+        files = [os.path.join(p, f) for f in sorted(os.listdir(p))] if os.path.isdir(p) else [p]
+        outputs.reads('-a', files, 'the annotation file')
+    outputs.folder('-o', args.out)
+    for fname in ROC_FILES:
+        outputs.file('-o', os.path.join(args.out, fname), given=args.out, what=f"the ROC file {fname}")
+    outputs.file('--plot', args.plot, what='the ROC plot')
+    outputs.check()
+
+
 def write_roc(roc, out_dir):
     """Writes ``DiscROC.txt`` and ``ContROC.txt``: ``tpr false_positives threshold`` lines
     (each atomically: a failed write leaves the previous file)."""
     out_dir = Path(out_dir)
     paths = []
-    for fname, tpr in (("DiscROC.txt", roc.tpr_discrete), ("ContROC.txt", roc.tpr_continuous)):
+    for fname, tpr in zip(ROC_FILES, (roc.tpr_discrete, roc.tpr_continuous)):
         path = out_dir / fname
         atomic_write_text(path, "".join(f"{t:g} {fp} {s:g}\n" for t, fp, s in
                                         zip(tpr.tolist(), roc.false_positives.tolist(), roc.thresholds.tolist())))
@@ -397,9 +419,7 @@ def get_args_parser():
 def main(args):
     """Evaluates, writes the ROC files and the optional plot, prints the headline; returns the Roc."""
     if not args.annotations_only:  # the outputs can be written: checked before any work
-        check_writable(args.out, '-o', folder=True)
-        if args.plot:
-            check_figure_path(args.plot, '--plot')
+        check_outputs(args)
     annotations = load_annotations(args.annotations)
     if args.annotations_only:
         print(f"{len(annotations)} annotated images, {sum(map(len, annotations.values()))} faces")

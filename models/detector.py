@@ -883,6 +883,14 @@ def add_detector_arguments(parser: argparse.ArgumentParser, trained_model: str, 
     return parser
 
 
+def model_input(args: argparse.Namespace) -> tuple[str, str, str]:
+    """(flag, path, what) of the model file a script with add_detector_arguments' flags
+    reads, for utils.outputs.RunOutputs.reads: --onnx_model when given, else -m."""
+    if getattr(args, 'onnx_model', None):
+        return '--onnx_model', args.onnx_model, 'the ONNX model'
+    return '-m', args.trained_model, 'the weights'
+
+
 # --tile: two cells of the coarsest feature map of any network, at least.
 TILE_SIZE = number_in(int, min(smallest_tile(cfg) for cfg in NETWORKS.values()), name='tile size')
 # --batch_size: a folder run holds a batch in the network and reads the next one ahead, so at

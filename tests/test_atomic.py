@@ -201,3 +201,99 @@ def test_a_line_file_writes_into_a_fifo_in_place(tmp_path):
         lines.write_line('{"frame": 1}')
     reader.join(timeout=10)
     assert received == [b'{"frame": 0}\n{"frame": 1}\n']
+
+
+# -- writes go through links, and into streams in place ----------------------------------------------
+
+def test_a_write_to_a_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    target = tmp_path / 'real' / 'result.txt'
+    target.parent.mkdir()
+    target.write_text('old\n')
+    link = tmp_path / 'result.txt'
+    link.symlink_to(target)
+    atomic_write_text(link, 'new\n')
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == 'new\n'
+    assert os.listdir(tmp_path / 'real') == ['result.txt']  # the temporary file was beside the target
+
+
+def test_a_chain_of_links_and_a_dangling_link_are_written_through(tmp_path):
+    target = tmp_path / 'ck.pth'
+    (tmp_path / 'b').symlink_to(target)  # dangling: the write creates its target
+    (tmp_path / 'a').symlink_to(tmp_path / 'b')
+    atomic_save({'x': torch.ones(2)}, tmp_path / 'a')
+    assert (tmp_path / 'a').is_symlink() and (tmp_path / 'b').is_symlink()
+    assert torch.equal(torch.load(target)['x'], torch.ones(2))
+
+
+def test_temp_path_and_move_into_place_write_through_a_link(tmp_path):
+    """The ONNX export's way: a temporary file beside the link's target, renamed over the target."""
+    (tmp_path / 'models').mkdir()
+    target = tmp_path / 'models' / 'face.onnx'
+    link = tmp_path / 'face.onnx'
+    link.symlink_to(target)
+    tmp = atomic.temp_path(link)
+    assert os.path.dirname(tmp) == str(tmp_path / 'models')
+    with open(tmp, 'wb') as f:
+        f.write(b'onnx')
+    atomic.move_into_place(tmp, link)
+    assert link.is_symlink() and target.read_bytes() == b'onnx' and not os.path.exists(tmp)
+
+
+def test_a_write_to_a_fifo_goes_into_the_fifo(tmp_path):
+
+    fifo = tmp_path / 'pipe'
+    os.mkfifo(fifo)
+    received = []
+    # A daemon: should the write miss the FIFO, the reader stays blocked without holding up the tests.
+    reader = threading.Thread(target=lambda: received.append(open(fifo, 'rb').read()), daemon=True)
+    reader.start()
+    atomic_write_text(fifo, '{"images": []}\n')
+    reader.join(timeout=10)
+    assert received == [b'{"images": []}\n']
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode)  # still a FIFO, no file renamed over it
+    assert os.listdir(tmp_path) == ['pipe']
+
+
+@pytest.fixture
+def null_device(tmp_path):
+    """A character device to write to: a private copy of /dev/null's node where this process
+    may make one (root), else /dev/null itself (which a process that cannot make device
+    nodes cannot replace either)."""
+    try:
+        os.mknod(tmp_path / 'null', 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        return tmp_path / 'null'
+    except PermissionError:
+        return '/dev/null'
+
+
+def test_a_device_stays_a_device(null_device):
+    before = os.lstat(null_device)
+    atomic_write_text(null_device, 'x' * 1000)
+    atomic_save({'x': torch.ones(1)}, null_device)
+    after = os.lstat(null_device)
+    assert stat.S_ISCHR(after.st_mode) and (after.st_ino, after.st_rdev) == (before.st_ino, before.st_rdev)
+
+
+def test_dash_is_stdout_written_in_place(capsys):
+    atomic_write_text('-', 'to stdout\n')
+    atomic.atomic_write('-', lambda f: f.write(b'bytes too\n'))
+    assert capsys.readouterr().out == 'to stdout\nbytes too\n'
+
+
+def test_a_line_file_gives_stdout_for_dash_and_leaves_it_open(capsys, tmp_path):
+    with atomic.LineFile('-') as f:
+        f.write_line('{"frame": 0}')
+    print('still open')
+    assert capsys.readouterr().out == '{"frame": 0}\nstill open\n'
+    target = tmp_path / 'lines.jsonl'
+    (tmp_path / 'link.jsonl').symlink_to(target)
+    with atomic.LineFile(tmp_path / 'link.jsonl') as f:
+        f.write_line('{"frame": 0}')
+    assert (tmp_path / 'link.jsonl').is_symlink() and target.read_text() == '{"frame": 0}\n'
+
+
+@pytest.mark.parametrize('name, kind', [('-', 'stdout'), ('/dev/stdout', 'stdout'), ('/dev/stderr', 'stderr'),
+                                        ('/dev/null', 'a character device'), ('results.json', None)])
+def test_stream_kind(name, kind):
+    assert atomic.stream_kind(name) == kind

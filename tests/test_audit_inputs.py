@@ -153,8 +153,8 @@ def test_detect_two_inputs_with_one_output_name_are_refused_before_any_work(weig
     out, err = capsys.readouterr()
     assert out == ''
     assert err.strip().splitlines()[-1] == (
-        f"error: {folder / 'snap'} and {folder / 'snap.jpg'} would both be drawn to {tmp_path / 'out' / 'snap.jpg'}: "
-        f"rename one of them")
+        f"error: {folder / 'snap'} and {folder / 'snap.jpg'} would both be written to {tmp_path / 'out' / 'snap.jpg'} "
+        f"(--output {tmp_path / 'out'}): rename one of them")
     assert not (tmp_path / 'out').exists()
 
 
@@ -167,7 +167,8 @@ def test_detect_json_over_an_input_photo_is_refused(weights, tmp_path, capsys):
     assert _run_detect(weights, '--image', photo, '--no-save_image', '--json', photo) == 1
     out, err = capsys.readouterr()
     assert out == '' and photo.read_bytes() == before
-    assert err.strip().splitlines()[-1] == f"error: --json {photo} is one of the input images: choose another file"
+    assert err.strip().splitlines()[-1] == (f"error: --json {photo} would overwrite the input image {photo} "
+                                            f"(--image) with the detections: choose another --json")
 
 
 def test_detect_json_over_an_annotated_output_is_refused(weights, tmp_path, capsys):
@@ -179,7 +180,8 @@ def test_detect_json_over_an_annotated_output_is_refused(weights, tmp_path, caps
     stdout, err = capsys.readouterr()
     assert stdout == '' and not out.exists()
     assert err.strip().splitlines()[-1] == (
-        f"error: --json {out / 'photo.jpg'} is where the annotated copy of {photo} goes: choose another file")
+        f"error: --json {out / 'photo.jpg'} and --output {out} would both write {out / 'photo.jpg'} (the annotated "
+        f"copy of {photo}): only one would survive; choose another --json")
 
 
 # -- --threads has an upper bound ----------------------------------------------------------------------------

@@ -235,7 +235,7 @@ def test_wider_vis_folder_over_an_input_is_refused(weights, tmp_path, capsys, mo
     listing = _write_list(tmp_path / 'list.txt', ['0.jpg', '1.jpg'])
     _no_detector(monkeypatch, wider_script)
     assert _wider_cli(weights, images, listing, tmp_path / 'out', '--save_image', '--vis_folder', images) == 1
-    assert f'--vis_folder {images} would overwrite the input {images / "0.jpg"}' in _error_line(capsys)
+    assert f'--vis_folder {images} would overwrite the input image {images / "0.jpg"}' in _error_line(capsys)
     assert _files(images) == before
 
 
@@ -401,7 +401,7 @@ def test_fddb_vis_folder_over_the_images_is_refused(weights, tmp_path, capsys, m
     _no_detector(monkeypatch, fddb_script)
     assert _fddb_cli(weights, images, listing, tmp_path / 'eval', '--save_image', '--vis_folder', images) == 1
     line = _error_line(capsys)
-    assert f'--vis_folder {images} would overwrite the input {images / FDDB_NAMES[0]}.jpg' in line, line
+    assert f'--vis_folder {images} would overwrite the input image {images / FDDB_NAMES[0]}.jpg' in line, line
     assert _files(images) == before
 
 

@@ -9,6 +9,7 @@ from scipy.io import savemat
 
 from bench import bench_evaluation
 from tests.conftest import need_shared
+from utils.cli import run_cli
 from widerface_evaluate import evaluation as ev
 
 REFERENCE_AP = {
@@ -17,6 +18,11 @@ REFERENCE_AP = {
     ("golden", "eval_perturbed_predictions"):
         {"easy": 0.7701224708178015, "medium": 0.7626427409846812, "hard": 0.4703584382534434},
 }
+# The reference matched each file's rows in file order. The official files are in score
+# order, so the default (rows sorted by score) gives their numbers; the perturbed set's rows
+# are shuffled (2724 of its 3036 files), so its numbers are the reference's file order's.
+SORT_ROWS = {("widerface", "predictions", "mobilenet0.25_official"): True,
+             ("golden", "eval_perturbed_predictions"): False}
 AP_TOL = 1e-12
 
 
@@ -34,7 +40,7 @@ def wider_gt():
 
 @pytest.mark.parametrize("pred_parts", list(REFERENCE_AP), ids=["official", "perturbed"])
 def test_reference_ap_reproduced(wider_gt, pred_parts):
-    results = ev.evaluate(ev.load_predictions(need_shared(*pred_parts)), wider_gt)
+    results = ev.evaluate(ev.load_predictions(need_shared(*pred_parts)), wider_gt, sort_rows=SORT_ROWS[pred_parts])
     for setting, expected in REFERENCE_AP[pred_parts].items():
         assert abs(results[setting]["ap"] - expected) <= AP_TOL, setting
 
@@ -147,7 +153,7 @@ def test_fallback_rejects_what_the_kernel_rejects():
 def test_unbuilt_kernel_gives_the_same_results_with_one_warning(wider_gt, pred_parts, unbuilt):
     preds = ev.load_predictions(need_shared(*pred_parts))
     unbuilt.clear()
-    results = ev.evaluate(preds, wider_gt)
+    results = ev.evaluate(preds, wider_gt, sort_rows=SORT_ROWS[pred_parts])
     for setting, expected in REFERENCE_AP[pred_parts].items():
         assert abs(results[setting]["ap"] - expected) <= AP_TOL, setting
     ev.bbox_overlaps(np.zeros((1, 4)), np.zeros((1, 4)))
@@ -241,6 +247,56 @@ def test_label_mode_hand_computed(label_set):
     assert results["all"]["ap"] == pytest.approx(1 / 3, abs=AP_TOL)
 
 
+def test_rows_out_of_score_order_are_matched_in_score_order(label_set, tmp_path):
+    """The false detection (0.3) first, as NMS-order files hold it: sorted, the AP is the
+    sorted file's 1/3; the reference's file order gave 1/6 (each threshold then takes every
+    row up to the last one that passes, the false one included: precision 1/2)."""
+    label, _ = label_set
+    unsorted = tmp_path / "unsorted"
+    write_pred(unsorted / "ev" / "a.txt", "a", [[100, 100, 10, 10, 0.3], [0, 0, 10, 10, 0.9]])
+    gt = ev.load_label_gt(label)
+    assert ev.evaluate(ev.load_predictions(unsorted), gt)["all"]["ap"] == pytest.approx(1 / 3, abs=AP_TOL)
+    assert ev.evaluate(ev.load_predictions(unsorted), gt, sort_rows=False)["all"]["ap"] == \
+        pytest.approx(1 / 6, abs=AP_TOL)
+
+
+def test_by_score_is_a_stable_descending_sort():
+    rows = np.array([[0, 0, 1, 1, 0.5], [1, 0, 1, 1, 0.9], [2, 0, 1, 1, 0.5], [3, 0, 1, 1, 0.7]])
+    assert ev.by_score(rows)[:, 0].tolist() == [1, 3, 0, 2]  # the two 0.5 rows keep their order
+    ordered = rows[[1, 3, 0, 2]]
+    assert ev.by_score(ordered) is ordered  # already in order: not copied
+
+
+def test_shuffled_rows_give_the_sorted_files_ap_exactly(wider_gt):
+    """Every file of the official predictions with its rows shuffled: the APs and curves are
+    those of the same files sorted, to the bit; in file order (the reference's) they are not."""
+    preds = ev.load_predictions(need_shared(*list(REFERENCE_AP)[0]))
+    rng = np.random.default_rng(0)
+    shuffled = {key: boxes[rng.permutation(len(boxes))] for key, boxes in preds.items()}
+    assert sum(not np.array_equal(ev.by_score(b), b) for b in shuffled.values()) > 3000
+    # The sorted file of each shuffled one (rows of equal score in the shuffled order).
+    sorted_files = {key: ev.by_score(boxes) for key, boxes in shuffled.items()}
+    expected = ev.evaluate(sorted_files, wider_gt, sort_rows=False)
+    got = ev.evaluate(shuffled, wider_gt)
+    for setting, r in expected.items():
+        assert got[setting]["ap"] == r["ap"]
+        assert _same_bits(got[setting]["precision"], r["precision"])
+        assert _same_bits(got[setting]["recall"], r["recall"])
+        assert abs(r["ap"] - REFERENCE_AP[list(REFERENCE_AP)[0]][setting]) <= AP_TOL  # ties aside, the official ones
+    in_file_order = ev.evaluate(shuffled, wider_gt, sort_rows=False)
+    assert all(in_file_order[s]["ap"] < expected[s]["ap"] - 0.1 for s in ev.SETTINGS)
+
+
+def test_files_in_score_order_score_the_same_bits_sorted_or_not(wider_gt):
+    """The reference's own files (and this project's) are in score order: sorting them is a no-op."""
+    preds = ev.load_predictions(need_shared(*list(REFERENCE_AP)[0]))
+    default, file_order = ev.evaluate(preds, wider_gt), ev.evaluate(preds, wider_gt, sort_rows=False)
+    for setting, r in file_order.items():
+        assert default[setting]["ap"] == r["ap"]
+        assert _same_bits(default[setting]["precision"], r["precision"])
+        assert _same_bits(default[setting]["recall"], r["recall"])
+
+
 def test_only_predicted_restricts_images(label_set, capsys):
     label, pred = label_set
     args = ev.get_args_parser().parse_args(["-p", str(pred), "--label", str(label), "--only-predicted"])
@@ -273,6 +329,38 @@ def test_cli_prints_result_block_and_writes_curves(label_set, tmp_path, capsys):
     data = json.loads((out / "pr.json").read_text())
     assert len(data["all"]["precision"]) == ev.THRESH_NUM
     assert (out / "pr.png").stat().st_size > 0
+
+
+def test_curve_data_over_a_prediction_file_is_refused_before_the_evaluation(label_set, capsys):
+    """E7: exit 0, and an input prediction file overwritten with the CSV."""
+    label, pred = label_set
+    victim = pred / "ev" / "a.txt"
+    before = victim.read_bytes()
+    argv = ["-p", str(pred), "--label", str(label), "--curve-data", str(victim)]
+    assert run_cli(ev.main, ev.get_args_parser(), argv) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.strip().splitlines()[-1] == (
+        f"error: --curve-data {victim} would overwrite the prediction file {victim} (-p) with the PR curves: "
+        f"choose another --curve-data")
+    assert victim.read_bytes() == before
+
+
+@pytest.mark.parametrize("flag, name, message", [
+    ("--curve-data", "wider_hard_val.mat", "would overwrite the ground-truth file {gt}/wider_hard_val.mat (-g)"),
+    ("--curve-plot", "pr.png", "--curve-plot {tmp}/pr.png and --curve-data {tmp}/pr.png would both write"),
+])
+def test_curves_over_the_ground_truth_or_each_other_are_refused(tmp_path, capsys, flag, name, message):
+    gt = tmp_path / "gt"
+    gt.mkdir()
+    for f in ("wider_face_val.mat", "wider_easy_val.mat", "wider_medium_val.mat", "wider_hard_val.mat"):
+        (gt / f).write_bytes(b"not read: the check comes first")
+    target = gt / name if name.endswith(".mat") else tmp_path / name
+    argv = ["-p", str(tmp_path), "-g", str(gt), flag, str(target)]
+    if flag == "--curve-plot":
+        argv += ["--curve-data", str(target)]
+    assert run_cli(ev.main, ev.get_args_parser(), argv) == 1
+    assert message.format(gt=gt, tmp=tmp_path) in capsys.readouterr().err
+    assert (gt / "wider_hard_val.mat").read_bytes() == b"not read: the check comes first"
 
 
 def test_curve_csv(label_set, tmp_path):
@@ -339,6 +427,11 @@ def test_matches_reference_style_implementation_on_synthetic_set(tmp_path):
     for s in ev.SETTINGS:
         savemat(gt_dir / f"wider_{s}_val.mat", {"gt_list": _cell(keeps[s])})
 
-    fast = ev.evaluate(ev.load_predictions(pred_dir), ev.load_wider_gt(gt_dir))
-    reference = bench_evaluation.reference_evaluation(str(pred_dir), str(gt_dir))
-    assert [fast[s]["ap"] for s in ev.SETTINGS] == reference
+    preds, gt = ev.load_predictions(pred_dir), ev.load_wider_gt(gt_dir)
+    # The reference's loops on the same rows sorted by score (as the evaluation sorts them),
+    # and in file order (as the reference reads them).
+    for sort_rows in (True, False):
+        fast = ev.evaluate(preds, gt, sort_rows=sort_rows)
+        reference = bench_evaluation.reference_evaluation(str(pred_dir), str(gt_dir), sort_rows=sort_rows)
+        assert [fast[s]["ap"] for s in ev.SETTINGS] == reference, sort_rows
+    assert ev.evaluate(preds, gt)["hard"]["ap"] != ev.evaluate(preds, gt, sort_rows=False)["hard"]["ap"]

@@ -182,3 +182,31 @@ def test_fold_list_naming_an_unannotated_image_is_an_error(tmp_path):
     (tmp_path / "FDDB-fold-01.txt").write_text("img_rot\nimg_two\nimg_none\nimg_other\n")
     with pytest.raises(ValueError, match="img_other"):
         fddb.load_annotations([tmp_path])
+
+
+@pytest.mark.parametrize("case", ["-o holds the detections", "-o holds an annotation file", "--plot is the detections"])
+def test_outputs_over_the_inputs_are_refused_before_any_work(files, tmp_path, case):
+    """-o's DiscROC.txt / ContROC.txt and --plot, against -d and -a (issue 25)."""
+    from utils.errors import InputError
+
+    ann, dets = files
+    argv = ["-d", str(dets), "-a", str(ann)]
+    if case == "-o holds the detections":
+        dets = dets.rename(tmp_path / "DiscROC.txt")
+        argv = ["-d", str(dets), "-a", str(ann), "-o", str(tmp_path)]
+        expected = (f"-o {tmp_path} would overwrite the detections {dets} (-d) with the ROC file DiscROC.txt: "
+                    f"choose another -o")
+    elif case == "-o holds an annotation file":
+        ann = ann.rename(tmp_path / "ContROC.txt")
+        argv = ["-d", str(dets), "-a", str(ann), "-o", str(tmp_path)]
+        expected = (f"-o {tmp_path} would overwrite the annotation file {ann} (-a) with the ROC file ContROC.txt: "
+                    f"choose another -o")
+    else:
+        dets = dets.rename(tmp_path / "dets.png")
+        argv = ["-d", str(dets), "-a", str(ann.parent), "-o", str(tmp_path / "out"), "--plot", str(dets)]
+        expected = f"--plot {dets} would overwrite the detections {dets} (-d) with the ROC plot: choose another --plot"
+    before = dets.read_bytes(), ann.read_bytes()
+    with pytest.raises(InputError) as e:
+        fddb.main(fddb.get_args_parser().parse_args(argv))
+    assert str(e.value) == expected
+    assert (dets.read_bytes(), ann.read_bytes()) == before

@@ -106,7 +106,7 @@ def test_detect_output_into_the_input_folder_is_refused_and_the_photo_kept(weigh
     before = photo.read_bytes()
     assert _run_detect(weights, '--image', photo.parent, '--output', photo.parent) == 1
     err = capsys.readouterr().err
-    assert f"would overwrite the input {photo}" in err and 'choose another --output' in err
+    assert f"would overwrite the input image {photo}" in err and 'choose another --output' in err
     assert photo.read_bytes() == before
 
 

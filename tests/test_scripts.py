@@ -243,6 +243,46 @@ def test_widerface_missing_list_is_a_clear_error(weights, tmp_path, capsys):
     assert 'wider_val.txt' in capsys.readouterr().err
 
 
+def test_widerface_results_over_the_image_list_or_weights_are_refused(weights, tmp_path, capsys, monkeypatch):
+    """A prediction file (--save_folder/ev/a.txt) that is the image list, and the results
+    record over the weights, refused before the detector is built (issue 25)."""
+    monkeypatch.setattr(wider_script, 'detector_from_args',
+                        lambda *a, **k: pytest.fail('the detector was built before the outputs were checked'))
+    images = tmp_path / 'val' / 'images'
+    images.mkdir(parents=True)
+    image_list = tmp_path / 'out' / 'ev' / 'a.txt'
+    image_list.parent.mkdir(parents=True)
+    image_list.write_text("ev/a.jpg\n")
+    argv = ['-m', weights, '--network', 'mobile0.25', '--dataset_folder', str(images), '--save_folder',
+            str(tmp_path / 'out'), '--image_list', str(image_list)]
+    assert run_cli(wider_script.main, wider_script.get_args_parser(), argv) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --save_folder {tmp_path / 'out'} would overwrite the image list {image_list} (--image_list) with the "
+        f"prediction file of ev/a.jpg: choose another --save_folder")
+    assert image_list.read_text() == "ev/a.jpg\n"
+    model = tmp_path / 'out' / 'retinaface_run.json'
+    model.write_bytes(b'weights')
+    argv = ['-m', str(model), '--dataset_folder', str(images), '--save_folder', str(tmp_path / 'out'),
+            '--image_list', str(tmp_path / 'val' / 'wider_val.txt')]
+    (tmp_path / 'val' / 'wider_val.txt').write_text("ev/b.jpg\n")
+    assert run_cli(wider_script.main, wider_script.get_args_parser(), argv) == 1
+    assert f"would overwrite the weights {model} (-m) with the results folder's record" in capsys.readouterr().err
+
+
+def test_fddb_detection_file_over_the_image_list_is_refused(weights, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(fddb_script, 'detector_from_args',
+                        lambda *a, **k: pytest.fail('the detector was built before the outputs were checked'))
+    image_list = tmp_path / 'FDDB_dets.txt'
+    image_list.write_text('img_1\n')
+    argv = ['-m', weights, '--image_list', str(image_list), '--images_folder', str(tmp_path), '--save_folder',
+            str(tmp_path)]
+    assert run_cli(fddb_script.main, fddb_script.get_args_parser(), argv) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: --save_folder {tmp_path} would overwrite the image list {image_list} (--image_list) with the "
+        f"detection file: choose another --save_folder")
+    assert image_list.read_text() == 'img_1\n'
+
+
 def test_widerface_onnxruntime_backend(weights, wider_dataset, tmp_path):
     pytest.importorskip('onnxruntime')
     (tmp_path / 'list.txt').write_text(f"{PHOTOS_EVENT}/kids_group.jpg\n")

@@ -227,6 +227,34 @@ def test_resume_rejects_plain_weights(subset, backbone, full_run, tmp_path):
         train.main(_args(subset, tmp_path, backbone, '--resume', str(full_out / f'{NAME}_Final.pth')))
 
 
+def test_save_folder_over_the_resume_net_weights_is_refused_before_any_work(subset, backbone, tmp_path):
+    """Fine-tuning <save_folder>/<name>_Final.pth into the same folder replaced the weights
+    it started from with the new Final.pth (issue 25): refused, nothing made."""
+    weights = tmp_path / f'{NAME}_Final.pth'
+    weights.write_bytes(need_shared('weights', 'mobilenet0.25_Final.pth').read_bytes())
+    with pytest.raises(ValueError) as e:
+        train.main(_args(subset, tmp_path, backbone, '--max_epoch', '1', '--resume_net', str(weights)))
+    assert str(e.value) == (f"--save_folder {tmp_path} would overwrite the weights {weights} (--resume_net) with the "
+                            f"final weights: choose another --save_folder")
+    assert os.listdir(tmp_path) == [weights.name]
+
+
+def test_resume_net_may_be_the_checkpoint_of_resume_epoch_which_is_saved_again_unchanged(subset, backbone, tmp_path):
+    """The reference's --resume_net <name>_epoch_5.pth --resume_epoch 5 re-saves that
+    checkpoint, with the weights it loaded, when the run starts: allowed. From another epoch
+    the checkpoint would be replaced by other weights: refused."""
+    checkpoint = tmp_path / f'{NAME}_epoch_5.pth'
+    checkpoint.write_bytes(need_shared('weights', 'mobilenet0.25_Final.pth').read_bytes())
+    loaded = _weights(checkpoint)
+    with pytest.raises(ValueError, match=rf"would overwrite the weights {checkpoint} \(--resume_net\) with the "
+                                         rf"checkpoint of epoch 5"):
+        train.main(_args(subset, tmp_path, backbone, '--max_epoch', '6', '--resume_net', str(checkpoint)))
+    train.main(_args(subset, tmp_path, backbone, '--max_epoch', '6', '--resume_net', str(checkpoint),
+                     '--resume_epoch', '5'))
+    _assert_same_weights(_weights(checkpoint), loaded)
+    assert (tmp_path / f'{NAME}_Final.pth').is_file()
+
+
 def _free_port():
     import socket
     with socket.socket() as s:

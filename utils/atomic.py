@@ -3,6 +3,12 @@
 A crash or Ctrl-C in the middle leaves the previous file (or none), never half a file.
 The file gets the permissions a plain open(path, 'w') would give it, not mkstemp's 0600.
 
+Writes go through, not around: a path that is a symbolic link gets its final target
+replaced (the temporary file is made beside the target, so the link stays a link and
+the target gets the new bytes), and a stream (`-`, /dev/stdout, /dev/stderr, or a
+character device or FIFO given by name, such as /dev/null) is written in place, never
+replaced by a regular file. Which outputs may be streams is utils.outputs' to decide.
+
 Results folders are also locked for the length of a run (lock_folder), so that two runs
 never write into one folder at once, and the temporary files a killed run left behind
 are removed when the next run takes the lock (remove_stale_temp_files). A temporary folder
@@ -15,6 +21,7 @@ import fcntl
 import os
 import shutil
 import stat
+import sys
 import tempfile
 from collections.abc import Callable
 from typing import IO
@@ -28,6 +35,89 @@ TEMP_SUFFIX = '.retinaface.tmp'
 # The lock file a run holds in its results folder (hidden; left in place, since removing
 # it would let a third run lock a new file while the second still holds the old one).
 LOCK_NAME = '.retinaface.lock'
+
+
+# The names of the process's own standard streams: written to sys.stdout / sys.stderr in
+# place. Opening /dev/stdout afresh would truncate a file stdout is redirected to, and a
+# rename over it (as root) would replace the device link with a regular file.
+STDOUT = '-'
+_STANDARD_STREAMS = {STDOUT: 'stdout', '/dev/stdout': 'stdout', '/dev/fd/1': 'stdout', '/proc/self/fd/1': 'stdout',
+                     '/dev/stderr': 'stderr', '/dev/fd/2': 'stderr', '/proc/self/fd/2': 'stderr'}
+
+
+def stream_kind(path: str | os.PathLike) -> str | None:
+    """What kind of stream path names, if any: 'stdout' or 'stderr' (`-`, /dev/stdout,
+    /dev/stderr), 'a character device' or 'a FIFO' (an existing one, links followed, such
+    as /dev/null or a named pipe); None for anything else (a file, existing or not, a folder)."""
+    path = os.fspath(path)
+    standard = _STANDARD_STREAMS.get(path if path == STDOUT else os.path.normpath(path))
+    if standard is not None:
+        return standard
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        return None
+    if stat.S_ISCHR(mode):
+        return 'a character device'
+    if stat.S_ISFIFO(mode):
+        return 'a FIFO'
+    return None
+
+
+def write_target(path: str | os.PathLike) -> str:
+    """The file a write to path must replace: path itself (absolute), or, when path is a
+    symbolic link (or a chain of them, or a link to a file not made yet), its final target.
+    A rename over the link itself would replace the link and leave its target stale."""
+    path = os.fspath(path)
+    return os.path.realpath(path) if os.path.islink(path) else os.path.abspath(path)
+
+
+def _write_in_place(path, kind, write, binary):
+    """write(f) on the stream path names (see stream_kind), in place; nothing is renamed.
+    A standard stream is sys.stdout / sys.stderr as they are (not reopened, not closed)."""
+    if kind in ('stdout', 'stderr'):
+        stream = sys.stdout if kind == 'stdout' else sys.stderr
+        stream.flush()
+        if binary:
+            write(stream.buffer)
+            stream.buffer.flush()
+        else:
+            write(stream)
+            stream.flush()
+        return  # a reader of stdout that has gone (BrokenPipeError) is utils.cli.run_cli's to report
+    try:
+        with open(path, 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
+            write(f)
+    except OSError as e:
+        raise _write_error(path, e) from e
+
+
+class _StandardStream:
+    """sys.stdout or sys.stderr (as it is when written to) for a writer that closes its file:
+    closing it only flushes."""
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    @property
+    def _stream(self):
+        return sys.stdout if self.kind == 'stdout' else sys.stderr
+
+    def write(self, text):
+        return self._stream.write(text)
+
+    def flush(self):
+        self._stream.flush()
+
+    def close(self):
+        self._stream.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
 
 
 def current_umask() -> int:
@@ -55,23 +145,29 @@ def _final_mode(path):
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO], object], binary: bool = True) -> None:
-    """Call write(f) on a temporary file beside path, then rename it to path."""
+    """Call write(f) on a temporary file beside path (beside a link's target), then rename it
+    over path (over the link's target). A stream (stream_kind) is written in place instead."""
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
+    kind = stream_kind(path)
+    if kind is not None:
+        _write_in_place(path, kind, write, binary)
+        return
+    target = write_target(path)
+    directory = os.path.dirname(target)
     try:
         os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix=TEMP_SUFFIX)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(target) + '.', suffix=TEMP_SUFFIX)
     except OSError as e:
         raise _write_error(path, e) from e
     try:
         # mkstemp makes the file private (0600); results and checkpoints are meant to be
         # read by colleagues and evaluation jobs like any other file the user writes.
-        os.fchmod(fd, _final_mode(path))
+        os.fchmod(fd, _final_mode(target))
         with os.fdopen(fd, 'wb' if binary else 'w', **({} if binary else {'newline': ''})) as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, target)
     except BaseException as e:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -172,7 +268,7 @@ def check_writable(path: str | os.PathLike, what: str | None = None, folder: boo
     """
     path = os.fspath(path)
     label = f"{what} {path}" if what else path
-    target = os.path.abspath(path)
+    target = write_target(path)  # a link's target is what gets written
     if folder:
         if os.path.exists(target) and not os.path.isdir(target):
             raise InputError(f"cannot write {label}: it is a file, not a folder")
@@ -194,20 +290,36 @@ def check_writable(path: str | os.PathLike, what: str | None = None, folder: boo
 
 
 def temp_path(path: str | os.PathLike) -> str:
-    """A new, unique temporary file name beside path, ending with TEMP_SUFFIX (the file is
-    created empty, so no other writer can take the name); for writers that need a path
-    rather than a file object (e.g. an ONNX exporter). Rename it over path when done: it
-    has the permissions open(path, 'w') would give, not mkstemp's private 0600."""
-    directory = os.path.dirname(os.path.abspath(os.fspath(path)))
+    """A new, unique temporary file name beside path (beside its target, when path is a
+    symbolic link), ending with TEMP_SUFFIX (the file is created empty, so no other writer
+    can take the name); for writers that need a path rather than a file object (e.g. an
+    ONNX exporter). Move it to path with move_into_place when done: it has the permissions
+    open(path, 'w') would give, not mkstemp's private 0600."""
+    target = write_target(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix='.' + os.path.basename(path) + '.', suffix=TEMP_SUFFIX)
+        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(target), prefix='.' + os.path.basename(target) + '.',
+                                   suffix=TEMP_SUFFIX)
     except OSError as e:
         raise _write_error(path, e) from e
     try:
-        os.fchmod(fd, _final_mode(path))
+        os.fchmod(fd, _final_mode(target))
     finally:
         os.close(fd)
     return tmp
+
+
+def move_into_place(tmp: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Move a finished temporary file (temp_path(path)) to path: renamed over path, or over
+    the target of the link path is; copied into a stream (stream_kind) in place, then removed."""
+    kind = stream_kind(path)
+    if kind is None:
+        os.replace(tmp, write_target(path))
+        return
+    try:
+        with open(tmp, 'rb') as f:
+            _write_in_place(os.fspath(path), kind, lambda out: shutil.copyfileobj(f, out), binary=True)
+    finally:
+        os.unlink(tmp)
 
 
 def remove_stale_temp_files(folder: str | os.PathLike, recursive: bool = True) -> list[str]:
@@ -348,14 +460,20 @@ class LineFile:
     disk, a size limit) truncates the file back to the end of the last whole line and raises
     InputError naming the file and the free space.
 
+    `-`, /dev/stdout and /dev/stderr (stream_kind) are sys.stdout / sys.stderr as they are
+    when written to, flushed after every line and never closed; a link is written through,
+    a device or FIFO in place.
+
     Raises (on opening):
         InputError: the file cannot be created.
     """
 
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = os.fspath(path)
+        kind = stream_kind(self.path)
+        self._stream = _StandardStream(kind) if kind in ('stdout', 'stderr') else None
         try:
-            self._f = open(self.path, 'wb', buffering=0)
+            self._f = None if self._stream is not None else open(self.path, 'wb', buffering=0)
         except OSError as e:
             raise _write_error(self.path, e) from e
         self._end = 0  # the end of the last whole line
@@ -365,6 +483,14 @@ class LineFile:
         """Append text and a newline (text must not hold a newline itself)."""
         if '\n' in text or '\r' in text:
             raise ValueError("a line must not hold a line break")
+        if self._stream is not None:
+            try:
+                self._stream.write(text + '\n')
+                self._stream.flush()
+            except OSError as e:
+                raise InputError(f"cannot write {self.path}: {e.strerror or e}") from e
+            self.lines += 1
+            return
         line = (text + '\n').encode('utf-8')
         data = memoryview(line)
         try:
@@ -384,7 +510,7 @@ class LineFile:
         self.lines += 1
 
     def close(self) -> None:
-        self._f.close()
+        (self._stream or self._f).close()
 
     def __enter__(self) -> 'LineFile':
         return self

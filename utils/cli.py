@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 from utils.errors import InputError
 from utils.signals import EXIT_TERMINATED, Terminated, terminate_as_interrupt
+from utils.input_files import printable
 
 logger = logging.getLogger(__name__)
 
@@ -253,7 +254,7 @@ def report_skipped(skipped: Sequence[tuple[str, str]], what: str = 'images') -> 
     if skipped:
         logger.warning("skipped %d unreadable %s:", len(skipped), what)
         for path, reason in skipped:
-            logger.warning("  %s: %s", path, reason)
+            logger.warning("  %s: %s", printable(path), printable(reason))
     else:
         logger.info("skipped 0 %s", what)
 
@@ -271,9 +272,23 @@ class _StderrHandler(logging.StreamHandler):
         pass
 
 
+class PrintableFormatter(logging.Formatter):
+    """A formatter that shows each message as one line: control characters and undecodable
+    bytes (of a file name, say: Linux allows a newline in one) escaped by
+    utils.input_files.printable. A traceback, added after the message, is left as it is."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        record = logging.makeLogRecord(record.__dict__)  # a copy: other handlers get the record as logged
+        record.msg, record.args = printable(record.getMessage()), None
+        return super().format(record)
+
+
 def setup_logging(level: int = logging.INFO) -> None:
-    """Plain messages on stderr, for the scripts (library modules only create loggers)."""
-    logging.basicConfig(level=level, format='%(message)s', handlers=[_StderrHandler()], force=True)
+    """Plain messages on stderr, one line each (PrintableFormatter), for the scripts (library
+    modules only create loggers)."""
+    handler = _StderrHandler()
+    handler.setFormatter(PrintableFormatter('%(message)s'))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
 def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.ArgumentParser,
@@ -298,7 +313,7 @@ def run_cli(main: Callable[[argparse.Namespace], object], parser: argparse.Argum
         # Under torchrun every rank checks the same flags and files and fails the same way:
         # rank 0 says it once (torchrun's own summary names every rank that exited 1).
         if int(os.environ.get('WORLD_SIZE', '1')) <= 1 or os.environ.get('RANK', '0') == '0':
-            print(f"error: {e}", file=sys.stderr)
+            print(f"error: {printable(str(e))}", file=sys.stderr)  # one line, whatever names it holds
         return 1
     except Terminated as e:
         print(f"terminated ({signal.Signals(e.signum).name})", file=sys.stderr)

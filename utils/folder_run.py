@@ -22,8 +22,8 @@ does not grow with the folder. Neither imports torch.
 detect_images is the loop the inference scripts share (detect.py, test_widerface.py,
 test_fddb.py): read and preprocess ahead, detect, one image or a batch at a time, and report
 the images that cannot be read, or do not fit in memory, and go on.
-check_list_entries, check_not_over_inputs and lock_results_folder keep a run's outputs where
-the user pointed, apart from each other and from its inputs, and away from other runs.
+check_list_entries and lock_results_folder keep a run's outputs where the user pointed,
+apart from each other, and away from other runs (utils.outputs keeps them off the inputs).
 """
 import logging
 import os
@@ -43,7 +43,7 @@ from utils.atomic import FolderLock, lock_folder, remove_stale_temp_files
 from utils.distributed import World, on_rank0
 from utils.errors import InputError
 from utils.image import read_image
-from utils.input_files import note_listed_once
+from utils.input_files import note_listed_once, printable
 
 logger = logging.getLogger(__name__)
 
@@ -244,7 +244,7 @@ def detect_images(detector: _Detector, jobs: list[tuple], skipped: list[tuple[in
                 if error is None and isinstance(dets, str):
                     error = dets
                 if error is not None:
-                    logger.warning("skipping %s: %s", job[1], error)
+                    logger.warning("skipping %s: %s", printable(job[1]), printable(error))
                     skipped.append((job[0], (job[1], error)))
                     continue
                 done += 1
@@ -323,21 +323,6 @@ def check_list_entries(list_path: str, entries: list[tuple[int, str, str]],
             first_output[out] = (where, shown)
         normalised.append(norm)
     return normalised
-
-
-def check_not_over_inputs(inputs: Iterable[str], outputs: Iterable[str], flag: str, folder: str | os.PathLike) -> None:
-    """Refuse, before any work, outputs that are (or link to) one of the inputs: an annotated
-    copy written there would replace the photo.
-
-    Raises:
-        InputError: naming the flag, its folder and the input that would be overwritten.
-    """
-    real_inputs = {os.path.realpath(path): path for path in inputs}
-    for out in outputs:
-        victim = real_inputs.get(os.path.realpath(out))
-        if victim is not None:
-            raise InputError(f"{flag} {folder} would overwrite the input {victim} with its annotated copy: "
-                             f"choose another {flag} folder")
 
 
 def lock_results_folder(folder: str | os.PathLike, what: str, world: World) -> FolderLock | None:

@@ -15,6 +15,7 @@ import codecs
 import hashlib
 import io
 import os
+import re
 import stat
 
 from utils.errors import InputError, InputNotFoundError
@@ -121,14 +122,33 @@ def open_text(path: str | os.PathLike, what: str | None = None) -> io.StringIO:
     return io.StringIO(read_text(path, what))
 
 
-def printable(text: str) -> str:
+def valid_unicode(text: str) -> str:
     """text with the undecodable bytes of a file name (os.fsdecode's surrogate escapes) shown
-    as \\xNN: valid Unicode, safe to print or to put in UTF-8 JSON. Valid names are unchanged."""
+    as \\xNN: valid Unicode, safe to put in UTF-8 JSON (which escapes control characters
+    itself). Valid names are unchanged."""
     try:
         raw = text.encode('utf-8', 'surrogateescape')
     except UnicodeEncodeError:  # a lone surrogate that no file name decodes to
         return text.encode('utf-8', 'backslashreplace').decode('utf-8')
     return raw.decode('utf-8', 'backslashreplace')
+
+
+# Control characters (C0, DEL, C1): a file name may hold any of them, and printed as they
+# are, a newline splits a one-line-per-image summary and an escape sequence drives the terminal.
+_CONTROL = re.compile('[\x00-\x1f\x7f-\x9f]')
+# The short escapes JSON uses; the other control characters become \\u00XX, as in JSON.
+_SHORT_ESCAPES = {'\b': '\\b', '\t': '\\t', '\n': '\\n', '\f': '\\f', '\r': '\\r'}
+
+
+def printable(text: str) -> str:
+    """text as a name is shown on a line of output or of the log: the undecodable bytes of a
+    file name as \\xNN (valid_unicode), and control characters escaped as JSON escapes them
+    (a newline as \\n, others as \\u00XX), so that one name stays on one line. Names
+    without either are unchanged."""
+    text = valid_unicode(text)
+    if _CONTROL.search(text) is None:
+        return text
+    return _CONTROL.sub(lambda m: _SHORT_ESCAPES.get(m.group(), f"\\u{ord(m.group()):04x}"), text)
 
 
 def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:

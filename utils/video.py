@@ -23,7 +23,7 @@ from typing import TypeVar
 import cv2
 import numpy as np
 
-from utils.atomic import TempFolder, free_space, remove_stale_temp_folders
+from utils.atomic import TempFolder, free_space, move_into_place, remove_stale_temp_folders, write_target
 from utils.errors import InputError, InputNotFoundError
 from utils.signals import deferred_interrupts
 
@@ -293,14 +293,14 @@ class VideoWriter:
         self.size = tuple(int(v) for v in size)
         self.encoded_size = tuple(v + v % 2 for v in self.size)
         self.frames = 0
-        folder = os.path.dirname(os.path.abspath(self.path))
+        folder = os.path.dirname(write_target(self.path))  # beside a link's target: the rename goes there
         try:
             os.makedirs(folder, exist_ok=True)
         except OSError as e:
             raise InputError(f"cannot write {self.path}: {e.strerror or e}") from e
         for stale in remove_stale_temp_folders(folder):
             logger.info("removed %s, left by a run that was killed", stale)
-        self._folder = TempFolder(self.path)
+        self._folder = TempFolder(write_target(self.path))
         self._tmp = os.path.join(self._folder.path, os.path.basename(self.path))
         self._writer = cv2.VideoWriter(self._tmp, cv2.VideoWriter_fourcc(*codec), float(fps), self.encoded_size)
         if not self._writer.isOpened():
@@ -343,7 +343,7 @@ class VideoWriter:
                 self._check_written()
                 with open(self._tmp, 'rb') as f:
                     os.fsync(f.fileno())
-                os.replace(self._tmp, self.path)
+                move_into_place(self._tmp, self.path)  # over a link's target, never over the link
             except OSError as e:
                 raise InputError(f"cannot write {self.path}: {e.strerror or e} ({self._free()}){self._kept()}") from e
             finally:

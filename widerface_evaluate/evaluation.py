@@ -1,7 +1,10 @@
 """WIDER FACE validation AP (easy / medium / hard), as the reference computes it.
 
 This is the WiderFace-Evaluation algorithm the reference ships (wondervictor), giving the
-same AP to the last bit, reorganised to be many times faster (bench/bench_evaluation.py):
+same AP to the last bit, reorganised to be many times faster (bench/bench_evaluation.py).
+One fix: each image's rows are matched in score order (by_score), where the reference took
+the file's order; files in score order (the reference's, this project's) score the same.
+
 
 * every prediction file is parsed with one numpy conversion, and the ``.mat`` files once;
 * the best overlap of every detection is computed once by the Cython kernel (or, when it
@@ -45,12 +48,13 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from data.label_file import read_label_file  # noqa: E402
-from utils.atomic import atomic_write, check_writable  # noqa: E402
+from utils.atomic import atomic_write  # noqa: E402
 from utils.cli import run_cli  # noqa: E402
 from utils.compiled import load_kernel, warn_not_built  # noqa: E402
 from utils.errors import InputError, InputNotFoundError  # noqa: E402
 from utils.image import IMAGE_EXTENSIONS  # noqa: E402
 from utils.input_files import read_text  # noqa: E402
+from utils.outputs import RunOutputs  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -187,6 +191,12 @@ def _concat_boxes(box_list):
     return boxes, start, count
 
 
+def wider_gt_files(gt_dir: str | os.PathLike) -> dict[str, Path]:
+    """The ground-truth files load_wider_gt reads: {'all': wider_face_val.mat, setting: wider_<setting>_val.mat}."""
+    return {key: Path(gt_dir) / fname for key, fname in
+            [("all", "wider_face_val.mat")] + [(s, f"wider_{s}_val.mat") for s in SETTINGS]}
+
+
 def load_wider_gt(gt_dir: str | os.PathLike) -> GroundTruth:
     """Loads the official WIDER FACE val ground truth.
 
@@ -202,8 +212,7 @@ def load_wider_gt(gt_dir: str | os.PathLike) -> GroundTruth:
 
     gt_dir = Path(gt_dir)
     mats = {}
-    for key, fname in [("all", "wider_face_val.mat")] + [(s, f"wider_{s}_val.mat") for s in SETTINGS]:
-        path = gt_dir / fname
+    for key, path in wider_gt_files(gt_dir).items():
         if not path.is_file():
             raise InputNotFoundError(f"WIDER FACE ground truth file not found: {path}")
         try:
@@ -498,8 +507,16 @@ def _segment_suffix_min(values, segment, n_values):
     return np.minimum.accumulate(key[::-1])[::-1] - segment * n_values
 
 
+def by_score(boxes: np.ndarray) -> np.ndarray:
+    """(N, 5) ``[x, y, w, h, score]`` rows ordered by score, highest first; rows of equal
+    score keep their order (a stable sort). Rows already in that order come back as they are."""
+    if len(boxes) < 2 or (boxes[1:, 4] <= boxes[:-1, 4]).all():
+        return boxes
+    return boxes[np.argsort(-boxes[:, 4], kind="stable")]
+
+
 def evaluate(preds: dict[str, np.ndarray], gt: GroundTruth, iou_thresh: float = IOU_THRESH,
-             thresh_num: int = THRESH_NUM, only_predicted: bool = False) -> dict[str, dict]:
+             thresh_num: int = THRESH_NUM, only_predicted: bool = False, sort_rows: bool = True) -> dict[str, dict]:
     """AP and PR curve of every setting of ``gt``.
 
     Args:
@@ -509,6 +526,11 @@ def evaluate(preds: dict[str, np.ndarray], gt: GroundTruth, iou_thresh: float = 
         gt: GroundTruth.
         only_predicted: evaluate only the images of ``gt`` that have an entry in ``preds``
             (their faces alone make up the recall denominator).
+        sort_rows: match each image's detections in score order (by_score), as the
+            protocol means: the reference matched them in the file's order, which gives
+            another detector's files written in another order (NMS order, say) a wrong AP.
+            For rows already in score order (the reference's files, this project's) both
+            are the same; False reproduces the reference's number for files that are not.
 
     Returns:
         dict setting -> dict with ``ap`` (float), ``thresholds``, ``precision`` and
@@ -529,6 +551,8 @@ def evaluate(preds: dict[str, np.ndarray], gt: GroundTruth, iou_thresh: float = 
     lo, hi = score_range(preds)
     empty = np.zeros((0, 5))
     pred_list = [preds.get(name, empty) for name in gt.names]
+    if sort_rows:
+        pred_list = [by_score(p) for p in pred_list]
     n_pred = np.array([len(p) for p in pred_list], dtype=np.int64)
     # The reference skips images without faces or without detections.
     active = np.flatnonzero(evaluated & (gt.box_count > 0) & (n_pred > 0))
@@ -632,15 +656,14 @@ def _figure_format(path):
 
 
 def check_figure_path(path: str | os.PathLike, what: str) -> None:
-    """Check, before any work, that a plot can be written at path: a format matplotlib
-    writes, in a place where a file can be created. Raises InputError naming the flag."""
+    """Check, before any work, that path's suffix is an image format matplotlib writes (where
+    it goes is utils.outputs' to check). Raises InputError naming the flag."""
     from matplotlib.backend_bases import FigureCanvasBase
 
     formats = FigureCanvasBase.get_supported_filetypes()
     if _figure_format(path) not in formats:
         raise InputError(f"{what} {path}: matplotlib cannot write '.{_figure_format(path)}' images "
                          f"(use one of {', '.join('.' + f for f in sorted(formats))})")
-    check_writable(path, what)
 
 
 def save_figure(fig: Figure, path: str | os.PathLike, dpi: float = 100) -> None:
@@ -664,13 +687,27 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(args: argparse.Namespace) -> dict[str, dict]:
-    """Evaluates, prints the result block, writes the optional curves; returns the results."""
-    # The outputs can be written: checked before the evaluation, not after it.
-    if args.curve_data:
-        check_writable(args.curve_data, "--curve-data")
+def check_outputs(args: argparse.Namespace) -> None:
+    """The curves can be written, and never over a prediction or ground-truth file or each
+    other: checked before the evaluation (utils.outputs), not after it."""
     if args.curve_plot:
         check_figure_path(args.curve_plot, "--curve-plot")
+    outputs = RunOutputs()
+    if os.path.isdir(args.pred):
+        outputs.reads("-p", [str(p) for p in _prediction_paths(Path(args.pred))], "the prediction file")
+    if args.label:
+        outputs.reads("--label", args.label, "the ground-truth label file")
+    else:
+        outputs.reads("-g", wider_gt_files(args.gt).values(), "the ground-truth file")
+    outputs.file("--curve-data", args.curve_data, what="the PR curves")
+    outputs.file("--curve-plot", args.curve_plot, what="the PR plot")
+    outputs.check()
+
+
+def main(args: argparse.Namespace) -> dict[str, dict]:
+    """Evaluates, prints the result block, writes the optional curves; returns the results."""
+    if args.curve_data or args.curve_plot:
+        check_outputs(args)
     preds = load_predictions(args.pred)
     gt = load_label_gt(args.label) if args.label else load_wider_gt(args.gt)
     check_predictions_match(preds, gt, args.pred)
