@@ -507,8 +507,9 @@ def check_resume_flags(args: argparse.Namespace, cfg: dict) -> None:
 def check_outputs(args: argparse.Namespace, cfg: dict, prefix: str) -> None:
     """Every file the run may write in --save_folder (checkpoints, state, metrics, plot, log),
     checked against the files it reads (utils.outputs) before any work. A resumed run
-    replaces its own --resume state, and re-saves --resume_net when that is the checkpoint of
-    --resume_epoch (the same weights, as the reference does); any other clash is refused."""
+    replaces its own --resume state; any other clash is refused, --resume_net inside
+    --save_folder included (even the checkpoint of --resume_epoch, which the reference saves
+    again: the folder's record would refuse replacing it anyway)."""
     outputs = RunOutputs()
     outputs.reads('--training_dataset', args.training_dataset, 'the label file')
     outputs.reads('--resume', args.resume, 'the training state')
@@ -526,8 +527,7 @@ def check_outputs(args: argparse.Namespace, cfg: dict, prefix: str) -> None:
     for epoch in range(1, cfg['epoch'] + 1):
         if cadence.saves_checkpoint_after(epoch):
             outputs.file('--save_folder', f"{prefix}_epoch_{epoch}.pth", given=args.save_folder,
-                         what=f"the checkpoint of epoch {epoch}",
-                         may_replace=('--resume_net',) if epoch == args.resume_epoch else ())
+                         what=f"the checkpoint of epoch {epoch}")
     for suffix, what, may_replace in (('_Final.pth', 'the final weights', ()),
                                       ('_best.pth', 'the best validation weights', ()),
                                       ('_last_state.pth', 'the training state', ('--resume',)),
