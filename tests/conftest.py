@@ -1,4 +1,5 @@
-import contextlib
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -34,24 +35,11 @@ def golden_image_path(name):
     return need_shared('images', f'{name}.jpg')
 
 
-@contextlib.contextmanager
-def recorded_steps():
-    """Record train.py's training steps as they run, by wrapping train._train_step for the
-    duration: yields a list that fills with {'iteration', 'lr', 'loc', 'cla', 'landm',
-    'step_time', 'data_time'} per step (the learning rate the step trained with)."""
-    import train
-
-    records = []
-    real = train._train_step
-
-    def recording(net, criterion, optimizer, *args, iteration, **kwargs):
-        lr = optimizer.param_groups[0]['lr']
-        (loc, cla, landm), stop, step_time, data_time = real(net, criterion, optimizer, *args, iteration=iteration,
-                                                             **kwargs)
-        records.append({'iteration': iteration, 'lr': lr, 'loc': loc, 'cla': cla, 'landm': landm,
-                        'step_time': step_time, 'data_time': data_time})
-        return (loc, cla, landm), stop, step_time, data_time
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train, '_train_step', recording)
-        yield records
+def signal_after(iteration, signum=signal.SIGTERM):
+    """An on_step hook for train.main (see models.training.RunBook.on_step) that sends this
+    process signum once the step of iteration (0-based) has run, as a Ctrl-C or a job
+    scheduler would: the next step sees it at its sync, and the run stops after that step."""
+    def hook(step):
+        if step.iteration == iteration:
+            os.kill(os.getpid(), signum)
+    return hook

@@ -13,6 +13,8 @@ so a lazy import counts as an edge. The layers, top to bottom:
     widerface_evaluate   evaluation.py and the validation AP of detections in memory: it
               scores detections and needs no model, so it sits below them
     data      configs, labels, the training dataset
+    utils.train   train.py's pieces below the model: its schedule, --save_folder record,
+              resume logic and log file (models/training.py, its engine, is above them)
     utils     everything else, importing nothing above it
 
 A module may import its own layer or any layer below; the modules must not import in a circle.
@@ -24,14 +26,17 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-LAYERS = ('utils', 'data', 'widerface_evaluate', 'layers', 'models', 'scripts', 'bench', 'tests')
+LAYERS = ('utils', 'utils.train', 'data', 'widerface_evaluate', 'layers', 'models', 'scripts', 'bench', 'tests')
 _PYX_IMPORT = re.compile(r'^\s*(?:from\s+([\w.]+)\s+import\s|import\s+([\w.]+))', re.M)
 
 
 def layer_of(module):
-    """The layer of a dotted module name ('utils.nms.cpu_nms' -> 'utils', 'detect' -> 'scripts')."""
-    top = module.split('.')[0]
-    return top if top in LAYERS else 'scripts'
+    """The layer of a dotted module name ('utils.nms.cpu_nms' -> 'utils', 'utils.train.schedule' ->
+    'utils.train', 'detect' -> 'scripts'): a sub-package that is a layer of its own, else the top package."""
+    parts = module.split('.')
+    if '.'.join(parts[:2]) in LAYERS:
+        return '.'.join(parts[:2])
+    return parts[0] if parts[0] in LAYERS else 'scripts'
 
 
 def project_modules():

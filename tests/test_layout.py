@@ -46,3 +46,11 @@ def test_the_check_command_passes():
     out = subprocess.run([sys.executable, 'tests/import_graph.py'], cwd=ROOT, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
     assert ' 0 upward, 0 cycles' in out.stdout
+
+
+def test_utils_train_is_a_layer_above_the_rest_of_utils():
+    """train.py's pieces in utils/train/ may import the rest of utils, which must not import them."""
+    assert [layer_of(m) for m in ('utils.train', 'utils.train.schedule', 'utils.train_state')] == \
+        ['utils.train', 'utils.train', 'utils']
+    graph = {'utils.train.resume': ['utils.train_state'], 'utils.train_state': ['utils.train.schedule']}
+    assert upward_edges(graph) == [('utils.train_state', 'utils.train.schedule')]

@@ -13,7 +13,8 @@ import torch
 import train
 from data import cfg_mnet
 from models.retinaface import RetinaFace
-from tests.conftest import ROOT, need_shared, recorded_steps
+from layers.modules import MultiBoxLoss
+from tests.conftest import ROOT, need_shared, signal_after
 from utils.checkpoint import load_model
 
 NAME = cfg_mnet['name']
@@ -84,17 +85,18 @@ def _assert_same_weights(a, b):
 def full_run(subset, backbone, tmp_path_factory):
     """An uninterrupted 4-epoch run (8 iterations, LR steps at iterations 2 and 6)."""
     out = tmp_path_factory.mktemp('full')
-    with recorded_steps() as steps:
-        result = train.main(_args(subset, out, backbone, '--max_epoch', '4'))
+    steps = []  # every step's models.training.StepResult
+    result = train.main(_args(subset, out, backbone, '--max_epoch', '4'), on_step=steps.append)
     return out, result, steps
 
 
 def test_run_writes_loadable_checkpoints(full_run):
     out, result, steps = full_run
     assert result.exit_code == 0 and result.iteration == result.max_iter == 8 and result.epoch_size == EPOCH_SIZE
-    assert [r['iteration'] for r in steps] == list(range(8))
-    assert [r['lr'] for r in steps] == pytest.approx([_expected_lr(i) for i in range(8)])
-    assert all(r['data_time'] <= r['step_time'] for r in steps)
+    assert [s.iteration for s in steps] == list(range(8))
+    assert [s.lr for s in steps] == pytest.approx([_expected_lr(i) for i in range(8)])
+    assert all(s.data_time <= s.step_time for s in steps)
+    assert not any(s.stop for s in steps)
     # The reference's names (and the hidden lock file that kept the folder this run's);
     # plain state_dicts without 'module.', loadable by our loader ...
     files = sorted(p.name for p in out.iterdir())
@@ -147,41 +149,40 @@ def test_resume_is_exact_across_an_lr_step(subset, backbone, full_run, tmp_path)
     assert first.iteration == 4
     state = torch.load(tmp_path / f'{NAME}_last_state.pth', map_location='cpu', weights_only=True)
     assert state['iteration'] == 4 and state['epoch'] == 2
-    with recorded_steps() as resumed:
-        train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4',
-                         '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
-    assert [r['iteration'] for r in resumed] == [4, 5, 6, 7]
+    resumed = []
+    train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4',
+                     '--resume', str(tmp_path / f'{NAME}_last_state.pth')), on_step=resumed.append)
+    assert [s.iteration for s in resumed] == [4, 5, 6, 7]
     # The reference restarts its LR steps at zero here and would train at 1e-3.
-    assert [r['lr'] for r in resumed] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
-    assert [r['loc'] for r in resumed] == [r['loc'] for r in full[4:]]
+    assert [s.lr for s in resumed] == pytest.approx([1e-4, 1e-4, 1e-5, 1e-5])
+    assert [s.loc for s in resumed] == [s.loc for s in full[4:]]
     _assert_same_weights(_weights(tmp_path / f'{NAME}_Final.pth'), _weights(full_out / f'{NAME}_Final.pth'))
 
 
-def test_signal_mid_epoch_saves_state_and_resumes_exactly(subset, backbone, full_run, tmp_path, monkeypatch):
-    """SIGTERM during iteration 3 (the first of epoch 2): the step finishes, a state is
-    saved, main returns 128 + SIGTERM; resuming continues mid-epoch, as if never stopped."""
+def test_signal_mid_epoch_saves_state_and_resumes_exactly(subset, backbone, full_run, tmp_path):
+    """SIGTERM after iteration 2 (the last of epoch 1): iteration 3, the first of epoch 2,
+    sees it, finishes, a state is saved, main returns 128 + SIGTERM; resuming continues
+    mid-epoch, as if never stopped."""
     full_out, _, full = full_run
-    real_adjust = train.adjust_learning_rate
+    steps = []
 
-    def adjust_and_signal(optimizer, initial_lr, gamma, iteration, stepvalues):
-        if iteration == 2:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_adjust(optimizer, initial_lr, gamma, iteration, stepvalues)
+    def record_and_signal(step):
+        steps.append(step)
+        signal_after(1)(step)
 
-    monkeypatch.setattr(train, 'adjust_learning_rate', adjust_and_signal)
-    stopped = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4'))
-    monkeypatch.setattr(train, 'adjust_learning_rate', real_adjust)
+    stopped = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4'), on_step=record_and_signal)
+    assert [s.stop for s in steps] == [False, False, True]
     assert stopped.exit_code == 128 + signal.SIGTERM
     assert stopped.iteration == 3 and not (tmp_path / f'{NAME}_Final.pth').exists()
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
 
-    with recorded_steps() as steps:
-        resumed = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4',
-                                   '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
+    steps = []
+    resumed = train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4',
+                               '--resume', str(tmp_path / f'{NAME}_last_state.pth')), on_step=steps.append)
     assert resumed.exit_code == 0
-    assert [r['iteration'] for r in steps] == list(range(3, 8))
-    assert [r['lr'] for r in steps] == pytest.approx([_expected_lr(i) for i in range(3, 8)])
-    assert [r['loc'] for r in steps] == [r['loc'] for r in full[3:]]
+    assert [s.iteration for s in steps] == list(range(3, 8))
+    assert [s.lr for s in steps] == pytest.approx([_expected_lr(i) for i in range(3, 8)])
+    assert [s.loc for s in steps] == [s.loc for s in full[3:]]
     _assert_same_weights(_weights(tmp_path / f'{NAME}_Final.pth'), _weights(full_out / f'{NAME}_Final.pth'))
 
 
@@ -195,15 +196,15 @@ def test_resume_net_and_resume_epoch_use_that_epochs_lr(subset, backbone, full_r
     """The reference's --resume_net/--resume_epoch: plain weights, a fresh optimizer, and
     (fixed) the learning rate of the epoch it resumes at."""
     full_out, _, _ = full_run
-    with recorded_steps() as steps:
-        train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4', '--resume_net',
-                         str(full_out / f'{NAME}_Final.pth'), '--resume_epoch', '3'))
-    assert [r['iteration'] for r in steps] == [6, 7]
-    assert [r['lr'] for r in steps] == pytest.approx([1e-5, 1e-5])
+    steps = []
+    train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4', '--resume_net',
+                     str(full_out / f'{NAME}_Final.pth'), '--resume_epoch', '3'), on_step=steps.append)
+    assert [s.iteration for s in steps] == [6, 7]
+    assert [s.lr for s in steps] == pytest.approx([1e-5, 1e-5])
 
 
 def test_nonfinite_loss_stops_naming_iteration_and_checkpoint(subset, backbone, tmp_path, monkeypatch):
-    real_forward = train.MultiBoxLoss.forward
+    real_forward = MultiBoxLoss.forward
     calls = []
 
     def nan_on_third_call(self, predictions, priors, targets):
@@ -211,7 +212,7 @@ def test_nonfinite_loss_stops_naming_iteration_and_checkpoint(subset, backbone, 
         calls.append(1)
         return (loss_l * float('nan') if len(calls) == 3 else loss_l), loss_c, loss_landm
 
-    monkeypatch.setattr(train.MultiBoxLoss, 'forward', nan_on_third_call)
+    monkeypatch.setattr(MultiBoxLoss, 'forward', nan_on_third_call)
     with pytest.raises(train.NonFiniteLossError, match=r'iteration 3 .*last good checkpoint is .*_last_state\.pth'):
         train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4'))
 
@@ -313,10 +314,10 @@ def test_cuda_amp_run_and_exact_resume(subset, backbone, tmp_path):
     assert first.exit_code == 0 and first.iteration == 4
     state = torch.load(tmp_path / f'{NAME}_last_state.pth', map_location='cpu', weights_only=True)
     assert state['scaler'] and 'cuda' in state['rng'][0]
-    with recorded_steps() as resumed:
-        train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4', '--device', 'cuda', '--amp',
-                         '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
-    assert [r['iteration'] for r in resumed] == [4, 5, 6, 7]
-    assert [r['lr'] for r in resumed] == pytest.approx([_expected_lr(i) for i in range(4, 8)])
-    assert all(all(map(torch.isfinite, map(torch.tensor, (r['loc'], r['cla'], r['landm'])))) for r in resumed)
+    resumed = []
+    train.main(_args(subset, tmp_path, backbone, '--max_epoch', '4', '--device', 'cuda', '--amp',
+                     '--resume', str(tmp_path / f'{NAME}_last_state.pth')), on_step=resumed.append)
+    assert [s.iteration for s in resumed] == [4, 5, 6, 7]
+    assert [s.lr for s in resumed] == pytest.approx([_expected_lr(i) for i in range(4, 8)])
+    assert all(all(map(torch.isfinite, map(torch.tensor, (s.loc, s.cla, s.landm)))) for s in resumed)
     _weights(tmp_path / f'{NAME}_Final.pth')

@@ -17,7 +17,7 @@ import torch
 import train
 from data import cfg_mnet
 from layers.modules import MultiBoxLoss
-from tests.conftest import ROOT, need_shared, recorded_steps
+from tests.conftest import ROOT, need_shared
 from tests.test_train import EPOCH_SIZE, _args, _subprocess_env, backbone, one_thread, subset  # noqa: F401 (fixtures)
 
 NAME = cfg_mnet['name']
@@ -48,13 +48,13 @@ def _real_faces(image):
 
 def _count_forward_calls(monkeypatch):
     calls = []
-    real_forward = train.MultiBoxLoss.forward
+    real_forward = MultiBoxLoss.forward
 
     def counting_forward(self, *a, **k):
         calls.append(1)
         return real_forward(self, *a, **k)
 
-    monkeypatch.setattr(train.MultiBoxLoss, 'forward', counting_forward)
+    monkeypatch.setattr(MultiBoxLoss, 'forward', counting_forward)
     return calls
 
 
@@ -155,9 +155,11 @@ def test_epoch_where_no_face_matches_a_prior_warns(tmp_path, backbone, caplog):
     """A face of 2 px is a usable box, but at 64 px no prior overlaps it enough: the loss
     is 0 throughout, and the run says so once."""
     label = _label_file(tmp_path, [(FACE_IMAGE, [f'200 200 2 2 {NO_LANDMARKS}'])])
-    with caplog.at_level(logging.INFO, logger='train'), recorded_steps() as steps:
-        train.main(_args(label, tmp_path / 'out', backbone, '--max_epoch', '2', '--image_size', '64'))
-    assert [r['loc'] for r in steps] == [0.0, 0.0]
+    steps = []
+    with caplog.at_level(logging.INFO, logger='train'):
+        train.main(_args(label, tmp_path / 'out', backbone, '--max_epoch', '2', '--image_size', '64'),
+                   on_step=steps.append)
+    assert [s.loc for s in steps] == [0.0, 0.0]
     warnings = [r.getMessage() for r in caplog.records if 'no face matched a prior' in r.getMessage()]
     assert len(warnings) == 1 and warnings[0].startswith('epoch 1:'), warnings
 
@@ -189,11 +191,11 @@ def test_faceless_negatives_flag_trains_faceless_images(tmp_path, backbone):
     """Batch 1 over one face image and two faceless ones: with the flag the faceless steps
     (no positive, Loc 0) have a classification loss."""
     label = _label_file(tmp_path, [(BIG_FACES_IMAGE, _real_faces(BIG_FACES_IMAGE))] + [(i, []) for i in FACELESS_IMAGES])
-    with recorded_steps() as steps:
-        train.main(_args(label, tmp_path / 'out', backbone, '--max_epoch', '1', '--batch_size', '1',
-                         '--faceless_negatives', '16'))
-    faceless_steps = [r for r in steps if r['loc'] == 0]
-    assert len(faceless_steps) == 2 and all(r['cla'] > 0 for r in faceless_steps), steps
+    steps = []
+    train.main(_args(label, tmp_path / 'out', backbone, '--max_epoch', '1', '--batch_size', '1',
+                     '--faceless_negatives', '16'), on_step=steps.append)
+    faceless_steps = [s for s in steps if s.loc == 0]
+    assert len(faceless_steps) == 2 and all(s.cla > 0 for s in faceless_steps), steps
 
 
 # --------------------------------------------------------------------------- the save folder
@@ -290,17 +292,11 @@ def test_log_copy_beside_the_checkpoints_is_appended(subset, backbone, tmp_path)
     assert not any(getattr(h, 'baseFilename', None) == log_path for h in logging.getLogger().handlers)
 
 
-def test_threads_flag_sets_torch_threads_for_the_run(subset, backbone, tmp_path, monkeypatch):
+def test_threads_flag_sets_torch_threads_for_the_run(subset, backbone, tmp_path):
     seen = []
-    real_adjust = train.adjust_learning_rate
-
-    def adjust_and_record(*a, **k):
-        seen.append(torch.get_num_threads())
-        return real_adjust(*a, **k)
-
-    monkeypatch.setattr(train, 'adjust_learning_rate', adjust_and_record)
     before = torch.get_num_threads()
-    train.main(_args(subset, tmp_path, backbone, '--max_epoch', '1', '--image_size', '64', '--threads', '2'))
+    train.main(_args(subset, tmp_path, backbone, '--max_epoch', '1', '--image_size', '64', '--threads', '2'),
+               on_step=lambda step: seen.append(torch.get_num_threads()))
     assert seen == [2, 2] and torch.get_num_threads() == before
 
 

@@ -19,7 +19,7 @@ from data import cfg_mnet
 from data.label_file import read_wider_list
 from models.retinaface import RetinaFace
 from models.validation import Validator
-from tests.conftest import ROOT, need_shared, recorded_steps
+from tests.conftest import ROOT, need_shared, signal_after
 from tests.test_train import _assert_same_weights, _weights, backbone  # noqa: F401 (fixture)
 from utils.checkpoint import load_model
 from utils.run_history import RunHistory
@@ -80,8 +80,8 @@ def _records(folder):
 def val_run(split, backbone, tmp_path_factory):
     """An uninterrupted 3-epoch run validating after every epoch."""
     out = tmp_path_factory.mktemp('val_run')
-    with recorded_steps() as steps:
-        result = train.main(_args(split, out, backbone, '--max_epoch', '3'))
+    steps = []  # every step's models.training.StepResult
+    result = train.main(_args(split, out, backbone, '--max_epoch', '3'), on_step=steps.append)
     return out, result, steps
 
 
@@ -158,10 +158,10 @@ def test_validator_restores_rng_and_training_mode(split, monkeypatch):
 def test_validation_does_not_change_training(split, backbone, val_run, tmp_path):
     """The same run with and without validation: the same losses and bit-identical weights."""
     out, _, with_val = val_run
-    with recorded_steps() as without:
-        train.main(_args(split, tmp_path, backbone, '--max_epoch', '3', val=False))
+    without = []
+    train.main(_args(split, tmp_path, backbone, '--max_epoch', '3', val=False), on_step=without.append)
     assert len(without) == 3 * EPOCH_SIZE
-    assert [r['loc'] for r in with_val] == [r['loc'] for r in without]
+    assert [s.loc for s in with_val] == [s.loc for s in without]
     _assert_same_weights(_weights(out / f'{NAME}_Final.pth'), _weights(tmp_path / f'{NAME}_Final.pth'))
     assert not (tmp_path / f'{NAME}_best.pth').exists()
 
@@ -260,20 +260,11 @@ def test_resume_continues_the_validation_history(split, backbone, val_run, tmp_p
     assert resumed.history.best == full_result.history.best
 
 
-def test_resumed_epoch_record_covers_the_whole_epoch(split, backbone, val_run, tmp_path, monkeypatch):
-    """SIGTERM in the first step of epoch 2, then --resume: epoch 2's record has both steps,
-    and its means are the uninterrupted run's to the bit."""
+def test_resumed_epoch_record_covers_the_whole_epoch(split, backbone, val_run, tmp_path):
+    """SIGTERM after epoch 1, seen in the first step of epoch 2, then --resume: epoch 2's
+    record has both steps, and its means are the uninterrupted run's to the bit."""
     out, _, _ = val_run
-    real_adjust = train.adjust_learning_rate
-
-    def adjust_and_signal(optimizer, initial_lr, gamma, iteration, stepvalues):
-        if iteration == EPOCH_SIZE:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return real_adjust(optimizer, initial_lr, gamma, iteration, stepvalues)
-
-    monkeypatch.setattr(train, 'adjust_learning_rate', adjust_and_signal)
-    stopped = train.main(_args(split, tmp_path, backbone, '--max_epoch', '3'))
-    monkeypatch.setattr(train, 'adjust_learning_rate', real_adjust)
+    stopped = train.main(_args(split, tmp_path, backbone, '--max_epoch', '3'), on_step=signal_after(EPOCH_SIZE - 1))
     assert stopped.exit_code == 128 + signal.SIGTERM and stopped.iteration == EPOCH_SIZE + 1
     train.main(_args(split, tmp_path, backbone, '--max_epoch', '3',
                      '--resume', str(tmp_path / f'{NAME}_last_state.pth')))
