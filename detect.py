@@ -28,6 +28,12 @@ image and rank 0 writes the --json, in the images' order.
 processed ones annotated, and --json one JSON line per processed frame. --save_crops DIR
 writes each face above --vis_thres aligned for a face-recognition model (ArcFace's
 112x112 landmark template, or --crop_size), for photos and videos.
+
+    python detect.py --image 'photos/*.jpg' --anonymize blur --output hidden/ --json faces.json
+
+--anonymize {blur,pixelate,solid} writes anonymised copies instead of annotated ones (photos
+only for now): every detection >= --anonymize_thres is hidden under a mask --mask_scale times
+its box (utils.anonymize), and nothing is drawn. The JSON marks each detection "masked".
 """
 import argparse
 import glob
@@ -44,6 +50,8 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from models.detector import OriginSizeFlag, add_detector_arguments, detector_from_args, model_input
 from utils.atomic import LineFile, atomic_write_text, stream_kind
+from utils.anonymize import (DEFAULT_ANONYMIZE_THRES, DEFAULT_MASK_SCALE, DEFAULT_MASK_SHAPE, MASK_SHAPES, METHODS,
+                             PIXELATE_BLOCKS, anonymize, masked_detections)
 from utils.cli import number_in, positive_int, probability, report_skipped, run_cli, str2bool
 from utils.datapaths import shared_path
 from utils.distributed import gather_to_rank0, merge_in_order, process_group, quiet_other_ranks, shard
@@ -64,6 +72,14 @@ DEFAULT_OUTPUT_EXTENSION = '.jpg'
 
 # The reference's demo image; the same photo is ../shared/images/test.jpg.
 REFERENCE_DEMO_IMAGE = './curve/test.jpg'
+
+# --mask_scale is at most this: a mask four times the face's box already covers the head and
+# shoulders; a larger one hides the scene rather than a face (and 13 typed for 1.3 would
+# black out most of a group photo).
+MAX_MASK_SCALE = 4.0
+MASK_SCALE = number_in(float, 0, MAX_MASK_SCALE, exclusive_minimum=True, name='mask scale')
+# The flags that set how --anonymize hides a face: meaningless without it.
+ANONYMIZE_FLAGS = ('mask_scale', 'mask_shape', 'anonymize_thres')
 
 
 def default_image():
@@ -86,7 +102,8 @@ def get_args_parser():
     parser.add_argument('--image', default=None, type=str,
                         help='an image file, a folder of images or a glob (quote it); default: the '
                              f'reference\'s {REFERENCE_DEMO_IMAGE}, else $RETINAFACE_DATA/images/test.jpg')
-    parser.add_argument('--output', default='./results/', type=str, help='folder for the annotated images')
+    parser.add_argument('--output', default='./results/', type=str,
+                        help='folder for the annotated images (the anonymised ones with --anonymize)')
     parser.add_argument('--json', default=None, type=str,
                         help='write every detection (box, score, five landmarks) of every image to this JSON file '
                              '(with --video: JSON Lines, one line per processed frame); - or /dev/stdout writes '
@@ -109,7 +126,60 @@ def get_args_parser():
     parser.add_argument('--crop_size', default=ARCFACE_SIZE, type=number_in(int, 1, MAX_CROP_SIZE, name='crop_size'),
                         help=f'the aligned crops\' width and height, 1 to {MAX_CROP_SIZE} (default {ARCFACE_SIZE}, '
                              f'the template\'s own size)')
+    parser.add_argument('--anonymize', default=None, choices=METHODS,
+                        help='hide every face >= --anonymize_thres in the copies written to --output, instead of '
+                             'drawing it: blur (a kernel proportional to the face), pixelate '
+                             f'({PIXELATE_BLOCKS} blocks across it) or solid (black). Nothing is drawn on these copies '
+                             '(landmark dots would outline a hidden face); the JSON marks each detection "masked". '
+                             'Not with --save_crops (its crops are the faces unmasked) or --no-save_image. '
+                             '--image runs only for now')
+    parser.add_argument('--mask_scale', default=None, type=MASK_SCALE,
+                        help=f'with --anonymize: the mask\'s size relative to the face\'s box, about its centre, '
+                             f'above 0 and at most {MAX_MASK_SCALE:g} (default {DEFAULT_MASK_SCALE})')
+    parser.add_argument('--mask_shape', default=None, choices=MASK_SHAPES,
+                        help='with --anonymize: the ellipse inscribed in the scaled box, or the box itself '
+                             f'(default {DEFAULT_MASK_SHAPE})')
+    parser.add_argument('--anonymize_thres', default=None, type=probability,
+                        help='with --anonymize: the lowest score hidden (default '
+                             f'{DEFAULT_ANONYMIZE_THRES}), its own threshold, below --vis_thres: hiding a face '
+                             'wrongly costs less than missing one. Only detections above --confidence_threshold '
+                             'exist to be hidden')
     return parser
+
+
+def check_anonymize_flags(args):
+    """--anonymize and its flags, checked before any work: its settings without it, and what
+    it cannot run with (video for now; --save_crops, whose crops are the faces unmasked;
+    --no-save_image, which would write no anonymised copy), are InputErrors."""
+    if args.anonymize is None:
+        for flag in ANONYMIZE_FLAGS:
+            if getattr(args, flag) is not None:
+                raise InputError(f"--{flag} applies with --anonymize only")
+        return
+    if args.video is not None:
+        raise InputError(f"--anonymize applies to --image runs for now: it cannot hide the faces of --video "
+                         f"{args.video} yet")
+    if args.save_crops:
+        raise InputError(f"--save_crops writes the faces unmasked: it cannot be combined with --anonymize "
+                         f"(--save_crops {args.save_crops})")
+    if not args.save_image:
+        raise InputError("--anonymize writes the anonymised copies to --output: --no-save_image would write none")
+    settings = anonymize_settings(args)
+    if settings['anonymize_thres'] < args.confidence_threshold:
+        logger.warning("--anonymize_thres %s is below --confidence_threshold %s: only the detections above %s exist "
+                       "to be hidden", settings['anonymize_thres'], args.confidence_threshold,
+                       args.confidence_threshold)
+
+
+def anonymize_settings(args):
+    """How --anonymize hides faces, the defaults filled in: {'method', 'mask_scale', 'mask_shape',
+    'anonymize_thres'} (the JSON's "anonymize"), or None without --anonymize."""
+    if args.anonymize is None:
+        return None
+    return {'method': args.anonymize,
+            'mask_scale': DEFAULT_MASK_SCALE if args.mask_scale is None else args.mask_scale,
+            'mask_shape': DEFAULT_MASK_SHAPE if args.mask_shape is None else args.mask_shape,
+            'anonymize_thres': DEFAULT_ANONYMIZE_THRES if args.anonymize_thres is None else args.anonymize_thres}
 
 
 def list_images(spec, exclude=()):
@@ -190,8 +260,9 @@ def check_photo_outputs(args, files, out_paths, crop_stems):
     outputs.reads(*model_input(args))
     if args.save_image:
         outputs.folder('--output', args.output)
+        copy = 'annotated' if args.anonymize is None else 'anonymised'
         for f, out in zip(files, out_paths):
-            outputs.file('--output', out, given=args.output, what=f"the annotated copy of {printable(f)}", source=f)
+            outputs.file('--output', out, given=args.output, what=f"the {copy} copy of {printable(f)}", source=f)
     if args.json:
         outputs.file('--json', args.json, what='the detections', stream=True)
     if crop_stems is not None:
@@ -230,6 +301,7 @@ def main(args):
     Ctrl-C still writes the JSON of the images done so far, marked "partial": true, then
     raises KeyboardInterrupt (SIGTERM too, under utils.cli.run_cli). With --video, see detect_video.
     """
+    check_anonymize_flags(args)
     if args.video is not None:
         if args.image is not None:
             raise InputError(f"give --image or --video, not both (--image {args.image}, --video {args.video})")
@@ -259,12 +331,17 @@ def _detect_all(args, files, out_paths, world, crop_stems=None):
     if detector.device.type == 'cpu':
         keep_freed_memory()  # a process-wide malloc setting: this script owns its process
     jobs = [(index, path, out_path) for index, (path, out_path) in shard(enumerate(zip(files, out_paths)), world)]
+    hide = anonymize_settings(args)
 
     def draw(img_raw, dets, out_path):
+        if hide is None:
+            draw_detections(img_raw, dets, args.vis_thres)
+        else:
+            anonymize(img_raw, dets, hide['method'], hide['mask_scale'], hide['mask_shape'], hide['anonymize_thres'])
         # Encoded and written from Python, atomically (utils.image.write_image): cv2.imwrite
         # crashes the process on a file name that is not valid UTF-8, and leaves half a file
         # when interrupted.
-        write_image(out_path, draw_detections(img_raw, dets, args.vis_thres))
+        write_image(out_path, img_raw)
 
     # With --json on stdout, stdout is the JSON's alone.
     summary = sys.stderr if args.json and stream_kind(args.json) == 'stdout' else sys.stdout
@@ -280,6 +357,13 @@ def _detect_all(args, files, out_paths, world, crop_stems=None):
                 # interrupted run holds every image the user saw done.
                 record = {**json_path_fields(path), 'width': int(img_raw.shape[1]),
                           'height': int(img_raw.shape[0]), 'detections': detections_to_json(dets)}
+                if hide is not None:
+                    # Which faces the copy hides, told before it is made (anonymize masks the same).
+                    masked = masked_detections(dets, img_raw.shape, hide['mask_scale'], hide['anonymize_thres'])
+                    for entry, m in zip(record['detections'], masked.tolist()):
+                        entry['masked'] = m
+                    line += f", {int(masked.sum())} faces hidden (>= {hide['anonymize_thres']})"
+                    _warn_if_capped(detector, dets, hide['anonymize_thres'], path)
                 if crop_stems is not None:
                     # Cropped before the image is drawn on (in the writer's thread).
                     crops = face_crops(img_raw, dets, args.vis_thres, args.crop_size, crop_stems[index], path,
@@ -311,6 +395,15 @@ def _detect_all(args, files, out_paths, world, crop_stems=None):
     if not results:
         raise InputError(f"none of the {len(files)} images could be read")
     return {'results': results, 'skipped': skipped}
+
+
+def _warn_if_capped(detector, dets, thres, name):
+    """Warn when the detections stopped at the detector's limit (--keep_top_k) with every one
+    kept still >= thres: faces past the limit may score as high and are left unhidden."""
+    cap = detector.pyramid_keep_top_k if detector.pyramid else detector.postprocessor.keep_top_k
+    if cap and len(dets) >= cap and dets[:, 4].min() >= thres:
+        logger.warning("%s: all %d detections kept (--keep_top_k) score >= --anonymize_thres %s: more faces may "
+                       "be left unhidden; rerun with --keep_top_k none", printable(name), len(dets), thres)
 
 
 def crop_stem_paths(files, folder, base=None):
@@ -354,6 +447,7 @@ def write_json(args, results, skipped, total, partial):
                'confidence_threshold': args.confidence_threshold, 'nms_threshold': args.nms_threshold,
                'box_format': 'x1 y1 x2 y2 (pixels)',
                'landmarks': 'left eye, right eye, nose, left mouth corner, right mouth corner (x, y pixels)',
+               **({'anonymize': anonymize_settings(args)} if args.anonymize is not None else {}),
                'partial': partial, 'images_total': total, 'images_done': len(results) + len(skipped),
                'images': results,
                'skipped': [{**json_path_fields(p), 'error': valid_unicode(r)} for p, r in skipped]}

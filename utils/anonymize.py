@@ -26,6 +26,10 @@ METHODS = ('blur', 'pixelate', 'solid')
 MASK_SHAPES = ('ellipse', 'box')
 DEFAULT_MASK_SCALE = 1.3
 DEFAULT_MASK_SHAPE = 'ellipse'
+# The scripts' lowest score masked (detect.py --anonymize_thres), its own threshold, lower
+# than the one that draws faces: hiding a face wrongly costs less than missing one. For now
+# deface's default threshold, the peer users compare with (bench/README.md, Anonymising).
+DEFAULT_ANONYMIZE_THRES = 0.2
 # Blur: the box filter's kernel, as a fraction of the (unclipped) mask's width and height.
 # The box filter costs the same per pixel whatever its kernel, so the strength is free.
 BLUR_KERNEL_FRACTION = 0.5
