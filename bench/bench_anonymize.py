@@ -44,7 +44,7 @@ import time
 import cv2
 import numpy as np
 
-from bench.common import default_weights
+from bench.common import default_weights, val416_photos
 from utils.anonymize import DEFAULT_MASK_SCALE, METHODS, anonymize, scale_boxes
 from utils.datapaths import shared_path
 from utils.image import ARCFACE_SIZE, align_faces, read_image
@@ -246,12 +246,6 @@ def mask_speed(repeats=5):
 
 # ---------------------------------------------------------------------------------------
 # Hidden faces
-
-
-def val416_photos(gt):
-    """{image key: path} of the ground truth's photos, in minitrain's images folder."""
-    folder = shared_path('minitrain', 'train', 'images')
-    return {name: folder / f"{name}.jpg" for name in gt.names}
 
 
 def project_detections(photos, weights, settings, threads=None):
