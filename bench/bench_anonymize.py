@@ -23,8 +23,11 @@ Three parts:
    tools' NMS is greedy by score, so a detection's fate never depends on lower scores: the
    filtered set equals a run at that threshold, which tests/test_bench_anonymize.py checks
    for deface). The sweeps give every detector the same masks (the box scaled by 1.3 about
-   its centre), and deface at its default size also with its own masks. A curve (hidden
-   share against masks per photo, one line per tool and size) goes to --plot.
+   its centre), this project's settings also masks of deface's size (1.6 times the box),
+   and deface at its default size also with its own masks. A curve (hidden share against
+   masks per photo, one line per tool and size) goes to --plot. Last, for each of this
+   project's settings, the highest threshold that hides more medium and more hard faces
+   than deface at its defaults, at equal masks (1.3x, 1.6x) and at each tool's own.
 
 deface (requirements-bench.txt) runs through its Python API exactly as its command line
 does: CenterFace(in_shape=--scale or None, backend='auto') on the RGB image imageio reads,
@@ -44,17 +47,21 @@ import time
 import cv2
 import numpy as np
 
-from bench.common import default_weights
+from bench.common import default_weights, val416_photos
 from utils.anonymize import DEFAULT_MASK_SCALE, METHODS, anonymize, scale_boxes
 from utils.datapaths import shared_path
 from utils.image import ARCFACE_SIZE, align_faces, read_image
 from widerface_evaluate.hidden_faces import COVERAGE, format_table, hidden_share
 from widerface_evaluate.evaluation import load_wider_gt, check_figure_path, save_figure
 
-# This project's settings: a label and the keyword set of load_detector. Add the sizes of
-# --target_size / --max_size here (e.g. 'max_size 640': {'max_size': 640}) once they exist.
+# This project's settings: a label and the keyword set of load_detector, in the order of
+# their input size. The val416 photos are square, so --target_size N would give the network
+# the input of --max_size N (N x N) and is not listed; the test scale is 1600 x 1600 here.
 PROJECT_SETTINGS = {
     'original size': {},
+    'max_size 640': {'max_size': 640},
+    'max_size 800': {'max_size': 800},
+    'max_size 1024': {'max_size': 1024},
     'test scale (short side 1600)': {'origin_size': False},
 }
 PROJECT_DEFAULT = 'original size'
@@ -248,12 +255,6 @@ def mask_speed(repeats=5):
 # Hidden faces
 
 
-def val416_photos(gt):
-    """{image key: path} of the ground truth's photos, in minitrain's images folder."""
-    folder = shared_path('minitrain', 'train', 'images')
-    return {name: folder / f"{name}.jpg" for name in gt.names}
-
-
 def project_detections(photos, weights, settings, threads=None):
     """{image key: ndarray[N, 15]} of this project's detector built with load_detector(**settings)."""
     from models.detector import load_detector
@@ -302,18 +303,24 @@ def centre_masks(dets, thres, mask_scale):
 def plot_curves(curves, path):
     """Hidden share against masks per photo, a panel per setting, a line per (tool, size)
     over the thresholds (the default threshold marked): this project solid, deface dashed,
-    deface with its own masks dotted black."""
+    deface with its own masks dotted black. Each tool's sizes take shades of one colour map,
+    in the order they are listed (this project blue to green, deface red to orange)."""
+    import matplotlib
     from matplotlib.figure import Figure
 
     settings = list(next(iter(curves.values()))[0][1].share)
+    ours = [label for label in curves if label.startswith('this project')]
+    theirs = [label for label in curves if not label.startswith('this project') and not label.endswith('its masks')]
+    colour = {label: matplotlib.colormaps[cmap](0.8 * k / max(len(labels) - 1, 1))
+              for labels, cmap in ((ours, 'winter'), (theirs, 'autumn')) for k, label in enumerate(labels)}
     fig = Figure(figsize=(4.2 * len(settings), 3.8))
     for ax, setting in zip(fig.subplots(1, len(settings), squeeze=False)[0], settings):
         for label, points in curves.items():
             x = [r.masks_per_photo for _, r in points]
             y = [100 * r.share[setting] for _, r in points]
             own = label.endswith('its masks')
-            line, = ax.plot(x, y, marker='.', linewidth=2 if own else 1.5, color='black' if own else None,
-                            linestyle=':' if own else '-' if label.startswith('this project') else '--', label=label)
+            line, = ax.plot(x, y, marker='.', linewidth=2 if own else 1.5, color=colour.get(label, 'black'),
+                            linestyle=':' if own else '-' if label in ours else '--', label=label)
             for t, r in points:
                 if t == DEFAULT_THRES:
                     ax.plot(r.masks_per_photo, 100 * r.share[setting], marker='o', color=line.get_color())
@@ -397,15 +404,84 @@ def main(args):
     if DEFACE_DEFAULT in deface:
         curves[f"deface, {DEFACE_DEFAULT}, its masks"] = [
             (t, hidden_share(gt, deface_masks(deface[DEFACE_DEFAULT], shapes, t))) for t in THRESHOLDS]
-    print(f"\nOver the thresholds, masks {DEFAULT_MASK_SCALE:g}x the box unless said (this project: score >= t; deface: "
-          f"score > t, as each tool compares); seconds to detect the {len(photos)} photos")
+    # This project's settings also with masks of deface's size, for the comparison at equal masks.
+    wide = {f"this project, {label}": [(t, hidden_share(gt, project_masks(dets, t, DEFACE_MASK_SIZE)))
+                                       for t in THRESHOLDS] for label, dets in project.items()}
+    print(f"\nOver the thresholds, masks {DEFAULT_MASK_SCALE:g}x the box unless said (this project: score >= t, also "
+          f"with {DEFACE_MASK_SIZE:g}x masks; deface: score > t, as each tool compares); time to detect the "
+          f"{len(photos)} photos")
     for label, points in curves.items():
         took = seconds.get(label.removesuffix(', its masks'))
-        print(f"\n{label}" + (f" ({took:.1f} s)" if not label.endswith('its masks') else " (1.6x box)"))
-        print(format_table([(f"{t:g}", r) for t, r in points]))
+        print(f"\n{label}" + (f" ({took:.1f} s, {1000 * took / len(photos):.0f} ms/photo)"
+                              if not label.endswith('its masks') else f" ({DEFACE_MASK_SIZE:g}x box)"))
+        print(sweep_table(points, wide.get(label)))
+    if DEFACE_DEFAULT in deface:
+        d = deface[DEFACE_DEFAULT]
+        references = [
+            (f"masks {DEFAULT_MASK_SCALE:g}x box for both", hidden_share(gt, centre_masks(d, DEFAULT_THRES,
+                                                                                         DEFAULT_MASK_SCALE)), curves),
+            (f"masks {DEFACE_MASK_SIZE:g}x box for both (deface's own)", hidden_share(gt, deface_masks(d, shapes,
+                                                                                                     DEFAULT_THRES)),
+             wide),
+            (f"each tool's default masks: deface's {DEFACE_MASK_SIZE:g}x box, this project's {DEFAULT_MASK_SCALE:g}x",
+             hidden_share(gt, deface_masks(d, shapes, DEFAULT_THRES)), curves),
+        ]
+        ms_per_photo = {label: 1000 * took / len(photos) for label, took in seconds.items()}
+        print(f"\nThis project against deface at its default (CenterFace at the photo's size, threshold "
+              f"{DEFAULT_THRES}): for each setting, the highest threshold that hides more medium AND more hard faces "
+              f"(the fewest masks that do), else the threshold that comes closest")
+        for title, ref, ours in references:
+            print(f"\n{title}: deface hides medium {100 * ref.share['medium']:.1f}%, hard "
+                  f"{100 * ref.share['hard']:.1f}%, {ref.masks_per_photo:.1f} masks/photo")
+            print(beating_table({label: points for label, points in ours.items() if label.startswith('this project')},
+                                ref, ms_per_photo))
     plot_curves(curves, args.plot)
     print(f"\ncurve written to {args.plot}")
     return curves
+
+
+def sweep_table(points, wide_points=None):
+    """One line per threshold: the hidden shares with points' masks, then (when given) with
+    wide_points' (the same detections, larger masks), then the masks per photo."""
+    settings = list(points[0][1].share)
+    scales = [points] + ([wide_points] if wide_points else [])
+    cells = "  ".join(f"{s:>7}" for s in settings)
+    head = f"{'threshold':<9}  " + "  |  ".join([cells] * len(scales)) + "  masks/photo"
+    lines = []
+    if wide_points:
+        width = len(cells)
+        lines.append(f"{'':<9}  {f'masks {DEFAULT_MASK_SCALE:g}x box':<{width}}  |  "
+                     f"masks {DEFACE_MASK_SIZE:g}x box")
+    lines += [head, "-" * len(head)]
+    for k, (t, r) in enumerate(points):
+        shares = ["  ".join(f"{100 * p[k][1].share[s]:6.1f}%" for s in settings) for p in scales]
+        lines.append(f"{t:<9g}  " + "  |  ".join(shares) + f"  {r.masks_per_photo:11.1f}")
+    return "\n".join(lines)
+
+
+def beats(result, ref):
+    """Whether result hides more medium and more hard faces than ref."""
+    return result.share['medium'] > ref.share['medium'] and result.share['hard'] > ref.share['hard']
+
+
+def beating_table(curves, ref, ms_per_photo):
+    """Per setting (curves: label -> [(threshold, HiddenShare)]): the highest threshold whose
+    masks hide more medium and hard faces than ref, or, where none does, the threshold with
+    the smallest shortfall (the larger of the two gaps), marked 'no'."""
+    head = (f"{'setting':<45}{'threshold':>10}{'beats':>7}{'medium':>9}{'hard':>9}{'masks/photo':>13}"
+            f"{'ms/photo':>10}")
+    lines = [head, "-" * len(head)]
+    for label, points in curves.items():
+        winning = [(t, r) for t, r in points if beats(r, ref)]
+        if winning:
+            t, r = max(winning, key=lambda p: p[0])
+        else:
+            t, r = min(points, key=lambda p: max(ref.share['medium'] - p[1].share['medium'],
+                                                 ref.share['hard'] - p[1].share['hard']))
+        ms = ms_per_photo.get(label)
+        lines.append(f"{label:<45}{t:>10g}{'yes' if winning else 'no':>7}{100 * r.share['medium']:8.1f}%"
+                     f"{100 * r.share['hard']:8.1f}%{r.masks_per_photo:13.1f}" + (f"{ms:10.0f}" if ms else ''))
+    return "\n".join(lines)
 
 
 if __name__ == '__main__':

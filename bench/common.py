@@ -26,6 +26,13 @@ def default_weights():
     return local if os.path.isfile(local) else str(shared_path('weights', 'mobilenet0.25_Final.pth'))
 
 
+def val416_photos(gt):
+    """{image key: path} of a ground truth's photos (val416's: widerface_evaluate's
+    GroundTruth), in minitrain's images folder, in the ground truth's order."""
+    folder = shared_path('minitrain', 'train', 'images')
+    return {name: folder / f"{name}.jpg" for name in gt.names}
+
+
 def script_seconds(script, args, detector):
     """(seconds, result) of script.main(args), a script module that builds its detector with
     detector_from_args, run with detector already built: start-up is not timed. The progress

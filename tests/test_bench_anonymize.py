@@ -59,3 +59,22 @@ def test_deface_masks_grow_each_side_by_its_mask_scale_minus_one():
     """deface's mask scale 1.3 makes masks 1.6 times the box: a 20-pixel box becomes 32."""
     x1, y1, x2, y2 = ba.deface_mask_rectangles(np.array([[100, 100, 120, 120, 1.0]]), (400, 400, 3))[0]
     assert (x2 - x1, y2 - y1) == (32, 32) and ba.DEFACE_MASK_SIZE == pytest.approx(1.6)
+
+
+def _share(medium, hard, masks):
+    from widerface_evaluate.hidden_faces import HiddenShare
+
+    return HiddenShare({'easy': 0.9, 'medium': medium, 'hard': hard}, {}, {}, masks, np.zeros(0, bool))
+
+
+def test_beating_table_names_the_highest_threshold_that_hides_more_of_both():
+    """Lower thresholds hide more with more masks: the answer is the fewest masks that beat
+    deface on medium AND hard; where none does, the threshold whose larger gap is smallest."""
+    ref = _share(0.80, 0.50, 12.0)
+    beating = [(0.1, _share(0.90, 0.70, 30.0)), (0.2, _share(0.85, 0.60, 20.0)),
+               (0.3, _share(0.81, 0.49, 15.0))]  # 0.3: more medium, fewer hard
+    short = [(0.1, _share(0.70, 0.55, 30.0)), (0.2, _share(0.75, 0.45, 20.0)), (0.3, _share(0.60, 0.30, 9.0))]
+    lines = ba.beating_table({'ours, a': beating, 'ours, b': short}, ref, {'ours, a': 42.0}).splitlines()
+    assert lines[2].split() == ['ours,', 'a', '0.2', 'yes', '85.0%', '60.0%', '20.0', '42']
+    # b's gaps: 0.1 misses medium by 10 points, 0.2 by 5 (and hard by 5), 0.3 by 20.
+    assert lines[3].split() == ['ours,', 'b', '0.2', 'no', '75.0%', '45.0%', '20.0']
