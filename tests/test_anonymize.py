@@ -1,6 +1,7 @@
 """utils.anonymize: faces changed beyond use inside their masks (aligned crops of real faces),
 every pixel outside the masks unchanged bit for bit, the two shapes, masks at the image
-borders, strength that follows the face's size, and clear errors for bad arguments."""
+borders, strength that follows the face's size, clear errors for bad arguments, and the
+hold that keeps a face masked through the frames where its detection is missing."""
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 import utils.anonymize as anon
 from bench.bench_anonymize import masked_face_correlations, other_face_correlations
 from tests.conftest import need_shared
-from utils.anonymize import METHODS, MASK_SHAPES, anonymize, mask_rectangles, masked_detections, scale_boxes
+from utils.anonymize import (METHODS, MASK_SHAPES, MaskHold, anonymize, mask_rectangles, masked_detections,
+                             scale_boxes)
 from utils.errors import InputError
 from utils.image import read_image
 
@@ -278,6 +280,98 @@ def test_bad_images_are_clear_errors():
 def test_errors_are_value_errors():
     with pytest.raises(ValueError):
         anonymize(np.zeros((4, 4), np.uint8), [], 'smear')
+
+
+# ---------------------------------------------------------------------------------------
+# The hold: a face stays masked through frames where its detection is missing
+
+
+def _frames_anonymized(img, per_frame_dets, hold):
+    """Each frame (a copy of img) anonymised with the hold's boxes for its detections."""
+    h = MaskHold(hold)
+    out = []
+    for dets in per_frame_dets:
+        frame = img.copy()
+        anonymize(frame, h.update(dets), 'blur')
+        out.append(frame)
+    return out
+
+
+@pytest.mark.parametrize('hold', [0, 1])
+def test_a_face_whose_detection_is_dropped_stays_masked(kids, hold):
+    img, dets = kids
+    dropped = 3
+    frames = [dets, dets, np.delete(dets, dropped, axis=0), dets]  # frame 2 misses face 3
+    out = _frames_anonymized(img, frames, hold)
+    inside = expected_mask(img.shape, dets[dropped:dropped + 1], anon.DEFAULT_MASK_SCALE, 'ellipse')
+    # Frame 1 hides the face; frame 2 hides it exactly so with the hold (its last box, the same
+    # pixels), and shows it, untouched, without one.
+    assert (out[1][inside] != img[inside]).any(axis=-1).mean() > 0.9
+    if hold:
+        assert np.array_equal(out[2][inside], out[1][inside])
+    else:
+        assert np.array_equal(out[2][inside], img[inside])
+
+
+def test_the_hold_expires_after_n_frames():
+    face = [[10, 10, 30, 30, 0.9]]
+    h = MaskHold(2)
+    got = [h.update(d).tolist() for d in (face, [], [], [], [])]
+    assert got == [[[10, 10, 30, 30]], [[10, 10, 30, 30]], [[10, 10, 30, 30]], [], []]
+
+
+def test_a_hold_of_zero_is_no_hold():
+    h = MaskHold(0)
+    assert h.update([[10, 10, 30, 30, 0.9], [40, 10, 60, 30, 0.8]]).tolist() == [[10, 10, 30, 30], [40, 10, 60, 30]]
+    assert h.update(np.zeros((0, 15))).shape == (0, 4)
+
+
+def test_two_faces_are_held_each_for_itself():
+    a, b = [10, 10, 30, 30], [50, 10, 70, 30]
+    h = MaskHold(2)
+    assert h.update([a, b]).tolist() == [a, b]
+    assert h.update([b]).tolist() == [b, a]  # a missed: held behind the frame's own box
+    assert h.update([]).tolist() == [b, a]  # both missed: the most recently seen first
+    assert h.update([]).tolist() == [b]  # a's hold (2 frames after frame 0) is over, b's is not
+    assert h.update([]).tolist() == []
+
+
+def test_a_moving_face_is_followed_and_held_where_last_seen():
+    h = MaskHold(1)
+    x = [10, 14, 18, 22, 26]  # 4 px a frame, a 20 px face: consecutive boxes overlap with IoU 0.67
+    boxes = [[x0, 10, x0 + 20, 30] for x0 in x]
+    assert h.update([boxes[0]]).tolist() == [boxes[0]]
+    assert h.update([boxes[1]]).tolist() == [boxes[1]]  # the moved box continues the face
+    assert h.update([]).tolist() == [boxes[1]]  # missed: its last box, as it was
+    assert h.update([boxes[3]]).tolist() == [boxes[3]]  # found again: the held box is released
+    assert h.masks.tolist() == [boxes[3]]
+
+
+def test_a_box_that_does_not_continue_a_held_face_leaves_it_held():
+    h = MaskHold(1)
+    h.update([[10, 10, 30, 30]])
+    # A neighbour's box that touches the face's (IoU 0.11 < SAME_FACE_IOU) releases nothing.
+    assert h.update([[26, 10, 46, 30]]).tolist() == [[26, 10, 46, 30], [10, 10, 30, 30]]
+
+
+def test_the_masks_for_frames_without_detection_are_the_last_ones():
+    h = MaskHold(1)
+    h.update([[10, 10, 30, 30]])
+    returned = h.update([])
+    assert h.masks.tolist() == [[10, 10, 30, 30]]
+    returned[0, 0] = -1  # the caller's copy
+    assert h.masks.tolist() == [[10, 10, 30, 30]]
+
+
+@pytest.mark.parametrize('hold', [-1, 1.5, True, '2', None])
+def test_bad_holds_are_clear_errors(hold):
+    with pytest.raises(InputError, match='hold must be a whole number of frames >= 0'):
+        MaskHold(hold)
+
+
+def test_bad_boxes_for_the_hold_are_clear_errors():
+    with pytest.raises(InputError, match='detection 0 is not a box'):
+        MaskHold(1).update([[30, 10, 10, 30]])
 
 
 def test_anonymize_and_the_hidden_faces_rule_import_no_torch():

@@ -1,6 +1,7 @@
 """Hiding faces in an image: each detection's box, scaled about its centre, is blurred,
 pixelated or filled (anonymize), and the masks' boxes (scale_boxes) that the hidden-faces
-rule (widerface_evaluate/hidden_faces.py) measures.
+rule (widerface_evaluate/hidden_faces.py) measures. In video, MaskHold keeps a face masked
+through the frames where the detector misses it.
 
 Kept free of torch, like utils/image.py, so that the torch-free paths can use it.
 
@@ -40,6 +41,11 @@ SOLID_COLOUR = 0  # black, in every channel
 BOX_COLUMNS = 4  # x1 y1 x2 y2
 _TINY = 1e-9  # the smallest ellipse semi-axis (a box of zero width masks no pixel centre)
 SCORE_COLUMN = 4
+# MaskHold: a box of a frame continues a held face when their IoU is at least this. Below it the
+# held box stays (a mask where the face may no longer be costs a blurred patch; releasing it
+# early would show a face): so two neighbours in a crowd, whose boxes touch, never release
+# each other's holds, while a face that moves a fifth of its width between frames still does.
+SAME_FACE_IOU = 0.3
 
 
 def _as_dets(dets: ArrayLike) -> np.ndarray:
@@ -214,3 +220,80 @@ def anonymize(img: np.ndarray, dets: ArrayLike, method: str = 'blur', mask_scale
             if out is not roi:
                 roi[...] = out
     return masked
+
+
+def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of each of boxes a (ndarray[A, 4]) with each of b (ndarray[B, 4]), x1 y1 x2 y2 in
+    continuous pixels (areas w * h, no +1): ndarray[A, B] float64, 0 for boxes of no area."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])  # [A, B, 2]
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])  # [A, B, 2]
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)  # [A, B]
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)  # [A]
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)  # [B]
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+class MaskHold:
+    """Keeps each face masked for `hold` processed frames after the last box that shows it, so
+    that a frame where the detector misses a face still hides it (a single frame is enough to
+    recognise someone).
+
+    Feed it, frame after frame in order, the boxes masked in each processed frame (the
+    detections anonymize masks there); it returns the boxes to mask in that frame: the frame's
+    own, then, for each face seen in one of the last `hold` processed frames whose last box no
+    box of this frame continues (IoU >= same_face_iou), that last box, as it was. A hold of 0
+    returns the frame's own boxes: no hold.
+
+    The held box stays where the face was last seen; bench/bench_hold.py measures on a panning
+    clip how often that still hides a face the detector missed, against a box moved by the
+    face's recent motion. Its cost is a mask that lingers up to `hold` frames where a face has
+    gone.
+
+    Frames written without detection (detect.py --every N) get `masks`, the last processed
+    frame's masks, held ones included: the hold counts processed frames, so --hold 1 covers
+    one missed detection whatever --every is, and no frame between two detections is written
+    without the masks of the detection before it.
+
+    Args:
+        hold (int): >= 0, the processed frames a face stays masked after its last box.
+        same_face_iou (float): in (0, 1], the IoU at which a frame's box continues a held face.
+    Attributes:
+        masks (ndarray[M, 4] float64): the boxes the last update returned (none before the first).
+    Raises:
+        InputError: hold is not a whole number >= 0, or same_face_iou not in (0, 1].
+    """
+
+    def __init__(self, hold: int, same_face_iou: float = SAME_FACE_IOU) -> None:
+        if isinstance(hold, bool) or not isinstance(hold, (int, np.integer)) or hold < 0:
+            raise InputError(f"hold must be a whole number of frames >= 0, got {hold!r}")
+        if not (isinstance(same_face_iou, (int, float, np.number)) and 0 < same_face_iou <= 1):
+            raise InputError(f"same_face_iou must be a number in (0, 1], got {same_face_iou!r}")
+        self.hold = int(hold)
+        self.same_face_iou = float(same_face_iou)
+        self._age = np.zeros(0, dtype=np.int64)  # [M]: processed frames since each box was seen
+        self.masks = np.zeros((0, BOX_COLUMNS))
+
+    def update(self, boxes: ArrayLike) -> np.ndarray:
+        """The boxes to mask in the next processed frame.
+
+        Args:
+            boxes (array[N, 4] or [N, >= 5]): the boxes masked in this frame (x1 y1 x2 y2 in the
+                first four columns; further columns ignored).
+        Returns:
+            ndarray[N + H, 4] float64: boxes' x1 y1 x2 y2 in their order, then the H held
+            boxes, most recently seen first. Pass it to anonymize (no score column: all masked).
+        Raises:
+            InputError: boxes is not an array of boxes (as anonymize's dets).
+        """
+        own = _as_dets(boxes)[:, :BOX_COLUMNS]
+        held, age = self.masks, self._age + 1
+        keep = age <= self.hold
+        if len(own) and keep.any():
+            # A held face that a box of this frame continues is that box now.
+            keep &= ~(_pairwise_iou(held, own) >= self.same_face_iou).any(axis=1)
+        order = np.argsort(age[keep], kind='stable')  # the most recently seen first
+        self.masks = np.vstack([own, held[keep][order]])
+        self._age = np.concatenate([np.zeros(len(own), dtype=np.int64), age[keep][order]])
+        return self.masks.copy()
