@@ -252,16 +252,17 @@ class MaskHold:
     Feed it, frame after frame in order, the boxes masked in each processed frame (the
     detections anonymize masks there); it returns the boxes to mask in that frame: the frame's
     own, then one box for each face seen in one of the last `hold` processed frames that no box
-    of this frame continues. A hold of 0 returns the frame's own boxes: no hold.
+    of this frame continues, or that only a box overlapping it by less than HOLD_RELEASE_IOU
+    continues (a box on half a face). A hold of 0 returns the frame's own boxes: no hold.
 
     Faces are followed from frame to frame: a box continues a face when it overlaps the face's
     predicted box (its last box moved on by its motion) with IoU >= same_face_iou, each box
     continuing at most one face, the best overlaps first. A face's motion is its box's change per
     frame between its last two boxes, averaged with its motion before (MOTION_SMOOTHING), so one
     box's jitter does not throw it. A held face's box spans its last box and its predicted one:
-    it hides the face whether it moved on or stopped. (On a panning clip its last box alone hides
-    far fewer of the faces the detector missed: bench/bench_hold.py measures it.) The cost is a
-    mask that lingers up to `hold` frames where a face has gone.
+    it hides the face whether it moved on or stopped. (On the 1080p pan, its last box alone hides
+    a fraction of the faces the detector missed: bench/bench_hold.py measures both.) The cost is
+    a mask that lingers up to `hold` frames where a face has gone.
 
     Frames written without detection (detect.py --every N) get between(): each face's box of the
     last processed frame stretched to where its motion takes it by the next one, so that the
