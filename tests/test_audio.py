@@ -110,6 +110,16 @@ def test_pcm_into_mp4_is_reencoded_to_aac(written, codec):
     assert_is_the_tone(samples)
 
 
+def test_a_stream_the_muxer_refuses_while_writing_is_reencoded(written, monkeypatch):
+    # The header check passes, the muxer refuses the stream later: written again, re-encoded.
+    source, video = written('pcm_mulaw', ext='mov')
+    monkeypatch.setattr(audio, 'container_takes', lambda *_: True)
+    assert copy_audio(source, video).streams == ['pcm_mulaw re-encoded to aac']
+    name, seconds, samples = audio_of(video)
+    assert name == 'aac' and abs(seconds - FRAMES / FPS) <= AAC_FRAME
+    assert_is_the_tone(samples)
+
+
 def test_the_sound_of_a_run_cut_short_ends_with_its_frames(written):
     source, video = written('aac', frames_written=5)  # Ctrl-C after 5 of 15 frames: 0.5 s
     assert copy_audio(source, video).seconds == 0.5

@@ -113,28 +113,21 @@ def video_duration(container) -> float:
     return seconds
 
 
-def container_takes(format_name: str, source: str | os.PathLike, index: int) -> bool:
-    """Whether a container of format_name (an FFmpeg muxer: 'mp4', 'mov', 'avi', ...) stores
-    audio stream index of source as it is, in a form players play (UNPLAYABLE): a file of that
-    format is written in memory, its header, the stream's first packet and its trailer (the
-    mp4 muxer refuses some streams only there)."""
+def container_takes(format_name: str, stream) -> bool:
+    """Whether a container of format_name (an FFmpeg muxer: 'mp4', 'mov', 'avi', ...) stores the
+    PyAV audio stream as it is, in a form players play (UNPLAYABLE): a header of that format
+    with the stream is written in memory. (A muxer that refuses a stream only in its trailer is
+    caught when the file is written: copy_audio then re-encodes.)"""
     import av
 
-    with av.open(os.fspath(source)) as src:
-        stream = src.streams.audio[index]
-        if stream.codec_context.name.startswith(UNPLAYABLE.get(format_name, ())):
-            return False
-        try:
-            with av.open(io.BytesIO(), 'w', format=format_name) as probe:
-                out = probe.add_stream_from_template(stream)
-                for packet in src.demux(stream):
-                    if packet.dts is None:
-                        continue
-                    packet.stream = out
-                    probe.mux(packet)
-                    break
-        except (av.FFmpegError, ValueError):
-            return False
+    if stream.codec_context.name.startswith(UNPLAYABLE.get(format_name, ())):
+        return False
+    try:
+        with av.open(io.BytesIO(), 'w', format=format_name) as probe:
+            probe.add_stream_from_template(stream)
+            probe.start_encoding()
+    except (av.FFmpegError, ValueError):
+        return False
     return True
 
 
@@ -248,57 +241,74 @@ def copy_audio(source: str | os.PathLike, video: str | os.PathLike, duration: fl
     import av
 
     source, video = os.fspath(source), os.fspath(video)
-    with _open(source, 'video') as src:
+    folder = os.path.dirname(os.path.abspath(video))
+    src = _open(source, 'video')  # opened once: FFmpeg decodes a little of it to learn its streams
+    try:
         if not src.streams.audio:
             logger.warning("%s has no audio stream: %s is written without sound", source, video)
             return AudioCopy()
         first = src.streams.video[0] if src.streams.video else None
         offset = (_seconds(first.start_time, first.time_base) or 0.0) if first is not None else 0.0
-    folder = os.path.dirname(os.path.abspath(video))
-    tmp_dir = tempfile.mkdtemp(dir=folder, prefix='.' + os.path.basename(video) + '.', suffix=TEMP_SUFFIX)
-    tmp = os.path.join(tmp_dir, os.path.basename(video))
-    try:
-        with _open(video, 'written video') as vin, _open(source, 'video') as ain:
-            end = video_duration(vin) if duration is None else float(duration)
-            with av.open(tmp, 'w') as out:
-                fmt = out.format.name
-                video_out = {s.index: out.add_stream_from_template(s) for s in vin.streams.video}
-                handlers, report = {}, []
-                for i, s in enumerate(ain.streams.audio):
-                    name = s.codec_context.name
-                    if container_takes(fmt, source, i):
-                        handlers[s.index] = _CopiedStream(out.add_stream_from_template(s), offset, end)
-                        report.append(f"{name} copied")
-                    else:
-                        handlers[s.index] = _ReencodedStream(out, s, offset, end)
-                        report.append(f"{name} re-encoded to {REENCODE_CODEC}")
-
-                def video_packets():
-                    for packet in vin.demux(*vin.streams.video):
-                        if packet.dts is not None:
-                            packet.stream = video_out[packet.stream.index]
-                            yield packet
-
-                def audio_packets():
-                    for packet in ain.demux(*ain.streams.audio):
-                        yield from handlers[packet.stream.index].packets(packet)
-                    for handler in handlers.values():
-                        yield from handler.flush()
-
-                # Interleaved by time as they are written, so the muxer buffers a few packets,
-                # not a whole stream.
-                merged = heapq.merge(_timed(video_packets(), 0), _timed(audio_packets(), 1),
-                                     key=lambda item: item[:2])
-                try:
-                    for _, _, packet in merged:
-                        out.mux(packet)
-                except av.FFmpegError as e:
-                    raise InputError(f"cannot write the sound of {source} into {video}: {e}") from None
-        with open(tmp, 'rb') as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, video)
-    except av.FFmpegError as e:
-        raise InputError(f"cannot write the sound of {source} into {video}: {e}") from None
+        tmp_dir = tempfile.mkdtemp(dir=folder, prefix='.' + os.path.basename(video) + '.', suffix=TEMP_SUFFIX)
+        tmp = os.path.join(tmp_dir, os.path.basename(video))
+        try:
+            try:
+                report, end = _write(src, video, tmp, duration, offset, reencode_all=False)
+            except (av.FFmpegError, ValueError) as e:
+                if isinstance(e, InputError):  # a file that cannot be read: not the muxer's refusal
+                    raise
+                # A muxer that refused a copied stream only once packets or the trailer came:
+                # again from the start, every stream re-encoded.
+                src.close()
+                src = _open(source, 'video')
+                report, end = _write(src, video, tmp, duration, offset, reencode_all=True)
+            with open(tmp, 'rb') as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, video)
+        except av.FFmpegError as e:
+            raise InputError(f"cannot write the sound of {source} into {video}: {e}") from None
+        finally:
+            shutil.rmtree(tmp_dir, ignore_errors=True)
     finally:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
+        src.close()
     return AudioCopy(report, end)
+
+
+def _write(src, video, tmp, duration, offset, reencode_all):
+    """Write tmp: video's video streams and src's audio streams (copied where the container
+    takes them, unless reencode_all). Returns (report, end seconds)."""
+    import av
+
+    with _open(video, 'written video') as vin:
+        end = video_duration(vin) if duration is None else float(duration)
+        with av.open(tmp, 'w') as out:
+            fmt = out.format.name
+            video_out = {s.index: out.add_stream_from_template(s) for s in vin.streams.video}
+            handlers, report = {}, []
+            for s in src.streams.audio:
+                name = s.codec_context.name
+                if not reencode_all and container_takes(fmt, s):
+                    handlers[s.index] = _CopiedStream(out.add_stream_from_template(s), offset, end)
+                    report.append(f"{name} copied")
+                else:
+                    handlers[s.index] = _ReencodedStream(out, s, offset, end)
+                    report.append(f"{name} re-encoded to {REENCODE_CODEC}")
+
+            def video_packets():
+                for packet in vin.demux(*vin.streams.video):
+                    if packet.dts is not None:
+                        packet.stream = video_out[packet.stream.index]
+                        yield packet
+
+            def audio_packets():
+                for packet in src.demux(*src.streams.audio):
+                    yield from handlers[packet.stream.index].packets(packet)
+                for handler in handlers.values():
+                    yield from handler.flush()
+
+            # Interleaved by time as they are written, so the muxer buffers a few packets, not a
+            # whole stream.
+            merged = heapq.merge(_timed(video_packets(), 0), _timed(audio_packets(), 1), key=lambda item: item[:2])
+            for _, _, packet in merged:
+                out.mux(packet)
+    return report, end
