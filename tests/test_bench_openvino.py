@@ -1,0 +1,44 @@
+"""bench.bench_openvino: OpenVINO runs the project's ONNX export inside the project's own pipeline
+(a Detector on an OpenVinoSession), and its detections are the reference's within the
+end-to-end matcher's tolerances, with dynamic shapes and compiled per shape."""
+import numpy as np
+import pytest
+
+from bench.bench_openvino import OpenVinoSession, make_detector
+from bench.common import default_weights
+from tests.conftest import need_shared
+from tests.detection_match import DETECTION_TOLERANCES, assert_detections_match
+from utils.image import read_image
+
+pytest.importorskip('openvino')
+
+
+@pytest.fixture(scope='module')
+def onnx_file(tmp_path_factory):
+    from models.detector import load_detector
+    from models.onnx_export import export_onnx
+
+    path = tmp_path_factory.mktemp('onnx') / 'FaceDetector.onnx'
+    export_onnx(load_detector('mobile0.25', default_weights()).net, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize('runtime', ['openvino', 'openvino static'])
+def test_openvino_detections_are_the_references(onnx_file, runtime):
+    img = read_image(need_shared('images', 'test.jpg'))
+    golden = np.load(need_shared('golden', 'mnet', 'test_dets.npy'))
+    det = make_detector(runtime, onnx_file, 1)
+    assert isinstance(det.session, OpenVinoSession) and det.network == 'mobile0.25'
+    assert_detections_match(det.detect(img), golden, **DETECTION_TOLERANCES)
+
+
+def test_static_compiles_each_input_shape_once(onnx_file):
+    session = OpenVinoSession(onnx_file, 1, static=True)
+    a, b = np.zeros((1, 3, 64, 96), np.float32), np.zeros((1, 3, 96, 64), np.float32)
+    first = session.run(None, {'input0': a})
+    session.run(None, {'input0': b})
+    again = session.run(None, {'input0': a})
+    assert sorted(session.compile_ms) == [(1, 3, 64, 96), (1, 3, 96, 64)]
+    # The outputs are copies: a later call does not change an earlier result.
+    assert all(np.array_equal(x, y) for x, y in zip(first, again))
+    assert [o.shape[-1] for o in first] == [4, 2, 10]
