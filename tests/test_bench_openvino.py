@@ -42,3 +42,41 @@ def test_static_compiles_each_input_shape_once(onnx_file):
     # The outputs are copies: a later call does not change an earlier result.
     assert all(np.array_equal(x, y) for x, y in zip(first, again))
     assert [o.shape[-1] for o in first] == [4, 2, 10]
+
+
+def test_the_verdict_needs_the_gain_on_every_photo_and_load(monkeypatch, capsys, tmp_path):
+    import bench.bench_openvino as bo
+
+    # onnxruntime takes 100 ms on every photo; OpenVINO 80 ms (1.25x faster), except on
+    # largest_selfie next to busy processes (125 ms: 1.25x slower).
+    def child(args, runtime, threads, dets_out):
+        def ms(name, load):
+            if runtime == 'onnxruntime':
+                return 100.0
+            return 125.0 if (name == 'largest_selfie' and load) else 80.0
+        return {n: {'forward': ms(n, busy[0]), 'e2e': ms(n, busy[0]), 'compile_ms': None} for n in bo.IMAGES}
+
+    busy = [0]
+
+    class Busy:
+        def __init__(self, n):
+            busy[0] = n
+
+        def __enter__(self):
+            return []
+
+        def __exit__(self, *exc):
+            busy[0] = 0
+
+    monkeypatch.setattr(bo, 'run_child', child)
+    monkeypatch.setattr(bo, 'busy_processes', Busy)
+    monkeypatch.setattr(bo, 'compare_with_golden', lambda _: {n: 'ok' for n in bo.IMAGES})
+    args = bo.get_args_parser().parse_args(['--onnx_model', str(tmp_path / 'm.onnx'), '--runtimes', 'onnxruntime',
+                                            'openvino', '--threads', '1', '--rounds', '1'])
+    result = bo.main(args)
+    out = capsys.readouterr().out
+    assert result['ratios'][0, 1, 'openvino', 'test'] == pytest.approx(1.25)
+    assert result['ratios'][2, 1, 'openvino', 'largest_selfie'] == pytest.approx(0.8)
+    assert ('openvino: >= 1.2x faster end to end on every photo, load and thread count, outputs within tolerance: '
+            'no (slowest: largest_selfie, +2 busy, 1 thread(s): 0.80x)') in out
+    assert 'openvino, idle, 1 thread(s): test fwd 1.25x faster than ort, e2e 1.25x faster than ort' in out
