@@ -1,11 +1,12 @@
 """bench.bench_openvino: OpenVINO runs the project's ONNX export inside the project's own pipeline
 (a Detector on an OpenVinoSession), and its detections are the reference's within the
-end-to-end matcher's tolerances, with dynamic shapes and compiled per shape."""
+end-to-end matcher's tolerances (DETECTION_TOLERANCES) on the four shared photos, with dynamic
+shapes and compiled per shape; the bench's verdict needs the gain everywhere."""
 import numpy as np
 import pytest
 
 from bench.bench_openvino import OpenVinoSession, make_detector
-from bench.common import default_weights
+from bench.common import IMAGES, default_weights
 from tests.conftest import need_shared
 from tests.detection_match import DETECTION_TOLERANCES, assert_detections_match
 from utils.image import read_image
@@ -23,10 +24,10 @@ def onnx_file(tmp_path_factory):
     return str(path)
 
 
-@pytest.mark.parametrize('runtime', ['openvino', 'openvino static'])
-def test_openvino_detections_are_the_references(onnx_file, runtime):
-    img = read_image(need_shared('images', 'test.jpg'))
-    golden = np.load(need_shared('golden', 'mnet', 'test_dets.npy'))
+@pytest.mark.parametrize('runtime, name', [('openvino', n) for n in IMAGES] + [('openvino static', 'test')])
+def test_openvino_detections_are_the_references(onnx_file, runtime, name):
+    img = read_image(need_shared('images', f'{name}.jpg'))
+    golden = np.load(need_shared('golden', 'mnet', f'{name}_dets.npy'))
     det = make_detector(runtime, onnx_file, 1)
     assert isinstance(det.session, OpenVinoSession) and det.network == 'mobile0.25'
     assert_detections_match(det.detect(img), golden, **DETECTION_TOLERANCES)
@@ -70,13 +71,14 @@ def test_the_verdict_needs_the_gain_on_every_photo_and_load(monkeypatch, capsys,
 
     monkeypatch.setattr(bo, 'run_child', child)
     monkeypatch.setattr(bo, 'busy_processes', Busy)
-    monkeypatch.setattr(bo, 'compare_with_golden', lambda _: {n: 'ok' for n in bo.IMAGES})
+    match = {'n_ref': 5, 'n_other': 5, 'strong': 3, 'unmatched': 0, 'max_box': 0.0, 'max_landmark': 0.0, 'max_score': 0.0}
+    monkeypatch.setattr(bo, 'compare_with_golden', lambda _: {n: match for n in bo.IMAGES})
     args = bo.get_args_parser().parse_args(['--onnx_model', str(tmp_path / 'm.onnx'), '--runtimes', 'onnxruntime',
                                             'openvino', '--threads', '1', '--rounds', '1'])
     result = bo.main(args)
     out = capsys.readouterr().out
     assert result['ratios'][0, 1, 'openvino', 'test'] == pytest.approx(1.25)
     assert result['ratios'][2, 1, 'openvino', 'largest_selfie'] == pytest.approx(0.8)
-    assert ('openvino: >= 1.2x faster end to end on every photo, load and thread count, outputs within tolerance: '
+    assert ('openvino: >= 1.2x faster end to end on every photo, load and thread count: '
             'no (slowest: largest_selfie, +2 busy, 1 thread(s): 0.80x)') in out
     assert 'openvino, idle, 1 thread(s): test fwd 1.25x faster than ort, e2e 1.25x faster than ort' in out
