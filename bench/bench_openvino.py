@@ -153,7 +153,12 @@ def child(args):
 def run_child(args, runtime, threads, dets_out):
     cmd = [sys.executable, '-m', 'bench.bench_openvino', '--child', runtime, '--onnx_model', args.onnx_model,
            '--threads', str(threads), '--repeats', str(args.repeats), '--dets_out', dets_out]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    if runtime != 'onnxruntime':
+        # OpenVINO's CPU plugin reads oneDNN's ISA limit too, and fails on this network under
+        # ONEDNN_MAX_CPU_ISA=SSE41 (its FPN's Interpolate has no kernel there): its own defaults.
+        env.pop('ONEDNN_MAX_CPU_ISA', None)
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise SystemExit(f"child {runtime!r} failed:\n{proc.stderr[-3000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
