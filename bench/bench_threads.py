@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 
-from bench.common import ROOT
+from bench.common import ROOT, busy_processes
 
 # name -> (backend, --threads value or None for the default, environment, onnxruntime spinning)
 # An environment value of None removes the variable.
@@ -52,7 +52,6 @@ SETTINGS = {
     'ort no-spin': ('onnxruntime', None, {}, False),
     'ort 1': ('onnxruntime', 1, {}, False),
 }
-BUSY_LOOP = 'while True: pass'
 # --when_read: where the child sets OMP_WAIT_POLICY=ACTIVE, and how long it then sleeps.
 WHEN_READ_CASES = ('not set', 'before import torch', 'after import torch')
 IDLE_SECONDS = 0.5
@@ -175,14 +174,9 @@ def main(args):
     loads = [0] + [n for n in args.busy if n > 0]
     results = {}
     for n in loads:
-        busy = [subprocess.Popen([sys.executable, '-c', BUSY_LOOP]) for _ in range(n)]
-        try:
+        with busy_processes(n):
             for name in args.settings:
                 results[name, n] = run_child(args, name)
-        finally:
-            for p in busy:
-                p.kill()
-                p.wait()
 
     median = {k: statistics.median(v['ms']) for k, v in results.items()}
     label = {n: 'as is' if n == 0 else f'+{n} busy' for n in loads}

@@ -3,9 +3,9 @@
     .venv/bin/python -m bench.bench_video                       # 640x360 and 1280x720, both backends
     .venv/bin/python -m bench.bench_video --frames 90 --rounds 5 --threads 2
 
-The clips are made from a shared photo (a pan across street_crowd.jpg, shrunk to each
-size, so both sizes show the same crowd) and written as MJPG at --fps: decoding them is
-part of the run, as with a real file. For each size and backend, in one process:
+The clips are made from a shared photo by bench/clips.py (a pan across street_crowd.jpg,
+shrunk to each size, so both sizes show the same crowd) and written as H.264 .mp4 at --fps,
+as a phone writes video: decoding them is part of the run, as with a real file. For each size and backend, in one process:
 - video: detect.py's main() on the clip with an annotated .mp4 and JSON Lines, start-up
   excluded (the detector is built once beforehand and handed to main());
 - no outputs: the same with --no-save_image and no --json (reading and detecting only);
@@ -21,15 +21,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import cv2
-
 import detect
+from bench.clips import ClipSpec, decode_frames, make_clip
 from bench.common import default_weights, script_seconds
 from utils.cli import set_threads, setup_logging
-from utils.datapaths import shared_path
 
 SIZES = ((640, 360), (1280, 720))
 PHOTO = 'street_crowd'
+# The pan of each size's clip (bench/clips.py): the photo shrunk to 1.125 frame widths.
+CLIP = ClipSpec(photo=PHOTO, pan_overscan=1.125)
 
 
 def get_args_parser():
@@ -48,34 +48,6 @@ def get_args_parser():
     return parser
 
 
-def make_clip(path, size, frames, fps):
-    """A clip of frames (w, h) frames panning across the photo shrunk to a little more than size;
-    returns the frames as OpenCV decodes them back."""
-    w, h = size
-    img = cv2.imread(str(shared_path('images', f'{PHOTO}.jpg')))
-    if img is None:
-        raise SystemExit(f"error: {shared_path('images', PHOTO + '.jpg')} not found (set RETINAFACE_DATA)")
-    scale = max(w * 1.125 / img.shape[1], h / img.shape[0])
-    img = cv2.resize(img, (round(img.shape[1] * scale), round(img.shape[0] * scale)), interpolation=cv2.INTER_AREA)
-    span = img.shape[1] - w
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'MJPG'), fps, (w, h))
-    for i in range(frames):
-        x = round(span * i / max(frames - 1, 1))
-        writer.write(img[:h, x:x + w])
-    writer.release()
-    cap = cv2.VideoCapture(str(path))
-    decoded = []
-    while True:
-        ok, frame = cap.read()
-        if not ok:
-            break
-        decoded.append(frame)
-    cap.release()
-    if len(decoded) != frames:
-        raise SystemExit(f"error: the clip {path} decodes to {len(decoded)} frames, not {frames}")
-    return decoded
-
-
 def detect_seconds(detector, frames):
     tic = time.perf_counter()
     for frame in frames:
@@ -89,7 +61,7 @@ def main(args):
     weights = args.trained_model or default_weights()
     sizes = [tuple(int(v) for v in s.lower().split('x')) for s in args.sizes]
     print(f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}; mobile0.25, {args.threads} thread(s), "
-          f"{args.frames}-frame MJPG clips of {PHOTO}.jpg at {args.fps:g} fps, fastest of {args.rounds} rounds, "
+          f"{args.frames}-frame H.264 clips of {PHOTO}.jpg at {args.fps:g} fps, fastest of {args.rounds} rounds, "
           f"start-up excluded")
     header = (f"{'size':<10} {'backend':<12} {'faces/frame':>11} {'video fps':>10} {'real time':>10} "
               f"{'no outputs fps':>15} {'detect-only fps':>16} {'video/detect':>13}")
@@ -98,8 +70,8 @@ def main(args):
     with tempfile.TemporaryDirectory(prefix='bench_video_') as tmp:
         tmp = Path(tmp)
         for w, h in sizes:
-            clip = tmp / f'clip_{w}x{h}.avi'
-            frames = make_clip(clip, (w, h), args.frames, args.fps)
+            clip = make_clip(tmp, CLIP, size=(w, h), frames=args.frames, fps=args.fps).path
+            frames = decode_frames(clip, args.frames)
             for backend in args.backends:
                 run_args = detect.get_args_parser().parse_args([
                     '-m', weights, '--cpu', '--backend', backend, '--video', str(clip), '--threads', str(args.threads),

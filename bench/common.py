@@ -1,5 +1,6 @@
 """Helpers that more than one benchmark uses: the default weights, the four shared photos,
-device synchronisation for timing, and the comparison of two detection arrays.
+device synchronisation for timing, the comparison of two detection arrays, and busy
+processes that load the machine.
 
 The scripts under bench/ run as `python -m bench.<name>` from the repository root and are
 imported as `bench.<name>` by the tests. This module loads no torch at import: some
@@ -9,7 +10,10 @@ import contextlib
 import io
 import os
 import statistics
+import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from unittest import mock
 
 import numpy as np
@@ -19,6 +23,9 @@ from utils.datapaths import shared_path
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The four photos of ../shared/images, in the order the benchmarks print them.
 IMAGES = ('test', 'kids_group', 'street_crowd', 'largest_selfie')
+# A competing process that keeps one core busy (a Python busy loop): what other users' work
+# does to a shared machine.
+BUSY_LOOP = 'while True: pass'
 
 
 def default_weights():
@@ -31,6 +38,18 @@ def val416_photos(gt):
     GroundTruth), in minitrain's images folder, in the ground truth's order."""
     folder = shared_path('minitrain', 'train', 'images')
     return {name: folder / f"{name}.jpg" for name in gt.names}
+
+
+@contextlib.contextmanager
+def busy_processes(n: int) -> Iterator[list]:
+    """n processes that each keep one core busy for the length of the block, then are killed."""
+    busy = [subprocess.Popen([sys.executable, '-c', BUSY_LOOP]) for _ in range(n)]
+    try:
+        yield busy
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
 
 
 def script_seconds(script, args, detector):

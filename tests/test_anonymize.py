@@ -1,6 +1,7 @@
 """utils.anonymize: faces changed beyond use inside their masks (aligned crops of real faces),
 every pixel outside the masks unchanged bit for bit, the two shapes, masks at the image
-borders, strength that follows the face's size, and clear errors for bad arguments."""
+borders, strength that follows the face's size, clear errors for bad arguments, and the
+hold that keeps a face masked through the frames where its detection is missing."""
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,8 @@ import pytest
 import utils.anonymize as anon
 from bench.bench_anonymize import masked_face_correlations, other_face_correlations
 from tests.conftest import need_shared
-from utils.anonymize import METHODS, MASK_SHAPES, anonymize, mask_rectangles, masked_detections, scale_boxes
+from utils.anonymize import (METHODS, MASK_SHAPES, MaskHold, anonymize, mask_rectangles, masked_detections,
+                             scale_boxes)
 from utils.errors import InputError
 from utils.image import read_image
 
@@ -278,6 +280,137 @@ def test_bad_images_are_clear_errors():
 def test_errors_are_value_errors():
     with pytest.raises(ValueError):
         anonymize(np.zeros((4, 4), np.uint8), [], 'smear')
+
+
+# ---------------------------------------------------------------------------------------
+# The hold: a face stays masked through frames where its detection is missing
+
+
+def _frames_anonymized(img, per_frame_dets, hold):
+    """Each frame (a copy of img) anonymised with the hold's boxes for its detections."""
+    h = MaskHold(hold)
+    out = []
+    for dets in per_frame_dets:
+        frame = img.copy()
+        anonymize(frame, h.update(dets), 'blur')
+        out.append(frame)
+    return out
+
+
+@pytest.mark.parametrize('hold', [0, 1])
+def test_a_face_whose_detection_is_dropped_stays_masked(kids, hold):
+    img, dets = kids
+    dropped = 3
+    frames = [dets, dets, np.delete(dets, dropped, axis=0), dets]  # frame 2 misses face 3
+    out = _frames_anonymized(img, frames, hold)
+    inside = expected_mask(img.shape, dets[dropped:dropped + 1], anon.DEFAULT_MASK_SCALE, 'ellipse')
+    # Frame 1 hides the face; frame 2 hides it exactly so with the hold (its last box, the same
+    # pixels), and shows it, untouched, without one.
+    assert (out[1][inside] != img[inside]).any(axis=-1).mean() > 0.9
+    if hold:
+        assert np.array_equal(out[2][inside], out[1][inside])
+    else:
+        assert np.array_equal(out[2][inside], img[inside])
+
+
+def test_the_hold_expires_after_n_frames():
+    face = [[10, 10, 30, 30, 0.9]]
+    h = MaskHold(2)
+    got = [h.update(d).tolist() for d in (face, [], [], [], [])]
+    assert got == [[[10, 10, 30, 30]], [[10, 10, 30, 30]], [[10, 10, 30, 30]], [], []]
+
+
+def test_a_hold_of_zero_is_no_hold():
+    h = MaskHold(0)
+    assert h.update([[10, 10, 30, 30, 0.9], [40, 10, 60, 30, 0.8]]).tolist() == [[10, 10, 30, 30], [40, 10, 60, 30]]
+    assert h.update(np.zeros((0, 15))).shape == (0, 4)
+
+
+def test_two_faces_are_held_each_for_itself():
+    a, b = [10, 10, 30, 30], [50, 10, 70, 30]
+    h = MaskHold(2)
+    assert h.update([a, b]).tolist() == [a, b]
+    assert h.update([b]).tolist() == [b, a]  # a missed: held behind the frame's own box
+    assert h.update([]).tolist() == [b, a]  # both missed: the most recently seen first
+    assert h.update([]).tolist() == [b]  # a's hold (2 frames after frame 0) is over, b's is not
+    assert h.update([]).tolist() == []
+
+
+def test_a_moving_face_is_followed_and_held_over_its_motion():
+    h = MaskHold(1)
+    x = [10, 14, 18, 22, 26]  # 4 px a frame, a 20 px face
+    boxes = [[x0, 10, x0 + 20, 30] for x0 in x]
+    assert h.update([boxes[0]]).tolist() == [boxes[0]]
+    assert h.update([boxes[1]]).tolist() == [boxes[1]]  # the moved box continues the face
+    # Missed: its last box stretched to where its motion (4 px a frame) takes it, [18, 38].
+    assert h.update([]).tolist() == [[14, 10, 38, 30]]
+    assert h.update([boxes[3]]).tolist() == [boxes[3]]  # found again where predicted: released
+    assert h.masks.tolist() == [boxes[3]]
+
+
+def test_a_box_that_overlaps_no_prediction_enough_is_a_new_face_and_the_old_one_stays_held():
+    h = MaskHold(1)
+    h.update([[0, 0, 20, 20]])
+    # 17 px on, a 20 px face: IoU 0.08 with its last box (at rest: no motion known yet).
+    assert h.update([[17, 0, 37, 20]]).tolist() == [[17, 0, 37, 20], [0, 0, 20, 20]]
+
+
+def test_a_face_continued_by_a_box_on_part_of_it_stays_held():
+    h = MaskHold(1)
+    h.update([[0, 0, 20, 20]])
+    # A box on the face's right half (IoU 0.36 < HOLD_RELEASE_IOU) follows the face, and the face's
+    # own box is masked too: the detector may have missed the face proper in this frame.
+    assert h.update([[12, 0, 22, 20]]).tolist() == [[12, 0, 22, 20], [0, 0, 20, 20]]
+    assert MaskHold(0).update([[12, 0, 22, 20]]).tolist() == [[12, 0, 22, 20]]
+
+
+def test_motion_is_smoothed_over_jittery_boxes():
+    h = MaskHold(1)
+    for x0 in (0, 4, 10, 12):  # +4, +6, +2 a frame: the motion is 0.5 * 2 + 0.5 * (0.5 * 6 + 0.5 * 4) = 3.5
+        h.update([[x0, 0, x0 + 20, 20]])
+    assert h.update([]).tolist() == [[12, 0, 35.5, 20]]
+
+
+def test_frames_between_detections_get_the_masks_stretched_over_the_motion():
+    h = MaskHold(0)
+    h.update([[10, 0, 30, 20], [100, 0, 120, 20]])
+    h.update([[16, 0, 36, 20], [100, 0, 120, 20]])  # the first face moves 6 px a frame, the second rests
+    assert h.between().tolist() == [[16, 0, 42, 20], [100, 0, 120, 20]]
+
+
+def test_a_box_that_does_not_continue_a_held_face_leaves_it_held():
+    h = MaskHold(1)
+    h.update([[10, 10, 30, 30]])
+    # A neighbour's box that touches the face's (IoU 0.05 < SAME_FACE_IOU) releases nothing.
+    assert h.update([[28, 10, 48, 30]]).tolist() == [[28, 10, 48, 30], [10, 10, 30, 30]]
+
+
+def test_a_neighbours_box_pairs_with_its_own_face_first():
+    h = MaskHold(1)
+    h.update([[10, 10, 30, 30], [32, 10, 52, 30]])  # two faces side by side
+    # The second face moved 2 px left, towards the first, which is missed: the box pairs with the
+    # face it overlaps most (IoU 0.82), and the first face stays held.
+    assert h.update([[30, 10, 50, 30]]).tolist() == [[30, 10, 50, 30], [10, 10, 30, 30]]
+
+
+def test_the_masks_for_frames_without_detection_are_the_last_ones():
+    h = MaskHold(1)
+    h.update([[10, 10, 30, 30]])
+    returned = h.update([])
+    assert h.masks.tolist() == [[10, 10, 30, 30]]
+    returned[0, 0] = -1  # the caller's copy
+    assert h.masks.tolist() == [[10, 10, 30, 30]]
+
+
+@pytest.mark.parametrize('hold', [-1, 1.5, True, '2', None])
+def test_bad_holds_are_clear_errors(hold):
+    with pytest.raises(InputError, match='hold must be a whole number of frames >= 0'):
+        MaskHold(hold)
+
+
+def test_bad_boxes_for_the_hold_are_clear_errors():
+    with pytest.raises(InputError, match='detection 0 is not a box'):
+        MaskHold(1).update([[30, 10, 10, 30]])
 
 
 def test_anonymize_and_the_hidden_faces_rule_import_no_torch():

@@ -1,6 +1,7 @@
 """Hiding faces in an image: each detection's box, scaled about its centre, is blurred,
 pixelated or filled (anonymize), and the masks' boxes (scale_boxes) that the hidden-faces
-rule (widerface_evaluate/hidden_faces.py) measures.
+rule (widerface_evaluate/hidden_faces.py) measures. In video, MaskHold keeps a face masked
+through the frames where the detector misses it.
 
 Kept free of torch, like utils/image.py, so that the torch-free paths can use it.
 
@@ -44,6 +45,20 @@ SOLID_COLOUR = 0  # black, in every channel
 BOX_COLUMNS = 4  # x1 y1 x2 y2
 _TINY = 1e-9  # the smallest ellipse semi-axis (a box of zero width masks no pixel centre)
 SCORE_COLUMN = 4
+# MaskHold: a box of a frame continues a face when it overlaps the face's predicted box with at
+# least this IoU, the best overlaps paired first, one to one. Low, so that a small face whose
+# motion is not known yet (a 10-pixel face panning 8 pixels a frame overlaps its last box by
+# 0.11) is followed from its second frame on; a neighbour's box in a crowd pairs with its own
+# face first, and one that overlaps less leaves the face held (a mask that lingers costs a
+# blurred patch; releasing a face early would show it).
+SAME_FACE_IOU = 0.1
+# MaskHold: a face continued by a box that overlaps its predicted box less than this is held too
+# (the box may show only part of it: a detector's box on half a face, in a frame where it misses
+# the face proper).
+HOLD_RELEASE_IOU = 0.5
+# MaskHold: a face's motion is this share of its latest change per frame plus the rest of its
+# motion before: one detection's jitter moves it half as far.
+MOTION_SMOOTHING = 0.5
 
 
 def _as_dets(dets: ArrayLike) -> np.ndarray:
@@ -218,3 +233,140 @@ def anonymize(img: np.ndarray, dets: ArrayLike, method: str = 'blur', mask_scale
             if out is not roi:
                 roi[...] = out
     return masked
+
+
+def _pairwise_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """IoU of each of boxes a (ndarray[A, 4]) with each of b (ndarray[B, 4]), x1 y1 x2 y2 in
+    continuous pixels (areas w * h, no +1): ndarray[A, B] float64, 0 for boxes of no area."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])  # [A, B, 2]
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])  # [A, B, 2]
+    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)  # [A, B]
+    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)  # [A]
+    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)  # [B]
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide='ignore', invalid='ignore'):
+        return np.where(union > 0, inter / union, 0.0)
+
+
+class MaskHold:
+    """Keeps each face masked for `hold` processed frames after the last box that shows it, so
+    that a frame where the detector misses a face still hides it (a single frame is enough to
+    recognise someone).
+
+    Feed it, frame after frame in order, the boxes masked in each processed frame (the
+    detections anonymize masks there); it returns the boxes to mask in that frame: the frame's
+    own, then one box for each face seen in one of the last `hold` processed frames that no box
+    of this frame continues, or that only a box overlapping it by less than HOLD_RELEASE_IOU
+    continues (a box on half a face). A hold of 0 returns the frame's own boxes: no hold.
+
+    Faces are followed from frame to frame: a box continues a face when it overlaps the face's
+    predicted box (its last box moved on by its motion) with IoU >= same_face_iou, each box
+    continuing at most one face, the best overlaps first. A face's motion is its box's change per
+    frame between its last two boxes, averaged with its motion before (MOTION_SMOOTHING), so one
+    box's jitter does not throw it. A held face's box spans its last box and its predicted one:
+    it hides the face whether it moved on or stopped. (On the 1080p pan, its last box alone hides
+    a fraction of the faces the detector missed: bench/bench_hold.py measures both.) The cost is
+    a mask that lingers up to `hold` frames where a face has gone.
+
+    Frames written without detection (detect.py --every N) get between(): each face's box of the
+    last processed frame stretched to where its motion takes it by the next one, so that the
+    frames between two detections hide a moving face. The hold counts processed frames, so
+    --hold 1 covers one missed detection whatever --every is.
+
+    Args:
+        hold (int): >= 0, the processed frames a face stays masked after its last box.
+        same_face_iou (float): in (0, 1], the IoU at which a box continues a face.
+    Attributes:
+        masks (ndarray[M, 4] float64): the boxes the last update returned (none before the first).
+    Raises:
+        InputError: hold is not a whole number >= 0, or same_face_iou not in (0, 1].
+    """
+
+    # Whether faces' boxes follow their motion; off, a held box is the face's last box as it was
+    # (bench/bench_hold.py measures both).
+    follow_motion = True
+
+    def __init__(self, hold: int, same_face_iou: float = SAME_FACE_IOU) -> None:
+        if isinstance(hold, bool) or not isinstance(hold, (int, np.integer)) or hold < 0:
+            raise InputError(f"hold must be a whole number of frames >= 0, got {hold!r}")
+        if not (isinstance(same_face_iou, (int, float, np.number)) and 0 < same_face_iou <= 1):
+            raise InputError(f"same_face_iou must be a number in (0, 1], got {same_face_iou!r}")
+        self.hold = int(hold)
+        self.same_face_iou = float(same_face_iou)
+        # The faces followed: last box, motion per processed frame, frames since last seen.
+        self._box = np.zeros((0, BOX_COLUMNS))  # [T, 4]
+        self._motion = np.zeros((0, BOX_COLUMNS))  # [T, 4]
+        self._moving = np.zeros(0, dtype=bool)  # [T]: the motion has been measured (seen twice)
+        self._age = np.zeros(0, dtype=np.int64)  # [T]
+        self.masks = np.zeros((0, BOX_COLUMNS))
+        self._mask_motion = np.zeros((0, BOX_COLUMNS))  # [M, 4]: each mask's face's motion
+
+    def _continued(self, predicted, own):
+        """(face index, box index, IoU) triples: each box continues the face whose predicted box
+        it overlaps most (IoU >= same_face_iou), greedily by IoU, one to one."""
+        if not len(predicted) or not len(own):
+            return []
+        iou = _pairwise_iou(predicted, own)  # [T, N]
+        face_used, box_used = np.zeros(iou.shape[0], dtype=bool), np.zeros(iou.shape[1], dtype=bool)
+        pairs = []
+        for flat in np.argsort(-iou, axis=None, kind='stable'):
+            t, n = divmod(int(flat), iou.shape[1])
+            if iou[t, n] < self.same_face_iou:
+                break
+            if not (face_used[t] or box_used[n]):  # each face and each box in one pair at most
+                pairs.append((t, n, float(iou[t, n])))
+                face_used[t] = box_used[n] = True
+        return pairs
+
+    def update(self, boxes: ArrayLike) -> np.ndarray:
+        """The boxes to mask in the next processed frame.
+
+        Args:
+            boxes (array[N, 4] or [N, >= 5]): the boxes masked in this frame (x1 y1 x2 y2 in the
+                first four columns; further columns ignored).
+        Returns:
+            ndarray[N + H, 4] float64: boxes' x1 y1 x2 y2 in their order, then one box for each
+            of the H faces held, the most recently seen first. Pass it to anonymize (no score
+            column: all masked).
+        Raises:
+            InputError: boxes is not an array of boxes (as anonymize's dets).
+        """
+        own = _as_dets(boxes)[:, :BOX_COLUMNS]
+        last, last_motion, age = self._box, self._motion, self._age + 1  # [T, 4], [T, 4], [T]
+        predicted = last + last_motion * age[:, None]  # [T, 4]
+        seen = np.zeros(len(age), dtype=bool)
+        weak = np.zeros(len(age), dtype=bool)  # continued by a box that may not show all of it
+        motion, moving = np.zeros_like(own), np.zeros(len(own), dtype=bool)
+        for t, n, iou in self._continued(predicted, own):
+            seen[t] = True
+            weak[t] = iou < HOLD_RELEASE_IOU
+            if self.follow_motion:
+                step = (own[n] - last[t]) / age[t]  # the change per frame since last seen
+                motion[n] = (MOTION_SMOOTHING * step + (1 - MOTION_SMOOTHING) * last_motion[t]
+                             if self._moving[t] else step)
+                moving[n] = True
+        held = ~seen & (age <= self.hold)
+        order = np.flatnonzero(held)[np.argsort(age[held], kind='stable')]  # the most recently seen first
+        # Masked besides the frame's own boxes: the held faces, and the faces continued by a box
+        # that overlaps where they should be too little to be sure it shows all of them (a box on
+        # half a face), for as long as a held face would be.
+        extra = np.flatnonzero(held | (weak & (age <= self.hold)))
+        extra = extra[np.argsort(age[extra], kind='stable')]
+        self.masks = np.vstack([own, _span(last[extra], predicted[extra])])
+        self._mask_motion = np.vstack([motion, last_motion[extra]])
+        self._box = np.vstack([own, last[order]])
+        self._motion = np.vstack([motion, last_motion[order]])
+        self._moving = np.concatenate([moving, self._moving[order]])
+        self._age = np.concatenate([np.zeros(len(own), dtype=np.int64), age[order]])
+        return self.masks.copy()
+
+    def between(self) -> np.ndarray:
+        """ndarray[M, 4] float64: the boxes to mask in the frames written without detection
+        after the last update, until the next one: each of masks stretched to where its face's
+        motion takes it by the next processed frame (masks themselves for faces at rest)."""
+        return _span(self.masks, self.masks + self._mask_motion)
+
+
+def _span(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest boxes holding box a and box b, row by row (ndarray[N, 4] x1 y1 x2 y2 each)."""
+    return np.hstack([np.minimum(a[:, :2], b[:, :2]), np.maximum(a[:, 2:], b[:, 2:])])
